@@ -1,0 +1,58 @@
+#pragma once
+
+// The node's configuration. Precedence: flags > RUNNER_* environment > YAML
+// file (--config) > defaults. Loading lives in config_loader.h; bad values stop
+// the program at start with a message that says how to fix them.
+//
+// Thread-safety: immutable after start.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "isolation/isolator.h"
+
+namespace runner {
+
+struct PressureThresholds {
+  double cpu_high = 90, cpu_low = 80;        // percent of the host
+  double memory_high = 90, memory_low = 80;  // percent used
+  double disk_high = 95, disk_low = 90;      // percent used
+};
+
+struct Config {
+  // serve
+  std::string listen = "127.0.0.1:8080";
+  std::optional<std::string> database_url;  // none: embedded cluster under data_dir
+  std::string data_dir = "./var";
+  int workers = 0;  // 0: CPU count
+  int max_workers = 256;
+  isolation::IsolationMode mode = isolation::IsolationMode::kAuto;
+  std::string docker_host = "unix:///var/run/docker.sock";
+  std::string task_image = "runner-task:latest";
+  double poll_interval = 1;    // seconds; idle backoff doubles it up to idle_backoff_max
+  double idle_backoff_max = 30;
+  double lease = 30;           // seconds; renewed every third of it
+  double drain_timeout = 60;   // seconds
+  std::optional<std::string> api_token;
+  std::vector<std::string> queues;  // empty: all queues
+
+  // task defaults and policy
+  double default_timeout = 3600;  // seconds, for tasks that name none
+  isolation::Limits default_limits;  // for tasks that name none (0 = unlimited)
+  isolation::OverLimitPolicy over_limit;
+  bool allow_network = false;  // operator may allow a bridge network for Docker tasks
+  int64_t log_cap = 1 << 20;   // bytes stored per task
+  double node_dead_after = 90; // seconds without a node heartbeat
+  double finished_retention = 7 * 24 * 3600;
+  double event_retention = 24 * 3600;
+
+  PressureThresholds pressure;
+
+  // client commands
+  std::string server = "http://127.0.0.1:8080";
+};
+
+}  // namespace runner

@@ -1,0 +1,69 @@
+#pragma once
+
+// What the API layer needs from a running node: its status, and the pool's
+// controls. Implemented by the pool (runner/pool/); the API only sees this
+// interface, so its unit tests use a fake.
+//
+// Thread-safety: every method may be called from any HTTP thread at any time.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "isolation/result.h"
+
+namespace runner {
+
+enum class PoolState { kRunning, kThrottled, kDraining, kStopped };
+std::string_view ToString(PoolState state);
+
+struct PoolStatus {
+  PoolState state = PoolState::kStopped;
+  int target = 0;
+  int active = 0;  // workers alive, any state
+  int idle = 0;
+  int busy = 0;
+  int starting = 0;
+  int stopping = 0;
+  int max = 0;     // --max-workers
+};
+
+struct ResourceSample {
+  double cpu_percent = 0;  // whole host, 0..100
+  int64_t memory_used = 0;
+  int64_t memory_total = 0;
+  int64_t disk_used = 0;
+  int64_t disk_total = 0;
+};
+
+struct NodeStatus {
+  std::string node_id;
+  std::string mode;  // docker | process | mixed
+  bool docker_available = false;
+  std::string docker_version;  // empty when unavailable
+  PoolStatus pool;
+  ResourceSample resources;
+  bool backpressure = false;
+  std::optional<std::string> backpressure_reason;
+};
+
+struct StopOptions {
+  bool force = false;
+  std::chrono::seconds drain_timeout{60};
+};
+
+class NodeControl {
+ public:
+  virtual ~NodeControl() = default;
+  virtual NodeStatus Status() = 0;
+  // validation_failed when count is outside [1, max].
+  virtual runner::Status Scale(int count) = 0;
+  // Returns at once; the pool drains in the background.
+  virtual void StopPool(const StopOptions& options) = 0;
+  virtual void StartPool() = 0;
+  // True while the pool runs (readiness).
+  virtual bool Running() = 0;
+};
+
+}  // namespace runner
