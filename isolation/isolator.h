@@ -25,8 +25,24 @@ namespace runner::isolation {
 
 enum class IsolationMode { kAuto, kDocker, kProcess };
 
-std::string_view ToString(IsolationMode mode);
-std::optional<IsolationMode> ParseIsolationMode(std::string_view text);
+inline std::string_view ToString(IsolationMode mode) {
+  switch (mode) {
+    case IsolationMode::kDocker:
+      return "docker";
+    case IsolationMode::kProcess:
+      return "process";
+    case IsolationMode::kAuto:
+      break;
+  }
+  return "auto";
+}
+
+inline std::optional<IsolationMode> ParseIsolationMode(std::string_view text) {
+  if (text == "auto") return IsolationMode::kAuto;
+  if (text == "docker") return IsolationMode::kDocker;
+  if (text == "process") return IsolationMode::kProcess;
+  return std::nullopt;
+}
 
 // Limits of one task. Zero means "no limit of that kind".
 struct Limits {
