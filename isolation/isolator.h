@@ -46,10 +46,10 @@ inline std::optional<IsolationMode> ParseIsolationMode(std::string_view text) {
 
 // Limits of one task. Zero means "no limit of that kind".
 struct Limits {
-  double cpus = 0;       // CPU cores, e.g. 0.5
-  int64_t memory = 0;    // bytes, RAM without swap
-  int64_t disk = 0;      // bytes the task may write
-  int64_t pids = 0;      // processes/threads
+  double cpus = 0;     // CPU cores, e.g. 0.5
+  int64_t memory = 0;  // bytes, RAM without swap
+  int64_t disk = 0;    // bytes the task may write
+  int64_t pids = 0;    // processes/threads
 };
 
 // What a finished task used.
@@ -108,7 +108,7 @@ struct RunResult {
   std::string error_code;  // API.md error code when kind != kExited
   std::string message;     // what happened, how to fix it
   Usage usage;
-  std::string isolation;   // "docker" or "process": what actually ran it
+  std::string isolation;  // "docker" or "process": what actually ran it
 };
 
 class Observer {

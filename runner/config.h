@@ -32,20 +32,20 @@ struct Config {
   isolation::IsolationMode mode = isolation::IsolationMode::kAuto;
   std::string docker_host = "unix:///var/run/docker.sock";
   std::string task_image = "runner-task:latest";
-  double poll_interval = 1;    // seconds; idle backoff doubles it up to idle_backoff_max
+  double poll_interval = 1;  // seconds; idle backoff doubles it up to idle_backoff_max
   double idle_backoff_max = 30;
-  double lease = 30;           // seconds; renewed every third of it
-  double drain_timeout = 60;   // seconds
+  double lease = 30;          // seconds; renewed every third of it
+  double drain_timeout = 60;  // seconds
   std::optional<std::string> api_token;
   std::vector<std::string> queues;  // empty: all queues
 
   // task defaults and policy
-  double default_timeout = 3600;  // seconds, for tasks that name none
+  double default_timeout = 3600;     // seconds, for tasks that name none
   isolation::Limits default_limits;  // for tasks that name none (0 = unlimited)
   isolation::OverLimitPolicy over_limit;
-  bool allow_network = false;  // operator may allow a bridge network for Docker tasks
-  int64_t log_cap = 1 << 20;   // bytes stored per task
-  double node_dead_after = 90; // seconds without a node heartbeat
+  bool allow_network = false;   // operator may allow a bridge network for Docker tasks
+  int64_t log_cap = 1 << 20;    // bytes stored per task
+  double node_dead_after = 90;  // seconds without a node heartbeat
   double finished_retention = 7 * 24 * 3600;
   double event_retention = 24 * 3600;
 

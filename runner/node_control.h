@@ -26,7 +26,7 @@ struct PoolStatus {
   int busy = 0;
   int starting = 0;
   int stopping = 0;
-  int max = 0;     // --max-workers
+  int max = 0;  // --max-workers
 };
 
 struct ResourceSample {

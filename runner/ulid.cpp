@@ -13,8 +13,8 @@ constexpr std::string_view kAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 struct State {
   std::mutex mu;
   std::mt19937_64 rng{std::random_device{}()};  // guarded by mu
-  uint64_t last_ms = 0;                          // guarded by mu
-  std::array<uint8_t, 10> last_random{};         // guarded by mu
+  uint64_t last_ms = 0;                         // guarded by mu
+  std::array<uint8_t, 10> last_random{};        // guarded by mu
 };
 
 State& GlobalState() {

@@ -86,8 +86,8 @@ class Registry {
   Family& FamilyFor(const std::string& name, Type type, const std::string& help);
 
   mutable std::mutex mu_;
-  std::map<std::string, Family> families_;          // guarded by mu_
-  std::vector<std::function<void()>> collectors_;   // guarded by mu_
+  std::map<std::string, Family> families_;         // guarded by mu_
+  std::vector<std::function<void()>> collectors_;  // guarded by mu_
 };
 
 }  // namespace runner::metrics

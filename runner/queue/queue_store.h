@@ -50,7 +50,7 @@ struct ClaimRequest {
   std::string node_id;
   std::vector<std::string> worker_ids;  // idle workers; at most one task each
   std::chrono::milliseconds lease{30000};
-  std::vector<std::string> queues;       // empty = all queues
+  std::vector<std::string> queues;  // empty = all queues
 };
 
 enum class WorkerState { kStarting, kIdle, kBusy, kStopping };

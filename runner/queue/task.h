@@ -27,8 +27,9 @@ std::optional<TaskState> ParseTaskState(std::string_view text);
 bool IsFinal(TaskState state);
 
 struct TaskError {
-  std::string code;  // API.md: oom_killed | timed_out | cancelled | nonzero_exit | image_not_found
-                     // | isolation_unavailable | lease_lost | over_limit | dependency_failed | internal
+  std::string
+      code;  // API.md: oom_killed | timed_out | cancelled | nonzero_exit | image_not_found
+             // | isolation_unavailable | lease_lost | over_limit | dependency_failed | internal
   std::string message;
 };
 

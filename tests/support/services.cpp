@@ -41,8 +41,8 @@ TestDatabase::TestDatabase() : name_("rt_" + RandomSuffix()) {
   pqxx::connection admin(AdminConninfo());
   pqxx::nontransaction tx(admin);
   tx.exec("CREATE DATABASE " + tx.quote_name(name_));
-  conninfo_ = "host=" + Env("RUNNER_TEST_PGHOST") + " user=" + Env("RUNNER_TEST_PGUSER", "postgres") +
-              " dbname=" + name_;
+  conninfo_ = "host=" + Env("RUNNER_TEST_PGHOST") +
+              " user=" + Env("RUNNER_TEST_PGUSER", "postgres") + " dbname=" + name_;
 }
 
 TestDatabase::~TestDatabase() {

@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "runner/metrics/registry.h"
+
+#include <catch2/catch.hpp>
 
 using runner::metrics::Registry;
 

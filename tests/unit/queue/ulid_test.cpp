@@ -1,7 +1,7 @@
+#include "runner/ulid.h"
+
 #include <catch2/catch.hpp>
 #include <set>
-
-#include "runner/ulid.h"
 
 TEST_CASE("ULIDs are 26 Crockford characters and increase within a millisecond", "[ulid]") {
   auto now = std::chrono::system_clock::now();
