@@ -1,0 +1,101 @@
+#pragma once
+
+// Runs each task in its own fresh Docker container through the Engine API.
+//
+//   runner::isolation::docker::DockerIsolatorOptions options;
+//   options.docker_host = config.docker_host;       // unix:///var/run/docker.sock
+//   runner::isolation::docker::DockerIsolator docker(options);
+//   docker.ReapOrphans({node_id});                  // at start, before claiming
+//   RunResult r = docker.Run(spec, observer, stop_token);
+//
+// Per task: image inspect (missing -> kError/image_not_found), create with
+// HostConfig limits (NanoCpus, Memory = MemorySwap, PidsLimit, NetworkMode none
+// unless allow_network, ReadonlyRootfs, CapDrop ALL, no-new-privileges, Init,
+// a non-root user), labels io.runner.task / io.runner.worker / io.runner.node
+// (+ io.runner.label.<k> for task labels), wait registered before start, logs
+// streamed to the observer, stats sampled every `stats_interval` (usage and
+// the over-limit policy), then exit code / OOMKilled / usage. The container is
+// removed (force) on every path by an RAII owner.
+//
+// Disk limit: StorageOpt size where the daemon's storage driver supports it
+// (overlay2 on xfs with pquota; detected from /info and by trying once);
+// otherwise size-capped tmpfs at /work and /tmp on a read-only root (each
+// `limits.disk`, or `default_tmpfs_bytes` when the task has no disk limit).
+// tmpfs pages count against the memory limit. Writing past the limit ends
+// the task as kOverLimit / over_limit when it fails with ENOSPC.
+//
+// Thread-safety: Run(), Available(), EngineVersion() and ReapOrphans() may be
+// called concurrently from any number of threads. Observer callbacks of one
+// Run() come from several internal threads but never concurrently.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "isolation/docker/engine_client.h"
+#include "isolation/isolator.h"
+#include "isolation/result.h"
+
+namespace runner::isolation::docker {
+
+struct DockerIsolatorOptions {
+  std::string docker_host = "unix:///var/run/docker.sock";
+  bool allow_network = false;  // NetworkMode "none" unless the operator allows the default bridge
+  OverLimitPolicy over_limit;
+  std::chrono::seconds stop_grace{10};  // SIGTERM, then SIGKILL after this
+  // Tasks run as this user (the task image has 65534 = nobody). Empty = the
+  // image's default user.
+  std::string user = "65534:65534";
+  std::chrono::milliseconds stats_interval{1000};
+  int64_t default_tmpfs_bytes = 64LL * 1024 * 1024;  // /work and /tmp when the task has no disk limit
+  std::chrono::milliseconds connect_timeout{2000};
+  std::chrono::milliseconds call_timeout{30000};
+  std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
+};
+
+class DockerIsolator : public Isolator {
+ public:
+  explicit DockerIsolator(DockerIsolatorOptions options = {});
+  ~DockerIsolator() override;
+
+  std::string_view Name() const override { return "docker"; }
+  // A cached /_ping (answer trusted for options.available_cache).
+  bool Available() override;
+  RunResult Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) override;
+
+  // "20.10.24+dfsg1 (API 1.41)", or the error message when the daemon is unreachable.
+  std::string EngineVersion();
+  // Removes every container labelled io.runner.node=<id> for the given ids
+  // (this node at start, or nodes the database knows are dead). Never touches
+  // other containers. Returns how many were removed.
+  Result<int> ReapOrphans(const std::vector<std::string>& node_ids);
+
+  EngineClient& client() { return client_; }
+  const DockerIsolatorOptions& options() const { return options_; }
+
+ private:
+  // Whether StorageOpt size is honoured by the daemon (decided once).
+  bool StorageOptSupported();
+  void MarkStorageOptUnsupported();
+
+  DockerIsolatorOptions options_;
+  EngineClient client_;
+
+  std::mutex mu_;
+  std::chrono::steady_clock::time_point available_checked_;  // guarded by mu_
+  bool available_ = false;                                    // guarded by mu_
+  std::optional<bool> storage_opt_;                           // guarded by mu_
+};
+
+// The Docker container configuration (POST /containers/create body) for a
+// task. Pure; unit tested. `storage_opt` chooses StorageOpt size over tmpfs.
+boost::json::object BuildCreateConfig(const TaskSpec& spec, const DockerIsolatorOptions& options,
+                                      bool storage_opt);
+
+}  // namespace runner::isolation::docker
