@@ -1,0 +1,135 @@
+#pragma once
+
+// Per-task control groups for the process isolator.
+//
+// `CgroupHost::Detect()` looks once at how this host mounts cgroups (v1
+// controllers, the v2 unified hierarchy, or both as in "hybrid" setups) and at
+// where this process sits in each hierarchy, and creates a parent directory
+// (`<own cgroup>/<parent>`) in every hierarchy it can write. Tasks get one
+// `TaskCgroup` each: a directory per hierarchy carrying the task's limits,
+// joined by the child itself between fork and exec (it writes "0" to
+// pre-opened `cgroup.procs` descriptors, so no task code runs outside it).
+//
+// Roles and where they come from, best first:
+//   memory  v2 memory controller, else v1 `memory`
+//   cpu     v2 cpu controller (cpu.max), else v1 `cpu` (cfs quota)
+//   cpuacct v2 cpu.stat (always present), else v1 `cpuacct`
+//   pids    v2 pids controller, else v1 `pids`
+//   kill    v2 `cgroup.kill` (any v2 dir, also the controller-less unified
+//           hierarchy of hybrid hosts), else v1 `freezer` (freeze, kill, thaw),
+//           else repeated kill of every pid listed in `cgroup.procs`.
+// A host without any writable hierarchy yields an empty CgroupHost; the
+// isolator then relies on setrlimit and process groups alone.
+//
+// Thread-safety: CgroupHost is immutable after Detect() and shared by all
+// workers. A TaskCgroup belongs to one Run() call.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "isolation/isolator.h"
+#include "isolation/result.h"
+
+namespace runner::isolation::process {
+
+// One mounted hierarchy this process can create task cgroups in.
+struct CgroupHierarchy {
+  bool v2 = false;
+  std::vector<std::string> controllers;  // v1: mount options; v2: enabled for children
+  std::filesystem::path parent;          // <mount>/<own path>/<parent name>
+};
+
+class CgroupHost {
+ public:
+  // Probes /proc/self/mountinfo and /proc/self/cgroup and creates
+  // `<own cgroup>/<parent_name>` in each usable hierarchy. Never fails: what
+  // does not work is left out and logged once.
+  static CgroupHost Detect(const std::string& parent_name);
+  // Same, from explicit file contents (unit tests).
+  static CgroupHost FromProcFiles(const std::string& mountinfo, const std::string& self_cgroup,
+                                  const std::string& parent_name, bool create_parents);
+
+  const std::vector<CgroupHierarchy>& hierarchies() const { return hierarchies_; }
+  bool empty() const { return hierarchies_.empty(); }
+  // Index into hierarchies() of the one serving a role, or nullopt.
+  std::optional<size_t> memory() const { return memory_; }
+  std::optional<size_t> cpu() const { return cpu_; }
+  std::optional<size_t> cpuacct() const { return cpuacct_; }
+  std::optional<size_t> pids() const { return pids_; }
+  std::optional<size_t> freezer() const { return freezer_; }
+  std::optional<size_t> v2() const { return v2_; }  // any v2 dir: cgroup.kill, cgroup.events
+  // One line for logs and reports, e.g.
+  // "memory=v1:/sys/fs/cgroup/memory/x/runner cpu=v1:... kill=v2:...".
+  std::string Describe() const;
+
+ private:
+  void AssignRoles();
+
+  std::vector<CgroupHierarchy> hierarchies_;
+  std::optional<size_t> memory_, cpu_, cpuacct_, pids_, freezer_, v2_;
+};
+
+// Counters of one task cgroup; fields are empty when no hierarchy provides them.
+struct CgroupStats {
+  std::optional<double> cpu_seconds;
+  std::optional<int64_t> memory;       // current, without inactive file cache
+  std::optional<int64_t> memory_peak;  // high-water mark
+  std::optional<int64_t> pids;
+  std::optional<int64_t> pids_peak;
+  int64_t oom_kills = 0;  // kernel OOM kills inside the cgroup
+};
+
+class TaskCgroup {
+ public:
+  // Creates `<parent>/<name>` in every hierarchy of `host` and writes the
+  // limits. A hierarchy whose directory cannot be created is an error (the
+  // caller decides whether to run without cgroups).
+  static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host,
+                                                    const std::string& name,
+                                                    const Limits& limits);
+  // Kills every process left inside and removes the directories.
+  ~TaskCgroup();
+  TaskCgroup(const TaskCgroup&) = delete;
+  TaskCgroup& operator=(const TaskCgroup&) = delete;
+
+  // Descriptors of every `cgroup.procs` file (O_WRONLY|O_CLOEXEC) for the
+  // child to write "0" to before exec; CloseJoinFds() after fork.
+  const std::vector<int>& join_fds() const { return join_fds_; }
+  void CloseJoinFds();
+
+  // Pids currently inside (from the first hierarchy).
+  std::vector<int> Pids() const;
+  // Sends `sig` to every process inside (no freeze: best effort).
+  void Signal(int sig) const;
+  // SIGKILLs every process inside, also ones forking while we look
+  // (cgroup.kill, or freezer), until it is empty or `deadline_ms` passes.
+  // Returns true when it is empty.
+  bool KillAll(int deadline_ms = 2000) const;
+
+  CgroupStats Stats() const;
+
+  bool limits_memory() const { return memory_dir_.has_value(); }
+  bool limits_cpu() const { return cpu_dir_.has_value(); }
+  bool limits_pids() const { return pids_dir_.has_value(); }
+  // Sets the CPU quota (cores); 0 removes it. Error when there is no cpu hierarchy.
+  Status SetCpuLimit(double cpus);
+  // The directory serving the cpu role (for tests and logs), empty if none.
+  std::filesystem::path cpu_dir() const { return cpu_dir_ ? *cpu_dir_ : std::filesystem::path(); }
+
+ private:
+  TaskCgroup() = default;
+  bool Empty() const;
+
+  std::vector<std::filesystem::path> dirs_;  // all created dirs, removed in reverse
+  std::vector<bool> dirs_v2_;
+  std::optional<std::filesystem::path> memory_dir_, cpu_dir_, cpuacct_dir_, pids_dir_,
+      freezer_dir_, v2_dir_;
+  bool memory_v2_ = false, cpu_v2_ = false, cpuacct_v2_ = false, pids_v2_ = false;
+  std::vector<int> join_fds_;
+};
+
+}  // namespace runner::isolation::process

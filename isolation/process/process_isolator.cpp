@@ -1,0 +1,734 @@
+#include "isolation/process/process_isolator.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "isolation/process/work_dir.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace runner::isolation {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using process::CgroupStats;
+using process::TaskCgroup;
+using process::WorkDir;
+
+constexpr const char* kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
+constexpr std::chrono::milliseconds kDrainAfterExit{2000};
+constexpr std::chrono::milliseconds kExecReportTimeout{10000};
+constexpr size_t kReadChunk = 64 * 1024;
+
+// Owns one file descriptor.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.Release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      fd_ = o.Release();
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  int Release() { return std::exchange(fd_, -1); }
+  void Reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+Result<std::pair<UniqueFd, UniqueFd>> Pipe() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    return MakeError("internal", std::string("pipe: ") + std::strerror(errno));
+  }
+  return std::make_pair(UniqueFd(fds[0]), UniqueFd(fds[1]));
+}
+
+// Everything the child needs, prepared before fork: between fork and exec the
+// child may only make async-signal-safe calls (no allocation, no locks).
+struct ChildPlan {
+  const char* path = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  const char* cwd = nullptr;
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1;
+  const int* join_fds = nullptr;
+  size_t join_count = 0;
+  struct Limit {
+    __rlimit_resource_t resource;
+    rlimit value;
+  };
+  Limit limits[8]{};
+  size_t limit_count = 0;
+};
+
+enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
+
+[[noreturn]] void ReportAndExit(int fd, ChildStage stage) {
+  int err = errno;
+  unsigned char msg[1 + sizeof(int)];
+  msg[0] = stage;
+  std::memcpy(msg + 1, &err, sizeof(int));
+  ssize_t ignored = ::write(fd, msg, sizeof(msg));
+  (void)ignored;
+  ::_exit(127);
+}
+
+[[noreturn]] void ChildMain(const ChildPlan& p) {
+  ::setsid();
+  for (size_t i = 0; i < p.join_count; ++i) {
+    if (::write(p.join_fds[i], "0", 1) != 1) ReportAndExit(p.report_fd, kJoinCgroup);
+  }
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig != SIGKILL && sig != SIGSTOP) ::sigaction(sig, &dfl, nullptr);
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  for (size_t i = 0; i < p.limit_count; ++i) {
+    if (::setrlimit(p.limits[i].resource, &p.limits[i].value) != 0) {
+      ReportAndExit(p.report_fd, kSetLimits);
+    }
+  }
+  if (::chdir(p.cwd) != 0) ReportAndExit(p.report_fd, kChdir);
+  if (::dup2(p.stdin_fd, 0) < 0 || ::dup2(p.stdout_fd, 1) < 0 || ::dup2(p.stderr_fd, 2) < 0) {
+    ReportAndExit(p.report_fd, kChdir);
+  }
+  // Descriptors other threads of the runner opened without O_CLOEXEC must not
+  // reach the task.
+  ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
+  ::execve(p.path, p.argv, p.envp);
+  ReportAndExit(p.report_fd, kExec);
+}
+
+// Null-terminated array of C strings pointing into `storage`.
+std::vector<char*> CStrings(std::vector<std::string>& storage) {
+  std::vector<char*> out;
+  out.reserve(storage.size() + 1);
+  for (std::string& s : storage) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+bool IsExecutableFile(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), X_OK) == 0;
+}
+
+// Looks `file` up in `path_list` the way a shell would; nullopt when absent.
+std::optional<std::string> FindExecutable(const std::string& file, const std::string& path_list) {
+  if (file.find('/') != std::string::npos) return file;
+  std::istringstream in(path_list);
+  std::string dir;
+  while (std::getline(in, dir, ':')) {
+    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + file;
+    if (IsExecutableFile(candidate)) return candidate;
+  }
+  return std::nullopt;
+}
+
+std::string SafeName(const TaskSpec& spec) {
+  std::string name;
+  for (char c : spec.task_id) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.';
+    name += ok ? c : '_';
+  }
+  if (name.empty() || name[0] == '.') name = "task" + name;
+  if (name.size() > 100) name.resize(100);
+  return name + "-" + std::to_string(spec.attempt);
+}
+
+std::string Bytes(int64_t b) {
+  char buf[64];
+  if (b >= (int64_t{1} << 20)) {
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", static_cast<double>(b) / (1 << 20));
+  } else {
+    std::snprintf(buf, sizeof(buf), "%lld bytes", static_cast<long long>(b));
+  }
+  return buf;
+}
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// CPU seconds and resident memory of one process (the no-cgroup fallback).
+std::pair<double, int64_t> ProcUsage(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  size_t close = text.rfind(')');
+  if (close == std::string::npos) return {0, 0};
+  std::istringstream in(text.substr(close + 2));
+  std::vector<std::string> f;
+  std::string tok;
+  while (in >> tok) f.push_back(tok);
+  // Fields after the command: state(0) ... utime(11) stime(12) cutime(13) cstime(14) ... rss(21)
+  if (f.size() < 22) return {0, 0};
+  double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  try {
+    double cpu =
+        (std::stod(f[11]) + std::stod(f[12]) + std::stod(f[13]) + std::stod(f[14])) / ticks;
+    int64_t rss = std::stoll(f[21]) * ::sysconf(_SC_PAGESIZE);
+    return {cpu, rss};
+  } catch (const std::logic_error&) {  // invalid_argument, out_of_range: the process is gone
+    return {0, 0};
+  }
+}
+
+// One task run: owns the child and decides how it ended.
+class TaskRun {
+ public:
+  TaskRun(const ProcessIsolatorOptions& options, const process::CgroupHost& cgroups,
+          const TaskSpec& spec, Observer& observer, std::stop_token stop)
+      : options_(options), host_(cgroups), spec_(spec), observer_(observer), stop_(stop) {}
+
+  ~TaskRun() {
+    // Exceptions (an observer throwing) must not leave a child behind.
+    if (pid_ > 0 && !reaped_) {
+      KillEverything();
+      ::waitpid(pid_, nullptr, 0);
+    }
+  }
+
+  RunResult Run();
+
+ private:
+  enum class Ending { kNone, kTimeout, kStop, kPolicyKill, kDisk };
+
+  Status Prepare();
+  Status Spawn();
+  void Loop();
+  void Terminate(Ending why, std::string message);
+  void KillEverything();
+  void Sample();
+  void CheckLimit(const std::string& resource, double value, double limit,
+                  const std::string& what);
+  void OnExit();
+  RunResult Finish();
+
+  const ProcessIsolatorOptions& options_;
+  const process::CgroupHost& host_;
+  const TaskSpec& spec_;
+  Observer& observer_;
+  std::stop_token stop_;
+
+  // Declared in cleanup order: the cgroup (killing everything) goes before
+  // the work dir is unmounted and removed.
+  std::unique_ptr<WorkDir> work_dir_;
+  std::unique_ptr<TaskCgroup> cgroup_;
+  std::string name_;
+  std::string exe_;
+
+  pid_t pid_ = -1;
+  bool reaped_ = false;
+  int status_ = 0;
+  rusage rusage_{};
+  UniqueFd pidfd_, out_, err_, wake_;
+  Clock::time_point start_, end_;
+  std::optional<Clock::time_point> kill_at_, drain_until_;
+  Ending ending_ = Ending::kNone;
+  std::string ending_message_;
+  int exec_errno_ = 0;
+  ChildStage exec_stage_{};
+
+  // Sampling state.
+  Clock::time_point last_sample_at_;
+  double last_cpu_ = 0;
+  int64_t peak_memory_ = 0;
+  double cpu_limit_ = 0;  // current quota in cores, 0 = none
+  std::map<std::string, bool> over_;  // resource -> currently over its soft limit
+  CgroupStats final_stats_;
+};
+
+Status TaskRun::Prepare() {
+  std::string path_list = kDefaultPath;
+  if (auto it = spec_.env.find("PATH"); it != spec_.env.end()) path_list = it->second;
+  if (auto found = FindExecutable(spec_.command[0], path_list)) exe_ = *found;
+
+  std::string base = SafeName(spec_);
+  bool tmpfs = options_.use_tmpfs && ::geteuid() == 0 && spec_.limits.disk > 0;
+  for (int n = 1;; ++n) {
+    name_ = n == 1 ? base : base + "." + std::to_string(n);
+    auto dir = WorkDir::Create(options_.work_root, name_, spec_.limits.disk, tmpfs);
+    if (dir.ok()) {
+      work_dir_ = std::move(dir).value();
+      break;
+    }
+    if (dir.error().code != "exists" || n >= 100) return dir.error();
+  }
+  if (options_.use_cgroups && !host_.empty()) {
+    // Unique per process and run: two isolators (or nodes) may share the parent.
+    static std::atomic<uint64_t> seq{0};
+    std::string cg_name = name_ + "-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
+    auto cg = TaskCgroup::Create(host_, cg_name, spec_.limits);
+    if (!cg.ok()) {
+      // A leftover from a crashed run, or a host that changed under us.
+      spdlog::warn(
+          "process isolation: running without a cgroup task_id={} worker_id={} error={}",
+          spec_.task_id, spec_.worker_id, cg.error().message);
+    } else {
+      cgroup_ = std::move(cg).value();
+      cpu_limit_ = cgroup_->limits_cpu() ? spec_.limits.cpus : 0;
+    }
+  }
+  return {};
+}
+
+Status TaskRun::Spawn() {
+  // argv and envp, built before fork.
+  std::vector<std::string> argv_storage = spec_.command;
+  std::map<std::string, std::string> env = {
+      {"PATH", kDefaultPath},
+      {"HOME", work_dir_->path().string()},
+      {"TMPDIR", work_dir_->tmp().string()},
+  };
+  for (const auto& [k, v] : spec_.env) env[k] = v;
+  std::vector<std::string> env_storage;
+  for (const auto& [k, v] : env) env_storage.push_back(k + "=" + v);
+  std::vector<char*> argv = CStrings(argv_storage);
+  std::vector<char*> envp = CStrings(env_storage);
+  std::string cwd = work_dir_->path().string();
+
+  UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (devnull.get() < 0) return MakeError("internal", "open /dev/null failed");
+  auto out = Pipe();
+  if (!out.ok()) return out.error();
+  auto err = Pipe();
+  if (!err.ok()) return err.error();
+  auto report = Pipe();
+  if (!report.ok()) return report.error();
+  wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (wake_.get() < 0) return MakeError("internal", "eventfd failed");
+
+  ChildPlan plan;
+  plan.path = exe_.c_str();
+  plan.argv = argv.data();
+  plan.envp = envp.data();
+  plan.cwd = cwd.c_str();
+  plan.stdin_fd = devnull.get();
+  plan.stdout_fd = out->second.get();
+  plan.stderr_fd = err->second.get();
+  plan.report_fd = report->second.get();
+  if (cgroup_) {
+    plan.join_fds = cgroup_->join_fds().data();
+    plan.join_count = cgroup_->join_fds().size();
+  }
+  auto add_limit = [&](__rlimit_resource_t resource, rlim_t value) {
+    plan.limits[plan.limit_count++] = {resource, rlimit{value, value}};
+  };
+  add_limit(RLIMIT_CORE, 0);
+  rlimit nofile{};
+  ::getrlimit(RLIMIT_NOFILE, &nofile);
+  add_limit(RLIMIT_NOFILE, std::min<rlim_t>(options_.open_files, nofile.rlim_max));
+  const Limits& lim = spec_.limits;
+  if (lim.disk > 0) add_limit(RLIMIT_FSIZE, static_cast<rlim_t>(lim.disk));
+  if (lim.memory > 0 && !(cgroup_ && cgroup_->limits_memory())) {
+    add_limit(RLIMIT_AS, static_cast<rlim_t>(std::max<int64_t>(lim.memory * 4, 64 << 20)));
+  }
+  if (lim.pids > 0 && !(cgroup_ && cgroup_->limits_pids()) && ::geteuid() != 0) {
+    // Per user, not per task, and ignored for root: only a coarse floor.
+    add_limit(RLIMIT_NPROC, static_cast<rlim_t>(lim.pids));
+  }
+  if (spec_.timeout.count() > 0) {
+    double cores = lim.cpus > 0 ? std::ceil(lim.cpus)
+                                : static_cast<double>(std::thread::hardware_concurrency());
+    double secs = std::chrono::duration<double>(spec_.timeout).count() * std::max(cores, 1.0);
+    add_limit(RLIMIT_CPU, static_cast<rlim_t>(std::ceil(secs)) + 5);
+  }
+
+  // Signals stay blocked across fork so no handler of the runner runs in the
+  // child before it resets them.
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  start_ = Clock::now();
+  pid_t pid = ::fork();
+  if (pid == 0) ChildMain(plan);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) {
+    return MakeError("internal", std::string("fork: ") + std::strerror(errno) +
+                                     " (the host is out of processes or memory)");
+  }
+  pid_ = pid;
+  if (cgroup_) cgroup_->CloseJoinFds();
+  out->second.Reset();
+  err->second.Reset();
+  report->second.Reset();
+  out_ = std::move(out->first);
+  err_ = std::move(err->first);
+
+  // The report pipe closes on exec (O_CLOEXEC) or carries why it failed.
+  pollfd pfd{report->first.get(), POLLIN, 0};
+  if (::poll(&pfd, 1, static_cast<int>(kExecReportTimeout.count())) > 0) {
+    unsigned char msg[1 + sizeof(int)];
+    ssize_t n;
+    do {
+      n = ::read(report->first.get(), msg, sizeof(msg));
+    } while (n < 0 && errno == EINTR);
+    if (n == static_cast<ssize_t>(sizeof(msg))) {
+      exec_stage_ = static_cast<ChildStage>(msg[0]);
+      std::memcpy(&exec_errno_, msg + 1, sizeof(int));
+    }
+  }
+  pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
+  return {};
+}
+
+void TaskRun::KillEverything() {
+  if (pid_ <= 0) return;
+  // While the leader is unreaped its pid cannot be reused, so the group id is safe.
+  ::killpg(pid_, SIGKILL);
+  if (cgroup_) cgroup_->KillAll();
+}
+
+void TaskRun::Terminate(Ending why, std::string message) {
+  if (ending_ != Ending::kNone) return;
+  ending_ = why;
+  ending_message_ = std::move(message);
+  if (why == Ending::kTimeout || why == Ending::kStop) {
+    ::killpg(pid_, SIGTERM);
+    ::killpg(pid_, SIGCONT);
+    if (cgroup_) cgroup_->Signal(SIGTERM);
+    kill_at_ = Clock::now() + options_.stop_grace;
+  } else {
+    KillEverything();
+  }
+  spdlog::info("process isolation: stopping task task_id={} worker_id={} pid={} reason=\"{}\"",
+               spec_.task_id, spec_.worker_id, pid_, ending_message_);
+}
+
+void TaskRun::CheckLimit(const std::string& resource, double value, double limit,
+                         const std::string& what) {
+  if (limit <= 0) return;
+  bool over = value >= options_.over_limit.soft_fraction * limit;
+  bool& was = over_[resource];
+  if (!over || was) {
+    was = over;
+    return;
+  }
+  was = true;
+  OverLimitAction action = options_.over_limit.action;
+  std::string message = resource + " " + what + " is over the soft limit (" +
+                        std::to_string(static_cast<int>(options_.over_limit.soft_fraction * 100)) +
+                        "% of its limit)";
+  if (action == OverLimitAction::kThrottle) {
+    double from = cpu_limit_ > 0 ? cpu_limit_
+                                 : static_cast<double>(std::thread::hardware_concurrency());
+    double to = std::max(0.01, from / 2);
+    if (cgroup_ && cgroup_->limits_cpu() && cgroup_->SetCpuLimit(to).ok()) {
+      cpu_limit_ = to;
+      char buf[96];
+      std::snprintf(buf, sizeof(buf), "; CPU quota lowered from %.2f to %.2f cores", from, to);
+      message += buf;
+    } else {
+      message += "; cannot throttle: no cpu cgroup on this host";
+      action = OverLimitAction::kWarn;
+    }
+  } else if (action == OverLimitAction::kKill) {
+    message += "; the over-limit policy kills it";
+  }
+  spdlog::warn("process isolation: over limit task_id={} worker_id={} resource={} message=\"{}\"",
+               spec_.task_id, spec_.worker_id, resource, message);
+  observer_.OnOverLimit(resource, action, message);
+  if (action == OverLimitAction::kKill) Terminate(Ending::kPolicyKill, message);
+}
+
+void TaskRun::Sample() {
+  Clock::time_point now = Clock::now();
+  UsageSample s;
+  CgroupStats stats = cgroup_ ? cgroup_->Stats() : CgroupStats{};
+  auto [proc_cpu, proc_rss] = (stats.cpu_seconds && stats.memory)
+                                  ? std::pair<double, int64_t>{0, 0}
+                                  : ProcUsage(pid_);
+  s.cpu_seconds = stats.cpu_seconds.value_or(proc_cpu);
+  s.memory = stats.memory.value_or(proc_rss);
+  s.pids = stats.pids.value_or(1);
+  s.disk = work_dir_->UsedBytes();
+  double dt = Seconds(now - last_sample_at_);
+  s.cpu_percent = dt > 0 ? std::max(0.0, (s.cpu_seconds - last_cpu_) / dt * 100) : 0;
+  last_cpu_ = s.cpu_seconds;
+  last_sample_at_ = now;
+  peak_memory_ = std::max(peak_memory_, s.memory);
+  observer_.OnUsage(s);
+
+  const Limits& lim = spec_.limits;
+  if (lim.disk > 0 && (s.disk >= lim.disk || work_dir_->Full())) {
+    Terminate(Ending::kDisk, "the task filled its work dir to the disk limit of " +
+                                 Bytes(lim.disk) + "; raise limits.disk or write less");
+    return;
+  }
+  CheckLimit("memory", static_cast<double>(s.memory), static_cast<double>(lim.memory),
+             "usage " + Bytes(s.memory) + " of " + Bytes(lim.memory));
+  CheckLimit("disk", static_cast<double>(s.disk), static_cast<double>(lim.disk),
+             "usage " + Bytes(s.disk) + " of " + Bytes(lim.disk));
+  CheckLimit("pids", static_cast<double>(s.pids), static_cast<double>(lim.pids),
+             "count " + std::to_string(s.pids) + " of " + std::to_string(lim.pids));
+  char cpu_text[64];
+  std::snprintf(cpu_text, sizeof(cpu_text), "usage %.0f%% of %.0f%%", s.cpu_percent,
+                lim.cpus * 100);
+  CheckLimit("cpu", s.cpu_percent, lim.cpus * 100, cpu_text);
+}
+
+void TaskRun::OnExit() {
+  // The leader is a zombie now: kill what it left behind while its pid still
+  // pins the process group id, read the final counters, then reap it.
+  end_ = Clock::now();
+  KillEverything();
+  if (cgroup_) final_stats_ = cgroup_->Stats();
+  pid_t r;
+  do {
+    r = ::wait4(pid_, &status_, 0, &rusage_);
+  } while (r < 0 && errno == EINTR);
+  reaped_ = true;
+  drain_until_ = Clock::now() + kDrainAfterExit;
+}
+
+void TaskRun::Loop() {
+  std::stop_callback wake_on_stop(stop_, [fd = wake_.get()] {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(fd, &one, sizeof(one));
+    (void)ignored;
+  });
+  std::optional<Clock::time_point> timeout_at;
+  if (spec_.timeout.count() > 0) timeout_at = start_ + spec_.timeout;
+  last_sample_at_ = start_;
+  Clock::time_point next_sample = start_ + options_.sample_interval;
+  std::vector<char> buf(kReadChunk);
+
+  for (;;) {
+    Clock::time_point now = Clock::now();
+    if (reaped_ && ((out_.get() < 0 && err_.get() < 0) || now >= *drain_until_)) break;
+    if (!reaped_) {
+      if (stop_.stop_requested()) Terminate(Ending::kStop, "stop requested");
+      if (timeout_at && now >= *timeout_at) {
+        Terminate(Ending::kTimeout,
+                  "timed out after " + std::to_string(Seconds(spec_.timeout)) + " s");
+      }
+      if (kill_at_ && now >= *kill_at_) {
+        KillEverything();
+        kill_at_.reset();
+      }
+      if (now >= next_sample) {
+        Sample();
+        next_sample = now + options_.sample_interval;
+      }
+    }
+
+    Clock::time_point wake_at = now + std::chrono::seconds(1);
+    if (!reaped_) {
+      wake_at = std::min(wake_at, next_sample);
+      if (timeout_at && ending_ == Ending::kNone) wake_at = std::min(wake_at, *timeout_at);
+      if (kill_at_) wake_at = std::min(wake_at, *kill_at_);
+    } else {
+      wake_at = std::min(wake_at, *drain_until_);
+    }
+    pollfd fds[4];
+    int n = 0;
+    int out_i = -1, err_i = -1, pid_i = -1, wake_i = -1;
+    if (out_.get() >= 0) fds[out_i = n++] = {out_.get(), POLLIN, 0};
+    if (err_.get() >= 0) fds[err_i = n++] = {err_.get(), POLLIN, 0};
+    if (!reaped_ && pidfd_.get() >= 0) fds[pid_i = n++] = {pidfd_.get(), POLLIN, 0};
+    if (!reaped_ && ending_ == Ending::kNone) fds[wake_i = n++] = {wake_.get(), POLLIN, 0};
+    auto wait_ms = std::chrono::ceil<std::chrono::milliseconds>(wake_at - Clock::now()).count();
+    if (pidfd_.get() < 0 && !reaped_) wait_ms = std::min<long>(wait_ms, 10);  // no pidfd: poll
+    int ready = ::poll(fds, static_cast<nfds_t>(n), static_cast<int>(std::max<long>(0, wait_ms)));
+    if (ready < 0 && errno != EINTR) {
+      spdlog::error("process isolation: poll failed task_id={} error={}", spec_.task_id,
+                    std::strerror(errno));
+      break;
+    }
+    auto drain = [&](int index, UniqueFd& fd, OutputStream stream) {
+      if (index < 0 || !(fds[index].revents & (POLLIN | POLLHUP | POLLERR))) return;
+      ssize_t got = ::read(fd.get(), buf.data(), buf.size());
+      if (got > 0) {
+        observer_.OnOutput(stream, std::string_view(buf.data(), static_cast<size_t>(got)));
+      } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+        fd.Reset();
+      }
+    };
+    if (ready > 0) {
+      drain(out_i, out_, OutputStream::kStdout);
+      drain(err_i, err_, OutputStream::kStderr);
+      if (wake_i >= 0 && (fds[wake_i].revents & POLLIN)) {
+        uint64_t v;
+        ssize_t ignored = ::read(wake_.get(), &v, sizeof(v));
+        (void)ignored;
+      }
+    }
+    bool exited = false;
+    if (pid_i >= 0) {
+      exited = (fds[pid_i].revents & POLLIN) != 0;
+    } else if (!reaped_) {
+      siginfo_t info{};
+      exited = ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+               info.si_pid == pid_;
+    }
+    if (exited) OnExit();
+  }
+}
+
+RunResult TaskRun::Finish() {
+  RunResult r;
+  r.isolation = "process";
+  r.usage.duration = Seconds(end_ - start_);
+  double ru_cpu = Seconds(std::chrono::seconds(rusage_.ru_utime.tv_sec) +
+                          std::chrono::microseconds(rusage_.ru_utime.tv_usec) +
+                          std::chrono::seconds(rusage_.ru_stime.tv_sec) +
+                          std::chrono::microseconds(rusage_.ru_stime.tv_usec));
+  r.usage.cpu_seconds = final_stats_.cpu_seconds.value_or(ru_cpu);
+  r.usage.peak_memory = final_stats_.memory_peak.value_or(
+      std::max<int64_t>(peak_memory_, static_cast<int64_t>(rusage_.ru_maxrss) * 1024));
+
+  bool signaled = WIFSIGNALED(status_);
+  int code = signaled ? 128 + WTERMSIG(status_) : WEXITSTATUS(status_);
+  r.exit_code = code;
+  const Limits& lim = spec_.limits;
+  switch (ending_) {
+    case Ending::kTimeout:
+      r.kind = RunResult::Kind::kTimedOut;
+      r.error_code = "timed_out";
+      r.message = "the task " + ending_message_ + " (limit set by its timeout)";
+      return r;
+    case Ending::kStop:
+      r.kind = RunResult::Kind::kStopped;
+      r.error_code = "cancelled";
+      r.message = "the task was stopped before it finished";
+      return r;
+    case Ending::kPolicyKill:
+    case Ending::kDisk:
+      r.kind = RunResult::Kind::kOverLimit;
+      r.error_code = "over_limit";
+      r.message = ending_message_;
+      return r;
+    case Ending::kNone:
+      break;
+  }
+  if (final_stats_.oom_kills > 0 && code != 0) {
+    r.kind = RunResult::Kind::kOomKilled;
+    r.error_code = "oom_killed";
+    r.message = "the task exceeded its memory limit of " + Bytes(lim.memory) +
+                " and was killed; raise limits.memory";
+    return r;
+  }
+  bool disk_full = lim.disk > 0 && (work_dir_->Full() || work_dir_->UsedBytes() >= lim.disk);
+  if (lim.disk > 0 && ((signaled && WTERMSIG(status_) == SIGXFSZ) || (disk_full && code != 0))) {
+    r.kind = RunResult::Kind::kOverLimit;
+    r.error_code = "over_limit";
+    r.message = "the task tried to write more than its disk limit of " + Bytes(lim.disk) +
+                "; raise limits.disk or write less";
+    return r;
+  }
+  r.kind = RunResult::Kind::kExited;
+  if (code != 0) r.error_code = "nonzero_exit";
+  return r;
+}
+
+RunResult TaskRun::Run() {
+  RunResult failed;
+  failed.isolation = "process";
+  if (spec_.command.empty() || spec_.command[0].empty()) {
+    failed.error_code = "validation_failed";
+    failed.message = "the task has no command";
+    return failed;
+  }
+  if (Status st = Prepare(); !st.ok()) {
+    failed.error_code = "internal";
+    failed.message = st.error().message;
+    return failed;
+  }
+  if (exe_.empty()) {
+    exec_stage_ = kExec;
+    exec_errno_ = ENOENT;
+  } else if (Status st = Spawn(); !st.ok()) {
+    failed.error_code = "internal";
+    failed.message = st.error().message;
+    return failed;
+  }
+  if (exec_stage_ != 0) {
+    if (pid_ > 0) {
+      ::waitpid(pid_, nullptr, 0);
+      reaped_ = true;
+    }
+    std::string what = exec_stage_ == kExec       ? "cannot run " + spec_.command[0]
+                       : exec_stage_ == kChdir    ? "cannot enter the work dir"
+                       : exec_stage_ == kSetLimits ? "cannot set resource limits"
+                                                   : "cannot join the task cgroup";
+    std::string message = what + ": " + std::strerror(exec_errno_);
+    if (exec_stage_ == kExec && (exec_errno_ == ENOENT || exec_errno_ == EACCES)) {
+      // What a shell does: the task ran and failed with 127/126.
+      RunResult r;
+      r.isolation = "process";
+      r.kind = RunResult::Kind::kExited;
+      r.exit_code = exec_errno_ == ENOENT ? 127 : 126;
+      r.error_code = "nonzero_exit";
+      r.message = exec_errno_ == ENOENT ? "command not found: " + spec_.command[0] : message;
+      observer_.OnOutput(OutputStream::kStderr, "runner: " + r.message + "\n");
+      return r;
+    }
+    failed.error_code = "internal";
+    failed.message = message;
+    return failed;
+  }
+  observer_.OnStarted("process", std::to_string(pid_));
+  spdlog::debug("process isolation: started task_id={} worker_id={} pid={} dir={}", spec_.task_id,
+                spec_.worker_id, pid_, work_dir_->path().string());
+  Loop();
+  if (!reaped_) {  // poll failed: make sure nothing is left
+    KillEverything();
+    OnExit();
+  }
+  RunResult r = Finish();
+  spdlog::debug("process isolation: finished task_id={} worker_id={} exit_code={} error={}",
+                spec_.task_id, spec_.worker_id, r.exit_code, r.error_code);
+  return r;
+}
+
+}  // namespace
+
+ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std::move(options)) {
+  if (options_.work_root.empty()) {
+    throw std::invalid_argument("process isolation needs a work root (set the data dir)");
+  }
+  if (options_.use_cgroups) cgroups_ = process::CgroupHost::Detect(options_.cgroup_parent);
+}
+
+RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
+  TaskRun run(options_, cgroups_, spec, observer, std::move(stop));
+  return run.Run();
+}
+
+}  // namespace runner::isolation

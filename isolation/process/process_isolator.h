@@ -1,0 +1,79 @@
+#pragma once
+
+// Runs a task as a plain process tree on this host, for nodes without Docker
+// (or tasks that ask for `process`). Each Run():
+//   - makes a private work dir `<work_root>/<task id>-<attempt>` (a tmpfs of
+//     limits.disk bytes when running as root with use_tmpfs), with `tmp/`;
+//   - makes a cgroup per task where the host allows it (see cgroup.h) with
+//     the memory, CPU and pids limits, plus setrlimit as the floor everywhere
+//     (RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_FSIZE = disk, RLIMIT_CPU from the
+//     timeout, RLIMIT_AS = 4 x memory only when no memory cgroup enforces it);
+//   - fork/execs the command in a new session (its own process group) with
+//     stdin from /dev/null, stdout/stderr through pipes to the observer, cwd
+//     the work dir, and a minimal environment: PATH=/usr/local/bin:/usr/bin:/bin,
+//     HOME=<work dir>, TMPDIR=<work dir>/tmp, then the task's env on top.
+//     Nothing of the runner's own environment reaches the task;
+//   - samples usage every sample_interval (cgroup counters, else /proc),
+//     reports it to the observer and applies the over-limit policy;
+//   - on timeout or stop: SIGTERM to the group and the cgroup, stop_grace,
+//     then SIGKILL to everything in the cgroup (also processes that left the
+//     group with setsid or a double fork); when the main process exits, what
+//     it leaves behind is killed too (as when a container's init exits);
+//   - reaps the child (no zombies), removes the cgroup and the work dir.
+// Results: kExited (exit_code; 128+signal when killed by a signal; 127 when
+// the command is not found), kTimedOut, kStopped, kOomKilled (the memory
+// cgroup recorded an OOM kill), kOverLimit (the work dir filled up to
+// limits.disk, or the policy action `kill`), kError (could not set up).
+//
+// Over-limit policy: a resource (memory, disk, pids vs their limits, cpu
+// usage vs limits.cpus) crossing soft_fraction of its limit triggers the
+// action once per crossing: kWarn logs and calls Observer::OnOverLimit;
+// kThrottle halves the task's CPU quota (from limits.cpus, or the host's CPU
+// count when it has none; never below 0.01 core) and reports it; kKill ends
+// the task with kOverLimit.
+//
+// Thread-safety: Run() may be called from many threads at once; each call
+// uses only its own state plus the immutable cgroup host description. The
+// observer is called from the thread that called Run().
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "isolation/isolator.h"
+#include "isolation/process/cgroup.h"
+
+namespace runner::isolation {
+
+struct ProcessIsolatorOptions {
+  std::filesystem::path work_root;  // e.g. <data-dir>/work; created when missing
+  OverLimitPolicy over_limit;
+  std::chrono::milliseconds stop_grace{5000};  // SIGTERM -> SIGKILL
+  std::string cgroup_parent = "runner";        // task cgroups live in <own cgroup>/<this>/
+  bool use_cgroups = true;   // false: setrlimit and process groups only
+  bool use_tmpfs = true;     // size-capped tmpfs work dirs when root and limits.disk > 0
+  std::chrono::milliseconds sample_interval{1000};
+  uint64_t open_files = 4096;  // RLIMIT_NOFILE of the task
+};
+
+class ProcessIsolator : public Isolator {
+ public:
+  // Probes cgroups once (logs what works). Throws std::invalid_argument when
+  // work_root is empty (bad configuration).
+  explicit ProcessIsolator(ProcessIsolatorOptions options);
+
+  std::string_view Name() const override { return "process"; }
+  bool Available() override { return true; }
+  RunResult Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) override;
+
+  // What this host's cgroups provide (for logs, status and tests).
+  const process::CgroupHost& cgroups() const { return cgroups_; }
+  const ProcessIsolatorOptions& options() const { return options_; }
+
+ private:
+  ProcessIsolatorOptions options_;
+  process::CgroupHost cgroups_;
+};
+
+}  // namespace runner::isolation

@@ -1,0 +1,85 @@
+#include "isolation/selector.h"
+
+#include <stdexcept>
+
+#include <spdlog/spdlog.h>
+
+namespace runner::isolation {
+
+IsolationSelector::IsolationSelector(Isolator* docker, Isolator* process,
+                                     IsolationMode default_mode)
+    : docker_(docker), process_(process), default_mode_(default_mode) {
+  if (process_ == nullptr) throw std::invalid_argument("IsolationSelector needs a process isolator");
+}
+
+bool IsolationSelector::Check() {
+  bool up = docker_ != nullptr && docker_->Available();
+  bool changed = false;
+  uint64_t generation = 0;
+  {
+    std::lock_guard lock(mu_);
+    if (docker_up_.has_value() && *docker_up_ != up) {
+      changed = true;
+      ++generation_;
+    }
+    docker_up_ = up;
+    generation = generation_;
+  }
+  if (changed) {
+    spdlog::warn("isolation: docker {}; tasks in auto mode now use {}",
+                 up ? "is available again" : "became unavailable", up ? "docker" : "process");
+    std::lock_guard lock(callbacks_mu_);
+    // Two threads may notice transitions at nearly the same time; report each
+    // generation once, in order, with the state it had.
+    if (generation > notified_generation_) {
+      notified_generation_ = generation;
+      for (const auto& cb : callbacks_) cb(up);
+    }
+  }
+  return up;
+}
+
+Result<Isolator*> IsolationSelector::Pick(IsolationMode requested) {
+  IsolationMode mode = requested == IsolationMode::kAuto ? default_mode_ : requested;
+  if (mode == IsolationMode::kProcess) return process_;
+  bool up = Check();
+  if (up) return docker_;
+  if (mode == IsolationMode::kAuto) return process_;
+  if (docker_ == nullptr) {
+    return MakeError("isolation_unavailable",
+                     "the task needs Docker isolation but this node has no Docker support; "
+                     "submit it with isolation=process or auto, or run it on a node with Docker");
+  }
+  return MakeError("isolation_unavailable",
+                   "the task needs Docker isolation but the Docker daemon does not answer; "
+                   "start Docker, or submit it with isolation=process or auto");
+}
+
+void IsolationSelector::OnChange(std::function<void(bool)> callback) {
+  std::lock_guard lock(callbacks_mu_);
+  callbacks_.push_back(std::move(callback));
+}
+
+bool IsolationSelector::Refresh() { return Check(); }
+
+bool IsolationSelector::docker_available() {
+  {
+    std::lock_guard lock(mu_);
+    if (docker_up_.has_value()) return *docker_up_;
+  }
+  return Check();
+}
+
+std::string IsolationSelector::Mode() {
+  switch (default_mode_) {
+    case IsolationMode::kDocker:
+      return "docker";
+    case IsolationMode::kProcess:
+      return "process";
+    case IsolationMode::kAuto:
+      break;
+  }
+  return docker_available() ? "docker" : "process";
+}
+
+}  // namespace runner::isolation
