@@ -1,0 +1,194 @@
+#include "runner/queue/migrations.h"
+
+#include <spdlog/spdlog.h>
+
+#include <pqxx/pqxx>
+
+namespace runner::queue {
+namespace {
+
+constexpr std::string_view kCreateMigrationsTable = R"sql(
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  version    integer PRIMARY KEY,
+  name       text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+))sql";
+
+// v1: the data model of DESIGN.md. Partial indexes keep the claim and the
+// live-state counts off the (large) history of finished tasks; finished-state
+// counts are kept in sharded counters maintained by a trigger, so Counts()
+// never scans the whole table.
+constexpr std::string_view kV1Schema = R"sql(
+CREATE TABLE tasks (
+  id               text PRIMARY KEY,
+  queue            text NOT NULL,
+  state            text NOT NULL CHECK (state IN
+                     ('queued','running','succeeded','failed','cancelled','timed_out')),
+  priority         integer NOT NULL DEFAULT 0,
+  run_at           timestamptz NOT NULL DEFAULT now(),
+  attempt          integer NOT NULL DEFAULT 0,
+  max_attempts     integer NOT NULL DEFAULT 1,
+  backoff          double precision NOT NULL DEFAULT 1,
+  isolation        text NOT NULL DEFAULT 'auto',
+  isolation_used   text,
+  image            text NOT NULL,
+  command          text[] NOT NULL,
+  env              jsonb NOT NULL DEFAULT '{}',
+  limits           jsonb NOT NULL DEFAULT '{}',
+  timeout          double precision NOT NULL,
+  depends_on       text[] NOT NULL DEFAULT '{}',
+  idempotency_key  text UNIQUE,
+  labels           jsonb NOT NULL DEFAULT '{}',
+  lease_owner      text,
+  node_id          text,
+  lease_expires_at timestamptz,
+  cancel_requested boolean NOT NULL DEFAULT false,
+  exit_code        integer,
+  error            jsonb,
+  usage            jsonb,
+  stdout_tail      text NOT NULL DEFAULT '',
+  stderr_tail      text NOT NULL DEFAULT '',
+  log_bytes        bigint NOT NULL DEFAULT 0,
+  log_seq          bigint NOT NULL DEFAULT 0,
+  logs_truncated   boolean NOT NULL DEFAULT false,
+  created_at       timestamptz NOT NULL DEFAULT now(),
+  started_at       timestamptz,
+  finished_at      timestamptz
+);
+CREATE INDEX tasks_claim_idx ON tasks (priority DESC, run_at, id) WHERE state = 'queued';
+CREATE INDEX tasks_running_idx ON tasks (lease_expires_at) WHERE state = 'running';
+CREATE INDEX tasks_depends_on_idx ON tasks USING gin (depends_on) WHERE state = 'queued';
+CREATE INDEX tasks_list_idx ON tasks (created_at DESC, id DESC);
+CREATE INDEX tasks_state_list_idx ON tasks (state, created_at DESC, id DESC);
+CREATE INDEX tasks_queue_list_idx ON tasks (queue, created_at DESC, id DESC);
+CREATE INDEX tasks_finished_idx ON tasks (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE task_final_counts (
+  state text NOT NULL,
+  shard integer NOT NULL,
+  n     bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (state, shard)
+);
+INSERT INTO task_final_counts (state, shard)
+  SELECT s, g FROM unnest(ARRAY['succeeded','failed','cancelled','timed_out']) s,
+                   generate_series(0, 15) g;
+
+CREATE FUNCTION runner_count_final() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.state NOT IN ('queued', 'running') THEN
+    UPDATE task_final_counts SET n = n - 1
+     WHERE state = OLD.state AND shard = floor(random() * 16)::int;
+  END IF;
+  IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.state NOT IN ('queued', 'running') THEN
+    UPDATE task_final_counts SET n = n + 1
+     WHERE state = NEW.state AND shard = floor(random() * 16)::int;
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER tasks_count_final_upd AFTER UPDATE OF state ON tasks FOR EACH ROW
+  WHEN (OLD.state IS DISTINCT FROM NEW.state AND
+        (OLD.state NOT IN ('queued','running') OR NEW.state NOT IN ('queued','running')))
+  EXECUTE FUNCTION runner_count_final();
+CREATE TRIGGER tasks_count_final_ins AFTER INSERT ON tasks FOR EACH ROW
+  WHEN (NEW.state NOT IN ('queued','running'))
+  EXECUTE FUNCTION runner_count_final();
+CREATE TRIGGER tasks_count_final_del AFTER DELETE ON tasks FOR EACH ROW
+  WHEN (OLD.state NOT IN ('queued','running'))
+  EXECUTE FUNCTION runner_count_final();
+
+CREATE TABLE task_logs (
+  task_id text NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,
+  seq     bigint NOT NULL,
+  stream  smallint NOT NULL,
+  data    bytea NOT NULL,
+  PRIMARY KEY (task_id, seq)
+);
+
+CREATE TABLE nodes (
+  id           text PRIMARY KEY,
+  host         text NOT NULL DEFAULT '',
+  pid          bigint NOT NULL DEFAULT 0,
+  mode         text NOT NULL DEFAULT '',
+  target       integer NOT NULL DEFAULT 0,
+  started_at   timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at timestamptz NOT NULL DEFAULT now(),
+  dead_at      timestamptz
+);
+
+CREATE TABLE workers (
+  id           text PRIMARY KEY,
+  node_id      text NOT NULL,
+  state        text NOT NULL CHECK (state IN ('starting','idle','busy','stopping')),
+  current_task text,
+  started_at   timestamptz NOT NULL DEFAULT now(),
+  heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX workers_node_idx ON workers (node_id);
+
+CREATE TABLE events (
+  id        bigserial PRIMARY KEY,
+  at        timestamptz NOT NULL DEFAULT now(),
+  kind      text NOT NULL,
+  task_id   text,
+  worker_id text,
+  data      jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX events_at_idx ON events (at);
+)sql";
+
+const std::vector<Migration> kMigrations = {
+    {1, "queue schema", kV1Schema},
+};
+
+}  // namespace
+
+const std::vector<Migration>& Migrations() { return kMigrations; }
+
+std::string WithConnectTimeout(const std::string& conninfo, int seconds) {
+  if (conninfo.find("connect_timeout") != std::string::npos) return conninfo;
+  std::string value = "connect_timeout=" + std::to_string(seconds);
+  if (conninfo.rfind("postgres://", 0) == 0 || conninfo.rfind("postgresql://", 0) == 0) {
+    return conninfo + (conninfo.find('?') == std::string::npos ? "?" : "&") + value;
+  }
+  return conninfo.empty() ? value : conninfo + " " + value;
+}
+
+Status Migrate(const std::string& conninfo) {
+  try {
+    pqxx::connection conn(WithConnectTimeout(conninfo, 10));
+    {
+      pqxx::nontransaction tx(conn);
+      // Bounded: a node that cannot get the lock in a minute reports it rather than hang.
+      tx.exec("SET lock_timeout = '60s'");
+      tx.exec("SELECT pg_advisory_lock(" + std::to_string(kMigrationLockKey) + ")");
+      tx.exec("SET lock_timeout = 0");
+      tx.exec(std::string(kCreateMigrationsTable));
+    }
+    Status status;
+    for (const auto& m : kMigrations) {
+      pqxx::work tx(conn);
+      auto r = tx.exec_params("SELECT 1 FROM schema_migrations WHERE version = $1", m.version);
+      if (!r.empty()) continue;
+      try {
+        tx.exec(std::string(m.sql));
+        tx.exec_params("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version,
+                       std::string(m.name));
+        tx.commit();
+        spdlog::info("queue migration applied version={} name=\"{}\"", m.version, m.name);
+      } catch (const pqxx::sql_error& e) {
+        status = Error{"internal", "migration " + std::to_string(m.version) + " (" +
+                                       std::string(m.name) + ") failed: " + e.what()};
+        break;
+      }
+    }
+    pqxx::nontransaction tx(conn);
+    tx.exec("SELECT pg_advisory_unlock(" + std::to_string(kMigrationLockKey) + ")");
+    return status;
+  } catch (const pqxx::broken_connection& e) {
+    return Error{"unavailable", std::string("cannot reach the database to migrate: ") + e.what()};
+  } catch (const pqxx::sql_error& e) {
+    return Error{"unavailable", std::string("migration could not start: ") + e.what()};
+  }
+}
+
+}  // namespace runner::queue

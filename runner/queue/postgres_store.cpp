@@ -1,0 +1,969 @@
+#include "runner/queue/postgres_store.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <boost/json.hpp>
+#include <cmath>
+#include <pqxx/pqxx>
+#include <set>
+
+#include "runner/queue/queue_sql.h"
+#include "runner/queue/validation.h"
+#include "runner/ulid.h"
+
+namespace runner::queue {
+namespace json = boost::json;
+
+// ---------------------------------------------------------------------------
+// The pool
+// ---------------------------------------------------------------------------
+
+class PostgresStore::Pool {
+ public:
+  Pool(std::string conninfo, int size, std::chrono::milliseconds acquire_timeout,
+       std::chrono::milliseconds statement_timeout)
+      : conninfo_(WithConnectTimeout(conninfo, 5)),
+        size_(size),
+        acquire_timeout_(acquire_timeout),
+        statement_timeout_(statement_timeout) {}
+
+  // A borrowed connection; returned (or dropped when broken) on destruction.
+  class Lease {
+   public:
+    Lease(Pool* pool, std::unique_ptr<pqxx::connection> conn)
+        : pool_(pool), conn_(std::move(conn)) {}
+    Lease(Lease&& other) noexcept
+        : pool_(std::exchange(other.pool_, nullptr)),
+          conn_(std::move(other.conn_)),
+          broken_(other.broken_) {}
+    Lease& operator=(Lease&&) = delete;
+    Lease(const Lease&) = delete;
+    ~Lease() {
+      if (pool_ != nullptr) pool_->Return(std::move(conn_), broken_);
+    }
+    pqxx::connection& conn() { return *conn_; }
+    void MarkBroken() { broken_ = true; }
+
+   private:
+    Pool* pool_;
+    std::unique_ptr<pqxx::connection> conn_;
+    bool broken_ = false;
+  };
+
+  Result<Lease> Acquire() {
+    std::unique_lock lock(mu_);
+    bool ready = cv_.wait_for(lock, acquire_timeout_,
+                              [&] { return !idle_.empty() || open_ < size_; });
+    if (!ready) {
+      return Error{"unavailable", "all " + std::to_string(size_) +
+                                      " database connections stayed busy for " +
+                                      std::to_string(acquire_timeout_.count()) + " ms"};
+    }
+    if (!idle_.empty()) {
+      auto conn = std::move(idle_.back());
+      idle_.pop_back();
+      return Lease(this, std::move(conn));
+    }
+    ++open_;
+    lock.unlock();
+    try {
+      return Lease(this, Connect());
+    } catch (const pqxx::failure& e) {
+      lock.lock();
+      --open_;
+      cv_.notify_one();
+      return Error{"unavailable", std::string("cannot connect to the database: ") + e.what()};
+    }
+  }
+
+ private:
+  std::unique_ptr<pqxx::connection> Connect() {
+    auto conn = std::make_unique<pqxx::connection>(conninfo_);
+    {
+      pqxx::nontransaction tx(*conn);
+      tx.exec("SET statement_timeout = " + std::to_string(statement_timeout_.count()) +
+              "; SET lock_timeout = " + std::to_string(statement_timeout_.count()) +
+              "; SET idle_in_transaction_session_timeout = 60000");
+    }
+    for (const auto& s : sql::kPrepared) conn->prepare(s.name, std::string(s.text));
+    return conn;
+  }
+
+  void Return(std::unique_ptr<pqxx::connection> conn, bool broken) {
+    std::lock_guard lock(mu_);
+    if (broken || !conn || !conn->is_open()) {
+      --open_;
+    } else {
+      idle_.push_back(std::move(conn));
+    }
+    cv_.notify_one();
+  }
+
+  const std::string conninfo_;
+  const int size_;
+  const std::chrono::milliseconds acquire_timeout_;
+  const std::chrono::milliseconds statement_timeout_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_;  // guarded by mu_
+  int open_ = 0;  // connections existing, idle or lent; guarded by mu_
+};
+
+namespace {
+
+using Lease = PostgresStore::Pool::Lease;
+
+// Runs f(connection) with a pooled connection, mapping database failures to
+// Error values. Deadlocks and serialization failures are retried.
+template <class R, class F>
+R Execute(PostgresStore::Pool& pool, std::string_view op, F&& f) {
+  for (int attempt = 0;; ++attempt) {
+    auto lease = pool.Acquire();
+    if (!lease.ok()) return lease.error();
+    try {
+      return f(lease->conn());
+    } catch (const pqxx::broken_connection& e) {
+      lease->MarkBroken();
+      spdlog::warn("queue database connection lost op={} error=\"{}\"", op, e.what());
+      return Error{"unavailable", "database connection lost during " + std::string(op) + ": " +
+                                      e.what()};
+    } catch (const pqxx::in_doubt_error& e) {
+      lease->MarkBroken();
+      return Error{"unavailable", "database connection lost while committing " +
+                                      std::string(op) + ": " + e.what()};
+    } catch (const pqxx::sql_error& e) {
+      const std::string& state = e.sqlstate();
+      if ((state == "40P01" || state == "40001") && attempt < 3) continue;
+      if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
+        lease->MarkBroken();
+        return Error{"unavailable", "database unavailable during " + std::string(op) + ": " +
+                                        e.what()};
+      }
+      if (state == "57014" || state == "55P03") {
+        return Error{"unavailable", "database too slow for " + std::string(op) + ": " + e.what()};
+      }
+      spdlog::error("queue sql error op={} sqlstate={} error=\"{}\"", op, state, e.what());
+      return Error{"internal", "database error during " + std::string(op) + ": " + e.what()};
+    } catch (const pqxx::failure& e) {
+      lease->MarkBroken();
+      return Error{"unavailable", "database failure during " + std::string(op) + ": " + e.what()};
+    }
+  }
+}
+
+// --- value mapping -----------------------------------------------------------
+
+std::string PgArray(const std::vector<std::string>& items) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += '"';
+    for (char c : items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
+
+std::string PgArrayNullable(const std::vector<std::optional<std::string>>& items) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    if (!items[i]) {
+      out += "NULL";
+      continue;
+    }
+    out += '"';
+    for (char c : *items[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  out += '}';
+  return out;
+}
+
+const char* NullableCStr(const std::optional<std::string>& s) {
+  return s ? s->c_str() : nullptr;
+}
+
+std::string MapJson(const std::map<std::string, std::string>& m) {
+  json::object o;
+  for (const auto& [k, v] : m) o[k] = v;
+  return json::serialize(o);
+}
+
+std::string LimitsJson(const isolation::Limits& l) {
+  return json::serialize(
+      json::object{{"cpus", l.cpus}, {"memory", l.memory}, {"disk", l.disk}, {"pids", l.pids}});
+}
+
+std::string UsageJson(const isolation::Usage& u) {
+  return json::serialize(json::object{
+      {"cpu_seconds", u.cpu_seconds}, {"peak_memory", u.peak_memory}, {"duration", u.duration}});
+}
+
+std::optional<std::string> ErrorJson(const std::optional<TaskError>& e) {
+  if (!e) return std::nullopt;
+  return json::serialize(json::object{{"code", e->code}, {"message", e->message}});
+}
+
+double Num(const json::value& v) {
+  if (v.is_double()) return v.get_double();
+  if (v.is_int64()) return static_cast<double>(v.get_int64());
+  if (v.is_uint64()) return static_cast<double>(v.get_uint64());
+  return 0;
+}
+
+int64_t Int(const json::value& v) {
+  if (v.is_int64()) return v.get_int64();
+  if (v.is_uint64()) return static_cast<int64_t>(v.get_uint64());
+  if (v.is_double()) return static_cast<int64_t>(v.get_double());
+  return 0;
+}
+
+const json::value* Field(const json::object& o, std::string_view key) {
+  auto it = o.find(key);
+  return it == o.end() ? nullptr : &it->value();
+}
+
+std::vector<std::string> ParseStringArray(const pqxx::field& f) {
+  std::vector<std::string> out;
+  if (f.is_null()) return out;
+  for (const auto& v : json::parse(f.c_str()).as_array()) {
+    out.emplace_back(v.is_string() ? std::string(v.get_string()) : "");
+  }
+  return out;
+}
+
+std::map<std::string, std::string> ParseStringMap(const pqxx::field& f) {
+  std::map<std::string, std::string> out;
+  if (f.is_null()) return out;
+  for (const auto& [k, v] : json::parse(f.c_str()).as_object()) {
+    out[std::string(k)] = v.is_string() ? std::string(v.get_string()) : json::serialize(v);
+  }
+  return out;
+}
+
+TimePoint Micros(const pqxx::field& f) {
+  return TimePoint(
+      std::chrono::duration_cast<Clock::duration>(std::chrono::microseconds(f.as<int64_t>())));
+}
+
+std::optional<TimePoint> OptMicros(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return Micros(f);
+}
+
+std::optional<std::string> OptString(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<std::string>();
+}
+
+// Column order of sql::kTaskColumns.
+Task RowToTask(const pqxx::row& r) {
+  Task t;
+  t.id = r[0].as<std::string>();
+  t.state = ParseTaskState(r[1].c_str()).value_or(TaskState::kQueued);
+  t.queue = r[2].as<std::string>();
+  t.priority = r[3].as<int>();
+  t.command = ParseStringArray(r[4]);
+  t.image = r[5].as<std::string>();
+  t.isolation = isolation::ParseIsolationMode(r[6].c_str()).value_or(isolation::IsolationMode::kAuto);
+  t.isolation_used = OptString(r[7]);
+  t.env = ParseStringMap(r[8]);
+  {
+    auto o = json::parse(r[9].c_str()).as_object();
+    if (auto* v = Field(o, "cpus")) t.limits.cpus = Num(*v);
+    if (auto* v = Field(o, "memory")) t.limits.memory = Int(*v);
+    if (auto* v = Field(o, "disk")) t.limits.disk = Int(*v);
+    if (auto* v = Field(o, "pids")) t.limits.pids = Int(*v);
+  }
+  t.timeout = r[10].as<double>();
+  t.attempt = r[11].as<int>();
+  t.max_attempts = r[12].as<int>();
+  t.backoff = r[13].as<double>();
+  t.depends_on = ParseStringArray(r[14]);
+  t.idempotency_key = OptString(r[15]);
+  t.labels = ParseStringMap(r[16]);
+  t.worker_id = OptString(r[17]);
+  t.node_id = OptString(r[18]);
+  if (!r[19].is_null()) t.exit_code = r[19].as<int>();
+  if (!r[20].is_null()) {
+    auto o = json::parse(r[20].c_str()).as_object();
+    TaskError e;
+    if (auto* v = Field(o, "code"); v && v->is_string()) e.code = v->get_string();
+    if (auto* v = Field(o, "message"); v && v->is_string()) e.message = v->get_string();
+    t.error = e;
+  }
+  if (!r[21].is_null()) {
+    auto o = json::parse(r[21].c_str()).as_object();
+    isolation::Usage u;
+    if (auto* v = Field(o, "cpu_seconds")) u.cpu_seconds = Num(*v);
+    if (auto* v = Field(o, "peak_memory")) u.peak_memory = Int(*v);
+    if (auto* v = Field(o, "duration")) u.duration = Num(*v);
+    t.usage = u;
+  }
+  t.created_at = Micros(r[22]);
+  t.run_at = Micros(r[23]);
+  t.started_at = OptMicros(r[24]);
+  t.finished_at = OptMicros(r[25]);
+  t.lease_expires_at = OptMicros(r[26]);
+  t.cancel_requested = r[27].as<bool>();
+  t.stdout_tail = r[28].as<std::string>();
+  t.stderr_tail = r[29].as<std::string>();
+  t.logs_truncated = r[30].as<bool>();
+  return t;
+}
+
+std::string_view WorkerStateText(WorkerState s) { return ToString(s); }
+
+WorkerState ParseWorkerState(std::string_view s) {
+  for (auto w : {WorkerState::kStarting, WorkerState::kIdle, WorkerState::kBusy,
+                 WorkerState::kStopping}) {
+    if (ToString(w) == s) return w;
+  }
+  return WorkerState::kStarting;
+}
+
+// Keeps the text valid UTF-8 (the API serves tails as JSON strings): drops NUL
+// and replaces bytes that do not form a valid sequence with '?'.
+std::string SanitizeUtf8(std::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  std::size_t i = 0;
+  while (i < in.size()) {
+    auto c = static_cast<unsigned char>(in[i]);
+    std::size_t len = 0;
+    if (c < 0x80) {
+      if (c != 0) out += static_cast<char>(c);
+      ++i;
+      continue;
+    }
+    if ((c & 0xE0) == 0xC0 && c >= 0xC2) {
+      len = 2;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3;
+    } else if ((c & 0xF8) == 0xF0 && c <= 0xF4) {
+      len = 4;
+    }
+    bool ok = len > 0 && i + len <= in.size();
+    for (std::size_t k = 1; ok && k < len; ++k) {
+      ok = (static_cast<unsigned char>(in[i + k]) & 0xC0) == 0x80;
+    }
+    if (ok) {
+      out.append(in.substr(i, len));
+      i += len;
+    } else {
+      out += '?';
+      ++i;
+    }
+  }
+  return out;
+}
+
+std::string AppendTail(const std::string& tail, std::string_view data) {
+  std::string combined = tail;
+  combined.append(data);
+  if (combined.size() <= kTailBytes) return SanitizeUtf8(combined);
+  std::size_t start = combined.size() - kTailBytes;
+  // Do not start in the middle of a UTF-8 sequence.
+  while (start < combined.size() &&
+         (static_cast<unsigned char>(combined[start]) & 0xC0) == 0x80) {
+    ++start;
+  }
+  return SanitizeUtf8(std::string_view(combined).substr(start));
+}
+
+int64_t ToMillis(std::chrono::milliseconds d) { return static_cast<int64_t>(d.count()); }
+
+Error NotFound(std::string_view id) {
+  return Error{"not_found", "no task with id " + std::string(id)};
+}
+
+// Shared by Submit and SubmitBatch: inserts one validated task in tx.
+// Returns the outcome; fills `notify_queues` when a queued task was created.
+SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask& nt,
+                         std::set<std::string>& notify_queues, std::optional<Error>& error) {
+  if (nt.idempotency_key) {
+    auto r = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
+    if (!r.empty()) return SubmitOutcome{RowToTask(r[0]), false};
+  }
+  std::string state = "queued";
+  std::optional<TaskError> dep_error;
+  if (!nt.depends_on.empty()) {
+    // FOR SHARE: a dependency cannot finish between this check and our commit,
+    // so its dependents-failing statement always sees this task.
+    auto r = tx.exec_prepared(sql::kLockDependencies.name, PgArray(nt.depends_on));
+    std::set<std::string> found;
+    for (const auto& row : r) {
+      found.insert(row[0].as<std::string>());
+      std::string s = row[1].as<std::string>();
+      if (s == "failed" || s == "cancelled" || s == "timed_out") {
+        dep_error = TaskError{"dependency_failed",
+                              "dependency " + row[0].as<std::string>() + " ended " + s};
+      }
+    }
+    for (const auto& id : nt.depends_on) {
+      if (!found.count(id)) {
+        error = Error{"validation_failed", "depends_on: no task with id " + id};
+        return {};
+      }
+    }
+    if (dep_error) state = "failed";
+  }
+  std::string id = NewUlid();
+  isolation::Limits limits = nt.limits;
+  if (limits.cpus == 0) limits.cpus = opts.default_limits.cpus;
+  if (limits.memory == 0) limits.memory = opts.default_limits.memory;
+  if (limits.disk == 0) limits.disk = opts.default_limits.disk;
+  if (limits.pids == 0) limits.pids = opts.default_limits.pids;
+  auto err = ErrorJson(dep_error);
+  auto r = tx.exec_prepared(
+      sql::kInsertTask.name, id, nt.queue, state, nt.priority, nt.delay, nt.max_attempts,
+      nt.backoff.value_or(opts.default_backoff), std::string(isolation::ToString(nt.isolation)),
+      nt.image.value_or(opts.default_image), PgArray(nt.command), MapJson(nt.env),
+      LimitsJson(limits), nt.timeout.value_or(opts.default_timeout), PgArray(nt.depends_on),
+      NullableCStr(nt.idempotency_key), MapJson(nt.labels), NullableCStr(err));
+  if (r.empty()) {
+    // Lost an insert race on the idempotency key: the winner has committed.
+    auto existing = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
+    if (existing.empty()) {
+      error = Error{"conflict", "idempotency_key is being used by a concurrent submission"};
+      return {};
+    }
+    return SubmitOutcome{RowToTask(existing[0]), false};
+  }
+  SubmitOutcome out{RowToTask(r[0]), true};
+  if (state == "queued") {
+    notify_queues.insert(nt.queue);
+    tx.exec_prepared(sql::kInsertEvent.name, "task.queued", id, nullptr,
+                     json::serialize(json::object{{"queue", nt.queue}}));
+  } else {
+    tx.exec_prepared(sql::kInsertEvent.name, "task.failed", id, nullptr,
+                     json::serialize(json::object{{"error", "dependency_failed"}}));
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+PostgresStore::PostgresStore(StoreOptions options)
+    : options_(std::move(options)),
+      pool_(std::make_unique<Pool>(options_.conninfo, std::max(1, options_.pool_size),
+                                   options_.acquire_timeout, options_.statement_timeout)) {}
+
+PostgresStore::~PostgresStore() = default;
+
+Result<std::unique_ptr<PostgresStore>> PostgresStore::Open(const StoreOptions& options) {
+  if (options.pool_size < 1) {
+    throw std::invalid_argument("StoreOptions.pool_size must be at least 1");
+  }
+  if (options.migrate) {
+    auto migrated = Migrate(options.conninfo);
+    if (!migrated.ok()) return migrated.error();
+  }
+  std::unique_ptr<PostgresStore> store(new PostgresStore(options));
+  auto ping = store->Ping();
+  if (!ping.ok()) return ping.error();
+  return Result<std::unique_ptr<PostgresStore>>(std::move(store));
+}
+
+Status PostgresStore::Ping() {
+  return Execute<Status>(*pool_, "ping", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    tx.exec("SELECT 1");
+    return {};
+  });
+}
+
+Result<SubmitOutcome> PostgresStore::Submit(const NewTask& task) {
+  auto batch = SubmitBatch(std::span<const NewTask>(&task, 1));
+  if (!batch.ok()) return batch.error();
+  return std::move(batch.value().front());
+}
+
+Result<std::vector<SubmitOutcome>> PostgresStore::SubmitBatch(std::span<const NewTask> tasks) {
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    if (auto e = ValidateNewTask(tasks[i])) {
+      if (tasks.size() > 1) e->message = "task " + std::to_string(i) + ": " + e->message;
+      return *e;
+    }
+  }
+  using R = Result<std::vector<SubmitOutcome>>;
+  return Execute<R>(*pool_, "submit", [&](pqxx::connection& c) -> R {
+    pqxx::work tx(c);
+    std::vector<SubmitOutcome> out;
+    out.reserve(tasks.size());
+    std::set<std::string> queues;
+    for (const auto& nt : tasks) {
+      std::optional<Error> error;
+      auto outcome = InsertTask(tx, options_, nt, queues, error);
+      if (error) return *error;  // tx aborts on destruction
+      out.push_back(std::move(outcome));
+    }
+    for (const auto& q : queues) tx.exec_prepared(sql::kNotifyTasks.name, q);
+    tx.commit();
+    return out;
+  });
+}
+
+Result<Task> PostgresStore::Get(std::string_view id) {
+  return Execute<Result<Task>>(*pool_, "get", [&](pqxx::connection& c) -> Result<Task> {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_prepared(sql::kTaskById.name, std::string(id));
+    if (r.empty()) return NotFound(id);
+    return RowToTask(r[0]);
+  });
+}
+
+Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
+  if (filter.limit < 1 || filter.limit > 1000) {
+    return Error{"validation_failed", "limit: must be between 1 and 1000"};
+  }
+  std::optional<std::string> cursor_micros;
+  std::optional<std::string> cursor_id;
+  if (filter.cursor) {
+    auto dot = filter.cursor->find('.');
+    bool ok = dot != std::string::npos && dot > 0 && dot <= 19;
+    if (ok) {
+      for (std::size_t i = 0; i < dot; ++i) ok = ok && std::isdigit(static_cast<unsigned char>((*filter.cursor)[i]));
+      ok = ok && IsUlid(filter.cursor->substr(dot + 1));
+    }
+    if (!ok) return Error{"validation_failed", "cursor: not a cursor from a previous page"};
+    cursor_micros = filter.cursor->substr(0, dot);
+    cursor_id = filter.cursor->substr(dot + 1);
+  }
+  std::optional<std::string> state;
+  if (filter.state) state = std::string(ToString(*filter.state));
+  return Execute<Result<TaskPage>>(*pool_, "list", [&](pqxx::connection& c) -> Result<TaskPage> {
+    pqxx::nontransaction tx(c);
+    // exec_params, not prepared: a custom plan per filter combination.
+    auto r = tx.exec_params(std::string(sql::kListTasks), NullableCStr(state),
+                            NullableCStr(filter.queue), NullableCStr(cursor_micros),
+                            NullableCStr(cursor_id), filter.limit + 1);
+    TaskPage page;
+    for (const auto& row : r) {
+      if (static_cast<int>(page.tasks.size()) == filter.limit) break;
+      page.tasks.push_back(RowToTask(row));
+    }
+    if (static_cast<int>(r.size()) > filter.limit && !page.tasks.empty()) {
+      const Task& last = page.tasks.back();
+      auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                        last.created_at.time_since_epoch())
+                        .count();
+      page.next_cursor = std::to_string(micros) + "." + last.id;
+    }
+    return page;
+  });
+}
+
+Result<Task> PostgresStore::Cancel(std::string_view id) {
+  return Execute<Result<Task>>(*pool_, "cancel", [&](pqxx::connection& c) -> Result<Task> {
+    pqxx::work tx(c);
+    std::string tid(id);
+    auto r = tx.exec_prepared(sql::kLockTask.name, tid);
+    if (r.empty()) return NotFound(id);
+    std::string state = r[0][0].as<std::string>();
+    if (state == "queued") {
+      tx.exec_prepared(sql::kCancelQueued.name, tid);
+      tx.exec_prepared(sql::kFailDependents.name, tid, "cancelled");
+    } else if (state == "running") {
+      tx.exec_prepared(sql::kRequestCancel.name, tid);
+    } else {
+      return Error{"conflict", "task " + tid + " already finished (" + state + ")"};
+    }
+    auto t = tx.exec_prepared(sql::kTaskById.name, tid);
+    tx.commit();
+    {
+      std::lock_guard lock(counts_mu_);
+      counts_at_ = {};
+    }
+    return RowToTask(t[0]);
+  });
+}
+
+Result<StateCounts> PostgresStore::Counts() {
+  {
+    std::lock_guard lock(counts_mu_);
+    if (counts_at_ != std::chrono::steady_clock::time_point{} &&
+        std::chrono::steady_clock::now() - counts_at_ < options_.counts_cache) {
+      return counts_;
+    }
+  }
+  auto fresh = Execute<Result<StateCounts>>(
+      *pool_, "counts", [&](pqxx::connection& c) -> Result<StateCounts> {
+        pqxx::nontransaction tx(c);
+        auto r = tx.exec_prepared(sql::kCounts.name);
+        StateCounts counts;
+        for (auto s : {TaskState::kQueued, TaskState::kRunning, TaskState::kSucceeded,
+                       TaskState::kFailed, TaskState::kCancelled, TaskState::kTimedOut}) {
+          counts[s] = 0;
+        }
+        for (const auto& row : r) {
+          if (auto s = ParseTaskState(row[0].c_str())) counts[*s] = row[1].as<int64_t>();
+        }
+        return counts;
+      });
+  if (!fresh.ok()) return fresh;
+  std::lock_guard lock(counts_mu_);
+  counts_ = fresh.value();
+  counts_at_ = std::chrono::steady_clock::now();
+  return counts_;
+}
+
+Result<LogPage> PostgresStore::Logs(std::string_view task_id, LogStream stream, int64_t after_seq,
+                                    std::size_t max_bytes) {
+  std::optional<std::string> stream_code;
+  if (stream == LogStream::kStdout) stream_code = "0";
+  if (stream == LogStream::kStderr) stream_code = "1";
+  return Execute<Result<LogPage>>(*pool_, "logs", [&](pqxx::connection& c) -> Result<LogPage> {
+    pqxx::work tx(c);  // one snapshot: truncated flag and chunks agree
+    auto t = tx.exec_prepared(sql::kLogState.name, std::string(task_id));
+    if (t.empty()) return NotFound(task_id);
+    LogPage page;
+    page.truncated = t[0][0].as<bool>();
+    page.last_seq = after_seq;
+    auto r = tx.exec_prepared(sql::kLogChunks.name, std::string(task_id), after_seq,
+                              NullableCStr(stream_code), 1000);
+    std::size_t bytes = 0;
+    for (const auto& row : r) {
+      pqxx::binarystring data(row[2]);
+      if (!page.chunks.empty() && bytes + data.size() > max_bytes) break;
+      LogChunk chunk;
+      chunk.seq = row[0].as<int64_t>();
+      chunk.stream =
+          row[1].as<int>() == 1 ? isolation::OutputStream::kStderr : isolation::OutputStream::kStdout;
+      chunk.data = data.str();
+      bytes += chunk.data.size();
+      page.last_seq = chunk.seq;
+      page.chunks.push_back(std::move(chunk));
+    }
+    tx.commit();
+    return page;
+  });
+}
+
+Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
+  using R = Result<std::vector<Task>>;
+  if (request.worker_ids.empty()) return std::vector<Task>{};
+  std::optional<std::string> queues;
+  if (!request.queues.empty()) queues = PgArray(request.queues);
+  return Execute<R>(*pool_, "claim", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);  // one statement: atomic on its own
+    auto r = tx.exec_prepared(sql::kClaim.name, PgArray(request.worker_ids), request.node_id,
+                              ToMillis(request.lease), NullableCStr(queues),
+                              static_cast<int64_t>(request.worker_ids.size()));
+    std::vector<Task> out;
+    out.reserve(r.size());
+    for (const auto& row : r) out.push_back(RowToTask(row));
+    return out;
+  });
+}
+
+Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& request) {
+  using R = Result<HeartbeatOutcome>;
+  // One row per worker (the upsert may not touch a row twice).
+  std::map<std::string, const WorkerBeat*> unique;
+  for (const auto& w : request.workers) unique[w.worker_id] = &w;
+  std::vector<std::string> ids;
+  std::vector<std::string> states;
+  std::vector<std::optional<std::string>> tasks;
+  for (const auto& [id, w] : unique) {
+    ids.push_back(id);
+    states.emplace_back(WorkerStateText(w->state));
+    tasks.push_back(w->task_id);
+  }
+  return Execute<R>(*pool_, "heartbeat", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_prepared(sql::kHeartbeat.name, request.node_id, PgArray(ids), PgArray(states),
+                              PgArrayNullable(tasks), ToMillis(request.lease),
+                              request.target_workers);
+    HeartbeatOutcome out;
+    for (const auto& row : r) out.lost_task_ids.push_back(row[0].as<std::string>());
+    return out;
+  });
+}
+
+Result<std::vector<std::string>> PostgresStore::CancelRequested(std::span<const std::string> ids) {
+  using R = Result<std::vector<std::string>>;
+  if (ids.empty()) return std::vector<std::string>{};
+  std::vector<std::string> list(ids.begin(), ids.end());
+  return Execute<R>(*pool_, "cancel_requested", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_prepared(sql::kCancelRequested.name, PgArray(list));
+    std::vector<std::string> out;
+    for (const auto& row : r) out.push_back(row[0].as<std::string>());
+    return out;
+  });
+}
+
+Status PostgresStore::AppendLogs(std::string_view task_id, std::span<const LogChunk> chunks) {
+  if (chunks.empty()) return {};
+  return Execute<Status>(*pool_, "append_logs", [&](pqxx::connection& c) -> Status {
+    pqxx::work tx(c);
+    std::string tid(task_id);
+    auto r = tx.exec_prepared(sql::kLockLogState.name, tid);
+    if (r.empty()) return NotFound(task_id);
+    int64_t bytes = r[0][0].as<int64_t>();
+    int64_t seq = r[0][1].as<int64_t>();
+    bool truncated = r[0][2].as<bool>();
+    std::string out_tail = r[0][3].as<std::string>();
+    std::string err_tail = r[0][4].as<std::string>();
+    std::string out_new;
+    std::string err_new;
+    for (const auto& chunk : chunks) {
+      if (chunk.data.empty()) continue;
+      (chunk.stream == isolation::OutputStream::kStderr ? err_new : out_new).append(chunk.data);
+      int64_t room = options_.log_cap - bytes;
+      if (room <= 0) {
+        truncated = true;
+        continue;
+      }
+      std::string_view data = chunk.data;
+      if (static_cast<int64_t>(data.size()) > room) {
+        data = data.substr(0, static_cast<std::size_t>(room));
+        truncated = true;
+      }
+      ++seq;
+      bytes += static_cast<int64_t>(data.size());
+      tx.exec_prepared(sql::kInsertLog.name, tid, seq,
+                       chunk.stream == isolation::OutputStream::kStderr ? 1 : 0,
+                       pqxx::binarystring(data.data(), data.size()));
+    }
+    if (!out_new.empty()) out_tail = AppendTail(out_tail, out_new);
+    if (!err_new.empty()) err_tail = AppendTail(err_tail, err_new);
+    tx.exec_prepared(sql::kUpdateLogState.name, tid, bytes, seq, truncated, out_tail, err_tail);
+    tx.commit();
+    return {};
+  });
+}
+
+Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::string_view worker_id,
+                                            const FinishReport& report) {
+  using R = Result<FinishOutcome>;
+  if (report.state == TaskState::kQueued || report.state == TaskState::kRunning) {
+    return Error{"validation_failed", "Finish: state must be a final state"};
+  }
+  return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
+    pqxx::work tx(c);
+    std::string tid(task_id);
+    std::string wid(worker_id);
+    auto r = tx.exec_prepared(sql::kLockLease.name, tid, wid);
+    if (r.empty()) return FinishOutcome::kLeaseLost;  // not running, or held by another
+    int attempt = r[0][0].as<int>();
+    int max_attempts = r[0][1].as<int>();
+    double backoff = r[0][2].as<double>();
+    auto err = ErrorJson(report.error);
+    std::optional<std::string> iso;
+    if (!report.isolation_used.empty()) iso = report.isolation_used;
+    std::optional<std::string> exit_code;
+    if (report.exit_code) exit_code = std::to_string(*report.exit_code);
+    bool may_retry = (report.state == TaskState::kFailed || report.state == TaskState::kTimedOut) &&
+                     report.retryable && attempt < max_attempts;
+    if (may_retry) {
+      double delay = std::min(kMaxRetryDelaySeconds,
+                              backoff * std::pow(2.0, static_cast<double>(std::max(0, attempt - 1))));
+      tx.exec_prepared(sql::kRetry.name, tid, delay, NullableCStr(exit_code), NullableCStr(err),
+                       UsageJson(report.usage), NullableCStr(iso), wid);
+      tx.commit();
+      return FinishOutcome::kRetrying;
+    }
+    std::string state(ToString(report.state));
+    tx.exec_prepared(sql::kFinish.name, tid, state, NullableCStr(exit_code), NullableCStr(err),
+                     UsageJson(report.usage), NullableCStr(iso), wid);
+    if (report.state != TaskState::kSucceeded) {
+      tx.exec_prepared(sql::kFailDependents.name, tid, state);
+    }
+    tx.commit();
+    return FinishOutcome::kFinished;
+  });
+}
+
+Status PostgresStore::Release(std::string_view task_id, std::string_view worker_id) {
+  return Execute<Status>(*pool_, "release", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_prepared(sql::kRelease.name, std::string(task_id), std::string(worker_id));
+    if (r.empty()) {
+      return Error{"conflict", "task " + std::string(task_id) + " is not running under worker " +
+                                   std::string(worker_id)};
+    }
+    return {};
+  });
+}
+
+// --- nodes and workers ---------------------------------------------------------
+
+Status PostgresStore::RegisterNode(const NodeInfo& node) {
+  return Execute<Status>(*pool_, "register_node", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    tx.exec_prepared(sql::kUpsertNode.name, node.id, node.host, node.pid, node.mode, node.target);
+    return {};
+  });
+}
+
+Status PostgresStore::DeregisterNode(std::string_view node_id) {
+  return Execute<Status>(*pool_, "deregister_node", [&](pqxx::connection& c) -> Status {
+    pqxx::work tx(c);
+    tx.exec_prepared(sql::kDeleteNodeWorkers.name, std::string(node_id));
+    tx.exec_prepared(sql::kDeleteNode.name, std::string(node_id));
+    tx.commit();
+    return {};
+  });
+}
+
+Status PostgresStore::RegisterWorker(const WorkerInfo& worker) {
+  return Execute<Status>(*pool_, "register_worker", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    tx.exec_prepared(sql::kUpsertWorker.name, worker.id, worker.node_id,
+                     std::string(WorkerStateText(worker.state)), NullableCStr(worker.task_id));
+    return {};
+  });
+}
+
+Status PostgresStore::RemoveWorker(std::string_view worker_id) {
+  return Execute<Status>(*pool_, "remove_worker", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    tx.exec_prepared(sql::kDeleteWorker.name, std::string(worker_id));
+    return {};
+  });
+}
+
+Result<std::vector<WorkerInfo>> PostgresStore::ListWorkers() {
+  using R = Result<std::vector<WorkerInfo>>;
+  return Execute<R>(*pool_, "list_workers", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<WorkerInfo> out;
+    for (const auto& row : tx.exec_prepared(sql::kListWorkers.name)) {
+      WorkerInfo w;
+      w.id = row[0].as<std::string>();
+      w.node_id = row[1].as<std::string>();
+      w.state = ParseWorkerState(row[2].c_str());
+      w.task_id = OptString(row[3]);
+      w.started_at = Micros(row[4]);
+      w.heartbeat_at = Micros(row[5]);
+      out.push_back(std::move(w));
+    }
+    return out;
+  });
+}
+
+Result<std::vector<NodeInfo>> PostgresStore::ListNodes() {
+  using R = Result<std::vector<NodeInfo>>;
+  return Execute<R>(*pool_, "list_nodes", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<NodeInfo> out;
+    for (const auto& row : tx.exec_prepared(sql::kListNodes.name)) {
+      NodeInfo n;
+      n.id = row[0].as<std::string>();
+      n.host = row[1].as<std::string>();
+      n.pid = row[2].as<int64_t>();
+      n.mode = row[3].as<std::string>();
+      n.target = row[4].as<int>();
+      n.heartbeat_at = Micros(row[5]);
+      out.push_back(std::move(n));
+    }
+    return out;
+  });
+}
+
+Result<std::vector<std::string>> PostgresStore::DeadNodeIds(std::chrono::milliseconds dead_after) {
+  using R = Result<std::vector<std::string>>;
+  return Execute<R>(*pool_, "dead_nodes", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<std::string> out;
+    for (const auto& row : tx.exec_prepared(sql::kDeadNodes.name, ToMillis(dead_after))) {
+      out.push_back(row[0].as<std::string>());
+    }
+    return out;
+  });
+}
+
+// --- events ----------------------------------------------------------------------
+
+Status PostgresStore::Emit(const NewEvent& event) {
+  return Execute<Status>(*pool_, "emit", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    tx.exec_prepared(sql::kInsertEvent.name, event.kind, NullableCStr(event.task_id),
+                     NullableCStr(event.worker_id), event.data_json);
+    return {};
+  });
+}
+
+Result<std::vector<Event>> PostgresStore::EventsAfter(int64_t after_id, std::size_t limit) {
+  using R = Result<std::vector<Event>>;
+  return Execute<R>(*pool_, "events_after", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<Event> out;
+    auto r = tx.exec_prepared(sql::kEventsAfter.name, after_id,
+                              static_cast<int64_t>(std::min<std::size_t>(limit, 10000)));
+    for (const auto& row : r) {
+      Event e;
+      e.id = row[0].as<int64_t>();
+      e.at = Micros(row[1]);
+      e.kind = row[2].as<std::string>();
+      e.task_id = OptString(row[3]);
+      e.worker_id = OptString(row[4]);
+      e.data_json = row[5].as<std::string>();
+      out.push_back(std::move(e));
+    }
+    return out;
+  });
+}
+
+// --- recovery ----------------------------------------------------------------------
+
+Result<ReapReport> PostgresStore::Reap(const ReapPolicy& policy) {
+  using R = Result<ReapReport>;
+  return Execute<R>(*pool_, "reap", [&](pqxx::connection& c) -> R {
+    pqxx::work tx(c);
+    ReapReport report;
+    // Transaction-scoped: released at commit or rollback, even if we crash.
+    auto lock = tx.exec_prepared(sql::kTryReaperLock.name, kReaperLockKey);
+    if (!lock[0][0].as<bool>()) return report;
+    report.ran = true;
+    std::set<std::string> queues;
+    std::vector<std::string> failed;
+    for (const auto& row : tx.exec_prepared(sql::kReapExpired.name)) {
+      std::string kind = row[0].as<std::string>();
+      if (kind == "requeued") {
+        ++report.requeued;
+        queues.insert(row[2].as<std::string>());
+      } else {
+        ++report.failed_lease_lost;
+        failed.push_back(row[1].as<std::string>());
+      }
+    }
+    for (const auto& id : failed) tx.exec_prepared(sql::kFailDependents.name, id, "lease_lost");
+    for (const auto& q : queues) tx.exec_prepared(sql::kNotifyTasks.name, q);
+    int64_t dead_ms = ToMillis(policy.node_dead_after);
+    report.dead_workers =
+        static_cast<int>(tx.exec_prepared(sql::kReapWorkers.name, dead_ms).affected_rows());
+    report.dead_nodes =
+        static_cast<int>(tx.exec_prepared(sql::kReapNodes.name, dead_ms).affected_rows());
+    int64_t event_s = static_cast<int64_t>(policy.event_retention.count());
+    tx.exec_prepared(sql::kForgetDeadNodes.name, event_s);
+    report.deleted_tasks = static_cast<int>(
+        tx.exec_prepared(sql::kDeleteOldTasks.name,
+                         static_cast<int64_t>(policy.finished_retention.count()))
+            .affected_rows());
+    report.deleted_events =
+        static_cast<int>(tx.exec_prepared(sql::kDeleteOldEvents.name, event_s).affected_rows());
+    tx.commit();
+    if (report.requeued + report.failed_lease_lost + report.dead_nodes > 0) {
+      spdlog::info("queue reaped requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
+                   report.requeued, report.failed_lease_lost, report.dead_workers,
+                   report.dead_nodes);
+    }
+    return report;
+  });
+}
+
+}  // namespace runner::queue

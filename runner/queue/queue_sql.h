@@ -1,0 +1,347 @@
+#pragma once
+
+// The SQL of the PostgreSQL queue, as named constants. Each statement in
+// kPrepared is prepared once per pooled connection. Times leave the database
+// as microseconds since the epoch (exact, no text parsing). Text arrays are
+// passed as array literals ($n::text[]) built with escaping.
+//
+// Internal to runner/queue (postgres_store.cpp and the benchmark's raw-SQL path).
+
+#include <array>
+#include <string_view>
+
+namespace runner::queue::sql {
+
+struct Statement {
+  const char* name;
+  std::string_view text;
+};
+
+#define RUNNER_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
+// Column order is RowToTask's.
+#define RUNNER_TASK_COLUMNS                                                                  \
+  "t.id, t.state, t.queue, t.priority, to_jsonb(t.command)::text, t.image, t.isolation, "   \
+  "t.isolation_used, t.env::text, t.limits::text, t.timeout, t.attempt, t.max_attempts, "   \
+  "t.backoff, to_jsonb(t.depends_on)::text, t.idempotency_key, t.labels::text, "            \
+  "t.lease_owner, t.node_id, t.exit_code, t.error::text, t.usage::text, " RUNNER_US(        \
+      "t.created_at") ", " RUNNER_US("t.run_at") ", " RUNNER_US("t.started_at") ", " RUNNER_US( \
+      "t.finished_at") ", " RUNNER_US("t.lease_expires_at") ", "                             \
+                                                            "t.cancel_requested, "         \
+                                                            "t.stdout_tail, t.stderr_tail, " \
+                                                            "t.logs_truncated"
+
+inline constexpr std::string_view kTaskColumns = RUNNER_TASK_COLUMNS;
+
+inline constexpr Statement kTaskById{
+    "task_by_id", "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.id = $1"};
+
+inline constexpr Statement kTaskByKey{
+    "task_by_key", "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.idempotency_key = $1"};
+
+inline constexpr Statement kLockDependencies{
+    "lock_dependencies", "SELECT id, state FROM tasks WHERE id = ANY($1::text[]) FOR SHARE"};
+
+inline constexpr Statement kInsertTask{
+    "insert_task",
+    "INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
+    "isolation, image, command, env, limits, timeout, depends_on, idempotency_key, labels, "
+    "error, finished_at) VALUES ($1, $2, $3::text, $4, now() + $5::float8 * interval '1 second', "
+    "$6, $7, $8, $9, $10::text[], $11::jsonb, $12::jsonb, $13, $14::text[], $15, $16::jsonb, "
+    "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END) "
+    "ON CONFLICT (idempotency_key) DO NOTHING RETURNING " RUNNER_TASK_COLUMNS};
+
+inline constexpr Statement kInsertEvent{
+    "insert_event",
+    "INSERT INTO events (kind, task_id, worker_id, data) VALUES ($1, $2, $3, $4::jsonb)"};
+
+inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runner_tasks', $1)"};
+
+// Batch claim: the idle workers are numbered, the runnable tasks are numbered
+// in claim order, and task n goes to worker n. SKIP LOCKED lets claimers pass
+// each other; the row lock makes a task go to one claimer only.
+inline constexpr Statement kClaim{
+    "claim",
+    "WITH w AS ("
+    "  SELECT wid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(wid, ord)"
+    "), picked AS ("
+    "  SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS ord"
+    "  FROM (SELECT q.id, q.priority, q.run_at FROM tasks q"
+    "        WHERE q.state = 'queued' AND q.run_at <= now()"
+    "          AND ($4::text[] IS NULL OR q.queue = ANY($4::text[]))"
+    "          AND (q.depends_on = '{}' OR NOT EXISTS ("
+    "                SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)"
+    "                AND d.state <> 'succeeded'))"
+    "        ORDER BY q.priority DESC, q.run_at, q.id"
+    "        LIMIT $5 FOR UPDATE OF q SKIP LOCKED) c"
+    "), claimed AS ("
+    "  UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_owner = w.wid,"
+    "    node_id = $2, lease_expires_at = now() + $3::bigint * interval '1 millisecond',"
+    "    started_at = now()"
+    "  FROM picked p JOIN w ON w.ord = p.ord"
+    "  WHERE t.id = p.id"
+    "  RETURNING t.*"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT 'task.started', t.id, t.lease_owner,"
+    "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+    ") SELECT " RUNNER_TASK_COLUMNS " FROM claimed t ORDER BY t.priority DESC, t.run_at, t.id"};
+
+// Lease renewal of all of a node's running tasks, worker and node heartbeats,
+// in one statement. Returns the task ids that could not be renewed.
+inline constexpr Statement kHeartbeat{
+    "heartbeat",
+    "WITH b AS ("
+    "  SELECT * FROM unnest($2::text[], $3::text[], $4::text[]) AS u(worker_id, state, task_id)"
+    "), renewed AS ("
+    "  UPDATE tasks t SET lease_expires_at = now() + $5::bigint * interval '1 millisecond'"
+    "  FROM b WHERE b.task_id IS NOT NULL AND t.id = b.task_id AND t.state = 'running'"
+    "    AND t.lease_owner = b.worker_id"
+    "  RETURNING t.id"
+    "), wk AS ("
+    "  INSERT INTO workers AS x (id, node_id, state, current_task)"
+    "  SELECT worker_id, $1, state, task_id FROM b"
+    "  ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id, state = excluded.state,"
+    "    current_task = excluded.current_task, heartbeat_at = now()"
+    "), nd AS ("
+    "  INSERT INTO nodes AS n (id, target) VALUES ($1, $6)"
+    "  ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), target = excluded.target,"
+    "    dead_at = NULL"
+    ") SELECT b.task_id FROM b WHERE b.task_id IS NOT NULL"
+    "  AND NOT EXISTS (SELECT 1 FROM renewed r WHERE r.id = b.task_id)"};
+
+inline constexpr Statement kLockLease{
+    "lock_lease",
+    "SELECT attempt, max_attempts, backoff FROM tasks"
+    " WHERE id = $1 AND state = 'running' AND lease_owner = $2 FOR UPDATE"};
+
+inline constexpr Statement kRetry{
+    "retry",
+    "WITH u AS ("
+    "  UPDATE tasks t SET state = 'queued', run_at = now() + $2::float8 * interval '1 second',"
+    "    lease_owner = NULL, lease_expires_at = NULL, node_id = NULL, exit_code = $3::int,"
+    "    error = $4::jsonb, usage = $5::jsonb, isolation_used = $6"
+    "  WHERE t.id = $1 RETURNING t.id, t.attempt, t.error"
+    ") INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT 'task.retrying', u.id, $7, jsonb_build_object('attempt', u.attempt,"
+    "         'delay', $2::float8, 'error', u.error->>'code') FROM u"};
+
+inline constexpr Statement kFinish{
+    "finish",
+    "WITH u AS ("
+    "  UPDATE tasks t SET state = $2, exit_code = $3::int, error = $4::jsonb, usage = $5::jsonb,"
+    "    isolation_used = $6, finished_at = now(), lease_expires_at = NULL"
+    "  WHERE t.id = $1 RETURNING t.id, t.attempt, t.exit_code, t.error"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT 'task.' || $2, u.id, $7, jsonb_build_object('attempt', u.attempt,"
+    "         'exit_code', u.exit_code, 'error', u.error->>'code') FROM u"
+    "), wake AS ("
+    "  SELECT pg_notify('runner_tasks', q.queue) FROM ("
+    "    SELECT DISTINCT d.queue FROM tasks d"
+    "    WHERE $2 = 'succeeded' AND d.state = 'queued' AND d.depends_on @> ARRAY[$1::text]) q"
+    ") SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM wake)"};
+
+// Transitively fails the queued dependents of a task that ended for good
+// without succeeding ($2: how it ended).
+inline constexpr Statement kFailDependents{
+    "fail_dependents",
+    "WITH RECURSIVE dep(id) AS ("
+    "  SELECT t.id FROM tasks t WHERE t.state = 'queued' AND t.depends_on @> ARRAY[$1::text]"
+    "  UNION"
+    "  SELECT t.id FROM tasks t JOIN dep ON t.depends_on @> ARRAY[dep.id]"
+    "  WHERE t.state = 'queued'"
+    "), upd AS ("
+    "  UPDATE tasks t SET state = 'failed', finished_at = now(),"
+    "    error = jsonb_build_object('code', 'dependency_failed', 'message',"
+    "            'dependency ' || $1::text || ' ended ' || $2::text)"
+    "  FROM dep WHERE t.id = dep.id AND t.state = 'queued' RETURNING t.id"
+    ") INSERT INTO events (kind, task_id, data)"
+    "  SELECT 'task.failed', upd.id, jsonb_build_object('error', 'dependency_failed',"
+    "         'dependency', $1::text) FROM upd"};
+
+inline constexpr Statement kLockTask{"lock_task",
+                                     "SELECT state, queue FROM tasks WHERE id = $1 FOR UPDATE"};
+
+inline constexpr Statement kCancelQueued{
+    "cancel_queued",
+    "WITH u AS ("
+    "  UPDATE tasks SET state = 'cancelled', finished_at = now(),"
+    "    error = '{\"code\":\"cancelled\",\"message\":\"cancelled before it ran\"}'"
+    "  WHERE id = $1 AND state = 'queued' RETURNING id"
+    ") INSERT INTO events (kind, task_id, data) SELECT 'task.cancelled', id, '{}' FROM u"};
+
+inline constexpr Statement kRequestCancel{
+    "request_cancel",
+    "WITH u AS ("
+    "  UPDATE tasks SET cancel_requested = true WHERE id = $1 AND state = 'running' RETURNING id"
+    ") SELECT pg_notify('runner_cancel', id) FROM u"};
+
+// A task whose cancel was requested while running ends cancelled rather than
+// going back to the queue.
+inline constexpr Statement kRelease{
+    "release",
+    "WITH r AS ("
+    "  UPDATE tasks t SET"
+    "    state = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+    "    finished_at = CASE WHEN t.cancel_requested THEN now() END,"
+    "    attempt = greatest(t.attempt - 1, 0), lease_owner = NULL, lease_expires_at = NULL,"
+    "    node_id = NULL, started_at = NULL, run_at = now()"
+    "  WHERE t.id = $1 AND t.lease_owner = $2 AND t.state = 'running'"
+    "  RETURNING t.id, t.queue, t.state"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT 'task.' || r.state, r.id, $2, '{\"reason\":\"released\"}' FROM r"
+    ") SELECT r.id, pg_notify('runner_tasks', r.queue) FROM r"};
+
+inline constexpr Statement kCancelRequested{
+    "cancel_requested",
+    "SELECT id FROM tasks WHERE id = ANY($1::text[]) AND cancel_requested"};
+
+inline constexpr Statement kLockLogState{
+    "lock_log_state",
+    "SELECT log_bytes, log_seq, logs_truncated, stdout_tail, stderr_tail FROM tasks"
+    " WHERE id = $1 FOR UPDATE"};
+
+inline constexpr Statement kInsertLog{
+    "insert_log", "INSERT INTO task_logs (task_id, seq, stream, data) VALUES ($1, $2, $3, $4)"};
+
+inline constexpr Statement kUpdateLogState{
+    "update_log_state",
+    "UPDATE tasks SET log_bytes = $2, log_seq = $3, logs_truncated = $4, stdout_tail = $5,"
+    " stderr_tail = $6 WHERE id = $1"};
+
+inline constexpr Statement kLogState{"log_state",
+                                     "SELECT logs_truncated FROM tasks WHERE id = $1"};
+
+inline constexpr Statement kLogChunks{
+    "log_chunks",
+    "SELECT seq, stream, data FROM task_logs WHERE task_id = $1 AND seq > $2"
+    " AND ($3::smallint IS NULL OR stream = $3::smallint) ORDER BY seq LIMIT $4"};
+
+// Live states from their partial indexes, final states from the sharded
+// counters the trigger keeps: never a scan of the task history.
+inline constexpr Statement kCounts{
+    "counts",
+    "SELECT 'queued', count(*) FROM tasks WHERE state = 'queued'"
+    " UNION ALL SELECT 'running', count(*) FROM tasks WHERE state = 'running'"
+    " UNION ALL SELECT state, sum(n)::bigint FROM task_final_counts GROUP BY state"};
+
+inline constexpr std::string_view kListTasks =
+    "SELECT " RUNNER_TASK_COLUMNS
+    " FROM tasks t WHERE ($1::text IS NULL OR t.state = $1::text)"
+    " AND ($2::text IS NULL OR t.queue = $2::text)"
+    " AND ($3::bigint IS NULL OR (t.created_at, t.id) <"
+    "      ('epoch'::timestamptz + $3::bigint * interval '1 microsecond', $4::text))"
+    " ORDER BY t.created_at DESC, t.id DESC LIMIT $5";
+
+inline constexpr Statement kUpsertNode{
+    "upsert_node",
+    "INSERT INTO nodes (id, host, pid, mode, target) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid,"
+    " mode = excluded.mode, target = excluded.target, heartbeat_at = now(), dead_at = NULL"};
+
+inline constexpr Statement kDeleteNodeWorkers{"delete_node_workers",
+                                              "DELETE FROM workers WHERE node_id = $1"};
+inline constexpr Statement kDeleteNode{"delete_node", "DELETE FROM nodes WHERE id = $1"};
+
+inline constexpr Statement kUpsertWorker{
+    "upsert_worker",
+    "INSERT INTO workers (id, node_id, state, current_task) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id, state = excluded.state,"
+    " current_task = excluded.current_task, heartbeat_at = now()"};
+
+inline constexpr Statement kDeleteWorker{"delete_worker", "DELETE FROM workers WHERE id = $1"};
+
+inline constexpr Statement kListWorkers{
+    "list_workers",
+    "SELECT w.id, w.node_id, w.state, w.current_task, " RUNNER_US("w.started_at") ", " RUNNER_US(
+        "w.heartbeat_at") " FROM workers w LEFT JOIN nodes n ON n.id = w.node_id"
+                          " WHERE n.dead_at IS NULL ORDER BY w.node_id, w.started_at, w.id"};
+
+inline constexpr Statement kListNodes{
+    "list_nodes", "SELECT id, host, pid, mode, target, " RUNNER_US(
+                      "heartbeat_at") " FROM nodes WHERE dead_at IS NULL ORDER BY id"};
+
+inline constexpr Statement kDeadNodes{
+    "dead_nodes",
+    "SELECT id FROM nodes WHERE dead_at IS NOT NULL"
+    " OR heartbeat_at < now() - $1::bigint * interval '1 millisecond' ORDER BY id"};
+
+inline constexpr Statement kEventsAfter{
+    "events_after",
+    "SELECT id, " RUNNER_US("at") ", kind, task_id, worker_id, data::text FROM events"
+                                  " WHERE id > $1 ORDER BY id LIMIT $2"};
+
+inline constexpr Statement kTryReaperLock{"try_reaper_lock",
+                                          "SELECT pg_try_advisory_xact_lock($1::bigint)"};
+
+// Expired leases: back to the queue while attempts remain, else failed with
+// lease_lost (cancelled when a cancel was pending). Locked rows are skipped: a
+// worker finishing right now wins, and the next pass sees the outcome.
+inline constexpr Statement kReapExpired{
+    "reap_expired",
+    "WITH expired AS ("
+    "  SELECT id FROM tasks WHERE state = 'running' AND lease_expires_at < now()"
+    "  FOR UPDATE SKIP LOCKED"
+    "), requeued AS ("
+    "  UPDATE tasks t SET state = 'queued', run_at = now(), lease_owner = NULL,"
+    "    lease_expires_at = NULL, node_id = NULL,"
+    "    error = '{\"code\":\"lease_lost\",\"message\":\"the worker stopped renewing its lease\"}'"
+    "  FROM expired e WHERE t.id = e.id AND t.attempt < t.max_attempts AND NOT t.cancel_requested"
+    "  RETURNING t.id, t.queue, t.attempt"
+    "), failed AS ("
+    "  UPDATE tasks t SET"
+    "    state = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'failed' END,"
+    "    finished_at = now(), lease_expires_at = NULL,"
+    "    error = '{\"code\":\"lease_lost\",\"message\":\"the worker stopped renewing its lease\"}'"
+    "  FROM expired e WHERE t.id = e.id"
+    "    AND (t.attempt >= t.max_attempts OR t.cancel_requested)"
+    "  RETURNING t.id, t.state"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, data)"
+    "  SELECT 'task.retrying', id, jsonb_build_object('attempt', attempt, 'error', 'lease_lost')"
+    "  FROM requeued"
+    "  UNION ALL SELECT 'task.' || state, id, '{\"error\":\"lease_lost\"}' FROM failed"
+    ") SELECT 'requeued', id, queue FROM requeued"
+    "  UNION ALL SELECT 'failed', id, NULL FROM failed"};
+
+inline constexpr Statement kReapWorkers{
+    "reap_workers",
+    "DELETE FROM workers w WHERE w.heartbeat_at < now() - $1::bigint * interval '1 millisecond'"
+    " OR EXISTS (SELECT 1 FROM nodes n WHERE n.id = w.node_id AND n.dead_at IS NOT NULL)"};
+
+inline constexpr Statement kReapNodes{
+    "reap_nodes",
+    "UPDATE nodes SET dead_at = now() WHERE dead_at IS NULL"
+    " AND heartbeat_at < now() - $1::bigint * interval '1 millisecond'"};
+
+inline constexpr Statement kForgetDeadNodes{
+    "forget_dead_nodes",
+    "DELETE FROM nodes WHERE dead_at < now() - $1::bigint * interval '1 second'"};
+
+// Batched so one pass holds its locks briefly; the next pass continues.
+inline constexpr Statement kDeleteOldTasks{
+    "delete_old_tasks",
+    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks"
+    " WHERE finished_at < now() - $1::bigint * interval '1 second'"
+    " AND state NOT IN ('queued', 'running') LIMIT 5000)"};
+
+inline constexpr Statement kDeleteOldEvents{
+    "delete_old_events",
+    "DELETE FROM events WHERE id IN (SELECT id FROM events"
+    " WHERE at < now() - $1::bigint * interval '1 second' LIMIT 50000)"};
+
+inline constexpr std::array kPrepared = {
+    kTaskById,      kTaskByKey,       kLockDependencies, kInsertTask,    kInsertEvent,
+    kNotifyTasks,   kClaim,           kHeartbeat,        kLockLease,     kRetry,
+    kFinish,        kFailDependents,  kLockTask,         kCancelQueued,  kRequestCancel,
+    kRelease,       kCancelRequested, kLockLogState,     kInsertLog,     kUpdateLogState,
+    kLogState,      kLogChunks,       kCounts,           kUpsertNode,    kDeleteNodeWorkers,
+    kDeleteNode,    kUpsertWorker,    kDeleteWorker,     kListWorkers,   kListNodes,
+    kDeadNodes,     kEventsAfter,     kTryReaperLock,    kReapExpired,   kReapWorkers,
+    kReapNodes,     kForgetDeadNodes, kDeleteOldTasks,   kDeleteOldEvents};
+
+#undef RUNNER_TASK_COLUMNS
+#undef RUNNER_US
+
+}  // namespace runner::queue::sql
