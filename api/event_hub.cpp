@@ -1,0 +1,146 @@
+#include "api/event_hub.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace runner::api {
+
+EventSubscription::Wake EventSubscription::Next(std::vector<queue::Event>& out,
+                                                std::chrono::milliseconds wait) {
+  std::unique_lock lock(mu_);
+  cv_.wait_for(lock, wait, [&] { return closed_ || overflow_ || !buffer_.empty(); });
+  if (overflow_) return Wake::kOverflow;
+  if (!buffer_.empty()) {
+    out.insert(out.end(), std::make_move_iterator(buffer_.begin()),
+               std::make_move_iterator(buffer_.end()));
+    buffer_.clear();
+    return Wake::kEvents;
+  }
+  return closed_ ? Wake::kClosed : Wake::kTimeout;
+}
+
+bool EventSubscription::WaitClosed(std::chrono::milliseconds wait) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, wait, [&] { return closed_; });
+}
+
+void EventSubscription::Push(const queue::Event& event) {
+  {
+    std::lock_guard lock(mu_);
+    if (closed_ || overflow_) return;
+    if (buffer_.size() >= capacity_) {
+      overflow_ = true;
+      buffer_.clear();
+    } else {
+      buffer_.push_back(event);
+    }
+  }
+  cv_.notify_all();
+}
+
+void EventSubscription::Close() {
+  {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+  cv_.notify_all();
+}
+
+EventHub::EventHub(queue::QueueStore& store, EventHubOptions options)
+    : store_(store), options_(options) {}
+
+EventHub::~EventHub() { Stop(); }
+
+void EventHub::Start() {
+  std::lock_guard lock(mu_);
+  if (poller_.joinable()) return;
+  stopped_ = false;
+  poller_ = std::jthread([this](std::stop_token stop) { PollLoop(stop); });
+}
+
+void EventHub::Stop() {
+  std::vector<std::shared_ptr<EventSubscription>> subs;
+  {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+    subs.swap(subscribers_);
+  }
+  if (poller_.joinable()) {
+    poller_.request_stop();
+    cv_.notify_all();
+    poller_.join();
+  }
+  for (auto& s : subs) s->Close();
+}
+
+Result<std::shared_ptr<EventSubscription>> EventHub::Subscribe() {
+  std::lock_guard lock(mu_);
+  if (stopped_) return MakeError("unavailable", "the server is shutting down");
+  if (subscribers_.size() >= options_.max_subscribers) {
+    return MakeError("unavailable", "too many event streams are open (" +
+                                        std::to_string(options_.max_subscribers) +
+                                        "); close some or retry later");
+  }
+  auto sub = std::make_shared<EventSubscription>(options_.buffer_events);
+  subscribers_.push_back(sub);
+  return sub;
+}
+
+void EventHub::Unsubscribe(const std::shared_ptr<EventSubscription>& subscription) {
+  std::lock_guard lock(mu_);
+  std::erase(subscribers_, subscription);
+}
+
+std::size_t EventHub::subscribers() {
+  std::lock_guard lock(mu_);
+  return subscribers_.size();
+}
+
+void EventHub::Publish(const std::vector<queue::Event>& events) {
+  std::lock_guard lock(mu_);
+  for (const auto& sub : subscribers_) {
+    for (const auto& e : events) sub->Push(e);
+  }
+}
+
+bool EventHub::SkipToEnd() {
+  for (;;) {
+    auto page = store_.EventsAfter(cursor_, 1000);
+    if (!page) {
+      spdlog::warn("event hub: cannot read events code={} message={}", page.error().code,
+                   page.error().message);
+      return false;
+    }
+    if (!page->empty()) cursor_ = page->back().id;
+    if (page->size() < 1000) return true;
+  }
+}
+
+void EventHub::PollLoop(std::stop_token stop) {
+  bool at_end = false;
+  std::mutex wait_mu;
+  while (!stop.stop_requested()) {
+    if (!at_end) {
+      at_end = SkipToEnd();
+    } else {
+      // Drain everything new before sleeping again, a page at a time.
+      for (;;) {
+        auto page = store_.EventsAfter(cursor_, options_.batch);
+        if (!page) {
+          spdlog::warn("event hub: cannot read events code={} message={}", page.error().code,
+                       page.error().message);
+          break;
+        }
+        if (page->empty()) break;
+        cursor_ = page->back().id;
+        Publish(*page);
+        if (page->size() < options_.batch || stop.stop_requested()) break;
+      }
+    }
+    std::unique_lock lock(wait_mu);
+    cv_.wait_for(lock, stop, options_.poll_interval, [] { return false; });
+  }
+}
+
+}  // namespace runner::api
