@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# End to end test of compose.yaml: build and start the appliance with
+# docker-compose (v1, as Debian ships it; `docker compose` v2 when v1 is absent),
+# submit a task over the published loopback port with the API token, see it
+# succeed in a sibling container, `down` (the database volume survives: the task
+# is still there after the next `up`), then `down -v`. Cleans up on every path.
+#
+# Images are reused across runs on the same machine (the apt layers and, when
+# the sources did not change, the compile layer are cached), so a re-run costs
+# the C++ build at most. Prints how long build+up took.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+SOCK=/var/run/docker.sock
+PROJECT="${COMPOSE_TEST_PROJECT:-runnertest}"
+export RUNNER_API_TOKEN="compose-test-$RANDOM$RANDOM"
+export POSTGRES_PASSWORD="compose-test-$RANDOM$RANDOM"
+log() { echo "compose: $*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+if command -v docker-compose >/dev/null; then
+  DC=(docker-compose -p "$PROJECT" -f "$ROOT/compose.yaml")
+elif docker compose version >/dev/null 2>&1; then
+  DC=(docker compose -p "$PROJECT" -f "$ROOT/compose.yaml")
+else
+  fail "neither docker-compose nor docker compose is installed (apt-get install docker-compose)"
+fi
+
+PORT=""
+for _ in $(seq 1 50); do
+  p=$(( 20000 + RANDOM % 40000 ))
+  if ! ss -Hltn "sport = :$p" | grep -q .; then PORT=$p; break; fi
+done
+[ -n "$PORT" ] || fail "no free port"
+export RUNNER_PORT="$PORT"
+BASE="http://127.0.0.1:$PORT"
+
+NODE=""
+cleanup() {
+  rc=$?
+  if [ $rc != 0 ]; then
+    log "runner logs (last 60 lines):"; "${DC[@]}" logs --no-color --tail=60 runner >&2 2>&1 || true
+  fi
+  "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+  if [ -n "$NODE" ]; then
+    # Task containers of the compose runner, should any survive it.
+    ids=$(curl -sf --unix-socket "$SOCK" "http://docker/containers/json?all=1" |
+      python3 -c "import json,sys; print(' '.join(c['Id'] for c in json.load(sys.stdin) if c.get('Labels',{}).get('io.runner.node')=='$NODE'))" || true)
+    for c in $ids; do curl -sf -X DELETE --unix-socket "$SOCK" "http://docker/containers/$c?force=1" >/dev/null || true; done
+  fi
+  exit $rc
+}
+trap cleanup EXIT INT TERM
+
+api() { curl -sS --max-time 10 -H "Authorization: Bearer $RUNNER_API_TOKEN" -H 'Content-Type: application/json' "$@"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+wait_ready() {
+  local deadline=$(( $(date +%s) + $1 ))
+  until curl -sf --max-time 2 "$BASE/readyz" >/dev/null 2>&1; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "the runner did not become ready on $BASE within $1 s"
+    sleep 1
+  done
+}
+runner_health() { docker inspect -f '{{.State.Health.Status}}' "$("${DC[@]}" ps -q runner)" 2>/dev/null || echo none; }
+
+"$ROOT/scripts/seed-base-image"
+"${DC[@]}" config -q || fail "compose.yaml is rejected by ${DC[*]}"
+"${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
+
+log "build + up"
+t0=$(date +%s)
+timeout 1500 "${DC[@]}" up -d --build >"${TMPDIR:-/tmp}/compose-up-$PROJECT.log" 2>&1 ||
+  { tail -40 "${TMPDIR:-/tmp}/compose-up-$PROJECT.log" >&2; fail "up --build failed"; }
+t1=$(date +%s)
+wait_ready 120
+deadline=$(( $(date +%s) + 60 ))
+until [ "$(runner_health)" = healthy ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "the runner container is not healthy: $(runner_health)"
+  sleep 1
+done
+t2=$(date +%s)
+log "timing: build+up $(( t1 - t0 )) s, ready+healthy $(( t2 - t1 )) s later"
+
+# Loopback only, and the token is required.
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/api/v1/status")
+[ "$code" = 401 ] || fail "GET /api/v1/status without the token answered $code, want 401"
+
+status=$(api "$BASE/api/v1/status")
+NODE=$(echo "$status" | json 'd["node_id"]')
+runner_host=$(docker inspect -f '{{.Config.Hostname}}' "$("${DC[@]}" ps -q runner)")
+
+marker="compose-output-$RANDOM"
+task=$(api -X POST "$BASE/api/v1/tasks" -d "{\"command\":[\"sh\",\"-c\",\"echo $marker; hostname\"],\"isolation\":\"docker\"}")
+id=$(echo "$task" | json 'd["id"]') || fail "submit failed: $task"
+deadline=$(( $(date +%s) + 120 ))
+while :; do
+  task=$(api "$BASE/api/v1/tasks/$id")
+  state=$(echo "$task" | json 'd["state"]')
+  case "$state" in queued | running) ;; *) break ;; esac
+  [ "$(date +%s)" -lt "$deadline" ] || fail "task $id still $state after 120 s"
+  sleep 0.5
+done
+[ "$state" = succeeded ] || fail "task $id ended $state: $task"
+[ "$(echo "$task" | json 'd.get("isolation_used")')" = docker ] || fail "task did not run in Docker: $task"
+logs=$(api "$BASE/api/v1/tasks/$id/logs")
+echo "$logs" | grep -q "$marker" || fail "logs lack the task's output: $logs"
+task_host=$(echo "$logs" | grep -v "$marker" | head -1)
+[ -n "$task_host" ] && [ "$task_host" != "$runner_host" ] ||
+  fail "the task did not run in a container of its own (hostname '$task_host', runner '$runner_host')"
+log "task $id succeeded in sibling container $task_host"
+
+log "down (volume kept), up again: the task is still there"
+"${DC[@]}" down >/dev/null 2>&1 || fail "down failed"
+[ -z "$("${DC[@]}" ps -q)" ] || fail "containers left after down"
+docker volume inspect "${PROJECT}_pgdata" >/dev/null 2>&1 || fail "down removed the database volume"
+"${DC[@]}" up -d >/dev/null 2>&1 || fail "second up failed"
+wait_ready 120
+[ "$(api "$BASE/api/v1/tasks/$id" | json 'd["state"]')" = succeeded ] || fail "the task was lost across down/up"
+
+"${DC[@]}" down -v >/dev/null 2>&1 || fail "down -v failed"
+! docker volume inspect "${PROJECT}_pgdata" >/dev/null 2>&1 || fail "down -v left the volume"
+log "timing: build+up $(( t1 - t0 )) s"
+echo "1 passed, 0 failed"
