@@ -1,0 +1,52 @@
+#pragma once
+
+// The client commands of `runner` (API.md, Command line): each talks to the
+// server through ApiClient, prints a human table (or the API's JSON with
+// --json) on stdout, prints a server error as its message on stderr and
+// returns the process exit code (0 ok, 1 error, 2 bad usage; `submit --wait`
+// returns the task's exit code).
+//
+// Thread-safety: called from main's thread only.
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "api/client/api_client.h"
+
+namespace runner::api {
+
+struct CommandContext {
+  ClientOptions client;
+  bool json = false;
+};
+
+struct SubmitArgs {
+  std::vector<std::string> command;
+  std::optional<std::string> image, isolation, queue, idempotency_key;
+  std::optional<std::string> cpus, memory, disk;  // memory/disk accept 512M, 1G, bytes
+  std::optional<int64_t> pids;
+  std::optional<double> timeout, delay;
+  std::optional<int> priority, max_attempts;
+  std::vector<std::string> env, labels;  // KEY=VALUE
+  std::vector<std::string> depends_on;
+  bool wait = false;
+};
+
+int RunSubmit(const CommandContext& ctx, const SubmitArgs& args);
+int RunStatus(const CommandContext& ctx);
+int RunList(const CommandContext& ctx, const std::optional<std::string>& state,
+            const std::optional<std::string>& queue, int limit);
+int RunWorkers(const CommandContext& ctx);
+int RunScale(const CommandContext& ctx, int count);
+int RunStop(const CommandContext& ctx, bool force, std::optional<double> drain_timeout);
+int RunStart(const CommandContext& ctx);
+int RunLogs(const CommandContext& ctx, const std::string& id, bool follow,
+            const std::string& stream);
+int RunCancel(const CommandContext& ctx, const std::string& id);
+
+// "512M", "1G", "1.5Gi", "1048576" -> bytes; nullopt when malformed.
+std::optional<int64_t> ParseBytes(const std::string& text);
+
+}  // namespace runner::api
