@@ -40,6 +40,19 @@ std::string SafeName(std::string_view s) {
   return out.substr(0, 64);
 }
 
+bool IsNumber(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
+
+// ",uid=U,gid=G" for a numeric "U[:G]" user; empty otherwise.
+std::string TmpfsOwner(std::string_view user) {
+  auto colon = user.find(':');
+  std::string_view uid = user.substr(0, colon);
+  std::string_view gid = colon == std::string_view::npos ? uid : user.substr(colon + 1);
+  if (!IsNumber(uid) || !IsNumber(gid)) return {};
+  return ",uid=" + std::string(uid) + ",gid=" + std::string(gid);
+}
+
 std::string Bytes(int64_t n) { return std::to_string(n) + " bytes"; }
 
 // Owns one container: removes it (force) when destroyed, on every path.
@@ -162,6 +175,9 @@ json::object BuildCreateConfig(const TaskSpec& spec, const DockerIsolatorOptions
     host["ReadonlyRootfs"] = true;
     int64_t size = spec.limits.disk > 0 ? spec.limits.disk : options.default_tmpfs_bytes;
     std::string opts = "rw,exec,nosuid,nodev,mode=1777,size=" + std::to_string(size);
+    // Docker copies the image's /work (root, 0755) onto the tmpfs, so mode
+    // alone does not make it writable: give it to the task's user.
+    opts += TmpfsOwner(options.user);
     host["Tmpfs"] = json::object{{"/work", opts}, {"/tmp", opts}};
   }
   config["HostConfig"] = std::move(host);

@@ -1,0 +1,481 @@
+// Integration tests of the Docker isolator against the real dockerd and the
+// runner-task:latest image (busybox). Every container carries
+// io.runner.node=<this run's id>, so the last test can check by label that
+// nothing was left behind.
+
+#include "isolation/docker/docker_isolator.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "tests/support/services.h"
+
+namespace {
+
+using namespace std::chrono_literals;
+using runner::isolation::Limits;
+using runner::isolation::OutputStream;
+using runner::isolation::RunResult;
+using runner::isolation::TaskSpec;
+using runner::isolation::UsageSample;
+using runner::isolation::docker::DockerIsolator;
+using runner::isolation::docker::DockerIsolatorOptions;
+using runner::isolation::docker::EngineClient;
+using runner::isolation::docker::EngineClientOptions;
+using Clock = std::chrono::steady_clock;
+
+std::string RandomId() {
+  static std::mt19937_64 rng{std::random_device{}()};
+  static std::mutex mu;
+  std::lock_guard lock(mu);
+  const char* hex = "0123456789abcdef";
+  std::string s;
+  for (int i = 0; i < 10; ++i) s += hex[rng() % 16];
+  return s;
+}
+
+// One id for the whole test run: every container of this suite carries it.
+const std::string& RunNode() {
+  static const std::string id = "it-docker-" + RandomId();
+  return id;
+}
+
+DockerIsolatorOptions Options() {
+  DockerIsolatorOptions o;
+  o.docker_host = runner::testing::DockerHost();
+  o.stop_grace = 2s;
+  return o;
+}
+
+DockerIsolator& Shared() {
+  static DockerIsolator isolator(Options());
+  return isolator;
+}
+
+TaskSpec Spec(std::vector<std::string> command) {
+  TaskSpec s;
+  s.task_id = "t-" + RandomId();
+  s.worker_id = "w-test";
+  s.node_id = RunNode();
+  s.image = "runner-task:latest";
+  s.command = std::move(command);
+  s.timeout = 60s;
+  return s;
+}
+
+class Collector : public runner::isolation::Observer {
+ public:
+  void OnStarted(std::string_view, std::string_view handle) override {
+    std::lock_guard lock(mu);
+    container = handle;
+    started = true;
+  }
+  void OnOutput(OutputStream s, std::string_view data) override {
+    std::lock_guard lock(mu);
+    (s == OutputStream::kStdout ? out : err) += data;
+  }
+  void OnUsage(const UsageSample& sample) override {
+    std::lock_guard lock(mu);
+    samples.push_back(sample);
+  }
+  void OnOverLimit(std::string_view resource, runner::isolation::OverLimitAction,
+                   std::string_view) override {
+    std::lock_guard lock(mu);
+    over_limit.emplace_back(resource);
+  }
+
+  std::mutex mu;
+  std::string container, out, err;
+  std::vector<UsageSample> samples;
+  std::vector<std::string> over_limit;
+  std::atomic<bool> started{false};
+};
+
+size_t ContainersLabelled(const std::string& label) {
+  auto list = Shared().client().ContainerList({label});
+  REQUIRE(list.ok());
+  return list->size();
+}
+
+size_t ContainersOfTask(const TaskSpec& spec) {
+  return ContainersLabelled("io.runner.task=" + spec.task_id);
+}
+
+// A unix socket that accepts connections and then either stays silent or
+// answers garbage, to play a hung or broken daemon.
+class FakeDaemon {
+ public:
+  FakeDaemon(const std::string& path, std::string reply) : path_(path), reply_(std::move(reply)) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(fd_, 16) == 0);
+    thread_ = std::jthread([this](std::stop_token st) { Serve(st); });
+  }
+  ~FakeDaemon() {
+    thread_.request_stop();
+    thread_.join();
+    for (int c : clients_) ::close(c);
+    ::close(fd_);
+  }
+  std::string host() const { return "unix://" + path_; }
+
+ private:
+  void Serve(std::stop_token st) {
+    while (!st.stop_requested()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      if (!reply_.empty()) {
+        char buf[4096];
+        pollfd cp{c, POLLIN, 0};
+        if (::poll(&cp, 1, 1000) > 0) (void)::read(c, buf, sizeof buf);
+        (void)::write(c, reply_.data(), reply_.size());
+      }
+      clients_.push_back(c);  // held open (silent daemon) until the end
+    }
+  }
+
+  std::string path_;
+  std::string reply_;
+  int fd_ = -1;
+  std::vector<int> clients_;
+  std::jthread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("the docker isolator sees the daemon and negotiates its API version",
+          "[docker][engine]") {
+  CHECK(Shared().Available());
+  CHECK(Shared().EngineVersion().find("(API 1.4") != std::string::npos);
+  auto api = Shared().client().ApiVersion();
+  REQUIRE(api.ok());
+  CHECK(*api >= std::string("1.41"));
+}
+
+TEST_CASE("echo keeps stdout and stderr apart", "[docker][run]") {
+  auto spec = Spec({"sh", "-c", "echo to-out; echo to-err >&2; echo more-out"});
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code == 0);
+  CHECK(r.isolation == "docker");
+  CHECK(c.out == "to-out\nmore-out\n");
+  CHECK(c.err == "to-err\n");
+  CHECK(c.container.size() == 64);
+  CHECK(r.usage.duration > 0);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a task runs as a non-root user in /work with its env", "[docker][run]") {
+  auto spec = Spec({"sh", "-c", "id -u; pwd; echo $GREETING"});
+  spec.env = {{"GREETING", "hello"}};
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(c.out == "65534\n/work\nhello\n");
+}
+
+TEST_CASE("exit code 3 is reported as 3", "[docker][run]") {
+  auto spec = Spec({"sh", "-c", "exit 3"});
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code == 3);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a memory hog is killed and reported oom_killed", "[docker][limits]") {
+  auto spec = Spec({"sh", "-c", "x=a; while true; do x=$x$x; done"});
+  spec.limits.memory = 32LL << 20;
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kOomKilled);
+  CHECK(r.error_code == "oom_killed");
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a task killed by SIGKILL without OOM is not reported as oom_killed", "[docker][limits]") {
+  // Exit 137 alone is any SIGKILL.
+  auto spec = Spec({"sh", "-c", "kill -9 $$"});
+  spec.limits.memory = 64LL << 20;
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code == 137);
+}
+
+TEST_CASE("the CPU limit is set on the container and holds a busy loop to it", "[docker][limits]") {
+  auto spec = Spec({"sh", "-c", "timeout 3 sh -c 'while :; do :; done'; true"});
+  spec.limits.cpus = 0.25;
+  int64_t nano_cpus = -1;
+  struct Inspecting : Collector {
+    EngineClient* client = nullptr;
+    int64_t* nano = nullptr;
+    void OnStarted(std::string_view iso, std::string_view handle) override {
+      Collector::OnStarted(iso, handle);
+      auto info = client->ContainerInspect(handle);
+      if (info.ok()) *nano = info->at("HostConfig").at("NanoCpus").to_number<int64_t>();
+    }
+  } c;
+  c.client = &Shared().client();
+  c.nano = &nano_cpus;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(nano_cpus == 250'000'000);
+  std::vector<double> busy;
+  for (const auto& s : c.samples) {
+    if (s.cpu_percent > 0) busy.push_back(s.cpu_percent);
+  }
+  REQUIRE(busy.size() >= 1);
+  double mean = std::accumulate(busy.begin(), busy.end(), 0.0) / static_cast<double>(busy.size());
+  INFO("mean cpu% " << mean << " over " << busy.size() << " samples, cpu_seconds "
+                    << r.usage.cpu_seconds);
+  CHECK(mean > 12.5);
+  CHECK(mean < 37.5);
+  CHECK(r.usage.cpu_seconds > 0.3);
+  CHECK(r.usage.cpu_seconds < 1.2);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a disk writer is stopped at its disk limit", "[docker][limits]") {
+  auto spec = Spec({"sh", "-c", "dd if=/dev/zero of=/work/fill bs=1048576 count=32"});
+  spec.limits.disk = 4LL << 20;
+  spec.limits.memory = 128LL << 20;
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  INFO(c.err);
+  CHECK(r.kind == RunResult::Kind::kOverLimit);
+  CHECK(r.error_code == "over_limit");
+  CHECK(r.message.find("disk limit of 4194304 bytes") != std::string::npos);
+  CHECK(r.exit_code != 0);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("the root filesystem is read-only", "[docker][limits]") {
+  auto spec = Spec({"sh", "-c", "touch /bin/x"});
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code != 0);
+  CHECK(c.err.find("Read-only file system") != std::string::npos);
+}
+
+TEST_CASE("a fork bomb is stopped by the pids limit", "[docker][limits]") {
+  auto spec = Spec({"sh", "-c",
+                    "i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); done; echo spawned"});
+  spec.limits.pids = 16;
+  spec.timeout = 30s;
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  INFO(c.err);
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(c.err.find("fork") != std::string::npos);
+  for (const auto& s : c.samples) CHECK(s.pids <= 16);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a task has no network by default", "[docker][network]") {
+  auto spec = Spec({"cat", "/proc/net/dev"});
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(c.out.find("lo:") != std::string::npos);
+  CHECK(c.out.find("eth0") == std::string::npos);
+}
+
+TEST_CASE("a task past its timeout is stopped and reported timed_out", "[docker][timeout]") {
+  auto spec = Spec({"sleep", "30"});
+  spec.timeout = 1s;
+  Collector c;
+  auto t0 = Clock::now();
+  RunResult r = Shared().Run(spec, c, {});
+  auto took = Clock::now() - t0;
+  CHECK(r.kind == RunResult::Kind::kTimedOut);
+  CHECK(r.error_code == "timed_out");
+  CHECK(took < 10s);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a task ignoring SIGTERM is killed after the grace period", "[docker][timeout]") {
+  auto spec = Spec({"sh", "-c", "trap '' TERM; while :; do sleep 1; done"});
+  spec.timeout = 500ms;
+  Collector c;
+  auto t0 = Clock::now();
+  RunResult r = Shared().Run(spec, c, {});
+  auto took = Clock::now() - t0;
+  CHECK(r.kind == RunResult::Kind::kTimedOut);
+  CHECK(took >= 2s);  // stop_grace
+  CHECK(took < 15s);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("a stop request cancels a running task", "[docker][cancel]") {
+  auto spec = Spec({"sleep", "30"});
+  Collector c;
+  std::stop_source stop;
+  std::jthread canceller([&] {
+    runner::testing::WaitFor([&] { return c.started.load(); }, 20s);
+    std::this_thread::sleep_for(300ms);
+    stop.request_stop();
+  });
+  auto t0 = Clock::now();
+  RunResult r = Shared().Run(spec, c, stop.get_token());
+  CHECK(r.kind == RunResult::Kind::kStopped);
+  CHECK(r.error_code == "cancelled");
+  CHECK(Clock::now() - t0 < 10s);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("the kill policy ends a task over its memory soft limit", "[docker][policy]") {
+  auto opts = Options();
+  opts.over_limit.action = runner::isolation::OverLimitAction::kKill;
+  opts.over_limit.soft_fraction = 0.1;
+  opts.stats_interval = 300ms;
+  DockerIsolator isolator(opts);
+  // Holds ~8 MiB of anonymous memory, over a soft limit of 6.4 MiB.
+  auto spec = Spec({"sh", "-c", "x=$(head -c 8388608 /dev/zero | tr '\\0' a); sleep 20"});
+  spec.limits.memory = 64LL << 20;
+  spec.timeout = 30s;
+  Collector c;
+  RunResult r = isolator.Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kOverLimit);
+  CHECK(r.error_code == "over_limit");
+  CHECK(std::find(c.over_limit.begin(), c.over_limit.end(), "memory") != c.over_limit.end());
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("tasks run concurrently from many threads", "[docker][concurrency]") {
+  std::vector<RunResult> results(4);
+  std::vector<std::string> outs(4);
+  {
+    std::vector<std::jthread> threads;
+    for (int i = 0; i < 4; ++i) {
+      threads.emplace_back([&, i] {
+        auto spec = Spec({"sh", "-c", "echo task-" + std::to_string(i)});
+        Collector c;
+        results[static_cast<size_t>(i)] = Shared().Run(spec, c, {});
+        outs[static_cast<size_t>(i)] = c.out;
+      });
+    }
+  }
+  for (int i = 0; i < 4; ++i) {
+    CHECK(results[static_cast<size_t>(i)].kind == RunResult::Kind::kExited);
+    CHECK(outs[static_cast<size_t>(i)] == "task-" + std::to_string(i) + "\n");
+  }
+}
+
+TEST_CASE("a missing image is reported as image_not_found", "[docker][errors]") {
+  auto spec = Spec({"true"});
+  spec.image = "runner-no-such-image:" + RandomId();
+  Collector c;
+  RunResult r = Shared().Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kError);
+  CHECK(r.error_code == "image_not_found");
+  CHECK(r.message.find(spec.image) != std::string::npos);
+  CHECK_FALSE(c.started.load());
+}
+
+TEST_CASE("a missing daemon socket is isolation_unavailable within the deadline",
+          "[docker][errors]") {
+  runner::testing::TempDir dir;
+  auto opts = Options();
+  opts.docker_host = "unix://" + (dir.path() / "no-docker.sock").string();
+  DockerIsolator isolator(opts);
+  auto t0 = Clock::now();
+  CHECK_FALSE(isolator.Available());
+  Collector c;
+  RunResult r = isolator.Run(Spec({"true"}), c, {});
+  CHECK(Clock::now() - t0 < 3s);
+  CHECK(r.kind == RunResult::Kind::kError);
+  CHECK(r.error_code == "isolation_unavailable");
+  CHECK(r.message.find("no-docker.sock") != std::string::npos);
+  CHECK(r.message.find("dockerd") != std::string::npos);
+}
+
+TEST_CASE("a daemon that accepts but never answers gives an error within the deadline",
+          "[docker][errors]") {
+  runner::testing::TempDir dir;
+  FakeDaemon silent((dir.path() / "silent.sock").string(), "");
+  EngineClientOptions o;
+  o.docker_host = silent.host();
+  o.call_timeout = 1s;
+  o.quick_timeout = 1s;
+  EngineClient client(o);
+  auto t0 = Clock::now();
+  auto ping = client.Ping();
+  auto took = Clock::now() - t0;
+  REQUIRE_FALSE(ping.ok());
+  CHECK(ping.error().code == "isolation_unavailable");
+  CHECK(took < 3s);
+
+  auto opts = Options();
+  opts.docker_host = silent.host();
+  opts.call_timeout = 1s;
+  DockerIsolator isolator(opts);
+  t0 = Clock::now();
+  Collector c;
+  RunResult r = isolator.Run(Spec({"true"}), c, {});
+  CHECK(r.error_code == "isolation_unavailable");
+  CHECK(Clock::now() - t0 < 5s);
+}
+
+TEST_CASE("a daemon answering garbage gives an internal error", "[docker][errors]") {
+  runner::testing::TempDir dir;
+  FakeDaemon garbage((dir.path() / "garbage.sock").string(), "SSH-2.0-OpenSSH_9.2\r\n\r\nnonsense");
+  EngineClientOptions o;
+  o.docker_host = garbage.host();
+  o.quick_timeout = 2s;
+  EngineClient client(o);
+  auto t0 = Clock::now();
+  auto ping = client.Ping();
+  REQUIRE_FALSE(ping.ok());
+  CHECK(ping.error().code == "internal");
+  CHECK(Clock::now() - t0 < 3s);
+}
+
+TEST_CASE("orphans of a node are reaped and other nodes' containers are untouched",
+          "[docker][reap]") {
+  std::string dead = RunNode() + "-dead";
+  std::string other = RunNode() + "-other";
+  auto make = [&](const std::string& node) {
+    auto spec = Spec({"sleep", "60"});
+    spec.node_id = node;
+    auto config = runner::isolation::docker::BuildCreateConfig(spec, Shared().options(), false);
+    auto id = Shared().client().ContainerCreate(config);
+    REQUIRE(id.ok());
+    REQUIRE(Shared().client().ContainerStart(*id).ok());
+    return *id;
+  };
+  make(dead);
+  make(dead);
+  std::string survivor = make(other);
+
+  auto reaped = Shared().ReapOrphans({dead});
+  REQUIRE(reaped.ok());
+  CHECK(*reaped == 2);
+  CHECK(ContainersLabelled("io.runner.node=" + dead) == 0);
+  CHECK(ContainersLabelled("io.runner.node=" + other) == 1);
+  REQUIRE(Shared().client().ContainerRemove(survivor).ok());
+  CHECK(ContainersLabelled("io.runner.node=" + other) == 0);
+}
+
+TEST_CASE("no container of this test run is left behind", "[docker][cleanup]") {
+  CHECK(ContainersLabelled("io.runner.node=" + RunNode()) == 0);
+}
