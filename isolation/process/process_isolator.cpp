@@ -43,6 +43,7 @@ constexpr const char* kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
 constexpr std::chrono::milliseconds kDrainAfterExit{2000};
 constexpr std::chrono::milliseconds kExecReportTimeout{10000};
 constexpr size_t kReadChunk = 64 * 1024;
+constexpr double kRearmFraction = 0.8;
 
 // Owns one file descriptor.
 class UniqueFd {
@@ -434,12 +435,15 @@ void TaskRun::Terminate(Ending why, std::string message) {
 void TaskRun::CheckLimit(const std::string& resource, double value, double limit,
                          const std::string& what) {
   if (limit <= 0) return;
-  bool over = value >= options_.over_limit.soft_fraction * limit;
+  double soft = options_.over_limit.soft_fraction * limit;
   bool& was = over_[resource];
-  if (!over || was) {
-    was = over;
+  if (was) {
+    // Re-arm only well below the line, so a value hovering at it (a busy
+    // loop at its CPU quota) is reported once, not at every sample.
+    if (value < soft * kRearmFraction) was = false;
     return;
   }
+  if (value < soft) return;
   was = true;
   OverLimitAction action = options_.over_limit.action;
   std::string message = resource + " " + what + " is over the soft limit (" +
