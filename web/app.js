@@ -465,10 +465,21 @@ function followLogs(id) {
     } catch { refreshSelected(); }
     scheduleTasks();
   });
+  es.onopen = () => {
+    if (selected.logs === es && $('task-logs').dataset.state === 'reconnecting') {
+      $('task-logs-state').textContent = '(following live)';
+      $('task-logs').dataset.state = 'following';
+    }
+  };
   es.onerror = async () => {
     if (selected.logs !== es) return;
-    // The stream broke before `end` (server restart, network): never let the
-    // browser replay it into the same view; look at the task and decide.
+    if (es.readyState === EventSource.CONNECTING) {
+      // The browser resumes the stream itself (Last-Event-ID: no line twice).
+      $('task-logs-state').textContent = '(reconnecting…)';
+      $('task-logs').dataset.state = 'reconnecting';
+      return;
+    }
+    // The browser gave up (HTTP error): look at the task and decide.
     es.close();
     selected.logs = null;
     $('task-logs-state').textContent = '(reconnecting…)';
@@ -703,9 +714,12 @@ function connectEvents() {
     if (events !== es) return;
     conn.sse = false;
     renderConn();
-    // The browser retries a dropped stream by itself, but gives up for good on
-    // an HTTP error (503 while the server starts, 401). Take over: close and
-    // retry with backoff; a poll meanwhile asks for the token on 401.
+    // A dropped stream is retried by the browser itself (resuming with
+    // Last-Event-ID); onopen then refreshes everything.
+    if (es.readyState !== EventSource.CLOSED) return;
+    // On an HTTP error (503 while the server starts, 401) the browser gives up
+    // for good: take over, retrying with backoff; a poll meanwhile asks for the
+    // token on 401.
     es.close();
     events = null;
     eventsRetry = setTimeout(async () => {

@@ -86,7 +86,9 @@ function run(t, w) {
   emit('task.started', { task_id: t.id, state: 'running' });
   const line = t.command.length === 3 && t.command[0] === 'sh' ? t.command[2] : t.command.join(' ');
   const sleep = /sleep (\d+)/.exec(line);
-  const echoes = [...line.matchAll(/echo (?:"([^"]*)"|'([^']*)'|([^;&|]*))/g)].map((m) => (m[1] ?? m[2] ?? m[3]).trim());
+  const echoes = t.command[0] === 'echo' ? [t.command.slice(1).join(' ')]
+    : line.startsWith('printf') ? [...line.matchAll(/'([^']*)'/g)].slice(1).map((m) => m[1])
+    : [...line.matchAll(/echo (?:"([^"]*)"|'([^']*)'|([^;&|]*))/g)].map((m) => (m[1] ?? m[2] ?? m[3]).trim());
   let i = 0;
   const tick = setInterval(() => {
     if (t.state !== 'running') { clearInterval(tick); return; }
@@ -157,6 +159,7 @@ const server = http.createServer(async (req, res) => {
     if (!b) return fail(res, 400, 'bad_request', 'body is not JSON');
     for (const k of Object.keys(b)) if (!TASK_KEYS.has(k)) return fail(res, 400, 'validation_failed', `unknown field "${k}"`);
     if (!Array.isArray(b.command) || !b.command.length) return fail(res, 400, 'validation_failed', 'command must be a non-empty array');
+    if (b.priority !== undefined && (b.priority < -1000 || b.priority > 1000)) return fail(res, 400, 'validation_failed', 'priority: must be between -1000 and 1000');
     if (b.limits && b.limits.cpus > 64) return fail(res, 400, 'validation_failed', 'limits.cpus must be at most 64');
     const t = {
       id: newId(), state: 'queued', queue: b.queue || 'default', priority: b.priority || 0, command: b.command,
