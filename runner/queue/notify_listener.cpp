@@ -56,6 +56,10 @@ void NotifyListener::Run(std::stop_token stop) {
       pqxx::connection conn(conninfo_);
       Receiver tasks(conn, kTasksChannel, callback_);
       Receiver cancels(conn, kCancelChannel, callback_);
+      {
+        pqxx::nontransaction tx(conn);
+        tx.exec("SET application_name = 'runner-listener'");
+      }
       conn.get_notifs();  // LISTENs are issued by the receivers' constructors
       connected_ = true;
       ++connects_;

@@ -84,7 +84,8 @@ class PostgresStore::Pool {
       pqxx::nontransaction tx(*conn);
       tx.exec("SET statement_timeout = " + std::to_string(statement_timeout_.count()) +
               "; SET lock_timeout = " + std::to_string(statement_timeout_.count()) +
-              "; SET idle_in_transaction_session_timeout = 60000");
+              "; SET idle_in_transaction_session_timeout = 60000"
+              "; SET application_name = 'runner-queue'");
     }
     for (const auto& s : sql::kPrepared) conn->prepare(s.name, std::string(s.text));
     return conn;
@@ -235,7 +236,8 @@ const json::value* Field(const json::object& o, std::string_view key) {
 std::vector<std::string> ParseStringArray(const pqxx::field& f) {
   std::vector<std::string> out;
   if (f.is_null()) return out;
-  for (const auto& v : json::parse(f.c_str()).as_array()) {
+  json::value parsed = json::parse(f.c_str());
+  for (const auto& v : parsed.as_array()) {
     out.emplace_back(v.is_string() ? std::string(v.get_string()) : "");
   }
   return out;
@@ -244,7 +246,8 @@ std::vector<std::string> ParseStringArray(const pqxx::field& f) {
 std::map<std::string, std::string> ParseStringMap(const pqxx::field& f) {
   std::map<std::string, std::string> out;
   if (f.is_null()) return out;
-  for (const auto& [k, v] : json::parse(f.c_str()).as_object()) {
+  json::value parsed = json::parse(f.c_str());
+  for (const auto& [k, v] : parsed.as_object()) {
     out[std::string(k)] = v.is_string() ? std::string(v.get_string()) : json::serialize(v);
   }
   return out;
