@@ -1,0 +1,77 @@
+#include "tests/unit/pool/isolator_fake.h"
+
+#include <chrono>
+#include <stdexcept>
+
+namespace runner::pool::testing {
+
+isolation::RunResult FakeIsolator::Run(const isolation::TaskSpec& spec,
+                                       isolation::Observer& observer, std::stop_token stop) {
+  {
+    std::lock_guard lock(mu_);
+    ++runs_[spec.task_id];
+  }
+  ++started_;
+  const int now = ++running_;
+  int prev = max_running_.load();
+  while (now > prev && !max_running_.compare_exchange_weak(prev, now)) {
+  }
+  struct Leave {
+    std::atomic<int>& n;
+    ~Leave() { --n; }
+  } leave{running_};
+
+  observer.OnStarted("process", "fake");
+  isolation::RunResult r;
+  r.isolation = "process";
+  const std::string& what = spec.command.at(0);
+  auto wait = [&](std::chrono::milliseconds d, bool until_unblocked) {
+    std::unique_lock lock(mu_);
+    const bool stopped = !cv_.wait_for(lock, stop, d, [&] {
+      return until_unblocked && unblocked_;
+    }) && stop.stop_requested();
+    return stopped;
+  };
+  if (what == "throw") throw std::runtime_error("fake isolator exploded");
+  if (what == "ok" || what == "print") {
+    if (what == "print") observer.OnOutput(isolation::OutputStream::kStdout, spec.command.at(1));
+    r.kind = isolation::RunResult::Kind::kExited;
+    r.exit_code = 0;
+    return r;
+  }
+  if (what == "exit") {
+    r.kind = isolation::RunResult::Kind::kExited;
+    r.exit_code = std::stoi(spec.command.at(1));
+    return r;
+  }
+  if (what == "sleep" || what == "block") {
+    const bool block = what == "block";
+    const auto d = block ? std::chrono::milliseconds(60000)
+                         : std::chrono::milliseconds(std::stoi(spec.command.at(1)));
+    if (wait(d, block) || stop.stop_requested()) {
+      r.kind = isolation::RunResult::Kind::kStopped;
+      r.exit_code = 137;
+      return r;
+    }
+    r.kind = isolation::RunResult::Kind::kExited;
+    r.exit_code = 0;
+    return r;
+  }
+  r.kind = isolation::RunResult::Kind::kError;
+  r.error_code = "internal";
+  r.message = "unknown fake command " + what;
+  return r;
+}
+
+void FakeIsolator::Unblock() {
+  std::lock_guard lock(mu_);
+  unblocked_ = true;
+  cv_.notify_all();
+}
+
+std::map<std::string, int> FakeIsolator::RunsByTask() const {
+  std::lock_guard lock(mu_);
+  return runs_;
+}
+
+}  // namespace runner::pool::testing

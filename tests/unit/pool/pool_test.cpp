@@ -1,0 +1,504 @@
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include "runner/metrics/registry.h"
+#include "runner/pool/idle_backoff.h"
+#include "runner/pool/pool.h"
+#include "runner/pressure/monitor.h"
+#include "runner/ulid.h"
+#include "tests/support/services.h"
+#include "tests/unit/pool/isolator_fake.h"
+#include "tests/unit/pool/queue_store_fake.h"
+
+using namespace std::chrono_literals;
+using runner::pool::Pool;
+using runner::pool::PoolOptions;
+using runner::pool::testing::FakeIsolator;
+using runner::pool::testing::FakeQueueStore;
+using runner::queue::TaskState;
+using runner::testing::WaitFor;
+
+namespace {
+
+PoolOptions FastOptions(int workers) {
+  PoolOptions o;
+  o.node_id = runner::NewUlid();
+  o.host = "test";
+  o.workers = workers;
+  o.max_workers = 16;
+  o.poll_interval = 10ms;
+  o.idle_backoff_max = 50ms;
+  o.lease = 300ms;
+  o.cancel_check_interval = 50ms;
+  o.reap_interval = 1000ms;
+  o.drain_timeout = 10000ms;
+  o.stop_grace = 5000ms;
+  o.logs.flush_interval = 20ms;
+  return o;
+}
+
+struct Harness {
+  explicit Harness(PoolOptions o) {
+    pool = std::make_unique<Pool>(
+        store,
+        [this](runner::isolation::IsolationMode) -> runner::Result<runner::isolation::Isolator*> {
+          return &iso;
+        },
+        std::move(o), registry);
+  }
+  ~Harness() { pool.reset(); }
+  FakeQueueStore store;
+  FakeIsolator iso;
+  runner::metrics::Registry registry;
+  std::unique_ptr<Pool> pool;
+};
+
+bool AllIdle(Pool& pool, int n) {
+  auto s = pool.GetStatus();
+  return s.active == n && s.idle == n;
+}
+
+}  // namespace
+
+TEST_CASE("the pool never runs more tasks than workers and reaches N under load", "[pool]") {
+  Harness h(FastOptions(4));
+  h.store.AddTasks(40, {"sleep", "20"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.store.FinishedCount() == 40; }, 20s));
+  CHECK(h.iso.MaxRunning() == 4);
+  CHECK(h.store.CountInState(TaskState::kSucceeded) == 40);
+  for (const auto& [id, runs] : h.iso.RunsByTask()) CHECK(runs == 1);
+  CHECK(h.store.MaxClaimBatch() <= 4);
+  h.pool->Stop(false);
+}
+
+TEST_CASE("workers register with ULID ids at start and deregister at stop", "[pool]") {
+  Harness h(FastOptions(3));
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return AllIdle(*h.pool, 3); }, 5s));
+  CHECK(h.store.NodeRegistered());
+  auto workers = h.pool->Workers();
+  REQUIRE(workers.size() == 3);
+  for (const auto& w : workers) {
+    CHECK(runner::IsUlid(w.id));
+    CHECK(h.store.RegisteredWorkers().count(w.id) == 1);
+  }
+  CHECK(h.store.EventsOfKind("worker.started").size() == 3);
+  CHECK(h.pool->Running());
+  h.pool->Stop(false);
+  CHECK_FALSE(h.pool->Running());
+  CHECK(h.pool->GetStatus().state == runner::PoolState::kStopped);
+  CHECK(h.store.RegisteredWorkers().empty());
+  CHECK_FALSE(h.store.NodeRegistered());
+  CHECK(h.store.EventsOfKind("worker.stopped").size() == 3);
+  h.pool->Stop(false);  // idempotent
+}
+
+TEST_CASE("the default worker count is the CPU count", "[pool]") {
+  Harness h(FastOptions(0));
+  int cpus = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  CHECK(h.pool->GetStatus().target == std::min(cpus, 16));
+}
+
+TEST_CASE("scale up starts workers at once and scale down stops idle workers first", "[pool]") {
+  Harness h(FastOptions(2));
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return AllIdle(*h.pool, 2); }, 5s));
+  std::string busy_task = h.store.AddTask({"block"});
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+
+  REQUIRE(h.pool->Scale(5).ok());
+  REQUIRE(WaitFor([&] {
+    auto s = h.pool->GetStatus();
+    return s.active == 5 && s.idle == 4 && s.busy == 1;
+  }, 5s));
+
+  REQUIRE(h.pool->Scale(1).ok());
+  REQUIRE(WaitFor([&] { return h.pool->GetStatus().active == 1; }, 5s));
+  auto workers = h.pool->Workers();
+  REQUIRE(workers.size() == 1);
+  CHECK(workers[0].task_id == busy_task);  // the busy worker was kept
+  CHECK(h.iso.Running() == 1);             // and its task was not interrupted
+  h.iso.Unblock();
+  REQUIRE(WaitFor([&] { return h.store.TaskById(busy_task).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.EventsOfKind("pool.scaled").size() == 2);
+  CHECK(h.store.RegisteredWorkers().size() == 1);
+
+  CHECK(h.pool->Scale(0).error().code == "validation_failed");
+  CHECK(h.pool->Scale(17).error().code == "validation_failed");
+  h.pool->Stop(false);
+}
+
+TEST_CASE("scale down lets busy workers finish their task before they stop", "[pool]") {
+  Harness h(FastOptions(3));
+  REQUIRE(h.pool->Start().ok());
+  h.store.AddTasks(3, {"block"});
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 3; }, 5s));
+  REQUIRE(h.pool->Scale(1).ok());
+  CHECK(h.pool->GetStatus().target == 1);
+  CHECK(h.pool->GetStatus().busy == 3);
+  h.iso.Unblock();
+  REQUIRE(WaitFor([&] { return h.store.CountInState(TaskState::kSucceeded) == 3; }, 5s));
+  REQUIRE(WaitFor([&] { return h.pool->GetStatus().active == 1; }, 5s));
+  h.pool->Stop(false);
+}
+
+TEST_CASE("graceful stop with three tasks in flight lets them finish and claims nothing new",
+          "[pool][stop]") {
+  Harness h(FastOptions(3));
+  h.store.AddTasks(3, {"sleep", "300"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 3; }, 5s));
+  std::string later = h.store.AddTask({"ok"});
+  h.pool->Stop(false);
+  CHECK(h.store.CountInState(TaskState::kSucceeded) == 3);
+  CHECK(h.store.TaskById(later).state == TaskState::kQueued);
+  CHECK(h.store.Releases() == 0);
+  CHECK(h.store.RegisteredWorkers().empty());
+}
+
+TEST_CASE("the drain timeout stops stragglers and returns their tasks to the queue",
+          "[pool][stop]") {
+  Harness h(FastOptions(2));
+  std::string a = h.store.AddTask({"block"});
+  std::string b = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 2; }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  h.pool->Stop(false, 200ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took >= 200ms);
+  CHECK(took < 5s);
+  CHECK(h.iso.Running() == 0);
+  CHECK(h.store.TaskById(a).state == TaskState::kQueued);
+  CHECK(h.store.TaskById(b).state == TaskState::kQueued);
+  CHECK(h.store.TaskById(a).attempt == 0);  // a release does not use up an attempt
+  CHECK(h.store.Releases() == 2);
+}
+
+TEST_CASE("force stop stops running tasks at once and releases them", "[pool][stop]") {
+  Harness h(FastOptions(2));
+  std::string a = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  h.pool->Stop(true);
+  CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+  CHECK(h.store.TaskById(a).state == TaskState::kQueued);
+  CHECK(h.store.RegisteredWorkers().empty());
+}
+
+TEST_CASE("a force stop interrupts a graceful stop that is draining", "[pool][stop]") {
+  Harness h(FastOptions(1));
+  std::string a = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  std::thread graceful([&] { h.pool->Stop(false, 60s); });
+  REQUIRE(WaitFor([&] { return h.pool->GetStatus().state == runner::PoolState::kDraining; }, 5s));
+  auto t0 = std::chrono::steady_clock::now();
+  h.pool->Stop(true);
+  graceful.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  CHECK(h.store.TaskById(a).state == TaskState::kQueued);
+}
+
+TEST_CASE("a stopped pool starts again and runs new work", "[pool][stop]") {
+  Harness h(FastOptions(2));
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Stop(false);
+  std::string id = h.store.AddTask({"ok"});
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.RegisteredWorkers().size() == 2);
+  h.pool->Stop(false);
+}
+
+TEST_CASE("the idle backoff doubles up to 30 s and resets on a claim", "[pool][backoff]") {
+  runner::pool::IdleBackoff b(1000ms, 30000ms);
+  std::vector<long> seen;
+  for (int i = 0; i < 7; ++i) seen.push_back(static_cast<long>(b.Next().count()));
+  CHECK(seen == std::vector<long>{1000, 2000, 4000, 8000, 16000, 30000, 30000});
+  b.Reset();
+  CHECK(b.Next() == 1000ms);
+}
+
+TEST_CASE("an idle pool polls less and less often and polls fast again after a claim",
+          "[pool][backoff]") {
+  auto o = FastOptions(1);
+  o.poll_interval = 20ms;
+  o.idle_backoff_max = 160ms;
+  Harness h(o);
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.ClaimTimes().size() >= 6; }, 5s));
+  auto times = h.store.ClaimTimes();
+  auto gap = [&](std::size_t i) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(times[i + 1] - times[i]);
+  };
+  // 20, 40, 80, 160, 160 (the first claim is at start)
+  CHECK(gap(1) >= 35ms);
+  CHECK(gap(2) >= 70ms);
+  CHECK(gap(3) >= 140ms);
+  CHECK(gap(4) >= 140ms);
+  CHECK(gap(4) < 400ms);  // capped
+  std::string id = h.store.AddTask({"ok"});  // no Wake(): found by the poll
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  auto before = h.store.ClaimTimes().size();
+  REQUIRE(WaitFor([&] { return h.store.ClaimTimes().size() >= before + 2; }, 5s));
+  times = h.store.ClaimTimes();
+  CHECK(times[before] - times[before - 1] < 100ms);  // back to the base interval
+  h.pool->Stop(false);
+}
+
+TEST_CASE("a NOTIFY wake-up claims at once even during a long idle backoff", "[pool][backoff]") {
+  auto o = FastOptions(1);
+  o.poll_interval = 5000ms;
+  o.idle_backoff_max = 30000ms;
+  Harness h(o);
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.ClaimTimes().size() >= 1; }, 5s));
+  std::string id = h.store.AddTask({"ok"});
+  auto t0 = std::chrono::steady_clock::now();
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 2s));
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+  h.pool->Stop(false);
+}
+
+TEST_CASE("every heartbeat carries each busy worker's task id", "[pool][heartbeat]") {
+  Harness h(FastOptions(2));
+  std::string id = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  REQUIRE(WaitFor([&] {
+    for (const auto& hb : h.store.Heartbeats()) {
+      for (const auto& b : hb.workers) {
+        if (b.task_id == id && b.state == runner::queue::WorkerState::kBusy) return true;
+      }
+    }
+    return false;
+  }, 5s));
+  auto hbs = h.store.Heartbeats();
+  CHECK(hbs.back().node_id == h.pool->node_id());
+  CHECK(hbs.back().workers.size() == 2);
+  CHECK(hbs.back().target_workers == 2);
+  h.iso.Unblock();
+  h.pool->Stop(false);
+}
+
+TEST_CASE("a task whose lease is lost is stopped and ends lease_lost", "[pool][heartbeat]") {
+  Harness h(FastOptions(1));
+  std::string id = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  h.store.LoseLease(id);
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kFailed; }, 5s));
+  CHECK(h.store.TaskById(id).error->code == "lease_lost");
+  CHECK(h.iso.Running() == 0);
+  h.pool->Stop(false);
+}
+
+TEST_CASE("running tasks are stopped when heartbeats fail for longer than the lease",
+          "[pool][heartbeat]") {
+  Harness h(FastOptions(1));
+  std::string id = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  h.store.SetHeartbeatFails(true);
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 0; }, 5s));
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kFailed; }, 5s));
+  CHECK(h.store.TaskById(id).error->code == "lease_lost");
+  h.store.SetHeartbeatFails(false);
+  h.pool->Stop(false);
+}
+
+TEST_CASE("a cancel request stops a running task within a second", "[pool][cancel]") {
+  auto o = FastOptions(1);
+  o.cancel_check_interval = 500ms;
+  Harness h(o);
+  std::string id = h.store.AddTask({"block"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
+  h.store.RequestCancel(id);
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kCancelled; }, 3s));
+  CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+  CHECK(h.store.TaskById(id).error->code == "cancelled");
+  h.pool->Stop(false);
+}
+
+TEST_CASE("a worker whose isolator throws is replaced and its task is failed", "[pool]") {
+  Harness h(FastOptions(2));
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return AllIdle(*h.pool, 2); }, 5s));
+  auto before = h.store.RegisteredWorkers();
+  std::string id = h.store.AddTask({"throw"});
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kFailed; }, 5s));
+  CHECK(h.store.TaskById(id).error->code == "internal");
+  REQUIRE(WaitFor([&] { return h.store.EventsOfKind("worker.failed").size() == 1; }, 5s));
+  REQUIRE(WaitFor([&] {
+    return AllIdle(*h.pool, 2) && h.store.RegisteredWorkers().size() == 2 &&
+           h.store.RegisteredWorkers() != before;
+  }, 5s));
+  // The replacement works.
+  std::string next = h.store.AddTask({"ok"});
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.store.TaskById(next).state == TaskState::kSucceeded; }, 5s));
+  h.pool->Stop(false);
+}
+
+TEST_CASE("an unavailable isolator fails the task with isolation_unavailable", "[pool]") {
+  FakeQueueStore store;
+  runner::metrics::Registry registry;
+  Pool pool(
+      store,
+      [](runner::isolation::IsolationMode) -> runner::Result<runner::isolation::Isolator*> {
+        return runner::MakeError("isolation_unavailable", "docker is down (fake)");
+      },
+      FastOptions(1), registry);
+  std::string id = store.AddTask({"ok"});
+  REQUIRE(pool.Start().ok());
+  REQUIRE(WaitFor([&] { return store.TaskById(id).state == TaskState::kFailed; }, 5s));
+  CHECK(store.TaskById(id).error->code == "isolation_unavailable");
+  pool.Stop(false);
+}
+
+TEST_CASE("task results are reported as the user expects", "[pool][outcome]") {
+  using runner::isolation::RunResult;
+  using runner::pool::MapRunResult;
+  using runner::pool::StopCause;
+  using runner::pool::TaskOutcome;
+  auto run = [](RunResult::Kind kind, int code = 0, std::string error = "") {
+    RunResult r;
+    r.kind = kind;
+    r.exit_code = code;
+    r.error_code = std::move(error);
+    return r;
+  };
+  auto ok = MapRunResult(run(RunResult::Kind::kExited, 0), StopCause::kNone);
+  CHECK(ok.report.state == TaskState::kSucceeded);
+  CHECK(ok.report.exit_code == 0);
+  auto bad = MapRunResult(run(RunResult::Kind::kExited, 3), StopCause::kNone);
+  CHECK(bad.report.state == TaskState::kFailed);
+  CHECK(bad.report.error->code == "nonzero_exit");
+  CHECK(bad.report.exit_code == 3);
+  CHECK(MapRunResult(run(RunResult::Kind::kTimedOut, 137), StopCause::kNone).report.state ==
+        TaskState::kTimedOut);
+  CHECK(MapRunResult(run(RunResult::Kind::kOomKilled, 137), StopCause::kNone).report.error->code ==
+        "oom_killed");
+  CHECK(MapRunResult(run(RunResult::Kind::kOverLimit, 137), StopCause::kNone).report.error->code ==
+        "over_limit");
+  auto missing = MapRunResult(run(RunResult::Kind::kError, -1, "image_not_found"), StopCause::kNone);
+  CHECK(missing.report.error->code == "image_not_found");
+  CHECK_FALSE(missing.report.retryable);
+  CHECK(MapRunResult(run(RunResult::Kind::kStopped), StopCause::kCancel).report.state ==
+        TaskState::kCancelled);
+  CHECK(MapRunResult(run(RunResult::Kind::kStopped), StopCause::kShutdown).action ==
+        TaskOutcome::Action::kRelease);
+  CHECK(MapRunResult(run(RunResult::Kind::kStopped), StopCause::kLeaseLost).report.error->code ==
+        "lease_lost");
+}
+
+TEST_CASE("task output reaches the store's logs", "[pool][logs]") {
+  Harness h(FastOptions(1));
+  std::string id = h.store.AddTask({"print", "hello from the task\n"});
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.LogsOf(id) == "hello from the task\n");
+  h.pool->Stop(false);
+}
+
+TEST_CASE("backpressure stops claiming and resuming picks up the backlog", "[pool][pressure]") {
+  Harness h(FastOptions(2));
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return AllIdle(*h.pool, 2); }, 5s));
+  h.pool->SetBackpressure(true, "cpu 97.0% >= 90%");
+  CHECK(h.pool->GetStatus().state == runner::PoolState::kThrottled);
+  CHECK(h.pool->BackpressureReason() == std::string("cpu 97.0% >= 90%"));
+  CHECK(h.store.EventsOfKind("pool.throttled").size() == 1);
+  std::string id = h.store.AddTask({"ok"});
+  h.pool->Wake();
+  CHECK_FALSE(WaitFor([&] { return h.store.TaskById(id).state != TaskState::kQueued; }, 300ms));
+  h.pool->SetBackpressure(false, "");
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.EventsOfKind("pool.resumed").size() == 1);
+  CHECK(h.pool->GetStatus().state == runner::PoolState::kRunning);
+  CHECK(h.registry.Render().find("runner_backpressure_active 0") != std::string::npos);
+  h.pool->Stop(false);
+}
+
+namespace {
+
+class ScriptedSource : public runner::pressure::ResourceSource {
+ public:
+  explicit ScriptedSource(double* memory_percent) : memory_percent_(memory_percent) {}
+  runner::pressure::Reading Read() override {
+    runner::pressure::Reading r;
+    r.cpu_percent = 5;
+    r.memory_total = 1000;
+    r.memory_used = static_cast<int64_t>(*memory_percent_ * 10);
+    return r;
+  }
+
+ private:
+  double* memory_percent_;
+};
+
+}  // namespace
+
+TEST_CASE("the pressure monitor throttles the pool on injected readings and resumes it",
+          "[pool][pressure]") {
+  Harness h(FastOptions(1));
+  double memory = 50;
+  runner::pressure::Monitor monitor(
+      std::make_unique<ScriptedSource>(&memory), runner::pressure::MonitorOptions{}, h.registry,
+      [&](bool on, const std::string& reason) { h.pool->SetBackpressure(on, reason); });
+  REQUIRE(h.pool->Start().ok());
+  monitor.SampleOnce();
+  CHECK_FALSE(h.pool->Backpressure());
+  memory = 95;
+  monitor.SampleOnce();
+  CHECK(h.pool->Backpressure());
+  CHECK(h.pool->BackpressureReason()->find("memory") != std::string::npos);
+  std::string id = h.store.AddTask({"ok"});
+  h.pool->Wake();
+  CHECK_FALSE(WaitFor([&] { return h.store.TaskById(id).state != TaskState::kQueued; }, 200ms));
+  memory = 85;  // under high, over low: still throttled
+  monitor.SampleOnce();
+  CHECK(h.pool->Backpressure());
+  memory = 70;
+  monitor.SampleOnce();
+  CHECK_FALSE(h.pool->Backpressure());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  h.pool->Stop(false);
+}
+
+TEST_CASE("pool metrics count workers by state, claims and finished tasks", "[pool][metrics]") {
+  Harness h(FastOptions(2));
+  h.store.AddTasks(3, {"ok"});
+  h.store.AddTask({"exit", "2"});
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.FinishedCount() == 4; }, 5s));
+  REQUIRE(WaitFor([&] { return AllIdle(*h.pool, 2); }, 5s));
+  std::string text = h.registry.Render();
+  CHECK(text.find("runner_workers{state=\"idle\"} 2") != std::string::npos);
+  CHECK(text.find("runner_tasks_finished_total{state=\"succeeded\"} 3") != std::string::npos);
+  CHECK(text.find("runner_tasks_finished_total{state=\"failed\"} 1") != std::string::npos);
+  CHECK(text.find("runner_claim_duration_seconds_count") != std::string::npos);
+  CHECK(text.find("runner_pool_target_workers 2") != std::string::npos);
+  h.pool->Stop(false);
+}
