@@ -74,14 +74,14 @@ INSERT INTO task_final_counts (state, shard)
                    generate_series(0, 15) g;
 
 CREATE FUNCTION runner_count_final() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  s integer := floor(random() * 16)::integer;  -- spreads concurrent writers over 16 rows
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.state NOT IN ('queued', 'running') THEN
-    UPDATE task_final_counts SET n = n - 1
-     WHERE state = OLD.state AND shard = floor(random() * 16)::int;
+    UPDATE task_final_counts SET n = n - 1 WHERE state = OLD.state AND shard = s;
   END IF;
   IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.state NOT IN ('queued', 'running') THEN
-    UPDATE task_final_counts SET n = n + 1
-     WHERE state = NEW.state AND shard = floor(random() * 16)::int;
+    UPDATE task_final_counts SET n = n + 1 WHERE state = NEW.state AND shard = s;
   END IF;
   RETURN NULL;
 END $$;
