@@ -1,0 +1,331 @@
+#include "runner/pool/node.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <utility>
+
+#include "runner/ulid.h"
+
+namespace runner::pool {
+namespace {
+
+std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+}
+
+std::string HostName() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof(buf) - 1) != 0) return "unknown";
+  return buf;
+}
+
+}  // namespace
+
+Node::Node(const Config& config, std::string conninfo, metrics::Registry& metrics)
+    : config_(config),
+      conninfo_(std::move(conninfo)),
+      metrics_(metrics),
+      node_id_(NewUlid()),
+      docker_gauge_(metrics.GetGauge("runner_docker_available",
+                                     "1 while this node's Docker Engine answers")) {}
+
+Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string conninfo,
+                                           metrics::Registry& metrics) {
+  return Create(config, std::move(conninfo), metrics, NodeHooks{});
+}
+
+Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string conninfo,
+                                           metrics::Registry& metrics, NodeHooks hooks) {
+  if (config.max_workers < 1) {
+    return MakeError("validation_failed", "--max-workers must be at least 1");
+  }
+  if (config.workers < 0 || config.workers > config.max_workers) {
+    return MakeError("validation_failed", "--workers must be between 1 and --max-workers (" +
+                                              std::to_string(config.max_workers) +
+                                              "), or 0 for the CPU count");
+  }
+  std::unique_ptr<Node> node(new Node(config, std::move(conninfo), metrics));
+
+  int workers = config.workers > 0
+                    ? config.workers
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  workers = std::clamp(workers, 1, config.max_workers);
+
+  queue::StoreOptions so;
+  so.conninfo = node->conninfo_;
+  // Workers report concurrently (finish, logs); the claimer, heartbeat, cancel
+  // watcher, reaper and the API need theirs too. Bounded: connections are a
+  // shared resource of the database.
+  so.pool_size = std::clamp(workers / 2 + 6, 8, 32);
+  so.log_cap = config.log_cap;
+  so.default_image = config.task_image;
+  so.default_timeout = config.default_timeout;
+  so.default_limits = config.default_limits;
+  auto store = queue::PostgresStore::Open(so);
+  if (!store) {
+    return MakeError(store.error().code,
+                     "cannot open the queue database: " + store.error().message);
+  }
+  node->store_ = std::move(*store);
+
+  const std::filesystem::path data_dir(config.data_dir);
+  std::error_code ec;
+  std::filesystem::create_directories(data_dir / "work", ec);
+  if (hooks.isolator_override != nullptr) {
+    node->override_ = hooks.isolator_override;
+  } else {
+    isolation::process::ProcessIsolatorOptions po;
+    po.work_root = data_dir / "work";
+    po.over_limit = config.over_limit;
+    node->process_ = std::make_unique<isolation::process::ProcessIsolator>(po);
+    if (config.mode != isolation::IsolationMode::kProcess) {
+      isolation::docker::DockerIsolatorOptions dopt;
+      dopt.docker_host = config.docker_host;
+      dopt.allow_network = config.allow_network;
+      dopt.over_limit = config.over_limit;
+      node->docker_ = std::make_unique<isolation::docker::DockerIsolator>(dopt);
+    }
+    node->selector_ = std::make_unique<isolation::IsolationSelector>(
+        node->docker_.get(), node->process_.get(), config.mode);
+    Node* raw = node.get();
+    node->selector_->OnChange([raw](bool up) {
+      raw->docker_gauge_.Set(up ? 1 : 0);
+      if (up) {
+        spdlog::info("docker available node_id={}", raw->node_id_);
+      } else {
+        spdlog::warn("docker unavailable node_id={}: tasks asking for docker fail with "
+                     "isolation_unavailable until it is back",
+                     raw->node_id_);
+      }
+    });
+    if (config.mode == isolation::IsolationMode::kDocker && !node->selector_->docker_available()) {
+      spdlog::warn("mode=docker but the Docker Engine at {} does not answer; tasks will fail with "
+                   "isolation_unavailable until it does",
+                   config.docker_host);
+    }
+    node->docker_gauge_.Set(node->selector_->docker_available() ? 1 : 0);
+    node->RefreshDockerVersion();
+  }
+
+  PoolOptions po;
+  po.node_id = node->node_id_;
+  po.host = HostName();
+  po.pid = static_cast<int64_t>(::getpid());
+  po.mode = node->selector_ ? node->selector_->Mode()
+                            : std::string(isolation::ToString(config.mode));
+  po.workers = workers;
+  po.max_workers = config.max_workers;
+  po.queues = config.queues;
+  po.poll_interval = std::max(Ms(config.poll_interval), std::chrono::milliseconds(1));
+  po.idle_backoff_max = std::max(Ms(config.idle_backoff_max), po.poll_interval);
+  po.lease = std::max(Ms(config.lease), std::chrono::milliseconds(300));
+  po.drain_timeout = Ms(config.drain_timeout);
+  po.default_image = config.task_image;
+  po.default_limits = config.default_limits;
+  po.default_timeout = Ms(config.default_timeout);
+  po.reap_policy.node_dead_after = Ms(config.node_dead_after);
+  po.reap_policy.finished_retention =
+      std::chrono::seconds(static_cast<int64_t>(config.finished_retention));
+  po.reap_policy.event_retention =
+      std::chrono::seconds(static_cast<int64_t>(config.event_retention));
+  if (hooks.tune) hooks.tune(po);
+
+  IsolatorPicker picker;
+  if (node->override_ != nullptr) {
+    isolation::Isolator* iso = node->override_;
+    picker = [iso](isolation::IsolationMode) -> Result<isolation::Isolator*> { return iso; };
+  } else {
+    isolation::IsolationSelector* sel = node->selector_.get();
+    picker = [sel](isolation::IsolationMode mode) { return sel->Pick(mode); };
+  }
+  node->pool_ = std::make_unique<Pool>(*node->store_, std::move(picker), po, metrics);
+  if (node->docker_) {
+    isolation::docker::DockerIsolator* docker = node->docker_.get();
+    node->pool_->SetOrphanReaper([docker](const std::vector<std::string>& ids) {
+      auto r = docker->ReapOrphans(ids);
+      if (!r.ok()) {
+        spdlog::debug("orphan reaping skipped: {}", r.error().message);
+      } else if (*r > 0) {
+        spdlog::info("removed orphan containers count={}", *r);
+      }
+    });
+  }
+
+  std::unique_ptr<pressure::ResourceSource> source = std::move(hooks.resources);
+  if (!source) {
+    std::vector<std::string> paths{config.data_dir};
+    if (node->docker_ && node->selector_->docker_available()) {
+      auto info = node->docker_->client().Info();
+      if (info.ok()) {
+        if (auto* root = info->if_contains("DockerRootDir"); root && root->is_string()) {
+          paths.emplace_back(root->as_string().c_str());
+        }
+      }
+    }
+    source = std::make_unique<pressure::ProcResourceSource>(std::move(paths));
+  }
+  pressure::MonitorOptions mo;
+  mo.thresholds = config.pressure;
+  Node* raw = node.get();
+  node->monitor_ = std::make_unique<pressure::Monitor>(
+      std::move(source), mo, metrics,
+      [raw](bool throttled, const std::string& reason) {
+        raw->pool_->SetBackpressure(throttled, reason);
+      },
+      [raw](const ResourceSample& sample) { raw->OnSample(sample); });
+  spdlog::info("node created node_id={} workers={} max_workers={} mode={} data_dir={}",
+               node->node_id_, workers, config.max_workers, po.mode, config.data_dir);
+  return node;
+}
+
+Node::~Node() {
+  StopOptions force;
+  force.force = true;
+  force.drain_timeout = std::chrono::seconds(0);
+  Shutdown(force);
+}
+
+runner::Status Node::Start() {
+  std::lock_guard lock(shutdown_mu_);
+  if (shut_down_) return MakeError("conflict", "the node was shut down");
+  if (started_) return {};
+  monitor_->Start();
+  {
+    std::lock_guard l(listener_mu_);
+    listener_ = std::make_unique<queue::NotifyListener>(
+        conninfo_, [this](std::string_view channel, std::string_view payload) {
+          OnNotify(channel, payload);
+        });
+  }
+  runner::Status st = pool_->Start();
+  if (!st.ok()) {
+    std::lock_guard l(listener_mu_);
+    listener_.reset();
+    monitor_->Stop();
+    return st;
+  }
+  started_ = true;
+  return {};
+}
+
+void Node::Shutdown(const StopOptions& options) {
+  shutting_down_ = true;
+  const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(options.drain_timeout);
+  // A forced stop interrupts a graceful one in progress (in Shutdown or on
+  // the control thread) before waiting for it.
+  if (options.force && pool_) pool_->Stop(true);
+  std::lock_guard lock(shutdown_mu_);
+  if (shut_down_) return;
+  std::jthread control;
+  {
+    std::lock_guard l(control_mu_);
+    control = std::move(control_);
+  }
+  if (control.joinable()) control.join();
+  if (pool_) pool_->Stop(options.force, drain);
+  {
+    std::lock_guard l(listener_mu_);
+    listener_.reset();
+  }
+  if (monitor_) monitor_->Stop();
+  shut_down_ = true;
+  spdlog::info("node shut down node_id={}", node_id_);
+}
+
+queue::QueueStore& Node::store() { return *store_; }
+
+bool Node::Listening() const {
+  std::lock_guard l(listener_mu_);
+  return listener_ && listener_->Connected();
+}
+
+NodeStatus Node::Status() {
+  NodeStatus s;
+  s.node_id = node_id_;
+  if (selector_) {
+    s.mode = selector_->Mode();
+    s.docker_available = docker_ != nullptr && selector_->docker_available();
+  } else {
+    s.mode = std::string(isolation::ToString(config_.mode));
+  }
+  if (s.docker_available) {
+    std::lock_guard l(docker_mu_);
+    s.docker_version = docker_version_;
+  }
+  s.pool = pool_->GetStatus();
+  s.resources = monitor_->Last();
+  s.backpressure = pool_->Backpressure();
+  s.backpressure_reason = pool_->BackpressureReason();
+  return s;
+}
+
+runner::Status Node::Scale(int count) { return pool_->Scale(count); }
+
+void Node::StopPool(const StopOptions& options) {
+  const bool force = options.force;
+  const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(options.drain_timeout);
+  if (force) {
+    // Interrupt a drain in progress without waiting behind it.
+    auto interrupt = std::make_shared<std::jthread>([this] { pool_->Stop(true); });
+    Control([interrupt] {
+      if (interrupt->joinable()) interrupt->join();
+    });
+    return;
+  }
+  Control([this, drain] { pool_->Stop(false, drain); });
+}
+
+void Node::StartPool() {
+  Control([this] {
+    if (shutting_down_) return;
+    runner::Status st = pool_->Start();
+    if (!st.ok()) {
+      spdlog::error("pool start failed node_id={} error={}", node_id_, st.error().message);
+    }
+  });
+}
+
+bool Node::Running() { return pool_->Running(); }
+
+void Node::Control(std::function<void()> op) {
+  std::lock_guard l(control_mu_);
+  std::jthread previous = std::move(control_);
+  control_ = std::jthread([prev = std::move(previous), op = std::move(op)](std::stop_token) mutable {
+    if (prev.joinable()) prev.join();
+    op();
+  });
+}
+
+void Node::OnNotify(std::string_view channel, std::string_view payload) {
+  (void)payload;
+  if (channel == queue::kCancelChannel) {
+    pool_->WakeCancel();
+  } else {
+    pool_->Wake();
+  }
+}
+
+void Node::OnSample(const ResourceSample& sample) {
+  (void)sample;
+  if (!selector_ || !docker_) return;
+  const bool up = selector_->Refresh();
+  docker_gauge_.Set(up ? 1 : 0);
+  bool need_version = false;
+  {
+    std::lock_guard l(docker_mu_);
+    need_version = up && docker_version_.empty();
+  }
+  if (need_version) RefreshDockerVersion();
+}
+
+void Node::RefreshDockerVersion() {
+  if (!docker_) return;
+  auto v = docker_->client().Version();
+  std::lock_guard l(docker_mu_);
+  docker_version_ = v.ok() ? v->version : std::string();
+}
+
+}  // namespace runner::pool
