@@ -14,28 +14,24 @@ IsolationSelector::IsolationSelector(Isolator* docker, Isolator* process,
 
 bool IsolationSelector::Check() {
   bool up = docker_ != nullptr && docker_->Available();
-  bool changed = false;
-  uint64_t generation = 0;
   {
     std::lock_guard lock(mu_);
-    if (docker_up_.has_value() && *docker_up_ != up) {
-      changed = true;
-      ++generation_;
+    if (!docker_up_.has_value() || *docker_up_ == up) {
+      docker_up_ = up;  // the first look is not a transition
+      return up;
     }
+  }
+  // A transition: update and report under the notify lock, so callbacks see
+  // the transitions in the order the state took them (always alternating).
+  std::lock_guard notify(callbacks_mu_);
+  {
+    std::lock_guard lock(mu_);
+    if (*docker_up_ == up) return up;  // another thread reported it already
     docker_up_ = up;
-    generation = generation_;
   }
-  if (changed) {
-    spdlog::warn("isolation: docker {}; tasks in auto mode now use {}",
-                 up ? "is available again" : "became unavailable", up ? "docker" : "process");
-    std::lock_guard lock(callbacks_mu_);
-    // Two threads may notice transitions at nearly the same time; report each
-    // generation once, in order, with the state it had.
-    if (generation > notified_generation_) {
-      notified_generation_ = generation;
-      for (const auto& cb : callbacks_) cb(up);
-    }
-  }
+  spdlog::warn("isolation: docker {}; tasks in auto mode now use {}",
+               up ? "is available again" : "became unavailable", up ? "docker" : "process");
+  for (const auto& cb : callbacks_) cb(up);
   return up;
 }
 

@@ -23,8 +23,10 @@
 // the pool's to report when it is running tasks of both kinds.)
 //
 // Thread-safety: all methods may be called from any thread. Callbacks run on
-// the thread that noticed the change, outside the selector's lock, one at a
-// time (serialised), in registration order; they must not call OnChange().
+// the thread that noticed the change, one at a time, in registration order;
+// they must not call back into the selector. Pick() calls made while a
+// transition is being reported wait for its callbacks, so keep them short
+// (log, count, queue an event).
 
 #include <functional>
 #include <mutex>
@@ -68,11 +70,11 @@ class IsolationSelector {
 
   std::mutex mu_;
   std::optional<bool> docker_up_;  // guarded by mu_; nullopt until first checked
-  uint64_t generation_ = 0;        // guarded by mu_; bumped on each transition
 
-  std::mutex callbacks_mu_;  // guards callbacks_ and serialises their calls
+  // Guards callbacks_, serialises their calls, and orders transitions: held
+  // (before mu_) while a transition is recorded and reported.
+  std::mutex callbacks_mu_;
   std::vector<std::function<void(bool)>> callbacks_;
-  uint64_t notified_generation_ = 0;  // guarded by callbacks_mu_
 };
 
 }  // namespace runner::isolation

@@ -30,14 +30,11 @@
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
 
-namespace runner::isolation {
+namespace runner::isolation::process {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-using process::CgroupStats;
-using process::TaskCgroup;
-using process::WorkDir;
 
 constexpr const char* kDefaultPath = "/usr/local/bin:/usr/bin:/bin";
 constexpr std::chrono::milliseconds kDrainAfterExit{2000};
@@ -213,7 +210,7 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 // One task run: owns the child and decides how it ended.
 class TaskRun {
  public:
-  TaskRun(const ProcessIsolatorOptions& options, const process::CgroupHost& cgroups,
+  TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups,
           const TaskSpec& spec, Observer& observer, std::stop_token stop)
       : options_(options), host_(cgroups), spec_(spec), observer_(observer), stop_(stop) {}
 
@@ -242,7 +239,7 @@ class TaskRun {
   RunResult Finish();
 
   const ProcessIsolatorOptions& options_;
-  const process::CgroupHost& host_;
+  const CgroupHost& host_;
   const TaskSpec& spec_;
   Observer& observer_;
   std::stop_token stop_;
@@ -727,7 +724,7 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   if (options_.work_root.empty()) {
     throw std::invalid_argument("process isolation needs a work root (set the data dir)");
   }
-  if (options_.use_cgroups) cgroups_ = process::CgroupHost::Detect(options_.cgroup_parent);
+  if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
 }
 
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
@@ -735,4 +732,4 @@ RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::st
   return run.Run();
 }
 
-}  // namespace runner::isolation
+}  // namespace runner::isolation::process

@@ -32,6 +32,13 @@
 // count when it has none; never below 0.01 core) and reports it; kKill ends
 // the task with kOverLimit.
 //
+// Usage:
+//   runner::isolation::process::ProcessIsolatorOptions options;
+//   options.work_root = data_dir / "work";
+//   options.over_limit = config.over_limit;
+//   runner::isolation::process::ProcessIsolator iso(options);
+//   RunResult r = iso.Run(spec, observer, stop_token);
+//
 // Thread-safety: Run() may be called from many threads at once; each call
 // uses only its own state plus the immutable cgroup host description. The
 // observer is called from the thread that called Run().
@@ -44,7 +51,7 @@
 #include "isolation/isolator.h"
 #include "isolation/process/cgroup.h"
 
-namespace runner::isolation {
+namespace runner::isolation::process {
 
 struct ProcessIsolatorOptions {
   std::filesystem::path work_root;  // e.g. <data-dir>/work; created when missing
@@ -68,12 +75,12 @@ class ProcessIsolator : public Isolator {
   RunResult Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) override;
 
   // What this host's cgroups provide (for logs, status and tests).
-  const process::CgroupHost& cgroups() const { return cgroups_; }
+  const CgroupHost& cgroups() const { return cgroups_; }
   const ProcessIsolatorOptions& options() const { return options_; }
 
  private:
   ProcessIsolatorOptions options_;
-  process::CgroupHost cgroups_;
+  CgroupHost cgroups_;
 };
 
-}  // namespace runner::isolation
+}  // namespace runner::isolation::process

@@ -17,7 +17,7 @@
 
 #include "tests/support/services.h"
 
-namespace runner::isolation {
+namespace runner::isolation::process {
 namespace {
 
 namespace fs = std::filesystem;
@@ -596,4 +596,4 @@ TEST_CASE("no stray process, cgroup or mount is left after the suite", "[process
 }
 
 }  // namespace
-}  // namespace runner::isolation
+}  // namespace runner::isolation::process
