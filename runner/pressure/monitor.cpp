@@ -61,7 +61,9 @@ void Monitor::SampleOnce() {
   const double mem_pct = Percent(r.memory_used, r.memory_total);
   const double disk_pct = Percent(r.disk_used, r.disk_total);
   const double cpu = r.cpu_percent.value_or(0);
-  if (r.cpu_percent && cpu >= t.cpu_high) {
+  // A high mark of 100 or more disables that check (a saturated host reads
+  // exactly 100% CPU).
+  if (r.cpu_percent && t.cpu_high < 100 && cpu >= t.cpu_high) {
     ++cpu_streak_;
   } else {
     cpu_streak_ = 0;
@@ -72,10 +74,10 @@ void Monitor::SampleOnce() {
   if (cpu_streak_ >= std::max(1, options_.cpu_sustain)) {
     over.push_back(fmt::format("cpu {:.1f}% >= {:.0f}%", cpu, t.cpu_high));
   }
-  if (r.memory_total > 0 && mem_pct >= t.memory_high) {
+  if (r.memory_total > 0 && t.memory_high < 100 && mem_pct >= t.memory_high) {
     over.push_back(fmt::format("memory {:.1f}% >= {:.0f}%", mem_pct, t.memory_high));
   }
-  if (r.disk_total > 0 && disk_pct >= t.disk_high) {
+  if (r.disk_total > 0 && t.disk_high < 100 && disk_pct >= t.disk_high) {
     over.push_back(fmt::format("disk {:.1f}% >= {:.0f}% ({})", disk_pct, t.disk_high, r.disk_path));
   }
   // Still over the low marks: the reasons to stay throttled.

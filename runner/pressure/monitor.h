@@ -5,8 +5,9 @@
 // on when any resource reaches its high threshold (CPU only after
 // `cpu_sustain` consecutive samples, so one busy second does not stall the
 // node) and off only when every resource is back under its low threshold
-// (hysteresis). Each change calls `on_change(throttled, reason)`; the pool
-// acts on it (stops claiming, logs, emits pool.throttled / pool.resumed).
+// (hysteresis). A high mark of 100 or more disables that resource's check.
+// Each change calls `on_change(throttled, reason)`; the pool acts on it
+// (stops claiming, logs, emits pool.throttled / pool.resumed).
 // Host gauges (runner_host_*) are updated on every sample.
 //
 // Thread-safety: Start/Stop from one owner thread; SampleOnce, Throttled,
