@@ -724,6 +724,8 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   if (options_.work_root.empty()) {
     throw std::invalid_argument("process isolation needs a work root (set the data dir)");
   }
+  // The task's HOME and cwd must not depend on the runner's cwd.
+  options_.work_root = std::filesystem::absolute(options_.work_root);
   if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
 }
 
