@@ -489,7 +489,9 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
   {
     std::lock_guard lock(state_mu);
     result.usage.cpu_seconds = last_sample.cpu_seconds;
-    result.usage.peak_memory = peak_memory > 0 ? peak_memory : 0;
+    // max_usage (cgroup v1) catches peaks between samples; it includes page
+    // cache, so it can exceed the working set the samples report.
+    result.usage.peak_memory = std::max(peak_memory, peak_max_usage);
     result.usage.duration = std::chrono::duration<double>(finished_at - started).count();
     if (!thread_error.empty()) {
       return ErrorResult(MakeError("internal", "task " + task + ": " + thread_error));

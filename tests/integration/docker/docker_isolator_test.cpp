@@ -343,21 +343,54 @@ TEST_CASE("a stop request cancels a running task", "[docker][cancel]") {
   CHECK(ContainersOfTask(spec) == 0);
 }
 
-TEST_CASE("the kill policy ends a task over its memory soft limit", "[docker][policy]") {
+TEST_CASE("the kill policy ends a task over its CPU soft limit", "[docker][policy]") {
   auto opts = Options();
   opts.over_limit.action = runner::isolation::OverLimitAction::kKill;
-  opts.over_limit.soft_fraction = 0.1;
+  opts.over_limit.soft_fraction = 0.5;
   opts.stats_interval = 300ms;
   DockerIsolator isolator(opts);
-  // Holds ~8 MiB of anonymous memory, over a soft limit of 6.4 MiB.
-  auto spec = Spec({"sh", "-c", "x=$(head -c 8388608 /dev/zero | tr '\\0' a); sleep 20"});
-  spec.limits.memory = 64LL << 20;
+  auto spec = Spec({"sh", "-c", "while :; do :; done"});
+  spec.limits.cpus = 0.5;
   spec.timeout = 30s;
   Collector c;
+  auto t0 = Clock::now();
   RunResult r = isolator.Run(spec, c, {});
   CHECK(r.kind == RunResult::Kind::kOverLimit);
   CHECK(r.error_code == "over_limit");
-  CHECK(std::find(c.over_limit.begin(), c.over_limit.end(), "memory") != c.over_limit.end());
+  CHECK(Clock::now() - t0 < 10s);
+  CHECK(std::find(c.over_limit.begin(), c.over_limit.end(), "cpu") != c.over_limit.end());
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("the throttle policy lowers the CPU quota of a task over its soft limit",
+          "[docker][policy]") {
+  auto opts = Options();
+  opts.over_limit.action = runner::isolation::OverLimitAction::kThrottle;
+  opts.over_limit.soft_fraction = 0.5;
+  opts.stats_interval = 300ms;
+  DockerIsolator isolator(opts);
+  auto spec = Spec({"sh", "-c", "while :; do :; done"});
+  spec.limits.cpus = 0.5;
+  spec.timeout = 4s;
+  struct Throttled : Collector {
+    EngineClient* client = nullptr;
+    std::atomic<int64_t> nano{0};
+    void OnOverLimit(std::string_view resource, runner::isolation::OverLimitAction a,
+                     std::string_view m) override {
+      Collector::OnOverLimit(resource, a, m);
+      std::string id;
+      {
+        std::lock_guard lock(mu);
+        id = container;
+      }
+      auto info = client->ContainerInspect(id);
+      if (info.ok()) nano = info->at("HostConfig").at("NanoCpus").to_number<int64_t>();
+    }
+  } c;
+  c.client = &isolator.client();
+  RunResult r = isolator.Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kTimedOut);
+  CHECK(c.nano.load() == 250'000'000);
   CHECK(ContainersOfTask(spec) == 0);
 }
 
