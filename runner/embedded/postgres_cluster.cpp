@@ -253,19 +253,28 @@ Status ChownTree(const fs::path& root, uid_t uid, gid_t gid) {
   return {};
 }
 
-// The postgres user must be able to reach the data dir: add o+x to the dirs we
-// own on the way (a 0700 mktemp dir, a root home), or say which one to fix.
-Status MakeTraversable(const fs::path& dir) {
+// The postgres user must be able to reach the data dir. We add o+x only to the
+// data dir itself and to the dirs this start created on the way to it (a 0700
+// mktemp dir is fine); an existing parent (a 0700 home) is the operator's to
+// change, so we say which one.
+Status MakeTraversable(const fs::path& dir, const fs::path& first_existing_parent) {
   fs::path p = dir;
   while (true) {
     struct stat st {};
     if (::stat(p.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) {
-      if (st.st_uid == ::geteuid() && ::chmod(p.c_str(), (st.st_mode & 07777) | S_IXOTH) == 0) {
+      bool ours = p == dir || (p != first_existing_parent &&
+                               p.string().rfind(first_existing_parent.string(), 0) == 0);
+      if (ours && st.st_uid == ::geteuid() &&
+          ::chmod(p.c_str(), (st.st_mode & 07777) | S_IXOTH) == 0) {
         spdlog::info("embedded postgres: made dir traversable for the postgres user dir={}",
                      p.string());
       } else {
-        return Unavailable("the postgres user cannot reach " + dir.string() + ": " + p.string() +
-                           " is not searchable; chmod o+x it or choose another --data-dir");
+        return Unavailable(
+            "running as root, PostgreSQL runs as the postgres user, which cannot "
+            "reach " +
+            dir.string() + ": " + p.string() +
+            " is not searchable by others; chmod o+x it, or choose a --data-dir "
+            "outside it, or run the runner as a non-root user");
       }
     }
     if (p == p.root_path() || !p.has_parent_path() || p.parent_path() == p) break;
@@ -333,10 +342,15 @@ Result<std::unique_ptr<EmbeddedPostgres>> EmbeddedPostgres::Start(const fs::path
   pg->bin_dir_ = *bin;
 
   std::error_code ec;
-  fs::create_directories(data_dir, ec);
-  if (ec) return Unavailable("cannot create data dir " + data_dir.string() + ": " + ec.message());
   fs::path absolute = fs::absolute(data_dir, ec).lexically_normal();
   if (absolute.has_filename() == false) absolute = absolute.parent_path();
+  fs::path first_existing = absolute;
+  while (!fs::exists(first_existing, ec) && first_existing.has_parent_path() &&
+         first_existing.parent_path() != first_existing) {
+    first_existing = first_existing.parent_path();
+  }
+  fs::create_directories(absolute, ec);
+  if (ec) return Unavailable("cannot create data dir " + absolute.string() + ": " + ec.message());
   pg->root_ = absolute / "postgres";
   pg->cluster_dir_ = pg->root_ / "data";
   pg->log_file_ = pg->root_ / "log" / "postgres.log";
@@ -383,7 +397,7 @@ Result<std::unique_ptr<EmbeddedPostgres>> EmbeddedPostgres::Start(const fs::path
     as = RunAs{pw->pw_uid, pw->pw_gid};
     pg->run_uid_ = static_cast<int>(pw->pw_uid);
     pg->run_gid_ = static_cast<int>(pw->pw_gid);
-    if (auto st = MakeTraversable(absolute); !st.ok()) return st.error();
+    if (auto st = MakeTraversable(absolute, first_existing); !st.ok()) return st.error();
     if (auto st = ChownTree(pg->root_, pw->pw_uid, pw->pw_gid); !st.ok()) return st.error();
     if (pg->socket_dir_.parent_path() == "/tmp") {
       ::lchown(pg->socket_dir_.c_str(), pw->pw_uid, pw->pw_gid);

@@ -10,6 +10,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 TMP="$(mktemp -d /tmp/runner-smoke.XXXXXX)"
+# As root the embedded PostgreSQL runs as the postgres user, which must reach the data dir.
+chmod 755 "$TMP"
 SOCK=/var/run/docker.sock
 TOKEN="smoke-$RANDOM$RANDOM"
 PID=""

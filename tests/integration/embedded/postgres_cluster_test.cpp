@@ -145,3 +145,17 @@ TEST_CASE("a postmaster left running by a killed runner is taken over on the nex
   CHECK(runner::testing::WaitFor([&] { return !Alive(static_cast<pid_t>(orphan)); },
                                  std::chrono::seconds(10)));
 }
+
+TEST_CASE("as root, a data dir the postgres user cannot reach is refused with the fix",
+          "[embedded]") {
+  TempDir parent;  // mkdtemp: 0700, exists before the start, so it is the operator's
+  auto pg = EmbeddedPostgres::Start(parent.path() / "var");
+  if (::geteuid() == 0) {
+    REQUIRE_FALSE(pg.ok());
+    CHECK_THAT(pg.error().message,
+               Catch::Contains(parent.path().string()) && Catch::Contains("chmod o+x"));
+  } else {
+    // Not root: the server runs as us and reaches our own dirs.
+    REQUIRE(pg.ok());
+  }
+}
