@@ -400,7 +400,7 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
   std::string state = "queued";
   std::optional<TaskError> dep_error;
   if (!nt.depends_on.empty()) {
-    // FOR SHARE: a dependency cannot finish between this check and our commit,
+    // Row-locked: a dependency cannot finish between this check and our commit,
     // so its dependents-failing statement always sees this task.
     auto r = tx.exec_prepared(sql::kLockDependencies.name, PgArray(nt.depends_on));
     std::set<std::string> found;
@@ -764,6 +764,7 @@ Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::strin
     int attempt = r[0][0].as<int>();
     int max_attempts = r[0][1].as<int>();
     double backoff = r[0][2].as<double>();
+    bool has_dependents = r[0][3].as<bool>();
     auto err = ErrorJson(report.error);
     std::optional<std::string> iso;
     if (!report.isolation_used.empty()) iso = report.isolation_used;
@@ -782,8 +783,12 @@ Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::strin
     std::string state(ToString(report.state));
     tx.exec_prepared(sql::kFinish.name, tid, state, NullableCStr(exit_code), NullableCStr(err),
                      UsageJson(report.usage), NullableCStr(iso), wid);
-    if (report.state != TaskState::kSucceeded) {
-      tx.exec_prepared(sql::kFailDependents.name, tid, state);
+    if (has_dependents) {
+      if (report.state == TaskState::kSucceeded) {
+        tx.exec_prepared(sql::kWakeDependents.name, tid);
+      } else {
+        tx.exec_prepared(sql::kFailDependents.name, tid, state);
+      }
     }
     tx.commit();
     return FinishOutcome::kFinished;

@@ -38,8 +38,11 @@ inline constexpr Statement kTaskById{
 inline constexpr Statement kTaskByKey{
     "task_by_key", "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.idempotency_key = $1"};
 
+// Marks the dependencies (so Finish looks for dependents only when there are
+// some) and locks them until the new task commits.
 inline constexpr Statement kLockDependencies{
-    "lock_dependencies", "SELECT id, state FROM tasks WHERE id = ANY($1::text[]) FOR SHARE"};
+    "lock_dependencies",
+    "UPDATE tasks SET has_dependents = true WHERE id = ANY($1::text[]) RETURNING id, state"};
 
 inline constexpr Statement kInsertTask{
     "insert_task",
@@ -111,7 +114,7 @@ inline constexpr Statement kHeartbeat{
 
 inline constexpr Statement kLockLease{
     "lock_lease",
-    "SELECT attempt, max_attempts, backoff FROM tasks"
+    "SELECT attempt, max_attempts, backoff, has_dependents FROM tasks"
     " WHERE id = $1 AND state = 'running' AND lease_owner = $2 FOR UPDATE"};
 
 inline constexpr Statement kRetry{
@@ -131,15 +134,16 @@ inline constexpr Statement kFinish{
     "  UPDATE tasks t SET state = $2, exit_code = $3::int, error = $4::jsonb, usage = $5::jsonb,"
     "    isolation_used = $6, finished_at = now(), lease_expires_at = NULL"
     "  WHERE t.id = $1 RETURNING t.id, t.attempt, t.exit_code, t.error"
-    "), ev AS ("
-    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    ") INSERT INTO events (kind, task_id, worker_id, data)"
     "  SELECT 'task.' || $2, u.id, $7, jsonb_build_object('attempt', u.attempt,"
-    "         'exit_code', u.exit_code, 'error', u.error->>'code') FROM u"
-    "), wake AS ("
-    "  SELECT pg_notify('runner_tasks', q.queue) FROM ("
-    "    SELECT DISTINCT d.queue FROM tasks d"
-    "    WHERE $2 = 'succeeded' AND d.state = 'queued' AND d.depends_on @> ARRAY[$1::text]) q"
-    ") SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM wake)"};
+    "         'exit_code', u.exit_code, 'error', u.error->>'code') FROM u"};
+
+// A task succeeded: wake the claimers of the queues its dependents wait in.
+inline constexpr Statement kWakeDependents{
+    "wake_dependents",
+    "SELECT pg_notify('runner_tasks', q.queue) FROM ("
+    "  SELECT DISTINCT d.queue FROM tasks d"
+    "  WHERE d.state = 'queued' AND d.depends_on @> ARRAY[$1::text]) q"};
 
 // Transitively fails the queued dependents of a task that ended for good
 // without succeeding ($2: how it ended).
@@ -334,7 +338,7 @@ inline constexpr Statement kDeleteOldEvents{
 inline constexpr std::array kPrepared = {
     kTaskById,      kTaskByKey,       kLockDependencies, kInsertTask,    kInsertEvent,
     kNotifyTasks,   kClaim,           kHeartbeat,        kLockLease,     kRetry,
-    kFinish,        kFailDependents,  kLockTask,         kCancelQueued,  kRequestCancel,
+    kFinish,        kFailDependents, kWakeDependents,  kLockTask,         kCancelQueued,  kRequestCancel,
     kRelease,       kCancelRequested, kLockLogState,     kInsertLog,     kUpdateLogState,
     kLogState,      kLogChunks,       kCounts,           kUpsertNode,    kDeleteNodeWorkers,
     kDeleteNode,    kUpsertWorker,    kDeleteWorker,     kListWorkers,   kListNodes,

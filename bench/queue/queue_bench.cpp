@@ -1,0 +1,262 @@
+// Claim-and-finish throughput and claim latency of the queue, through
+// PostgresStore and through the same SQL run raw with libpqxx, at 1, 4 and 16
+// claimers, plus lease renewal (Heartbeat) for 100 running tasks. Works in a
+// private database it creates and drops. Prints a summary; writes JSON.
+//
+//   queue_bench --admin "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres" \
+//               --out bench/results/queue_runner.json [--tasks 3000]
+
+#include <algorithm>
+#include <atomic>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <pqxx/pqxx>
+#include <string>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+#include "runner/queue/postgres_store.h"
+#include "runner/queue/queue_sql.h"
+#include "runner/ulid.h"
+
+namespace {
+
+using namespace runner::queue;
+using Steady = std::chrono::steady_clock;
+namespace json = boost::json;
+
+struct RunStats {
+  std::string path;
+  int claimers = 0;
+  int tasks = 0;
+  double seconds = 0;
+  std::vector<double> claim_ms;
+};
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  auto idx = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
+  return v[idx];
+}
+
+void Reset(const std::string& conninfo) {
+  pqxx::connection c(conninfo);
+  pqxx::nontransaction tx(c);
+  tx.exec("TRUNCATE tasks, task_logs, events, workers, nodes CASCADE");
+  tx.exec("UPDATE task_final_counts SET n = 0");
+  tx.exec("VACUUM ANALYZE tasks");
+}
+
+void Fill(PostgresStore& store, int tasks) {
+  NewTask t;
+  t.command = {"true"};
+  std::vector<NewTask> batch(500, t);
+  for (int done = 0; done < tasks; done += 500) {
+    auto r = store.SubmitBatch(std::span<const NewTask>(batch.data(),
+                                                        static_cast<std::size_t>(std::min(500, tasks - done))));
+    if (!r.ok()) throw std::runtime_error(r.error().message);
+  }
+}
+
+// Each claimer is one worker: claim one task, finish it, repeat until empty.
+RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
+  RunStats s{"runner", claimers, tasks, 0, {}};
+  std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
+  std::atomic<int> finished{0};
+  auto start = Steady::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < claimers; ++i) {
+    threads.emplace_back([&, i] {
+      ClaimRequest req;
+      req.node_id = "bench";
+      req.worker_ids = {"w" + std::to_string(i)};
+      FinishReport rep;
+      rep.state = TaskState::kSucceeded;
+      rep.exit_code = 0;
+      rep.isolation_used = "process";
+      while (true) {
+        auto t0 = Steady::now();
+        auto r = store.Claim(req);
+        lat[static_cast<std::size_t>(i)].push_back(
+            std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
+        if (!r.ok()) throw std::runtime_error(r.error().message);
+        if (r->empty()) break;
+        auto f = store.Finish(r->front().id, req.worker_ids[0], rep);
+        if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
+        ++finished;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  s.seconds = std::chrono::duration<double>(Steady::now() - start).count();
+  for (auto& l : lat) s.claim_ms.insert(s.claim_ms.end(), l.begin(), l.end());
+  if (finished != tasks) throw std::runtime_error("runner path lost tasks");
+  return s;
+}
+
+// The same statements, straight through libpqxx: no pool, no row mapping.
+RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
+  RunStats s{"raw_sql", claimers, tasks, 0, {}};
+  std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
+  std::atomic<int> finished{0};
+  std::vector<std::unique_ptr<pqxx::connection>> conns;
+  for (int i = 0; i < claimers; ++i) {
+    conns.push_back(std::make_unique<pqxx::connection>(conninfo));
+    for (const auto& st : {sql::kClaim, sql::kLockLease, sql::kFinish}) {
+      conns.back()->prepare(st.name, std::string(st.text));
+    }
+  }
+  auto start = Steady::now();
+  std::vector<std::thread> threads;
+  for (int i = 0; i < claimers; ++i) {
+    threads.emplace_back([&, i] {
+      pqxx::connection& c = *conns[static_cast<std::size_t>(i)];
+      std::string worker = "w" + std::to_string(i);
+      std::string workers = "{\"" + worker + "\"}";
+      while (true) {
+        auto t0 = Steady::now();
+        pqxx::result r;
+        {
+          pqxx::nontransaction tx(c);
+          r = tx.exec_prepared(sql::kClaim.name, workers, "bench", int64_t{30000}, nullptr,
+                               int64_t{1});
+        }
+        lat[static_cast<std::size_t>(i)].push_back(
+            std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
+        if (r.empty()) break;
+        std::string id = r[0][0].as<std::string>();
+        pqxx::work tx(c);
+        auto l = tx.exec_prepared(sql::kLockLease.name, id, worker);
+        if (l.empty()) throw std::runtime_error("raw lease lost");
+        tx.exec_prepared(sql::kFinish.name, id, "succeeded", "0", nullptr,
+                         R"({"cpu_seconds":0,"peak_memory":0,"duration":0})", "process", worker);
+        tx.commit();
+        ++finished;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  s.seconds = std::chrono::duration<double>(Steady::now() - start).count();
+  for (auto& l : lat) s.claim_ms.insert(s.claim_ms.end(), l.begin(), l.end());
+  if (finished != tasks) throw std::runtime_error("raw path lost tasks");
+  return s;
+}
+
+json::object ToJson(const RunStats& s) {
+  return json::object{{"path", s.path},
+                      {"claimers", s.claimers},
+                      {"tasks", s.tasks},
+                      {"seconds", s.seconds},
+                      {"tasks_per_second", s.tasks / s.seconds},
+                      {"claim_p50_ms", Percentile(s.claim_ms, 0.50)},
+                      {"claim_p99_ms", Percentile(s.claim_ms, 0.99)}};
+}
+
+std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (argv[i] == name) return argv[i + 1];
+  }
+  return fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string admin = Arg(argc, argv, "--admin", "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres");
+  std::string out = Arg(argc, argv, "--out", "bench/results/queue_runner.json");
+  int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
+  int rounds = std::stoi(Arg(argc, argv, "--rounds", "2"));
+  std::string db = "runner_bench_" + std::to_string(::getpid());
+  {
+    pqxx::connection c(admin);
+    pqxx::nontransaction tx(c);
+    tx.exec("CREATE DATABASE " + db);
+  }
+  std::string base = admin;
+  auto pos = base.find("dbname=");
+  if (pos != std::string::npos) base = base.substr(0, pos);
+  std::string conninfo = base + " dbname=" + db;
+  json::array results;
+  json::object heartbeat;
+  int code = 0;
+  try {
+    StoreOptions options;
+    options.conninfo = conninfo;
+    options.pool_size = 17;
+    auto opened = PostgresStore::Open(options);
+    if (!opened.ok()) throw std::runtime_error(opened.error().message);
+    auto& store = *opened.value();
+    for (int claimers : {1, 4, 16}) {
+      // Alternate the paths so neither always runs on a warmer cache.
+      std::vector<RunStats> best_store;
+      std::vector<RunStats> best_raw;
+      for (int round = 0; round < rounds; ++round) {
+        Reset(conninfo);
+        Fill(store, tasks);
+        best_raw.push_back(RunRaw(conninfo, claimers, tasks));
+        Reset(conninfo);
+        Fill(store, tasks);
+        best_store.push_back(RunStore(store, claimers, tasks));
+      }
+      auto pick = [](std::vector<RunStats>& v) {  // the median-ish: best of the rounds
+        return *std::min_element(v.begin(), v.end(),
+                                 [](const RunStats& a, const RunStats& b) { return a.seconds < b.seconds; });
+      };
+      RunStats s = pick(best_store);
+      RunStats r = pick(best_raw);
+      results.push_back(ToJson(r));
+      results.push_back(ToJson(s));
+      std::printf("claimers=%2d raw_sql: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms | runner: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms (%.0f%% of raw)\n",
+                  claimers, r.tasks / r.seconds, Percentile(r.claim_ms, 0.5),
+                  Percentile(r.claim_ms, 0.99), s.tasks / s.seconds, Percentile(s.claim_ms, 0.5),
+                  Percentile(s.claim_ms, 0.99), 100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
+    }
+    // Lease renewal of 100 running tasks in one statement.
+    Reset(conninfo);
+    Fill(store, 100);
+    ClaimRequest req;
+    req.node_id = "bench";
+    for (int i = 0; i < 100; ++i) req.worker_ids.push_back(runner::NewUlid());
+    auto claimed = store.Claim(req);
+    if (!claimed.ok() || claimed->size() != 100) throw std::runtime_error("claim of 100 failed");
+    HeartbeatRequest hb;
+    hb.node_id = "bench";
+    hb.target_workers = 100;
+    for (const auto& t : *claimed) hb.workers.push_back({*t.worker_id, WorkerState::kBusy, t.id});
+    std::vector<double> hb_ms;
+    for (int i = 0; i < 300; ++i) {
+      auto t0 = Steady::now();
+      auto r = store.Heartbeat(hb);
+      hb_ms.push_back(std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
+      if (!r.ok() || !r->lost_task_ids.empty()) throw std::runtime_error("heartbeat failed");
+    }
+    heartbeat = json::object{{"running_tasks", 100},
+                             {"calls", 300},
+                             {"p50_ms", Percentile(hb_ms, 0.5)},
+                             {"p99_ms", Percentile(hb_ms, 0.99)}};
+    std::printf("heartbeat of 100 running tasks: p50 %.2f ms p99 %.2f ms\n", Percentile(hb_ms, 0.5),
+                Percentile(hb_ms, 0.99));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "queue_bench failed: %s\n", e.what());
+    code = 1;
+  }
+  {
+    pqxx::connection c(admin);
+    pqxx::nontransaction tx(c);
+    tx.exec("DROP DATABASE IF EXISTS " + db + " WITH (FORCE)");
+  }
+  if (code == 0) {
+    json::object doc{{"tasks_per_run", tasks},
+                     {"rounds", rounds},
+                     {"cpus", static_cast<int64_t>(std::thread::hardware_concurrency())},
+                     {"claim_finish", results},
+                     {"heartbeat", heartbeat}};
+    std::ofstream(out) << json::serialize(doc) << "\n";
+  }
+  return code;
+}
