@@ -277,6 +277,21 @@ bool DockerIsolator::StorageOptSupported() {
   return supported;
 }
 
+Status DockerIsolator::CheckImage(const std::string& image) {
+  constexpr auto kTrustFor = std::chrono::seconds(60);
+  {
+    std::lock_guard lock(mu_);
+    auto it = images_seen_.find(image);
+    if (it != images_seen_.end() && Clock::now() - it->second < kTrustFor) return {};
+  }
+  auto inspected = client_.ImageInspect(image);
+  if (!inspected) return inspected.error();
+  std::lock_guard lock(mu_);
+  if (images_seen_.size() > 1000) images_seen_.clear();  // bounded
+  images_seen_[image] = Clock::now();
+  return {};
+}
+
 void DockerIsolator::MarkStorageOptUnsupported() {
   std::lock_guard lock(mu_);
   storage_opt_ = false;
@@ -287,7 +302,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
   if (spec.command.empty()) {
     return ErrorResult(MakeError("internal", "task " + task + " has an empty command"));
   }
-  if (auto image = client_.ImageInspect(spec.image); !image) return ErrorResult(image.error());
+  if (Status image = CheckImage(spec.image); !image) return ErrorResult(image.error());
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
   std::string name = "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" +
@@ -303,7 +318,13 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     storage_opt = false;
     created = client_.ContainerCreate(BuildCreateConfig(spec, options_, false), name);
   }
-  if (!created) return ErrorResult(created.error());
+  if (!created) {
+    if (created.error().code == "image_not_found") {
+      std::lock_guard lock(mu_);
+      images_seen_.erase(spec.image);
+    }
+    return ErrorResult(created.error());
+  }
   ContainerOwner owner(client_, *created, task);
   const std::string& id = owner.id();
 
@@ -503,9 +524,17 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     return r;
   }
 
-  auto state = client_.ContainerInspectState(id);
   result.exit_code = static_cast<int>(*status_code);
-  if (state) result.exit_code = state->exit_code;
+  // OOMKilled is only in inspect. A task that exited 0 succeeded, whatever
+  // its children went through, so the success path skips the call.
+  std::optional<ContainerState> state;
+  if (result.exit_code != 0 || ending != Ending::kNone) {
+    auto inspected = client_.ContainerInspectState(id);
+    if (inspected) {
+      state = *inspected;
+      result.exit_code = state->exit_code;
+    }
+  }
 
   switch (ending) {
     case Ending::kTimeout:

@@ -8,7 +8,7 @@
 //   docker.ReapOrphans({node_id});                  // at start, before claiming
 //   RunResult r = docker.Run(spec, observer, stop_token);
 //
-// Per task: image inspect (missing -> kError/image_not_found), create with
+// Per task: image inspect (cached for a minute; missing -> kError/image_not_found), create with
 // HostConfig limits (NanoCpus, Memory = MemorySwap, PidsLimit, NetworkMode none
 // unless allow_network, ReadonlyRootfs, CapDrop ALL, no-new-privileges, Init,
 // a non-root user), labels io.runner.task / io.runner.worker / io.runner.node
@@ -30,6 +30,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <cstdint>
 #include <mutex>
 #include <optional>
@@ -83,6 +84,7 @@ class DockerIsolator : public Isolator {
   // Whether StorageOpt size is honoured by the daemon (decided once).
   bool StorageOptSupported();
   void MarkStorageOptUnsupported();
+  Status CheckImage(const std::string& image);
 
   DockerIsolatorOptions options_;
   EngineClient client_;
@@ -91,6 +93,9 @@ class DockerIsolator : public Isolator {
   std::chrono::steady_clock::time_point available_checked_;  // guarded by mu_
   bool available_ = false;                                    // guarded by mu_
   std::optional<bool> storage_opt_;                           // guarded by mu_
+  // Images seen present recently: skips an inspect per task (a removed image
+  // still ends as image_not_found, from create's 404).
+  std::map<std::string, std::chrono::steady_clock::time_point> images_seen_;  // guarded by mu_
 };
 
 // The Docker container configuration (POST /containers/create body) for a

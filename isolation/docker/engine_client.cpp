@@ -71,6 +71,12 @@ Result<json::object> ParseObject(const std::string& body, std::string_view what)
   return std::move(v.as_object());
 }
 
+std::string BuildHint(std::string_view image) {
+  return image == "runner-task:latest" || image == "runner-task"
+             ? "build it with docker/task-image/build"
+             : "build it or `docker load` it on this host (no registry is pulled from)";
+}
+
 }  // namespace
 
 // One HTTP exchange on its own connection and io_context. Every operation is
@@ -458,11 +464,8 @@ Result<json::object> EngineClient::ImageInspect(std::string_view image) {
   auto r = Call("GET", "/images/" + std::string(image) + "/json", true, "", options_.quick_timeout);
   if (!r) return r.error();
   if (r->status == 404) {
-    std::string how = image == "runner-task:latest" || image == "runner-task"
-                          ? "build it with docker/task-image/build"
-                          : "build it or `docker load` it on this host (no registry is pulled from)";
-    return MakeError("image_not_found",
-                     "the image \"" + std::string(image) + "\" is not on this Docker host: " + how);
+    return MakeError("image_not_found", "the image \"" + std::string(image) +
+                                            "\" is not on this Docker host: " + BuildHint(image));
   }
   if (r->status != 200) return ApiError(*r, "image inspect");
   return ParseObject(r->body, "image inspect");
@@ -478,7 +481,8 @@ Result<std::string> EngineClient::ContainerCreate(const json::object& config, st
     const json::value* image = config.if_contains("Image");
     std::string image_name = image != nullptr && image->is_string() ? std::string(image->as_string()) : "";
     return MakeError("image_not_found", "the image \"" + image_name +
-                                            "\" is not on this Docker host (" + e.message + ")");
+                                            "\" is not on this Docker host (" + e.message +
+                                            "): " + BuildHint(image_name));
   }
   if (r->status != 201) return ApiError(*r, "container create");
   auto obj = ParseObject(r->body, "container create");

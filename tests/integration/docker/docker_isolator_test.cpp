@@ -509,6 +509,63 @@ TEST_CASE("orphans of a node are reaped and other nodes' containers are untouche
   CHECK(ContainersLabelled("io.runner.node=" + other) == 0);
 }
 
+TEST_CASE("streaming stats report a busy container's CPU as docker computes it",
+          "[docker][engine]") {
+  auto& client = Shared().client();
+  auto spec = Spec({"sh", "-c", "while :; do :; done"});
+  spec.limits.cpus = 0.5;
+  auto id = client.ContainerCreate(
+      runner::isolation::docker::BuildCreateConfig(spec, Shared().options(), false));
+  REQUIRE(id.ok());
+  REQUIRE(client.ContainerStart(*id).ok());
+  std::vector<double> percents;
+  auto st = client.ContainerStatsStream(
+      *id,
+      [&](const runner::isolation::docker::ContainerStats& s) {
+        percents.push_back(runner::isolation::docker::CpuPercent(s.precpu, s.cpu));
+        return percents.size() < 3;
+      },
+      {}, Clock::now() + 15s);
+  CHECK(client.ContainerRemove(*id).ok());
+  REQUIRE(st.ok());
+  REQUIRE(percents.size() == 3);
+  INFO("last sample " << percents.back() << "%");
+  CHECK(percents.back() > 25);
+  CHECK(percents.back() < 75);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
+TEST_CASE("logs of a finished container come back demultiplexed", "[docker][engine]") {
+  auto& client = Shared().client();
+  auto spec = Spec({"sh", "-c", "echo out; echo err >&2"});
+  auto id = client.ContainerCreate(
+      runner::isolation::docker::BuildCreateConfig(spec, Shared().options(), false));
+  REQUIRE(id.ok());
+  auto wait = client.ContainerWaitBegin(*id);
+  REQUIRE(wait.ok());
+  REQUIRE(client.ContainerStart(*id).ok());
+  std::optional<int64_t> code;
+  REQUIRE(runner::testing::WaitFor(
+      [&] {
+        auto p = (*wait)->Poll(100ms);
+        if (p.ok() && p->has_value()) code = **p;
+        return code.has_value();
+      },
+      15s));
+  std::string out, err;
+  auto st = client.ContainerLogs(
+      *id, {},
+      [&](runner::isolation::docker::FrameStream s, std::string_view d) {
+        (s == runner::isolation::docker::FrameStream::kStderr ? err : out) += d;
+      },
+      {}, Clock::now() + 10s);
+  CHECK(client.ContainerRemove(*id).ok());
+  REQUIRE(st.ok());
+  CHECK(*code == 0);
+  CHECK(out == "out\n");
+  CHECK(err == "err\n");
+}
+
 TEST_CASE("no container of this test run is left behind", "[docker][cleanup]") {
   CHECK(ContainersLabelled("io.runner.node=" + RunNode()) == 0);
 }
