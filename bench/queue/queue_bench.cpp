@@ -6,6 +6,8 @@
 //   queue_bench --admin "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres" \
 //               --out bench/results/queue_runner.json [--tasks 3000]
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
@@ -16,7 +18,6 @@
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include "runner/queue/postgres_store.h"
@@ -57,8 +58,8 @@ void Fill(PostgresStore& store, int tasks) {
   t.command = {"true"};
   std::vector<NewTask> batch(500, t);
   for (int done = 0; done < tasks; done += 500) {
-    auto r = store.SubmitBatch(std::span<const NewTask>(batch.data(),
-                                                        static_cast<std::size_t>(std::min(500, tasks - done))));
+    auto r = store.SubmitBatch(std::span<const NewTask>(
+        batch.data(), static_cast<std::size_t>(std::min(500, tasks - done))));
     if (!r.ok()) throw std::runtime_error(r.error().message);
   }
 }
@@ -167,7 +168,8 @@ std::string Arg(int argc, char** argv, const std::string& name, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string admin = Arg(argc, argv, "--admin", "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres");
+  std::string admin =
+      Arg(argc, argv, "--admin", "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres");
   std::string out = Arg(argc, argv, "--out", "bench/results/queue_runner.json");
   int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
   int rounds = std::stoi(Arg(argc, argv, "--rounds", "2"));
@@ -204,17 +206,20 @@ int main(int argc, char** argv) {
         best_store.push_back(RunStore(store, claimers, tasks));
       }
       auto pick = [](std::vector<RunStats>& v) {  // the median-ish: best of the rounds
-        return *std::min_element(v.begin(), v.end(),
-                                 [](const RunStats& a, const RunStats& b) { return a.seconds < b.seconds; });
+        return *std::min_element(v.begin(), v.end(), [](const RunStats& a, const RunStats& b) {
+          return a.seconds < b.seconds;
+        });
       };
       RunStats s = pick(best_store);
       RunStats r = pick(best_raw);
       results.push_back(ToJson(r));
       results.push_back(ToJson(s));
-      std::printf("claimers=%2d raw_sql: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms | runner: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms (%.0f%% of raw)\n",
-                  claimers, r.tasks / r.seconds, Percentile(r.claim_ms, 0.5),
-                  Percentile(r.claim_ms, 0.99), s.tasks / s.seconds, Percentile(s.claim_ms, 0.5),
-                  Percentile(s.claim_ms, 0.99), 100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
+      std::printf(
+          "claimers=%2d raw_sql: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms | runner: %7.0f "
+          "tasks/s claim p50 %.2f ms p99 %.2f ms (%.0f%% of raw)\n",
+          claimers, r.tasks / r.seconds, Percentile(r.claim_ms, 0.5), Percentile(r.claim_ms, 0.99),
+          s.tasks / s.seconds, Percentile(s.claim_ms, 0.5), Percentile(s.claim_ms, 0.99),
+          100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
     }
     // Lease renewal of 100 running tasks in one statement.
     Reset(conninfo);

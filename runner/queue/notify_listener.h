@@ -34,8 +34,8 @@ class NotifyListener {
   using Callback = std::function<void(std::string_view channel, std::string_view payload)>;
 
   struct Options {
-    std::chrono::milliseconds wait_slice{200};           // longest blocking wait
-    std::chrono::milliseconds liveness_check{5000};      // SELECT 1 when idle this long
+    std::chrono::milliseconds wait_slice{200};       // longest blocking wait
+    std::chrono::milliseconds liveness_check{5000};  // SELECT 1 when idle this long
     std::chrono::milliseconds backoff_min{100};
     std::chrono::milliseconds backoff_max{5000};
   };

@@ -53,8 +53,8 @@ class PostgresStore::Pool {
 
   Result<Lease> Acquire() {
     std::unique_lock lock(mu_);
-    bool ready = cv_.wait_for(lock, acquire_timeout_,
-                              [&] { return !idle_.empty() || open_ < size_; });
+    bool ready =
+        cv_.wait_for(lock, acquire_timeout_, [&] { return !idle_.empty() || open_ < size_; });
     if (!ready) {
       return Error{"unavailable", "all " + std::to_string(size_) +
                                       " database connections stayed busy for " +
@@ -127,19 +127,19 @@ R Execute(PostgresStore::Pool& pool, std::string_view op, F&& f) {
     } catch (const pqxx::broken_connection& e) {
       lease->MarkBroken();
       spdlog::warn("queue database connection lost op={} error=\"{}\"", op, e.what());
-      return Error{"unavailable", "database connection lost during " + std::string(op) + ": " +
-                                      e.what()};
+      return Error{"unavailable",
+                   "database connection lost during " + std::string(op) + ": " + e.what()};
     } catch (const pqxx::in_doubt_error& e) {
       lease->MarkBroken();
-      return Error{"unavailable", "database connection lost while committing " +
-                                      std::string(op) + ": " + e.what()};
+      return Error{"unavailable", "database connection lost while committing " + std::string(op) +
+                                      ": " + e.what()};
     } catch (const pqxx::sql_error& e) {
       const std::string& state = e.sqlstate();
       if ((state == "40P01" || state == "40001") && attempt < 3) continue;
       if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
         lease->MarkBroken();
-        return Error{"unavailable", "database unavailable during " + std::string(op) + ": " +
-                                        e.what()};
+        return Error{"unavailable",
+                     "database unavailable during " + std::string(op) + ": " + e.what()};
       }
       if (state == "57014" || state == "55P03") {
         return Error{"unavailable", "database too slow for " + std::string(op) + ": " + e.what()};
@@ -189,9 +189,7 @@ std::string PgArrayNullable(const std::vector<std::optional<std::string>>& items
   return out;
 }
 
-const char* NullableCStr(const std::optional<std::string>& s) {
-  return s ? s->c_str() : nullptr;
-}
+const char* NullableCStr(const std::optional<std::string>& s) { return s ? s->c_str() : nullptr; }
 
 std::string MapJson(const std::map<std::string, std::string>& m) {
   json::object o;
@@ -277,7 +275,8 @@ Task RowToTask(const pqxx::row& r) {
   t.priority = r[3].as<int>();
   t.command = ParseStringArray(r[4]);
   t.image = r[5].as<std::string>();
-  t.isolation = isolation::ParseIsolationMode(r[6].c_str()).value_or(isolation::IsolationMode::kAuto);
+  t.isolation =
+      isolation::ParseIsolationMode(r[6].c_str()).value_or(isolation::IsolationMode::kAuto);
   t.isolation_used = OptString(r[7]);
   t.env = ParseStringMap(r[8]);
   {
@@ -327,8 +326,8 @@ Task RowToTask(const pqxx::row& r) {
 std::string_view WorkerStateText(WorkerState s) { return ToString(s); }
 
 WorkerState ParseWorkerState(std::string_view s) {
-  for (auto w : {WorkerState::kStarting, WorkerState::kIdle, WorkerState::kBusy,
-                 WorkerState::kStopping}) {
+  for (auto w :
+       {WorkerState::kStarting, WorkerState::kIdle, WorkerState::kBusy, WorkerState::kStopping}) {
     if (ToString(w) == s) return w;
   }
   return WorkerState::kStarting;
@@ -376,8 +375,7 @@ std::string AppendTail(const std::string& tail, std::string_view data) {
   if (combined.size() <= kTailBytes) return SanitizeUtf8(combined);
   std::size_t start = combined.size() - kTailBytes;
   // Do not start in the middle of a UTF-8 sequence.
-  while (start < combined.size() &&
-         (static_cast<unsigned char>(combined[start]) & 0xC0) == 0x80) {
+  while (start < combined.size() && (static_cast<unsigned char>(combined[start]) & 0xC0) == 0x80) {
     ++start;
   }
   return SanitizeUtf8(std::string_view(combined).substr(start));
@@ -537,7 +535,8 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
     auto dot = filter.cursor->find('.');
     bool ok = dot != std::string::npos && dot > 0 && dot <= 19;
     if (ok) {
-      for (std::size_t i = 0; i < dot; ++i) ok = ok && std::isdigit(static_cast<unsigned char>((*filter.cursor)[i]));
+      for (std::size_t i = 0; i < dot; ++i)
+        ok = ok && std::isdigit(static_cast<unsigned char>((*filter.cursor)[i]));
       ok = ok && IsUlid(filter.cursor->substr(dot + 1));
     }
     if (!ok) return Error{"validation_failed", "cursor: not a cursor from a previous page"};
@@ -559,9 +558,9 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
     }
     if (static_cast<int>(r.size()) > filter.limit && !page.tasks.empty()) {
       const Task& last = page.tasks.back();
-      auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
-                        last.created_at.time_since_epoch())
-                        .count();
+      auto micros =
+          std::chrono::duration_cast<std::chrono::microseconds>(last.created_at.time_since_epoch())
+              .count();
       page.next_cursor = std::to_string(micros) + "." + last.id;
     }
     return page;
@@ -642,8 +641,8 @@ Result<LogPage> PostgresStore::Logs(std::string_view task_id, LogStream stream, 
       if (!page.chunks.empty() && bytes + data.size() > max_bytes) break;
       LogChunk chunk;
       chunk.seq = row[0].as<int64_t>();
-      chunk.stream =
-          row[1].as<int>() == 1 ? isolation::OutputStream::kStderr : isolation::OutputStream::kStdout;
+      chunk.stream = row[1].as<int>() == 1 ? isolation::OutputStream::kStderr
+                                           : isolation::OutputStream::kStdout;
       chunk.data = data.str();
       bytes += chunk.data.size();
       page.last_seq = chunk.seq;
@@ -686,9 +685,9 @@ Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& reques
   }
   return Execute<R>(*pool_, "heartbeat", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
-    auto r = tx.exec_prepared(sql::kHeartbeat.name, request.node_id, PgArray(ids), PgArray(states),
-                              PgArrayNullable(tasks), ToMillis(request.lease),
-                              request.target_workers);
+    auto r =
+        tx.exec_prepared(sql::kHeartbeat.name, request.node_id, PgArray(ids), PgArray(states),
+                         PgArrayNullable(tasks), ToMillis(request.lease), request.target_workers);
     HeartbeatOutcome out;
     for (const auto& row : r) out.lost_task_ids.push_back(row[0].as<std::string>());
     return out;
@@ -773,8 +772,9 @@ Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::strin
     bool may_retry = (report.state == TaskState::kFailed || report.state == TaskState::kTimedOut) &&
                      report.retryable && attempt < max_attempts;
     if (may_retry) {
-      double delay = std::min(kMaxRetryDelaySeconds,
-                              backoff * std::pow(2.0, static_cast<double>(std::max(0, attempt - 1))));
+      double delay =
+          std::min(kMaxRetryDelaySeconds,
+                   backoff * std::pow(2.0, static_cast<double>(std::max(0, attempt - 1))));
       tx.exec_prepared(sql::kRetry.name, tid, delay, NullableCStr(exit_code), NullableCStr(err),
                        UsageJson(report.usage), NullableCStr(iso), wid);
       tx.commit();
@@ -958,10 +958,10 @@ Result<ReapReport> PostgresStore::Reap(const ReapPolicy& policy) {
         static_cast<int>(tx.exec_prepared(sql::kReapNodes.name, dead_ms).affected_rows());
     int64_t event_s = static_cast<int64_t>(policy.event_retention.count());
     tx.exec_prepared(sql::kForgetDeadNodes.name, event_s);
-    report.deleted_tasks = static_cast<int>(
-        tx.exec_prepared(sql::kDeleteOldTasks.name,
-                         static_cast<int64_t>(policy.finished_retention.count()))
-            .affected_rows());
+    report.deleted_tasks =
+        static_cast<int>(tx.exec_prepared(sql::kDeleteOldTasks.name,
+                                          static_cast<int64_t>(policy.finished_retention.count()))
+                             .affected_rows());
     report.deleted_events =
         static_cast<int>(tx.exec_prepared(sql::kDeleteOldEvents.name, event_s).affected_rows());
     tx.commit();

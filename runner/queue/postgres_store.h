@@ -33,8 +33,8 @@
 namespace runner::queue {
 
 struct StoreOptions {
-  std::string conninfo;  // libpq key=value or postgresql:// URL
-  int pool_size = 8;     // connections at most
+  std::string conninfo;       // libpq key=value or postgresql:// URL
+  int pool_size = 8;          // connections at most
   int64_t log_cap = 1 << 20;  // log bytes stored per task
   std::string default_image = "runner-task:latest";
   double default_timeout = 3600;  // seconds, for tasks that name none
@@ -103,7 +103,7 @@ class PostgresStore final : public QueueStore {
   std::unique_ptr<Pool> pool_;
 
   std::mutex counts_mu_;
-  StateCounts counts_;  // guarded by counts_mu_
+  StateCounts counts_;                                 // guarded by counts_mu_
   std::chrono::steady_clock::time_point counts_at_{};  // guarded by counts_mu_
 };
 

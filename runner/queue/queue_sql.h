@@ -19,21 +19,23 @@ struct Statement {
 
 #define RUNNER_US(col) "(extract(epoch FROM " col ") * 1000000)::bigint"
 // Column order is RowToTask's.
-#define RUNNER_TASK_COLUMNS                                                                  \
-  "t.id, t.state, t.queue, t.priority, to_jsonb(t.command)::text, t.image, t.isolation, "   \
-  "t.isolation_used, t.env::text, t.limits::text, t.timeout, t.attempt, t.max_attempts, "   \
-  "t.backoff, to_jsonb(t.depends_on)::text, t.idempotency_key, t.labels::text, "            \
-  "t.lease_owner, t.node_id, t.exit_code, t.error::text, t.usage::text, " RUNNER_US(        \
-      "t.created_at") ", " RUNNER_US("t.run_at") ", " RUNNER_US("t.started_at") ", " RUNNER_US( \
-      "t.finished_at") ", " RUNNER_US("t.lease_expires_at") ", "                             \
-                                                            "t.cancel_requested, "         \
-                                                            "t.stdout_tail, t.stderr_tail, " \
-                                                            "t.logs_truncated"
+// clang-format off
+#define RUNNER_TASK_COLUMNS                                                             \
+  "t.id, t.state, t.queue, t.priority, to_jsonb(t.command)::text, t.image, "            \
+  "t.isolation, t.isolation_used, t.env::text, t.limits::text, t.timeout, t.attempt, "  \
+  "t.max_attempts, t.backoff, to_jsonb(t.depends_on)::text, t.idempotency_key, "        \
+  "t.labels::text, t.lease_owner, t.node_id, t.exit_code, t.error::text, "              \
+  "t.usage::text, "                                                                     \
+  RUNNER_US("t.created_at") ", " RUNNER_US("t.run_at") ", "                             \
+  RUNNER_US("t.started_at") ", " RUNNER_US("t.finished_at") ", "                        \
+  RUNNER_US("t.lease_expires_at") ", "                                                  \
+  "t.cancel_requested, t.stdout_tail, t.stderr_tail, t.logs_truncated"
+// clang-format on
 
 inline constexpr std::string_view kTaskColumns = RUNNER_TASK_COLUMNS;
 
-inline constexpr Statement kTaskById{
-    "task_by_id", "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.id = $1"};
+inline constexpr Statement kTaskById{"task_by_id",
+                                     "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.id = $1"};
 
 inline constexpr Statement kTaskByKey{
     "task_by_key", "SELECT " RUNNER_TASK_COLUMNS " FROM tasks t WHERE t.idempotency_key = $1"};
@@ -198,8 +200,7 @@ inline constexpr Statement kRelease{
     ") SELECT r.id, pg_notify('runner_tasks', r.queue) FROM r"};
 
 inline constexpr Statement kCancelRequested{
-    "cancel_requested",
-    "SELECT id FROM tasks WHERE id = ANY($1::text[]) AND cancel_requested"};
+    "cancel_requested", "SELECT id FROM tasks WHERE id = ANY($1::text[]) AND cancel_requested"};
 
 inline constexpr Statement kLockLogState{
     "lock_log_state",
@@ -214,8 +215,7 @@ inline constexpr Statement kUpdateLogState{
     "UPDATE tasks SET log_bytes = $2, log_seq = $3, logs_truncated = $4, stdout_tail = $5,"
     " stderr_tail = $6 WHERE id = $1"};
 
-inline constexpr Statement kLogState{"log_state",
-                                     "SELECT logs_truncated FROM tasks WHERE id = $1"};
+inline constexpr Statement kLogState{"log_state", "SELECT logs_truncated FROM tasks WHERE id = $1"};
 
 inline constexpr Statement kLogChunks{
     "log_chunks",
@@ -335,15 +335,46 @@ inline constexpr Statement kDeleteOldEvents{
     "DELETE FROM events WHERE id IN (SELECT id FROM events"
     " WHERE at < now() - $1::bigint * interval '1 second' LIMIT 50000)"};
 
-inline constexpr std::array kPrepared = {
-    kTaskById,      kTaskByKey,       kLockDependencies, kInsertTask,    kInsertEvent,
-    kNotifyTasks,   kClaim,           kHeartbeat,        kLockLease,     kRetry,
-    kFinish,        kFailDependents, kWakeDependents,  kLockTask,         kCancelQueued,  kRequestCancel,
-    kRelease,       kCancelRequested, kLockLogState,     kInsertLog,     kUpdateLogState,
-    kLogState,      kLogChunks,       kCounts,           kUpsertNode,    kDeleteNodeWorkers,
-    kDeleteNode,    kUpsertWorker,    kDeleteWorker,     kListWorkers,   kListNodes,
-    kDeadNodes,     kEventsAfter,     kTryReaperLock,    kReapExpired,   kReapWorkers,
-    kReapNodes,     kForgetDeadNodes, kDeleteOldTasks,   kDeleteOldEvents};
+inline constexpr std::array kPrepared = {kTaskById,
+                                         kTaskByKey,
+                                         kLockDependencies,
+                                         kInsertTask,
+                                         kInsertEvent,
+                                         kNotifyTasks,
+                                         kClaim,
+                                         kHeartbeat,
+                                         kLockLease,
+                                         kRetry,
+                                         kFinish,
+                                         kFailDependents,
+                                         kWakeDependents,
+                                         kLockTask,
+                                         kCancelQueued,
+                                         kRequestCancel,
+                                         kRelease,
+                                         kCancelRequested,
+                                         kLockLogState,
+                                         kInsertLog,
+                                         kUpdateLogState,
+                                         kLogState,
+                                         kLogChunks,
+                                         kCounts,
+                                         kUpsertNode,
+                                         kDeleteNodeWorkers,
+                                         kDeleteNode,
+                                         kUpsertWorker,
+                                         kDeleteWorker,
+                                         kListWorkers,
+                                         kListNodes,
+                                         kDeadNodes,
+                                         kEventsAfter,
+                                         kTryReaperLock,
+                                         kReapExpired,
+                                         kReapWorkers,
+                                         kReapNodes,
+                                         kForgetDeadNodes,
+                                         kDeleteOldTasks,
+                                         kDeleteOldEvents};
 
 #undef RUNNER_TASK_COLUMNS
 #undef RUNNER_US

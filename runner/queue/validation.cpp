@@ -76,7 +76,8 @@ bool IsValidQueueName(std::string_view name) {
 }
 
 std::optional<Error> ValidateNewTask(const NewTask& t) {
-  if (t.command.empty()) return Invalid("command", "must not be empty: give the program and its arguments");
+  if (t.command.empty())
+    return Invalid("command", "must not be empty: give the program and its arguments");
   if (t.command.front().empty()) return Invalid("command[0]", "the program name must not be empty");
   if (t.command.size() > kMaxCommandArgs) return Invalid("command", "at most 4096 arguments");
   std::size_t bytes = 0;
@@ -119,7 +120,8 @@ std::optional<Error> ValidateNewTask(const NewTask& t) {
     if (!std::isfinite(*t.timeout) || *t.timeout <= 0) {
       return Invalid("timeout", "must be a number of seconds > 0");
     }
-    if (*t.timeout > kMaxTimeout) return Invalid("timeout", "must be at most 604800 seconds (7 days)");
+    if (*t.timeout > kMaxTimeout)
+      return Invalid("timeout", "must be at most 604800 seconds (7 days)");
   }
   if (t.priority < kMinPriority || t.priority > kMaxPriority) {
     return Invalid("priority", "must be between -1000 and 1000");

@@ -27,7 +27,8 @@ TEST_CASE("eight claimers share ten thousand tasks, each claimed exactly once", 
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([&, t] {
       std::vector<std::string> workers;
-      for (int w = 0; w < 16; ++w) workers.push_back("w" + std::to_string(t) + "-" + std::to_string(w));
+      for (int w = 0; w < 16; ++w)
+        workers.push_back("w" + std::to_string(t) + "-" + std::to_string(w));
       int empty = 0;
       while (empty < 2) {
         auto r = store->Claim(ClaimFor(workers, "node-" + std::to_string(t)));
@@ -91,8 +92,10 @@ TEST_CASE("a delayed task is not claimed before its time", "[queue][claim]") {
   auto now = store->Claim(ClaimFor({"w1"}));
   REQUIRE(now.ok());
   CHECK(now->empty());
-  CHECK(WaitFor([&] {
-    auto r = store->Claim(ClaimFor({"w1"}));
-    return r.ok() && r->size() == 1;
-  }, std::chrono::seconds(5)));
+  CHECK(WaitFor(
+      [&] {
+        auto r = store->Claim(ClaimFor({"w1"}));
+        return r.ok() && r->size() == 1;
+      },
+      std::chrono::seconds(5)));
 }

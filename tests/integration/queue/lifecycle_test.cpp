@@ -138,8 +138,7 @@ TEST_CASE("a failed dependency fails its dependents transitively", "[queue][depe
   auto claimed = store->Claim(ClaimFor({"w1"}));
   REQUIRE(claimed.ok());
   REQUIRE(claimed->size() == 1);
-  REQUIRE(*store->Finish(c->task.id, "w1", Report(TaskState::kFailed)) ==
-          FinishOutcome::kFinished);
+  REQUIRE(*store->Finish(c->task.id, "w1", Report(TaskState::kFailed)) == FinishOutcome::kFinished);
   for (const auto& id : {d->task.id, e->task.id}) {
     auto t = store->Get(id);
     REQUIRE(t.ok());
@@ -171,7 +170,8 @@ TEST_CASE("a failing task retries with exponential backoff until its attempts ru
     auto t = store->Get(id);
     REQUIRE(t.ok());
     CHECK(t->state == TaskState::kQueued);
-    auto delay = std::chrono::duration<double>(t->run_at - std::chrono::system_clock::now()).count();
+    auto delay =
+        std::chrono::duration<double>(t->run_at - std::chrono::system_clock::now()).count();
     CHECK(delay > seconds - 0.15);
     CHECK(delay <= seconds + 0.01);
   };
@@ -180,10 +180,12 @@ TEST_CASE("a failing task retries with exponential backoff until its attempts ru
     auto r = store->Claim(ClaimFor({"w1"}));
     REQUIRE(r.ok());
     CHECK(r->empty());  // not before the backoff
-    REQUIRE(WaitFor([&] {
-      auto c = store->Claim(ClaimFor({"w1"}));
-      return c.ok() && c->size() == 1;
-    }, 5s, 10ms));
+    REQUIRE(WaitFor(
+        [&] {
+          auto c = store->Claim(ClaimFor({"w1"}));
+          return c.ok() && c->size() == 1;
+        },
+        5s, 10ms));
     CHECK(std::chrono::steady_clock::now() - start >= not_before);
   };
 
@@ -221,10 +223,12 @@ TEST_CASE("a worker that stops renewing loses its task, and its late finish is r
   REQUIRE(held.ok());
   REQUIRE(held->size() == 1);
   ReapPolicy policy;
-  REQUIRE(WaitFor([&] {
-    auto r = store->Reap(policy);
-    return r.ok() && r->requeued == 1;
-  }, 5s, 50ms));
+  REQUIRE(WaitFor(
+      [&] {
+        auto r = store->Reap(policy);
+        return r.ok() && r->requeued == 1;
+      },
+      5s, 50ms));
   auto t = store->Get(s->task.id);
   REQUIRE(t.ok());
   CHECK(t->state == TaskState::kQueued);
@@ -247,10 +251,12 @@ TEST_CASE("a worker that stops renewing loses its task, and its late finish is r
   // With no attempts left, an expired lease fails the task with lease_lost.
   auto last = store->Submit(Echo());
   REQUIRE(store->Claim(ClaimFor({"gone"}, "node-a", 100ms))->size() == 1);
-  REQUIRE(WaitFor([&] {
-    auto r = store->Reap(policy);
-    return r.ok() && r->failed_lease_lost == 1;
-  }, 5s, 50ms));
+  REQUIRE(WaitFor(
+      [&] {
+        auto r = store->Reap(policy);
+        return r.ok() && r->failed_lease_lost == 1;
+      },
+      5s, 50ms));
   auto f = store->Get(last->task.id);
   CHECK(f->state == TaskState::kFailed);
   CHECK(f->error->code == "lease_lost");
