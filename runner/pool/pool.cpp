@@ -799,8 +799,11 @@ void Pool::HeartbeatLoop(std::stop_token stop) {
       last_ok = t1;
       lost_all = false;
       for (const auto& id : r->lost_task_ids) {
-        spdlog::warn("lease lost task_id={} node_id={}: stopping it", id, options_.node_id);
-        StopTask(id, StopCause::kLeaseLost);
+        // A task that finished while the heartbeat was in flight is reported
+        // too; only one still running is news.
+        if (StopTask(id, StopCause::kLeaseLost)) {
+          spdlog::warn("lease lost task_id={} node_id={}: stopped it", id, options_.node_id);
+        }
       }
     } else {
       spdlog::warn("heartbeat failed node_id={} error={}", options_.node_id,
@@ -817,7 +820,7 @@ void Pool::HeartbeatLoop(std::stop_token stop) {
   }
 }
 
-void Pool::StopTask(const std::string& task_id, StopCause cause) {
+bool Pool::StopTask(const std::string& task_id, StopCause cause) {
   std::optional<std::stop_source> source;
   {
     std::lock_guard lock(mu_);
@@ -832,6 +835,7 @@ void Pool::StopTask(const std::string& task_id, StopCause cause) {
   }
   // Outside the lock: the isolator's stop callbacks run in this thread.
   if (source) source->request_stop();
+  return source.has_value();
 }
 
 void Pool::StopAllRunning(StopCause cause) {

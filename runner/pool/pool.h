@@ -160,7 +160,8 @@ class Pool {
   void LogFlushLoop(std::stop_token stop);
 
   void HeartbeatOnce();
-  void StopTask(const std::string& task_id, StopCause cause);
+  // True when a worker of this pool was running the task.
+  bool StopTask(const std::string& task_id, StopCause cause);
   void StopAllRunning(StopCause cause);
   // Joins workers whose thread ended; replaces failed ones while running.
   void CollectExitedWorkers();

@@ -1,0 +1,369 @@
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <memory>
+#include <pqxx/pqxx>
+#include <thread>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "runner/metrics/registry.h"
+#include "runner/pool/node.h"
+#include "runner/pool/pool.h"
+#include "runner/queue/postgres_store.h"
+#include "runner/ulid.h"
+#include "tests/integration/pool/pool_fixture.h"
+#include "tests/support/services.h"
+
+using namespace std::chrono_literals;
+using runner::pool::Node;
+using runner::pool::NodeHooks;
+using runner::pool::testing::Command;
+using runner::pool::testing::Count;
+using runner::pool::testing::NodeConfig;
+using runner::pool::testing::NoopIsolator;
+using runner::queue::TaskState;
+using runner::testing::TempDir;
+using runner::testing::TestDatabase;
+using runner::testing::WaitFor;
+
+namespace {
+
+std::unique_ptr<Node> MakeNode(const runner::Config& config, const TestDatabase& db,
+                               runner::metrics::Registry& registry, NodeHooks hooks = {}) {
+  auto node = Node::Create(config, db.conninfo(), registry, std::move(hooks));
+  if (!node.ok()) throw std::runtime_error("cannot create the node: " + node.error().message);
+  return std::move(node.value());
+}
+
+std::optional<runner::queue::Task> Final(Node& node, const std::string& id) {
+  auto t = node.store().Get(id);
+  if (t.ok() && runner::queue::IsFinal(t->state)) return *t;
+  return std::nullopt;
+}
+
+TaskState StateOf(Node& node, const std::string& id) {
+  auto t = node.store().Get(id);
+  return t.ok() ? t->state : TaskState::kQueued;
+}
+
+}  // namespace
+
+TEST_CASE("a task submitted to a node runs as a process and its result and output are stored",
+          "[pool][node]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto node = MakeNode(NodeConfig(dir, 2), db, registry);
+  REQUIRE(node->Start().ok());
+
+  auto ok = node->store().Submit(Command({"sh", "-c", "echo hello; echo oops >&2"}));
+  auto bad = node->store().Submit(Command({"sh", "-c", "exit 3"}));
+  REQUIRE(ok.ok());
+  REQUIRE(bad.ok());
+  std::optional<runner::queue::Task> a, b;
+  REQUIRE(WaitFor([&] { return (a = Final(*node, ok->task.id)) && (b = Final(*node, bad->task.id)); },
+                  30s));
+  CHECK(a->state == TaskState::kSucceeded);
+  CHECK(a->exit_code == 0);
+  CHECK(a->isolation_used == std::string("process"));
+  CHECK(a->stdout_tail.find("hello") != std::string::npos);
+  CHECK(a->stderr_tail.find("oops") != std::string::npos);
+  CHECK(a->node_id == node->node_id());
+  CHECK(b->state == TaskState::kFailed);
+  CHECK(b->exit_code == 3);
+  CHECK(b->error->code == "nonzero_exit");
+  auto logs = node->store().Logs(ok->task.id, runner::queue::LogStream::kStdout, 0, 1 << 20);
+  REQUIRE(logs.ok());
+  std::string out;
+  for (const auto& c : logs->chunks) out += c.data;
+  CHECK(out == "hello\n");
+
+  // What status, workers and nodes show.
+  auto status = node->Status();
+  CHECK(status.node_id == node->node_id());
+  CHECK(status.mode == "process");
+  CHECK(status.pool.state == runner::PoolState::kRunning);
+  CHECK(status.pool.active == 2);
+  CHECK(status.pool.max == 200);
+  auto workers = node->store().ListWorkers();
+  REQUIRE(workers.ok());
+  CHECK(workers->size() == 2);
+  auto nodes = node->store().ListNodes();
+  REQUIRE(nodes.ok());
+  REQUIRE(nodes->size() == 1);
+  CHECK(nodes->front().id == node->node_id());
+  CHECK(nodes->front().pid == static_cast<int64_t>(::getpid()));
+  CHECK(Count(db, "SELECT count(*) FROM events WHERE kind = 'worker.started'") == 2);
+
+  CHECK(node->Scale(0).error().code == "validation_failed");
+  REQUIRE(node->Scale(3).ok());
+  REQUIRE(WaitFor([&] { return node->store().ListWorkers()->size() == 3; }, 10s));
+
+  node->Shutdown(runner::StopOptions{false, 10s});
+  CHECK_FALSE(node->Running());
+  CHECK(node->store().ListWorkers()->empty());
+  CHECK(node->store().ListNodes()->empty());
+  node->Shutdown(runner::StopOptions{false, 10s});  // idempotent
+}
+
+TEST_CASE("a docker task runs in a container on a node in auto mode", "[pool][node][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  auto status = node->Status();
+  CHECK(status.docker_available);
+  CHECK_FALSE(status.docker_version.empty());
+  CHECK(status.mode == "docker");
+
+  auto t = Command({"sh", "-c", "echo from-container"});
+  t.isolation = runner::isolation::IsolationMode::kDocker;
+  auto sub = node->store().Submit(t);
+  REQUIRE(sub.ok());
+  std::optional<runner::queue::Task> done;
+  REQUIRE(WaitFor([&] { return (done = Final(*node, sub->task.id)).has_value(); }, 60s));
+  CHECK(done->state == TaskState::kSucceeded);
+  CHECK(done->isolation_used == std::string("docker"));
+  CHECK(done->stdout_tail.find("from-container") != std::string::npos);
+  CHECK(registry.Render().find("runner_docker_available 1") != std::string::npos);
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("ten thousand queued no-op tasks with a hundred workers all finish exactly once",
+          "[pool][node][load]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  NoopIsolator noop;
+  NodeHooks hooks;
+  hooks.isolator_override = &noop;
+  auto node = MakeNode(NodeConfig(dir, 100), db, registry, std::move(hooks));
+  constexpr int kTasks = 10000;
+  std::vector<runner::queue::NewTask> batch(1000, Command({"true"}));
+  for (int i = 0; i < kTasks / 1000; ++i) REQUIRE(node->postgres().SubmitBatch(batch).ok());
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(node->Start().ok());
+  REQUIRE(WaitFor([&] {
+    return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == kTasks;
+  }, 180s, 250ms));
+  auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  WARN("10000 no-op tasks with 100 workers took " << seconds << " s");
+  auto runs = noop.Runs();
+  CHECK(runs.size() == kTasks);
+  int twice = 0;
+  for (const auto& [id, n] : runs) twice += n != 1 ? 1 : 0;
+  CHECK(twice == 0);
+  CHECK(noop.Overlaps() == 0);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE attempt = 1 AND state = 'succeeded'") == kTasks);
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("a NOTIFY wakes an idle node at once despite a long poll interval",
+          "[pool][node][notify]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.poll_interval = 30;
+  config.idle_backoff_max = 30;
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  auto& claims = registry.GetCounter("runner_claims_total", "");
+  // LISTEN is in place and the start-up claim is done: from here on only a
+  // notification (or a 30 s poll) can make the node claim.
+  REQUIRE(WaitFor([&] { return node->Listening() && claims.Value() >= 1; }, 10s));
+  const double before = claims.Value();
+  auto sub = node->store().Submit(Command({"true"}));
+  REQUIRE(sub.ok());
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(WaitFor([&] { return StateOf(*node, sub->task.id) != TaskState::kQueued; }, 5s, 5ms));
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  CHECK(claims.Value() > before);
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("a pool without notifications still finds work by polling", "[pool][notify]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  runner::queue::StoreOptions so;
+  so.conninfo = db.conninfo();
+  auto store = runner::queue::PostgresStore::Open(so);
+  REQUIRE(store.ok());
+  NoopIsolator noop;
+  runner::pool::PoolOptions po;
+  po.node_id = runner::NewUlid();
+  po.workers = 2;
+  po.poll_interval = 200ms;
+  po.idle_backoff_max = 400ms;
+  runner::pool::Pool pool(
+      **store,
+      [&](runner::isolation::IsolationMode) -> runner::Result<runner::isolation::Isolator*> {
+        return &noop;
+      },
+      po, registry);
+  REQUIRE(pool.Start().ok());
+  auto sub = (*store)->Submit(Command({"true"}));
+  REQUIRE(sub.ok());
+  REQUIRE(WaitFor([&] { return (*store)->Get(sub->task.id)->state == TaskState::kSucceeded; }, 5s));
+  pool.Stop(false);
+}
+
+TEST_CASE("tasks still run when the listener's connection is cut", "[pool][node][notify]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.poll_interval = 0.2;
+  config.idle_backoff_max = 0.4;
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  REQUIRE(WaitFor([&] { return node->Listening(); }, 10s));
+  {
+    pqxx::connection admin(db.conninfo());
+    pqxx::nontransaction tx(admin);
+    auto r = tx.exec(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'runner-listener'");
+    REQUIRE(r[0][0].as<int>() == 1);
+  }
+  auto sub = node->store().Submit(Command({"true"}));
+  REQUIRE(sub.ok());
+  REQUIRE(WaitFor([&] { return StateOf(*node, sub->task.id) == TaskState::kSucceeded; }, 10s));
+  // And the listener comes back on its own.
+  REQUIRE(WaitFor([&] { return node->Listening(); }, 10s));
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("two nodes on one database share the work and never run a task twice at once",
+          "[pool][node][multi]") {
+  TestDatabase db;
+  TempDir dir_a, dir_b;
+  runner::metrics::Registry reg_a, reg_b;
+  NoopIsolator noop(10ms);
+  NodeHooks ha, hb;
+  ha.isolator_override = &noop;
+  hb.isolator_override = &noop;
+  auto a = MakeNode(NodeConfig(dir_a, 4), db, reg_a, std::move(ha));
+  auto b = MakeNode(NodeConfig(dir_b, 4), db, reg_b, std::move(hb));
+  REQUIRE(a->Start().ok());
+  REQUIRE(b->Start().ok());
+  REQUIRE(WaitFor([&] { return a->store().ListNodes()->size() == 2; }, 10s));
+  CHECK(a->store().ListWorkers()->size() == 8);
+  std::vector<runner::queue::NewTask> batch(400, Command({"true"}));
+  REQUIRE(a->postgres().SubmitBatch(batch).ok());
+  REQUIRE(WaitFor([&] {
+    return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == 400;
+  }, 60s, 100ms));
+  CHECK(noop.Overlaps() == 0);
+  for (const auto& [id, n] : noop.Runs()) CHECK(n == 1);
+  auto by_node = noop.RunsByNode();
+  CHECK(by_node[a->node_id()] > 0);
+  CHECK(by_node[b->node_id()] > 0);
+  CHECK(by_node[a->node_id()] + by_node[b->node_id()] == 400);
+  a->Shutdown(runner::StopOptions{false, 10s});
+  b->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("a drained node returns its unfinished task to the queue and another node runs it",
+          "[pool][node][multi]") {
+  TestDatabase db;
+  TempDir dir_a, dir_b;
+  runner::metrics::Registry reg_a, reg_b;
+  auto a = MakeNode(NodeConfig(dir_a, 1), db, reg_a);
+  REQUIRE(a->Start().ok());
+  auto sub = a->store().Submit(Command({"sleep", "30"}));
+  REQUIRE(sub.ok());
+  REQUIRE(WaitFor([&] { return StateOf(*a, sub->task.id) == TaskState::kRunning; }, 10s));
+  auto t0 = std::chrono::steady_clock::now();
+  a->Shutdown(runner::StopOptions{false, 1s});
+  CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+  auto t = a->store().Get(sub->task.id);
+  REQUIRE(t.ok());
+  CHECK(t->state == TaskState::kQueued);
+  CHECK(t->attempt == 0);  // a release does not use up an attempt
+
+  auto cfg = NodeConfig(dir_b, 1);
+  auto b = MakeNode(cfg, db, reg_b);
+  REQUIRE(b->Start().ok());
+  REQUIRE(WaitFor([&] {
+    auto x = b->store().Get(sub->task.id);
+    return x.ok() && x->state == TaskState::kRunning && x->node_id == b->node_id();
+  }, 10s));
+  REQUIRE(b->store().Cancel(sub->task.id).ok());
+  REQUIRE(WaitFor([&] { return StateOf(*b, sub->task.id) == TaskState::kCancelled; }, 5s));
+  b->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("a node killed mid-task has the task re-run on another node as attempt 2",
+          "[pool][node][multi][crash]") {
+  TestDatabase db;
+  TempDir dir_a, dir_b;
+  const std::string bin = runner::testing::RunnerBinary();
+  const std::string config_path = (dir_a.path() / "runner.yaml").string();
+  {
+    std::ofstream yaml(config_path);
+    yaml << "pressure:\n  cpuHigh: 100\n  memoryHigh: 100\n  diskHigh: 100\n";
+  }
+  const std::string data_dir = dir_a.path().string();
+  pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const std::string url = db.url();
+    ::execl(bin.c_str(), bin.c_str(), "serve", "--config", config_path.c_str(), "--database-url",
+            url.c_str(), "--data-dir", data_dir.c_str(), "--listen", "127.0.0.1:0", "--workers",
+            "1", "--mode", "process", "--lease", "3", "--poll-interval", "0.2",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{child};
+
+  runner::queue::StoreOptions so;
+  so.conninfo = db.conninfo();
+  std::unique_ptr<runner::queue::PostgresStore> store;
+  REQUIRE(WaitFor([&] {
+    auto s = runner::queue::PostgresStore::Open(so);
+    if (!s.ok()) return false;
+    store = std::move(*s);
+    return true;
+  }, 30s, 200ms));
+  REQUIRE(WaitFor([&] { return store->ListNodes().ok() && store->ListNodes()->size() == 1; }, 30s,
+                  100ms));
+  const std::string dead_node = store->ListNodes()->front().id;
+  auto task = Command({"sleep", "2"});
+  task.max_attempts = 3;
+  auto sub = store->Submit(task);
+  REQUIRE(sub.ok());
+  REQUIRE(WaitFor([&] { return store->Get(sub->task.id)->state == TaskState::kRunning; }, 30s));
+  CHECK(store->Get(sub->task.id)->node_id == dead_node);
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+
+  runner::metrics::Registry registry;
+  NodeHooks hooks;
+  hooks.tune = [](runner::pool::PoolOptions& o) { o.reap_interval = 300ms; };
+  auto config = NodeConfig(dir_b, 1);
+  config.lease = 3;
+  auto b = MakeNode(config, db, registry, std::move(hooks));
+  REQUIRE(b->Start().ok());
+  std::optional<runner::queue::Task> done;
+  REQUIRE(WaitFor([&] { return (done = Final(*b, sub->task.id)).has_value(); }, 60s));
+  CHECK(done->state == TaskState::kSucceeded);
+  CHECK(done->attempt == 2);
+  CHECK(done->node_id == b->node_id());
+  b->Shutdown(runner::StopOptions{false, 10s});
+}
