@@ -58,6 +58,13 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(idx, v.size() - 1)];
 }
 
+double LoadAverage() {
+  std::ifstream f("/proc/loadavg");
+  double one = -1;
+  f >> one;
+  return one;
+}
+
 struct Round {
   std::vector<double> latencies_ms;
   double wall_s = 0;
@@ -163,27 +170,31 @@ int main(int argc, char** argv) {
 
   json::array results;
   for (int concurrency : {1, 4}) {
-    std::vector<double> raw_lat, iso_lat, raw_tput, iso_tput;
+    std::vector<double> raw_lat, iso_lat, raw_tput, iso_tput, ratios;
     int raw_fail = 0, iso_fail = 0;
     for (int r = 0; r < rounds; ++r) {
       // Alternate which goes first.
+      double round_raw = 0, round_iso = 0;
       for (int k = 0; k < 2; ++k) {
         bool raw_turn = (r + k) % 2 == 0;
         Round round = raw_turn ? RunRound(concurrency, tasks, raw_task)
                                : RunRound(concurrency, tasks, isolator_task);
+        (raw_turn ? round_raw : round_iso) = Median(round.latencies_ms);
         auto& lat = raw_turn ? raw_lat : iso_lat;
         lat.insert(lat.end(), round.latencies_ms.begin(), round.latencies_ms.end());
         (raw_turn ? raw_tput : iso_tput).push_back(static_cast<double>(tasks) / round.wall_s);
         (raw_turn ? raw_fail : iso_fail) += round.failures;
       }
+      ratios.push_back(round_iso / round_raw);
     }
+    double paired = (Median(ratios) - 1) * 100;
     double raw_med = Median(raw_lat), iso_med = Median(iso_lat);
     double overhead = (iso_med - raw_med) / raw_med * 100;
     std::printf(
         "concurrency %d: raw median %.1f ms (p90 %.1f, %.2f tasks/s) | isolator median %.1f ms "
         "(p90 %.1f, %.2f tasks/s) | overhead %+.1f%% | failures raw %d isolator %d\n",
         concurrency, raw_med, Percentile(raw_lat, 0.9), Median(raw_tput), iso_med,
-        Percentile(iso_lat, 0.9), Median(iso_tput), overhead, raw_fail, iso_fail);
+        Percentile(iso_lat, 0.9), Median(iso_tput), overhead, paired, raw_fail, iso_fail);
     results.push_back(json::object{
         {"concurrency", concurrency},
         {"rounds", rounds},
@@ -197,6 +208,8 @@ int main(int argc, char** argv) {
                                   {"median_tasks_per_s", Median(iso_tput)},
                                   {"failures", iso_fail}}},
         {"overhead_median_pct", overhead},
+        {"overhead_paired_rounds_median_pct", paired},
+        {"load_average_1m_after", LoadAverage()},
     });
   }
   auto leftovers = isolator.ReapOrphans({node});
@@ -215,6 +228,7 @@ int main(int argc, char** argv) {
       {"isolator_extra", "image inspect, logs follow stream, stats sampler thread, final "
                          "inspect, RAII remove"},
       {"hardware_threads", std::thread::hardware_concurrency()},
+      {"note", "the host is shared with other builds; see load_average_1m_after"},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
       {"results", std::move(results)},
   };
