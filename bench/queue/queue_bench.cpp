@@ -108,7 +108,7 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
   std::vector<std::unique_ptr<pqxx::connection>> conns;
   for (int i = 0; i < claimers; ++i) {
     conns.push_back(std::make_unique<pqxx::connection>(conninfo));
-    for (const auto& st : {sql::kClaim, sql::kLockLease, sql::kFinish}) {
+    for (const auto& st : {sql::kClaim, sql::kFinish}) {
       conns.back()->prepare(st.name, std::string(st.text));
     }
   }
@@ -131,12 +131,11 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
             std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
         if (r.empty()) break;
         std::string id = r[0][0].as<std::string>();
-        pqxx::work tx(c);
-        auto l = tx.exec_prepared(sql::kLockLease.name, id, worker);
-        if (l.empty()) throw std::runtime_error("raw lease lost");
-        tx.exec_prepared(sql::kFinish.name, id, "succeeded", "0", nullptr,
-                         R"({"cpu_seconds":0,"peak_memory":0,"duration":0})", "process", worker);
-        tx.commit();
+        pqxx::nontransaction tx(c);
+        auto f = tx.exec_prepared(sql::kFinish.name, id, worker, "succeeded", "0", nullptr,
+                                  R"({"cpu_seconds":0,"peak_memory":0,"duration":0})", "process",
+                                  true, 3600.0);
+        if (f.empty()) throw std::runtime_error("raw lease lost");
         ++finished;
       }
     });

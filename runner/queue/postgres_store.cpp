@@ -754,43 +754,36 @@ Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::strin
   if (report.state == TaskState::kQueued || report.state == TaskState::kRunning) {
     return Error{"validation_failed", "Finish: state must be a final state"};
   }
+  auto err = ErrorJson(report.error);
+  std::optional<std::string> iso;
+  if (!report.isolation_used.empty()) iso = report.isolation_used;
+  std::optional<std::string> exit_code;
+  if (report.exit_code) exit_code = std::to_string(*report.exit_code);
+  std::string state(ToString(report.state));
   return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
-    pqxx::work tx(c);
     std::string tid(task_id);
-    std::string wid(worker_id);
-    auto r = tx.exec_prepared(sql::kLockLease.name, tid, wid);
-    if (r.empty()) return FinishOutcome::kLeaseLost;  // not running, or held by another
-    int attempt = r[0][0].as<int>();
-    int max_attempts = r[0][1].as<int>();
-    double backoff = r[0][2].as<double>();
-    bool has_dependents = r[0][3].as<bool>();
-    auto err = ErrorJson(report.error);
-    std::optional<std::string> iso;
-    if (!report.isolation_used.empty()) iso = report.isolation_used;
-    std::optional<std::string> exit_code;
-    if (report.exit_code) exit_code = std::to_string(*report.exit_code);
-    bool may_retry = (report.state == TaskState::kFailed || report.state == TaskState::kTimedOut) &&
-                     report.retryable && attempt < max_attempts;
-    if (may_retry) {
-      double delay =
-          std::min(kMaxRetryDelaySeconds,
-                   backoff * std::pow(2.0, static_cast<double>(std::max(0, attempt - 1))));
-      tx.exec_prepared(sql::kRetry.name, tid, delay, NullableCStr(exit_code), NullableCStr(err),
-                       UsageJson(report.usage), NullableCStr(iso), wid);
-      tx.commit();
-      return FinishOutcome::kRetrying;
+    bool retry = false;
+    bool has_dependents = false;
+    {
+      pqxx::nontransaction tx(c);  // one statement: atomic on its own
+      auto r = tx.exec_prepared(sql::kFinish.name, tid, std::string(worker_id), state,
+                                NullableCStr(exit_code), NullableCStr(err), UsageJson(report.usage),
+                                NullableCStr(iso), report.retryable, kMaxRetryDelaySeconds);
+      if (r.empty()) return FinishOutcome::kLeaseLost;  // not running, or held by another
+      retry = r[0][0].as<bool>();
+      has_dependents = r[0][1].as<bool>();
     }
-    std::string state(ToString(report.state));
-    tx.exec_prepared(sql::kFinish.name, tid, state, NullableCStr(exit_code), NullableCStr(err),
-                     UsageJson(report.usage), NullableCStr(iso), wid);
+    if (retry) return FinishOutcome::kRetrying;
     if (has_dependents) {
+      // After the final state is committed; the reaper's sweep covers a crash
+      // in between (kOrphanedDependents).
+      pqxx::nontransaction tx(c);
       if (report.state == TaskState::kSucceeded) {
         tx.exec_prepared(sql::kWakeDependents.name, tid);
       } else {
         tx.exec_prepared(sql::kFailDependents.name, tid, state);
       }
     }
-    tx.commit();
     return FinishOutcome::kFinished;
   });
 }
@@ -950,6 +943,10 @@ Result<ReapReport> PostgresStore::Reap(const ReapPolicy& policy) {
       }
     }
     for (const auto& id : failed) tx.exec_prepared(sql::kFailDependents.name, id, "lease_lost");
+    for (const auto& row : tx.exec_prepared(sql::kOrphanedDependents.name)) {
+      tx.exec_prepared(sql::kFailDependents.name, row[0].as<std::string>(),
+                       row[1].as<std::string>());
+    }
     for (const auto& q : queues) tx.exec_prepared(sql::kNotifyTasks.name, q);
     int64_t dead_ms = ToMillis(policy.node_dead_after);
     report.dead_workers =

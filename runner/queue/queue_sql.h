@@ -114,31 +114,38 @@ inline constexpr Statement kHeartbeat{
     ") SELECT b.task_id FROM b WHERE b.task_id IS NOT NULL"
     "  AND NOT EXISTS (SELECT 1 FROM renewed r WHERE r.id = b.task_id)"};
 
-inline constexpr Statement kLockLease{
-    "lock_lease",
-    "SELECT attempt, max_attempts, backoff, has_dependents FROM tasks"
-    " WHERE id = $1 AND state = 'running' AND lease_owner = $2 FOR UPDATE"};
-
-inline constexpr Statement kRetry{
-    "retry",
-    "WITH u AS ("
-    "  UPDATE tasks t SET state = 'queued', run_at = now() + $2::float8 * interval '1 second',"
-    "    lease_owner = NULL, lease_expires_at = NULL, node_id = NULL, exit_code = $3::int,"
-    "    error = $4::jsonb, usage = $5::jsonb, isolation_used = $6"
-    "  WHERE t.id = $1 RETURNING t.id, t.attempt, t.error"
-    ") INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT 'task.retrying', u.id, $7, jsonb_build_object('attempt', u.attempt,"
-    "         'delay', $2::float8, 'error', u.error->>'code') FROM u"};
-
+// Finish in one statement (autocommit, one round trip): checks that the worker
+// still holds the lease of the running task, then either writes the final
+// state or, for a retryable failure with attempts left, queues it again after
+// backoff * 2^(attempt-1) seconds (capped at $9), with the matching event.
+// No row back: the lease was not held and nothing was written.
+// $1 id, $2 worker, $3 state, $4 exit_code, $5 error, $6 usage, $7 isolation_used,
+// $8 retryable, $9 max delay.
 inline constexpr Statement kFinish{
     "finish",
-    "WITH u AS ("
-    "  UPDATE tasks t SET state = $2, exit_code = $3::int, error = $4::jsonb, usage = $5::jsonb,"
-    "    isolation_used = $6, finished_at = now(), lease_expires_at = NULL"
-    "  WHERE t.id = $1 RETURNING t.id, t.attempt, t.exit_code, t.error"
-    ") INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT 'task.' || $2, u.id, $7, jsonb_build_object('attempt', u.attempt,"
-    "         'exit_code', u.exit_code, 'error', u.error->>'code') FROM u"};
+    "WITH cur AS ("
+    "  SELECT id, attempt, max_attempts, backoff, has_dependents,"
+    "    ($3::text IN ('failed', 'timed_out') AND $8::bool AND attempt < max_attempts) AS retry"
+    "  FROM tasks WHERE id = $1 AND state = 'running' AND lease_owner = $2 FOR UPDATE"
+    "), u AS ("
+    "  UPDATE tasks t SET"
+    "    state = CASE WHEN c.retry THEN 'queued' ELSE $3::text END,"
+    "    run_at = CASE WHEN c.retry THEN now() + least($9::float8,"
+    "               c.backoff * power(2, greatest(c.attempt - 1, 0))) * interval '1 second'"
+    "             ELSE t.run_at END,"
+    "    lease_owner = CASE WHEN c.retry THEN NULL ELSE t.lease_owner END,"
+    "    node_id = CASE WHEN c.retry THEN NULL ELSE t.node_id END,"
+    "    finished_at = CASE WHEN c.retry THEN NULL ELSE now() END,"
+    "    lease_expires_at = NULL, exit_code = $4::int, error = $5::jsonb, usage = $6::jsonb,"
+    "    isolation_used = $7"
+    "  FROM cur c WHERE t.id = c.id"
+    "  RETURNING t.id, t.state, t.attempt, c.retry, c.has_dependents"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT CASE WHEN u.retry THEN 'task.retrying' ELSE 'task.' || u.state END, u.id, $2,"
+    "         jsonb_build_object('attempt', u.attempt, 'exit_code', $4::int,"
+    "                            'error', $5::jsonb->>'code') FROM u"
+    ") SELECT u.retry, u.has_dependents FROM u"};
 
 // A task succeeded: wake the claimers of the queues its dependents wait in.
 inline constexpr Statement kWakeDependents{
@@ -309,6 +316,15 @@ inline constexpr Statement kReapExpired{
     ") SELECT 'requeued', id, queue FROM requeued"
     "  UNION ALL SELECT 'failed', id, NULL FROM failed"};
 
+// Safety net: queued tasks waiting on a dependency that ended without
+// succeeding (Finish fails dependents right after its own statement; a crash
+// in between leaves them here).
+inline constexpr Statement kOrphanedDependents{
+    "orphaned_dependents",
+    "SELECT DISTINCT d.id, d.state FROM tasks q JOIN tasks d ON d.id = ANY(q.depends_on)"
+    " WHERE q.state = 'queued' AND q.depends_on <> '{}'"
+    " AND d.state IN ('failed', 'cancelled', 'timed_out') LIMIT 100"};
+
 inline constexpr Statement kReapWorkers{
     "reap_workers",
     "DELETE FROM workers w WHERE w.heartbeat_at < now() - $1::bigint * interval '1 millisecond'"
@@ -343,8 +359,6 @@ inline constexpr std::array kPrepared = {kTaskById,
                                          kNotifyTasks,
                                          kClaim,
                                          kHeartbeat,
-                                         kLockLease,
-                                         kRetry,
                                          kFinish,
                                          kFailDependents,
                                          kWakeDependents,
@@ -370,6 +384,7 @@ inline constexpr std::array kPrepared = {kTaskById,
                                          kEventsAfter,
                                          kTryReaperLock,
                                          kReapExpired,
+                                         kOrphanedDependents,
                                          kReapWorkers,
                                          kReapNodes,
                                          kForgetDeadNodes,

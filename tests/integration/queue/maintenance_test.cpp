@@ -242,3 +242,21 @@ TEST_CASE("events are kept in order and readable after an id", "[queue][events]"
   auto later = store->EventsAfter(all->at(0).id, 100);
   CHECK(later->size() == 1);
 }
+
+TEST_CASE("the reaper fails dependents left waiting on a dependency that failed",
+          "[queue][reap][dependencies]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  auto parent = store->Submit(Echo());
+  NewTask child = Echo();
+  child.depends_on = {parent->task.id};
+  auto c = store->Submit(child);
+  REQUIRE(c.ok());
+  // As if a node crashed between finishing the parent and failing its dependents.
+  Scalar(db, "UPDATE tasks SET state = 'failed', finished_at = now() WHERE id = '" +
+                 parent->task.id + "' RETURNING id");
+  REQUIRE(store->Reap(ReapPolicy{})->ran);
+  auto t = store->Get(c->task.id);
+  CHECK(t->state == TaskState::kFailed);
+  CHECK(t->error->code == "dependency_failed");
+}
