@@ -303,6 +303,11 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     return ErrorResult(MakeError("internal", "task " + task + " has an empty command"));
   }
   if (Status image = CheckImage(spec.image); !image) return ErrorResult(image.error());
+  if (stop.stop_requested()) {
+    RunResult r = ErrorResult(MakeError("cancelled", "stopped before it started"));
+    r.kind = RunResult::Kind::kStopped;
+    return r;
+  }
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
   std::string name = "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" +

@@ -483,6 +483,110 @@ TEST_CASE("a daemon answering garbage gives an internal error", "[docker][errors
   CHECK(Clock::now() - t0 < 3s);
 }
 
+namespace {
+
+// Forwards a unix socket to the real daemon; Cut() drops every open
+// connection (as a daemon restart would) while new ones still go through.
+class DaemonProxy {
+ public:
+  explicit DaemonProxy(const std::string& path) : path_(path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    path.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
+    REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::listen(fd_, 64) == 0);
+    upstream_ = runner::testing::DockerHost().substr(7);
+    accept_ = std::jthread([this](std::stop_token st) { Accept(st); });
+  }
+  ~DaemonProxy() {
+    accept_.request_stop();
+    accept_.join();
+    Cut();
+    ::close(fd_);
+  }
+  std::string host() const { return "unix://" + path_; }
+  void Cut() {
+    std::vector<std::jthread> pumps;
+    {
+      std::lock_guard lock(mu_);
+      for (auto& p : pumps_) p.request_stop();
+      pumps.swap(pumps_);
+    }
+    pumps.clear();  // joins; each pump closes its sockets
+  }
+
+ private:
+  void Accept(std::stop_token st) {
+    while (!st.stop_requested()) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      int c = ::accept(fd_, nullptr, nullptr);
+      if (c < 0) continue;
+      int u = ::socket(AF_UNIX, SOCK_STREAM, 0);
+      sockaddr_un addr{};
+      addr.sun_family = AF_UNIX;
+      upstream_.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
+      if (::connect(u, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::close(c);
+        ::close(u);
+        continue;
+      }
+      std::lock_guard lock(mu_);
+      pumps_.emplace_back([c, u](std::stop_token pst) { Pump(pst, c, u); });
+    }
+  }
+  static void Pump(std::stop_token st, int a, int b) {
+    char buf[16384];
+    while (!st.stop_requested()) {
+      pollfd p[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (::poll(p, 2, 50) <= 0) continue;
+      bool closed = false;
+      for (int i = 0; i < 2; ++i) {
+        if ((p[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+        ssize_t n = ::read(p[i].fd, buf, sizeof buf);
+        if (n <= 0 || ::write(p[1 - i].fd, buf, static_cast<size_t>(n)) != n) closed = true;
+      }
+      if (closed) break;
+    }
+    ::close(a);
+    ::close(b);
+  }
+
+  std::string path_;
+  std::string upstream_;
+  int fd_ = -1;
+  std::mutex mu_;
+  std::vector<std::jthread> pumps_;  // guarded by mu_
+  std::jthread accept_;
+};
+
+}  // namespace
+
+TEST_CASE("a daemon restart mid-task ends the run with an error and still removes the container",
+          "[docker][errors]") {
+  runner::testing::TempDir dir;
+  DaemonProxy proxy((dir.path() / "proxy.sock").string());
+  auto opts = Options();
+  opts.docker_host = proxy.host();
+  DockerIsolator isolator(opts);
+  auto spec = Spec({"sleep", "30"});
+  Collector c;
+  std::jthread cutter([&] {
+    runner::testing::WaitFor([&] { return c.started.load(); }, 20s);
+    std::this_thread::sleep_for(300ms);
+    proxy.Cut();
+  });
+  auto t0 = Clock::now();
+  RunResult r = isolator.Run(spec, c, {});
+  CHECK(Clock::now() - t0 < 10s);
+  CHECK(r.kind == RunResult::Kind::kError);
+  CHECK(r.error_code == "isolation_unavailable");
+  CHECK(r.message.find("proxy.sock") != std::string::npos);
+  CHECK(ContainersOfTask(spec) == 0);
+}
+
 TEST_CASE("orphans of a node are reaped and other nodes' containers are untouched",
           "[docker][reap]") {
   std::string dead = RunNode() + "-dead";
