@@ -20,6 +20,11 @@ std::string Str(const json::value* v) {
   if (v == nullptr || v->is_null()) return "-";
   if (v->is_string()) return std::string(v->get_string());
   if (v->is_bool()) return v->get_bool() ? "true" : "false";
+  if (v->is_double()) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f", v->get_double());
+    return buf;
+  }
   return json::serialize(*v);
 }
 

@@ -1,0 +1,90 @@
+#include <catch2/catch.hpp>
+#include <fstream>
+
+#include "runner/config_loader.h"
+#include "tests/support/services.h"
+
+using runner::ConfigSources;
+using runner::LoadConfig;
+
+namespace {
+ConfigSources With(std::map<std::string, std::string> flags, std::map<std::string, std::string> env,
+                   std::optional<std::string> path = std::nullopt) {
+  ConfigSources s;
+  s.flags = std::move(flags);
+  s.env = [env](const std::string& name) -> std::optional<std::string> {
+    auto it = env.find(name);
+    if (it == env.end()) return std::nullopt;
+    return it->second;
+  };
+  s.config_path = std::move(path);
+  return s;
+}
+}  // namespace
+
+TEST_CASE("defaults apply when nothing is given", "[api][config]") {
+  auto c = LoadConfig(With({}, {}));
+  REQUIRE(c.ok());
+  CHECK(c->listen == "127.0.0.1:8080");
+  CHECK(c->max_workers == 256);
+  CHECK_FALSE(c->database_url.has_value());
+  CHECK(c->drain_timeout == 60);
+}
+
+TEST_CASE("flags beat the environment, which beats YAML, which beats defaults",
+          "[api][config]") {
+  runner::testing::TempDir dir;
+  auto path = (dir.path() / "runner.yaml").string();
+  std::ofstream(path) << "listen: 127.0.0.1:7000\n"
+                         "workers:\n  count: 4\n  mode: process\n  pollIntervalMs: 250\n"
+                         "  drainTimeoutSeconds: 30\n  limits: {memoryMb: 512, cpuPercent: 50}\n"
+                         "  resources: {overLimitAction: kill}\n";
+  auto yaml_only = LoadConfig(With({}, {}, path));
+  REQUIRE(yaml_only.ok());
+  CHECK(yaml_only->listen == "127.0.0.1:7000");
+  CHECK(yaml_only->workers == 4);
+  CHECK(yaml_only->mode == runner::isolation::IsolationMode::kProcess);
+  CHECK(yaml_only->poll_interval == Approx(0.25));
+  CHECK(yaml_only->drain_timeout == 30);
+  CHECK(yaml_only->default_limits.memory == 512LL * 1024 * 1024);
+  CHECK(yaml_only->default_limits.cpus == Approx(0.5));
+  CHECK(yaml_only->over_limit.action == runner::isolation::OverLimitAction::kKill);
+
+  auto env = LoadConfig(With({}, {{"RUNNER_WORKERS", "6"}, {"RUNNER_LISTEN", "127.0.0.1:7001"}},
+                             path));
+  REQUIRE(env.ok());
+  CHECK(env->workers == 6);
+  CHECK(env->listen == "127.0.0.1:7001");
+  CHECK(env->drain_timeout == 30);  // still from YAML
+
+  auto flags = LoadConfig(With({{"workers", "8"}}, {{"RUNNER_WORKERS", "6"}}, path));
+  REQUIRE(flags.ok());
+  CHECK(flags->workers == 8);
+}
+
+TEST_CASE("bad values stop with a message naming the setting and the fix", "[api][config]") {
+  auto bad_flag = LoadConfig(With({{"workers", "many"}}, {}));
+  REQUIRE_FALSE(bad_flag.ok());
+  CHECK(bad_flag.error().message.find("--workers") != std::string::npos);
+  CHECK(bad_flag.error().message.find("integer") != std::string::npos);
+
+  auto bad_env = LoadConfig(With({}, {{"RUNNER_MODE", "vm"}}));
+  REQUIRE_FALSE(bad_env.ok());
+  CHECK(bad_env.error().message.find("RUNNER_MODE") != std::string::npos);
+  CHECK(bad_env.error().message.find("auto, docker or process") != std::string::npos);
+
+  runner::testing::TempDir dir;
+  auto path = (dir.path() / "c.yaml").string();
+  std::ofstream(path) << "workers:\n  cuont: 3\n";
+  auto unknown = LoadConfig(With({}, {}, path));
+  REQUIRE_FALSE(unknown.ok());
+  CHECK(unknown.error().message.find("workers.cuont") != std::string::npos);
+
+  auto missing = LoadConfig(With({}, {}, (dir.path() / "nope.yaml").string()));
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message.find("--config") != std::string::npos);
+
+  auto above = LoadConfig(With({{"workers", "10"}, {"max-workers", "4"}}, {}));
+  REQUIRE_FALSE(above.ok());
+  CHECK(above.error().message.find("--max-workers") != std::string::npos);
+}
