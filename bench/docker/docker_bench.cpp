@@ -223,10 +223,12 @@ int main(int argc, char** argv) {
       {"engine", engine},
       {"image", "runner-task:latest"},
       {"command", json::array{"true"}},
-      {"raw_loop", "create (same config as the isolator), wait?condition=next-exit, start, "
-                   "wait, remove"},
-      {"isolator_extra", "image inspect, logs follow stream, stats sampler thread, final "
-                         "inspect, RAII remove"},
+      {"raw_loop",
+       "create (same config as the isolator), wait?condition=next-exit, start, "
+       "wait, remove"},
+      {"isolator_extra",
+       "image inspect, logs follow stream, stats sampler thread, final "
+       "inspect, RAII remove"},
       {"hardware_threads", std::thread::hardware_concurrency()},
       {"note", "the host is shared with other builds; see load_average_1m_after"},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},

@@ -87,8 +87,8 @@ Result<ContainerStats> ParseContainerStats(std::string_view text) {
     s.memory_limit = ToI64(U64(*mem, "limit"));
     s.memory = MemoryWorkingSet(*mem);
     if (const json::object* stats = Obj(*mem, "stats")) {
-      s.shmem = ToI64(stats->contains("total_shmem") ? U64(*stats, "total_shmem")
-                                                      : U64(*stats, "shmem"));
+      s.shmem =
+          ToI64(stats->contains("total_shmem") ? U64(*stats, "total_shmem") : U64(*stats, "shmem"));
     }
   }
   if (const json::object* pids = Obj(o, "pids_stats")) s.pids = ToI64(U64(*pids, "current"));

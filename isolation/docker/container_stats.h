@@ -8,10 +8,9 @@
 //
 // Thread-safety: value types and pure functions.
 
+#include <boost/json/fwd.hpp>
 #include <cstdint>
 #include <string_view>
-
-#include <boost/json/fwd.hpp>
 
 #include "isolation/result.h"
 
@@ -25,14 +24,14 @@ struct CpuCounters {
 
 struct ContainerStats {
   CpuCounters cpu;
-  CpuCounters precpu;         // empty for one-shot samples
-  int64_t memory = 0;         // working set: usage minus reclaimable cache
-  int64_t memory_usage = 0;   // raw usage
+  CpuCounters precpu;            // empty for one-shot samples
+  int64_t memory = 0;            // working set: usage minus reclaimable cache
+  int64_t memory_usage = 0;      // raw usage
   int64_t memory_max_usage = 0;  // cgroup v1 only, 0 otherwise
   int64_t memory_limit = 0;
-  int64_t shmem = 0;          // tmpfs/shared memory pages charged to the container
+  int64_t shmem = 0;  // tmpfs/shared memory pages charged to the container
   int64_t pids = 0;
-  bool empty = true;          // the daemon sent zeros (container not running)
+  bool empty = true;  // the daemon sent zeros (container not running)
 };
 
 // CPU percent between two cumulative samples; 100 = one core. 0 when either

@@ -186,9 +186,9 @@ json::object BuildCreateConfig(const TaskSpec& spec, const DockerIsolatorOptions
 
 DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
     : options_(std::move(options)),
-      client_(EngineClientOptions{options_.docker_host, options_.connect_timeout,
-                                  options_.call_timeout,
-                                  std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
+      client_(
+          EngineClientOptions{options_.docker_host, options_.connect_timeout, options_.call_timeout,
+                              std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
 
 DockerIsolator::~DockerIsolator() = default;
 
@@ -254,7 +254,8 @@ bool DockerIsolator::StorageOptSupported() {
       driver = std::string(d->as_string());
     }
     std::string backing;
-    if (const json::value* ds = info->if_contains("DriverStatus"); ds != nullptr && ds->is_array()) {
+    if (const json::value* ds = info->if_contains("DriverStatus");
+        ds != nullptr && ds->is_array()) {
       for (const json::value& pair : ds->as_array()) {
         if (pair.is_array() && pair.as_array().size() == 2 && pair.as_array()[0].is_string() &&
             pair.as_array()[0].as_string() == "Backing Filesystem" &&
@@ -310,8 +311,8 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
   }
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
-  std::string name = "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" +
-                     RandomHex(6);
+  std::string name =
+      "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" + RandomHex(6);
   auto created = client_.ContainerCreate(BuildCreateConfig(spec, options_, storage_opt), name);
   if (!created && storage_opt &&
       (created.error().message.find("storage-opt") != std::string::npos ||
@@ -347,8 +348,8 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
 
   // Shared between this thread and the helpers below.
   std::mutex state_mu;
-  std::string thread_error;    // guarded by state_mu
-  std::string kill_reason;     // guarded by state_mu; set by the over-limit policy
+  std::string thread_error;  // guarded by state_mu
+  std::string kill_reason;   // guarded by state_mu; set by the over-limit policy
   std::atomic<bool> kill_requested{false};
   std::atomic<bool> saw_enospc{false};
   UsageSample last_sample;     // guarded by state_mu
@@ -461,7 +462,8 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
 
   // Wait for the exit, stopping the container on timeout, cancel or kill.
   enum class Ending { kNone, kTimeout, kStop, kKill } ending = Ending::kNone;
-  const auto timeout_at = spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
+  const auto timeout_at =
+      spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
   std::optional<int64_t> status_code;
   std::optional<Error> wait_error;
   Clock::time_point finished_at;
@@ -545,7 +547,8 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     case Ending::kTimeout:
       result.kind = RunResult::Kind::kTimedOut;
       result.error_code = "timed_out";
-      result.message = "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms";
+      result.message =
+          "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms";
       return result;
     case Ending::kStop:
       result.kind = RunResult::Kind::kStopped;
@@ -576,7 +579,8 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     return result;
   }
   result.kind = RunResult::Kind::kExited;
-  if (result.exit_code != 0) result.message = "exited with code " + std::to_string(result.exit_code);
+  if (result.exit_code != 0)
+    result.message = "exited with code " + std::to_string(result.exit_code);
   return result;
 }
 

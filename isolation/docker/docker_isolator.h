@@ -30,8 +30,8 @@
 
 #include <atomic>
 #include <chrono>
-#include <map>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -54,7 +54,8 @@ struct DockerIsolatorOptions {
   // image's default user.
   std::string user = "65534:65534";
   std::chrono::milliseconds stats_interval{1000};
-  int64_t default_tmpfs_bytes = 64LL * 1024 * 1024;  // /work and /tmp when the task has no disk limit
+  int64_t default_tmpfs_bytes =
+      64LL * 1024 * 1024;  // /work and /tmp when the task has no disk limit
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds call_timeout{30000};
   std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
@@ -91,8 +92,8 @@ class DockerIsolator : public Isolator {
 
   std::mutex mu_;
   std::chrono::steady_clock::time_point available_checked_;  // guarded by mu_
-  bool available_ = false;                                    // guarded by mu_
-  std::optional<bool> storage_opt_;                           // guarded by mu_
+  bool available_ = false;                                   // guarded by mu_
+  std::optional<bool> storage_opt_;                          // guarded by mu_
   // Images seen present recently: skips an inspect per task (a removed image
   // still ends as image_not_found, from create's 404).
   std::map<std::string, std::chrono::steady_clock::time_point> images_seen_;  // guarded by mu_

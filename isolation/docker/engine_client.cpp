@@ -64,9 +64,9 @@ Result<json::object> ParseObject(const std::string& body, std::string_view what)
   boost::system::error_code ec;
   json::value v = json::parse(body, ec);
   if (ec || !v.is_object()) {
-    return MakeError("internal", "the Docker daemon answered " + std::string(what) +
-                                     " with something that is not a JSON object: " +
-                                     body.substr(0, 200));
+    return MakeError("internal",
+                     "the Docker daemon answered " + std::string(what) +
+                         " with something that is not a JSON object: " + body.substr(0, 200));
   }
   return std::move(v.as_object());
 }
@@ -100,8 +100,8 @@ class HttpExchange {
       Abort();
       return MakeError("isolation_unavailable",
                        "the Docker daemon did not accept a connection on " + socket_path_ +
-                           " within " + std::to_string(timeout.count()) + " ms: " +
-                           HowToStart(socket_path_));
+                           " within " + std::to_string(timeout.count()) +
+                           " ms: " + HowToStart(socket_path_));
     }
     if (op_ec_) {
       return MakeError("isolation_unavailable", "cannot connect to the Docker daemon at unix://" +
@@ -113,8 +113,7 @@ class HttpExchange {
 
   Status Write(http::request<http::string_body>& request, Clock::time_point deadline) {
     StartOp();
-    http::async_write(socket_, request,
-                      [this](boost::system::error_code ec, size_t) { Done(ec); });
+    http::async_write(socket_, request, [this](boost::system::error_code ec, size_t) { Done(ec); });
     if (!Drive(deadline)) return Timeout("sending the request");
     if (op_ec_) return IoError("sending the request");
     return {};
@@ -201,15 +200,14 @@ class HttpExchange {
 
   Error IoError(std::string_view doing) const {
     if (op_ec_.category() == http::make_error_code(http::error::bad_version).category()) {
-      return MakeError("internal", "the Docker daemon at unix://" + socket_path_ +
-                                       " answered " + what_ + " with something that is not HTTP (" +
+      return MakeError("internal", "the Docker daemon at unix://" + socket_path_ + " answered " +
+                                       what_ + " with something that is not HTTP (" +
                                        op_ec_.message() + " while " + std::string(doing) + ")");
     }
-    return MakeError("isolation_unavailable", "lost the connection to the Docker daemon at unix://" +
-                                                  socket_path_ + " during " + what_ + " (" +
-                                                  op_ec_.message() + " while " +
-                                                  std::string(doing) + "): " +
-                                                  HowToStart(socket_path_));
+    return MakeError("isolation_unavailable",
+                     "lost the connection to the Docker daemon at unix://" + socket_path_ +
+                         " during " + what_ + " (" + op_ec_.message() + " while " +
+                         std::string(doing) + "): " + HowToStart(socket_path_));
   }
 
   const std::string& what() const { return what_; }
@@ -332,25 +330,29 @@ EngineClient::~EngineClient() = default;
 
 Result<std::unique_ptr<HttpExchange>> EngineClient::Open(std::string_view method,
                                                          const std::string& target,
-                                                         Clock::time_point deadline) {
-  std::string what = std::string(method) + " " + target;
-  auto exchange = std::make_unique<HttpExchange>(socket_path_, what);
+                                                         Clock::time_point deadline,
+                                                         const std::string& body) {
+  auto exchange = std::make_unique<HttpExchange>(socket_path_, std::string(method) + " " + target);
   if (Status st = exchange->Connect(options_.connect_timeout); !st) return st.error();
-  http::request<http::string_body> req{
-      method == "POST" ? http::verb::post : method == "DELETE" ? http::verb::delete_ : http::verb::get,
-      target, 11};
+  http::verb verb = method == "POST"     ? http::verb::post
+                    : method == "DELETE" ? http::verb::delete_
+                                         : http::verb::get;
+  http::request<http::string_body> req{verb, target, 11};
   req.set(http::field::host, "docker");
   req.set(http::field::user_agent, "runner");
-  req.keep_alive(false);
+  req.keep_alive(false);  // one connection per call: nothing to go stale
+  if (!body.empty()) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
   req.prepare_payload();
   if (Status st = exchange->Write(req, deadline); !st) return st.error();
   if (Status st = exchange->ReadHeader(deadline); !st) return st.error();
   return exchange;
 }
 
-Result<EngineClient::Response> EngineClient::Call(std::string_view method,
-                                                  const std::string& path, bool versioned,
-                                                  const std::string& body,
+Result<EngineClient::Response> EngineClient::Call(std::string_view method, const std::string& path,
+                                                  bool versioned, const std::string& body,
                                                   std::chrono::milliseconds timeout) {
   std::string target = path;
   if (versioned) {
@@ -359,26 +361,12 @@ Result<EngineClient::Response> EngineClient::Call(std::string_view method,
     target = *prefix + path;
   }
   auto deadline = Clock::now() + timeout;
-  std::string what = std::string(method) + " " + target;
-  auto exchange = std::make_unique<HttpExchange>(socket_path_, what);
-  if (Status st = exchange->Connect(options_.connect_timeout); !st) return st.error();
-  http::request<http::string_body> req{
-      method == "POST" ? http::verb::post : method == "DELETE" ? http::verb::delete_ : http::verb::get,
-      target, 11};
-  req.set(http::field::host, "docker");
-  req.set(http::field::user_agent, "runner");
-  req.keep_alive(false);
-  if (!body.empty()) {
-    req.set(http::field::content_type, "application/json");
-    req.body() = body;
-  }
-  req.prepare_payload();
-  if (Status st = exchange->Write(req, deadline); !st) return st.error();
-  if (Status st = exchange->ReadHeader(deadline); !st) return st.error();
+  auto exchange = Open(method, target, deadline, body);
+  if (!exchange) return exchange.error();
   Response response;
-  response.status = exchange->status();
-  response.api_version_header = exchange->header("Api-Version");
-  auto text = exchange->ReadAll(deadline);
+  response.status = (*exchange)->status();
+  response.api_version_header = (*exchange)->header("Api-Version");
+  auto text = (*exchange)->ReadAll(deadline);
   if (!text) return text.error();
   response.body = std::move(*text);
   return response;
@@ -471,7 +459,8 @@ Result<json::object> EngineClient::ImageInspect(std::string_view image) {
   return ParseObject(r->body, "image inspect");
 }
 
-Result<std::string> EngineClient::ContainerCreate(const json::object& config, std::string_view name) {
+Result<std::string> EngineClient::ContainerCreate(const json::object& config,
+                                                  std::string_view name) {
   std::string path = "/containers/create";
   if (!name.empty()) path += "?name=" + PercentEncode(name);
   auto r = Call("POST", path, true, json::serialize(config), options_.call_timeout);
@@ -479,7 +468,8 @@ Result<std::string> EngineClient::ContainerCreate(const json::object& config, st
   if (r->status == 404) {
     auto e = ApiError(*r, "container create");
     const json::value* image = config.if_contains("Image");
-    std::string image_name = image != nullptr && image->is_string() ? std::string(image->as_string()) : "";
+    std::string image_name =
+        image != nullptr && image->is_string() ? std::string(image->as_string()) : "";
     return MakeError("image_not_found", "the image \"" + image_name +
                                             "\" is not on this Docker host (" + e.message +
                                             "): " + BuildHint(image_name));
@@ -493,7 +483,8 @@ Result<std::string> EngineClient::ContainerCreate(const json::object& config, st
 }
 
 Status EngineClient::ContainerStart(std::string_view id) {
-  auto r = Call("POST", "/containers/" + std::string(id) + "/start", true, "", options_.call_timeout);
+  auto r =
+      Call("POST", "/containers/" + std::string(id) + "/start", true, "", options_.call_timeout);
   if (!r) return r.error();
   if (r->status != 204 && r->status != 304) return ApiError(*r, "container start");
   return {};
@@ -503,10 +494,10 @@ Result<std::unique_ptr<PendingWait>> EngineClient::ContainerWaitBegin(std::strin
                                                                       std::string_view condition) {
   auto prefix = Prefix();
   if (!prefix) return prefix.error();
-  auto exchange = Open("POST",
-                       *prefix + "/containers/" + std::string(id) + "/wait?condition=" +
-                           std::string(condition),
-                       Clock::now() + options_.call_timeout);
+  auto exchange =
+      Open("POST",
+           *prefix + "/containers/" + std::string(id) + "/wait?condition=" + std::string(condition),
+           Clock::now() + options_.call_timeout);
   if (!exchange) return exchange.error();
   if ((*exchange)->status() != 200) {
     Response resp;
@@ -519,7 +510,8 @@ Result<std::unique_ptr<PendingWait>> EngineClient::ContainerWaitBegin(std::strin
 }
 
 Result<json::object> EngineClient::ContainerInspect(std::string_view id) {
-  auto r = Call("GET", "/containers/" + std::string(id) + "/json", true, "", options_.quick_timeout);
+  auto r =
+      Call("GET", "/containers/" + std::string(id) + "/json", true, "", options_.quick_timeout);
   if (!r) return r.error();
   if (r->status != 200) return ApiError(*r, "container inspect");
   return ParseObject(r->body, "container inspect");
@@ -555,10 +547,10 @@ Status EngineClient::ContainerLogs(std::string_view id, const LogsOptions& optio
                                    Clock::time_point deadline) {
   auto prefix = Prefix();
   if (!prefix) return prefix.error();
-  std::string target = *prefix + "/containers/" + std::string(id) + "/logs?follow=" +
-                       (options.follow ? "1" : "0") + "&stdout=" +
-                       (options.stdout_stream ? "1" : "0") + "&stderr=" +
-                       (options.stderr_stream ? "1" : "0");
+  std::string target = *prefix + "/containers/" + std::string(id) +
+                       "/logs?follow=" + (options.follow ? "1" : "0") +
+                       "&stdout=" + (options.stdout_stream ? "1" : "0") +
+                       "&stderr=" + (options.stderr_stream ? "1" : "0");
   auto header_deadline = std::min(deadline, Clock::now() + options_.call_timeout);
   auto exchange = Open("GET", target, header_deadline);
   if (!exchange) return exchange.error();
@@ -637,17 +629,17 @@ Status EngineClient::ContainerKill(std::string_view id, std::string_view signal)
 }
 
 Status EngineClient::ContainerStop(std::string_view id, std::chrono::seconds grace) {
-  auto r = Call("POST", "/containers/" + std::string(id) + "/stop?t=" + std::to_string(grace.count()),
-                true, "", options_.call_timeout + grace);
+  auto r =
+      Call("POST", "/containers/" + std::string(id) + "/stop?t=" + std::to_string(grace.count()),
+           true, "", options_.call_timeout + grace);
   if (!r) return r.error();
   if (r->status != 204 && r->status != 304) return ApiError(*r, "container stop");
   return {};
 }
 
 Status EngineClient::ContainerRemove(std::string_view id, bool force) {
-  auto r = Call("DELETE",
-                "/containers/" + std::string(id) + "?v=1&force=" + (force ? "1" : "0"), true, "",
-                options_.call_timeout);
+  auto r = Call("DELETE", "/containers/" + std::string(id) + "?v=1&force=" + (force ? "1" : "0"),
+                true, "", options_.call_timeout);
   if (!r) return r.error();
   if (r->status == 404) return {};  // already gone
   // 409 "removal already in progress" (autoremove, a concurrent reaper): fine.
@@ -680,7 +672,8 @@ Result<std::vector<ContainerSummary>> EngineClient::ContainerList(
     s.state = JsonString(o, "State");
     if (const json::value* lv = o.if_contains("Labels"); lv != nullptr && lv->is_object()) {
       for (const auto& kv : lv->as_object()) {
-        if (kv.value().is_string()) s.labels[std::string(kv.key())] = std::string(kv.value().as_string());
+        if (kv.value().is_string())
+          s.labels[std::string(kv.key())] = std::string(kv.value().as_string());
       }
     }
     out.push_back(std::move(s));

@@ -23,6 +23,7 @@
 // mutex). A PendingWait belongs to one thread at a time.
 
 #include <array>
+#include <boost/json.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -34,8 +35,6 @@
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <boost/json.hpp>
 
 #include "isolation/docker/container_stats.h"
 #include "isolation/docker/log_frames.h"
@@ -124,7 +123,8 @@ class EngineClient {
   Result<boost::json::object> ImageInspect(std::string_view image);
 
   // POST /containers/create; returns the container id.
-  Result<std::string> ContainerCreate(const boost::json::object& config, std::string_view name = {});
+  Result<std::string> ContainerCreate(const boost::json::object& config,
+                                      std::string_view name = {});
   Status ContainerStart(std::string_view id);
   // Registers `wait?condition=...` and returns once the daemon accepted it.
   Result<std::unique_ptr<PendingWait>> ContainerWaitBegin(std::string_view id,
@@ -169,7 +169,8 @@ class EngineClient {
                         const std::string& body, std::chrono::milliseconds timeout);
   // Connects and sends, then reads the response header of a streaming call.
   Result<std::unique_ptr<HttpExchange>> Open(std::string_view method, const std::string& target,
-                                             std::chrono::steady_clock::time_point deadline);
+                                             std::chrono::steady_clock::time_point deadline,
+                                             const std::string& body = {});
   Error ApiError(const Response& response, std::string_view what) const;
   Result<std::string> Prefix();
 

@@ -21,7 +21,8 @@ Status FrameDemuxer::Feed(std::string_view data, const FrameSink& sink) {
                                          "): was the container created with a TTY?");
       }
       stream_ = static_cast<FrameStream>(header_[0]);
-      remaining_ = static_cast<uint32_t>(header_[4]) << 24 | static_cast<uint32_t>(header_[5]) << 16 |
+      remaining_ = static_cast<uint32_t>(header_[4]) << 24 |
+                   static_cast<uint32_t>(header_[5]) << 16 |
                    static_cast<uint32_t>(header_[6]) << 8 | static_cast<uint32_t>(header_[7]);
       continue;  // a zero-size frame is legal and carries nothing
     }

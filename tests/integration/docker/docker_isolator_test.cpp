@@ -211,7 +211,8 @@ TEST_CASE("a memory hog is killed and reported oom_killed", "[docker][limits]") 
   CHECK(ContainersOfTask(spec) == 0);
 }
 
-TEST_CASE("a task killed by SIGKILL without OOM is not reported as oom_killed", "[docker][limits]") {
+TEST_CASE("a task killed by SIGKILL without OOM is not reported as oom_killed",
+          "[docker][limits]") {
   // Exit 137 alone is any SIGKILL.
   auto spec = Spec({"sh", "-c", "kill -9 $$"});
   spec.limits.memory = 64LL << 20;
@@ -278,8 +279,8 @@ TEST_CASE("the root filesystem is read-only", "[docker][limits]") {
 }
 
 TEST_CASE("a fork bomb is stopped by the pids limit", "[docker][limits]") {
-  auto spec = Spec({"sh", "-c",
-                    "i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); done; echo spawned"});
+  auto spec =
+      Spec({"sh", "-c", "i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); done; echo spawned"});
   spec.limits.pids = 16;
   spec.timeout = 30s;
   Collector c;

@@ -26,7 +26,8 @@ TEST_CASE("memory on cgroup v1 is usage minus cache", "[docker][stats]") {
 }
 
 TEST_CASE("memory on cgroup v2 is usage minus inactive_file", "[docker][stats]") {
-  auto v = boost::json::parse(R"({"usage": 10000, "stats": {"inactive_file": 4000, "anon": 6000}})");
+  auto v =
+      boost::json::parse(R"({"usage": 10000, "stats": {"inactive_file": 4000, "anon": 6000}})");
   CHECK(MemoryWorkingSet(v.as_object()) == 6000);
 }
 

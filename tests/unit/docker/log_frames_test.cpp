@@ -42,8 +42,8 @@ TEST_CASE("stdout and stderr frames are kept apart", "[docker][frames]") {
 }
 
 TEST_CASE("frames split across reads at every byte are reassembled", "[docker][frames]") {
-  std::string stream = Frame(1, "abc") + Frame(2, std::string(300, 'e')) + Frame(1, "") +
-                       Frame(1, "xyz");
+  std::string stream =
+      Frame(1, "abc") + Frame(2, std::string(300, 'e')) + Frame(1, "") + Frame(1, "xyz");
   for (size_t piece = 1; piece <= 9; ++piece) {
     FrameDemuxer demux;
     Collected c;
