@@ -269,9 +269,10 @@ void CgroupHost::AssignRoles() {
   }
   memory_ = first(find("memory", true), find("memory", false));
   cpu_ = first(find("cpu", true), find("cpu", false));
-  cpuacct_ = first(find("cpu", true), first(find("cpuacct", false), v2_));
+  // v2 first: it is entered at clone time, which costs nothing.
+  cpuacct_ = first(find("cpu", true), first(v2_, find("cpuacct", false)));
   pids_ = first(find("pids", true), find("pids", false));
-  freezer_ = find("freezer", false);
+  if (!v2_) freezer_ = find("freezer", false);
 
   // Drop hierarchies that serve no role so tasks do not pay for them.
   std::vector<CgroupHierarchy> kept;
@@ -307,10 +308,16 @@ std::string CgroupHost::Describe() const {
 
 Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
                                                        const std::string& name,
-                                                       const Limits& limits) {
+                                                       const Limits& limits,
+                                                       const CgroupRoles& roles) {
   std::unique_ptr<TaskCgroup> cg(new TaskCgroup());
   const auto& hs = host.hierarchies();
   for (size_t i = 0; i < hs.size(); ++i) {
+    auto is = [&](std::optional<size_t> role) { return role && *role == i; };
+    bool needed = is(host.v2()) || is(host.cpuacct()) || is(host.freezer()) ||
+                  (roles.memory && is(host.memory())) || (roles.cpu && is(host.cpu())) ||
+                  (roles.pids && is(host.pids()));
+    if (!needed) continue;
     fs::path dir = hs[i].parent / name;
     if (::mkdir(dir.c_str(), 0755) != 0) {
       return MakeError("internal",
@@ -318,12 +325,11 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
     }
     cg->dirs_.push_back(dir);
     cg->dirs_v2_.push_back(hs[i].v2);
-    auto is = [&](std::optional<size_t> role) { return role && *role == i; };
-    if (is(host.memory())) {
+    if (roles.memory && is(host.memory())) {
       cg->memory_dir_ = dir;
       cg->memory_v2_ = hs[i].v2;
     }
-    if (is(host.cpu())) {
+    if (roles.cpu && is(host.cpu())) {
       cg->cpu_dir_ = dir;
       cg->cpu_v2_ = hs[i].v2;
     }
@@ -331,7 +337,7 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
       cg->cpuacct_dir_ = dir;
       cg->cpuacct_v2_ = hs[i].v2;
     }
-    if (is(host.pids())) {
+    if (roles.pids && is(host.pids())) {
       cg->pids_dir_ = dir;
       cg->pids_v2_ = hs[i].v2;
     }
@@ -374,6 +380,9 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
     }
     cg->join_fds_.push_back(fd);
   }
+  if (cg->v2_dir_) {
+    cg->v2_dir_fd_ = ::open(cg->v2_dir_->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
   return cg;
 }
 
@@ -401,9 +410,19 @@ TaskCgroup::~TaskCgroup() {
   }
 }
 
+std::vector<int> TaskCgroup::JoinFds(bool include_v2) const {
+  std::vector<int> fds;
+  for (size_t i = 0; i < join_fds_.size(); ++i) {
+    if (include_v2 || !(v2_dir_ && dirs_[i] == *v2_dir_)) fds.push_back(join_fds_[i]);
+  }
+  return fds;
+}
+
 void TaskCgroup::CloseJoinFds() {
   for (int fd : join_fds_) ::close(fd);
   join_fds_.clear();
+  if (v2_dir_fd_ >= 0) ::close(v2_dir_fd_);
+  v2_dir_fd_ = -1;
 }
 
 std::vector<int> TaskCgroup::Pids() const {

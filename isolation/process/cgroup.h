@@ -13,11 +13,17 @@
 // Roles and where they come from, best first:
 //   memory  v2 memory controller, else v1 `memory`
 //   cpu     v2 cpu controller (cpu.max), else v1 `cpu` (cfs quota)
-//   cpuacct v2 cpu.stat (always present), else v1 `cpuacct`
+//   cpuacct v2 cpu.stat (present in every v2 cgroup), else v1 `cpuacct`
 //   pids    v2 pids controller, else v1 `pids`
 //   kill    v2 `cgroup.kill` (any v2 dir, also the controller-less unified
 //           hierarchy of hybrid hosts), else v1 `freezer` (freeze, kill, thaw),
 //           else repeated kill of every pid listed in `cgroup.procs`.
+//   freezer v1 `freezer`, only on hosts without any v2 hierarchy.
+// The child enters the v2 cgroup at birth (clone3 CLONE_INTO_CGROUP) and
+// joins v1 ones by writing "0" to their `cgroup.procs`. A v1 join takes the
+// kernel's global cgroup_threadgroup_rwsem for writing, which waits for an RCU
+// grace period (~5 ms per task on this appliance's VM): so a task joins the
+// v1 memory/cpu/pids hierarchies only when it has that limit (CgroupRoles).
 // A host without any writable hierarchy yields an empty CgroupHost; the
 // isolator then relies on setrlimit and process groups alone.
 //
@@ -83,22 +89,33 @@ struct CgroupStats {
   int64_t oom_kills = 0;  // kernel OOM kills inside the cgroup
 };
 
+// Which limit-carrying hierarchies a task joins (kill and CPU accounting
+// hierarchies are always joined).
+struct CgroupRoles {
+  bool memory = true;
+  bool cpu = true;
+  bool pids = true;
+};
+
 class TaskCgroup {
  public:
   // Creates `<parent>/<name>` in every hierarchy of `host` and writes the
   // limits. A hierarchy whose directory cannot be created is an error (the
   // caller decides whether to run without cgroups).
   static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host,
-                                                    const std::string& name,
-                                                    const Limits& limits);
+                                                    const std::string& name, const Limits& limits,
+                                                    const CgroupRoles& roles = {});
   // Kills every process left inside and removes the directories.
   ~TaskCgroup();
   TaskCgroup(const TaskCgroup&) = delete;
   TaskCgroup& operator=(const TaskCgroup&) = delete;
 
-  // Descriptors of every `cgroup.procs` file (O_WRONLY|O_CLOEXEC) for the
-  // child to write "0" to before exec; CloseJoinFds() after fork.
-  const std::vector<int>& join_fds() const { return join_fds_; }
+  // Descriptors of the `cgroup.procs` files (O_WRONLY|O_CLOEXEC) for the
+  // child to write "0" to before exec: all of them, or all but the v2 one
+  // when the child was cloned into it. CloseJoinFds() after the spawn.
+  std::vector<int> JoinFds(bool include_v2) const;
+  // O_DIRECTORY descriptor of the v2 cgroup for clone3(CLONE_INTO_CGROUP), or -1.
+  int v2_dir_fd() const { return v2_dir_fd_; }
   void CloseJoinFds();
 
   // Pids currently inside (from the first hierarchy).
@@ -129,7 +146,8 @@ class TaskCgroup {
   std::optional<std::filesystem::path> memory_dir_, cpu_dir_, cpuacct_dir_, pids_dir_,
       freezer_dir_, v2_dir_;
   bool memory_v2_ = false, cpu_v2_ = false, cpuacct_v2_ = false, pids_v2_ = false;
-  std::vector<int> join_fds_;
+  std::vector<int> join_fds_;  // parallel to dirs_
+  int v2_dir_fd_ = -1;
 };
 
 }  // namespace runner::isolation::process

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <linux/sched.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -210,9 +211,14 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 // One task run: owns the child and decides how it ended.
 class TaskRun {
  public:
-  TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups,
+  TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, WorkRoot& work_root,
           const TaskSpec& spec, Observer& observer, std::stop_token stop)
-      : options_(options), host_(cgroups), spec_(spec), observer_(observer), stop_(stop) {}
+      : options_(options),
+        host_(cgroups),
+        work_root_(work_root),
+        spec_(spec),
+        observer_(observer),
+        stop_(stop) {}
 
   ~TaskRun() {
     // Exceptions (an observer throwing) must not leave a child behind.
@@ -240,6 +246,7 @@ class TaskRun {
 
   const ProcessIsolatorOptions& options_;
   const CgroupHost& host_;
+  WorkRoot& work_root_;
   const TaskSpec& spec_;
   Observer& observer_;
   std::stop_token stop_;
@@ -281,7 +288,7 @@ Status TaskRun::Prepare() {
   bool tmpfs = options_.use_tmpfs && ::geteuid() == 0 && spec_.limits.disk > 0;
   for (int n = 1;; ++n) {
     name_ = n == 1 ? base : base + "." + std::to_string(n);
-    auto dir = WorkDir::Create(options_.work_root, name_, spec_.limits.disk, tmpfs);
+    auto dir = work_root_.Acquire(name_, spec_.limits.disk, tmpfs);
     if (dir.ok()) {
       work_dir_ = std::move(dir).value();
       break;
@@ -292,7 +299,14 @@ Status TaskRun::Prepare() {
     // Unique per process and run: two isolators (or nodes) may share the parent.
     static std::atomic<uint64_t> seq{0};
     std::string cg_name = name_ + "-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
-    auto cg = TaskCgroup::Create(host_, cg_name, spec_.limits);
+    const Limits& lim = spec_.limits;
+    bool limited = lim.memory > 0 || lim.cpus > 0 || lim.pids > 0 || lim.disk > 0;
+    process::CgroupRoles roles;
+    roles.memory = lim.memory > 0 || options_.full_accounting;
+    roles.cpu = lim.cpus > 0 ||
+                (limited && options_.over_limit.action == OverLimitAction::kThrottle);
+    roles.pids = lim.pids > 0;
+    auto cg = TaskCgroup::Create(host_, cg_name, lim, roles);
     if (!cg.ok()) {
       // A leftover from a crashed run, or a host that changed under us.
       spdlog::warn(
@@ -341,10 +355,18 @@ Status TaskRun::Spawn() {
   plan.stdout_fd = out->second.get();
   plan.stderr_fd = err->second.get();
   plan.report_fd = report->second.get();
+  // Two plans: cloned straight into the v2 cgroup the child joins only the
+  // v1 ones; after a plain fork it joins them all.
+  std::vector<int> joins_v1, joins_all;
+  int v2_fd = -1;
   if (cgroup_) {
-    plan.join_fds = cgroup_->join_fds().data();
-    plan.join_count = cgroup_->join_fds().size();
+    joins_v1 = cgroup_->JoinFds(false);
+    joins_all = cgroup_->JoinFds(true);
+    v2_fd = cgroup_->v2_dir_fd();
+    plan.join_fds = joins_all.data();
+    plan.join_count = joins_all.size();
   }
+
   auto add_limit = [&](__rlimit_resource_t resource, rlim_t value) {
     plan.limits[plan.limit_count++] = {resource, rlimit{value, value}};
   };
@@ -368,14 +390,35 @@ Status TaskRun::Spawn() {
     add_limit(RLIMIT_CPU, static_cast<rlim_t>(std::ceil(secs)) + 5);
   }
 
+  ChildPlan cloned_plan = plan;
+  cloned_plan.join_fds = joins_v1.data();
+  cloned_plan.join_count = joins_v1.size();
+
   // Signals stay blocked across fork so no handler of the runner runs in the
   // child before it resets them.
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
   start_ = Clock::now();
-  pid_t pid = ::fork();
-  if (pid == 0) ChildMain(plan);
+  int pidfd = -1;
+  pid_t pid = -1;
+  if (v2_fd >= 0) {
+    clone_args args{};
+    args.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<uint64_t>(v2_fd);
+    // Raw clone3 skips glibc's fork handlers: the child only makes raw
+    // system calls until exec, like after vfork.
+    long r = ::syscall(SYS_clone3, &args, sizeof(args));
+    if (r == 0) ChildMain(cloned_plan);
+    pid = static_cast<pid_t>(r);  // -1: old kernel or unusable cgroup, fork below
+    if (r < 0) pidfd = -1;
+  }
+  if (pid < 0) {
+    pid = ::fork();
+    if (pid == 0) ChildMain(plan);
+  }
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) {
     return MakeError("internal", std::string("fork: ") + std::strerror(errno) +
@@ -402,7 +445,7 @@ Status TaskRun::Spawn() {
       std::memcpy(&exec_errno_, msg + 1, sizeof(int));
     }
   }
-  pidfd_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
+  pidfd_ = UniqueFd(pidfd >= 0 ? pidfd : static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   return {};
 }
 
@@ -727,10 +770,11 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   // The task's HOME and cwd must not depend on the runner's cwd.
   options_.work_root = std::filesystem::absolute(options_.work_root);
   if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
+  work_root_ = std::make_unique<WorkRoot>(options_.work_root);
 }
 
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
-  TaskRun run(options_, cgroups_, spec, observer, std::move(stop));
+  TaskRun run(options_, cgroups_, *work_root_, spec, observer, std::move(stop));
   return run.Run();
 }
 

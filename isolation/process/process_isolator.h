@@ -3,7 +3,8 @@
 // Runs a task as a plain process tree on this host, for nodes without Docker
 // (or tasks that ask for `process`). Each Run():
 //   - makes a private work dir `<work_root>/<task id>-<attempt>` (a tmpfs of
-//     limits.disk bytes when running as root with use_tmpfs), with `tmp/`;
+//     limits.disk bytes when running as root with use_tmpfs), with `tmp/`
+//     (emptied dirs are recycled, see work_dir.h);
 //   - makes a cgroup per task where the host allows it (see cgroup.h) with
 //     the memory, CPU and pids limits, plus setrlimit as the floor everywhere
 //     (RLIMIT_CORE 0, RLIMIT_NOFILE, RLIMIT_FSIZE = disk, RLIMIT_CPU from the
@@ -46,10 +47,12 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "isolation/isolator.h"
 #include "isolation/process/cgroup.h"
+#include "isolation/process/work_dir.h"
 
 namespace runner::isolation::process {
 
@@ -61,13 +64,19 @@ struct ProcessIsolatorOptions {
   bool use_cgroups = true;   // false: setrlimit and process groups only
   bool use_tmpfs = true;     // size-capped tmpfs work dirs when root and limits.disk > 0
   std::chrono::milliseconds sample_interval{1000};
+  // Join the memory cgroup even when a task has no memory limit, for exact
+  // peak memory of every task. Off: such tasks report wait4's ru_maxrss
+  // (largest single process) and save a v1 cgroup join (~5 ms per task on
+  // v1 hosts, see cgroup.h).
+  bool full_accounting = false;
   uint64_t open_files = 4096;  // RLIMIT_NOFILE of the task
 };
 
 class ProcessIsolator : public Isolator {
  public:
-  // Probes cgroups once (logs what works). Throws std::invalid_argument when
-  // work_root is empty (bad configuration).
+  // Probes cgroups once (logs what works) and clears what a crashed run left
+  // in work_root. Throws std::invalid_argument when work_root is empty and
+  // std::runtime_error when it cannot be created (bad configuration).
   explicit ProcessIsolator(ProcessIsolatorOptions options);
 
   std::string_view Name() const override { return "process"; }
@@ -81,6 +90,7 @@ class ProcessIsolator : public Isolator {
  private:
   ProcessIsolatorOptions options_;
   CgroupHost cgroups_;
+  std::unique_ptr<WorkRoot> work_root_;
 };
 
 }  // namespace runner::isolation::process

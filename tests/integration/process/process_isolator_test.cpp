@@ -153,6 +153,19 @@ fs::path CpuCgroupOf(int pid) {
   return {};
 }
 
+// Only recycled (empty) spares are left under the work root.
+bool NoTaskDirs(const fs::path& root) {
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (e.path().filename() != ".spare") return false;
+  }
+  for (const auto& spare : fs::directory_iterator(root / ".spare")) {
+    for (const auto& e : fs::directory_iterator(spare.path())) {
+      if (e.path().filename() != "tmp" || !fs::is_empty(e.path())) return false;
+    }
+  }
+  return true;
+}
+
 bool IsMounted(const fs::path& path) {
   std::ifstream in("/proc/mounts");
   std::string line;
@@ -211,7 +224,7 @@ TEST_CASE("a command that does not exist fails with 127 and says so", "[process]
   CHECK(r.kind == Kind::kExited);
   CHECK(r.exit_code == 127);
   CHECK_THAT(rec.err(), Catch::Contains("command not found: no-such-command-rt"));
-  CHECK(fs::is_empty(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
 TEST_CASE("the runner's environment does not reach the task", "[process][env]") {
@@ -264,7 +277,24 @@ TEST_CASE("the work dir is private to the task and removed afterwards on every p
     CHECK_FALSE(fs::exists(pwd));
     CHECK_FALSE(IsMounted(pwd));
   }
-  CHECK(fs::is_empty(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
+}
+
+TEST_CASE("a task never sees what an earlier task left in its work dir", "[process][workdir]") {
+  testing::TempDir dir;
+  ProcessIsolator iso(Options(dir));
+  Recorder first;
+  RunResult r1 = iso.Run(Shell("mkdir -p d/e; echo secret > d/e/f; echo x > $TMPDIR/t; "
+                               "ln -s / root-link; chmod 777 ."),
+                         first, {});
+  REQUIRE(r1.kind == Kind::kExited);
+  REQUIRE(r1.exit_code == 0);
+  REQUIRE_FALSE(fs::is_empty(dir.path() / "work" / ".spare"));  // the next task reuses it
+  Recorder second;
+  RunResult r2 = iso.Run(Shell("ls -A; ls -A \"$TMPDIR\"; ls -ld . | cut -c1-10"), second, {});
+  REQUIRE(r2.kind == Kind::kExited);
+  CHECK(second.out() == "tmp\ndrwx------\n");
+  CHECK(fs::exists("/bin/sh"));  // the planted link was removed, not followed
 }
 
 TEST_CASE("a task over its memory limit is reported oom_killed", "[process][memory]") {
@@ -336,7 +366,7 @@ TEST_CASE("a task that fills its disk limit is stopped as over_limit", "[process
     CHECK(r.kind == Kind::kOverLimit);
     CHECK(r.error_code == "over_limit");
   }
-  CHECK(fs::is_empty(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
 TEST_CASE("a fork bomb is held to the pids limit and cleaned up", "[process][pids]") {
@@ -540,7 +570,7 @@ TEST_CASE("many tasks run at once each see only their own output", "[process][co
     CHECK(outs[static_cast<size_t>(i)] == "task-" + s + "-1\ntask-" + s + "-2\ntask-" + s + "-3\n");
     CHECK(codes[static_cast<size_t>(i)] == i);
   }
-  CHECK(fs::is_empty(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
 TEST_CASE("without cgroups a task still runs, times out and is cleaned up",
@@ -572,7 +602,7 @@ TEST_CASE("without cgroups a task still runs, times out and is cleaned up",
   RunResult slow_r = iso.Run(slow, slow_rec, {});
   CHECK(slow_r.kind == Kind::kTimedOut);
   CHECK(ProcessesWith("987657").empty());
-  CHECK(fs::is_empty(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
 // Keep last: the whole suite leaves no process, zombie, cgroup or mount behind.

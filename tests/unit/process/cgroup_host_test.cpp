@@ -31,24 +31,28 @@ TEST_CASE("a hybrid v1 host gets v1 limits and the unified hierarchy's kill", "[
   CHECK_FALSE(hs[*host.memory()].v2);
   REQUIRE(host.cpu().has_value());
   CHECK(hs[*host.cpu()].parent == "/sys/fs/cgroup/cpu/runner");
-  REQUIRE(host.cpuacct().has_value());
-  CHECK(hs[*host.cpuacct()].parent == "/sys/fs/cgroup/cpuacct/runner");
   REQUIRE(host.pids().has_value());
   CHECK(hs[*host.pids()].parent == "/sys/fs/cgroup/pids/runner");
-  REQUIRE(host.freezer().has_value());
   REQUIRE(host.v2().has_value());
   CHECK(hs[*host.v2()].parent == "/sys/fs/cgroup/unified/runner");
   CHECK(hs[*host.v2()].v2);
-  // cpuset and the named systemd hierarchy serve no role: tasks skip them.
-  CHECK(hs.size() == 6);
+  // CPU seconds from the v2 cpu.stat (entered at clone time, free), and
+  // cgroup.kill there makes the v1 freezer unnecessary.
+  CHECK(host.cpuacct() == host.v2());
+  CHECK_FALSE(host.freezer().has_value());
+  // cpuacct, freezer, cpuset and the named systemd hierarchy serve no role:
+  // tasks skip them.
+  CHECK(hs.size() == 4);
   CHECK_THAT(host.Describe(), Catch::Contains("kill=v2:/sys/fs/cgroup/unified/runner"));
 }
 
 TEST_CASE("co-mounted cpu,cpuacct is one hierarchy serving both roles", "[process][cgroup]") {
   const char* mountinfo =
       "25 24 0:22 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
-      "26 24 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
-  const char* self = "3:cpu,cpuacct:/system.slice/runner.service\n2:memory:/system.slice\n";
+      "26 24 0:23 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+      "27 24 0:24 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n";
+  const char* self =
+      "3:cpu,cpuacct:/system.slice/runner.service\n2:memory:/system.slice\n1:freezer:/\n";
   CgroupHost host = CgroupHost::FromProcFiles(mountinfo, self, "tasks", false);
   REQUIRE(host.cpu().has_value());
   CHECK(host.cpu() == host.cpuacct());
@@ -58,7 +62,8 @@ TEST_CASE("co-mounted cpu,cpuacct is one hierarchy serving both roles", "[proces
   CHECK_FALSE(host.pids().has_value());
   CHECK_FALSE(host.v2().has_value());
   CHECK_THAT(host.Describe(), Catch::Contains("pids=none"));
-  CHECK_THAT(host.Describe(), Catch::Contains("kill=procs"));
+  REQUIRE(host.freezer().has_value());  // no v2: the freezer makes kill-all reliable
+  CHECK_THAT(host.Describe(), Catch::Contains("kill=v1:/sys/fs/cgroup/freezer/tasks"));
 }
 
 TEST_CASE("a pure v2 host is found from the unified mount and our own path", "[process][cgroup]") {
