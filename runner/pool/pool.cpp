@@ -82,6 +82,9 @@ Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
       picker_(std::move(picker)),
       options_(std::move(options)),
       metrics_(std::make_unique<Metrics>(metrics)) {
+  // spdlog's registry is a lazily built static inside the (uninstrumented)
+  // shared library: build it on this thread before any pool thread logs.
+  (void)spdlog::default_logger_raw();
   int initial = options_.workers;
   if (initial <= 0) initial = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   target_ = std::clamp(initial, 1, std::max(1, options_.max_workers));

@@ -30,7 +30,9 @@ Monitor::Monitor(std::unique_ptr<ResourceSource> source, MonitorOptions options,
                                   "Used bytes of the fullest watched filesystem")),
       disk_total_(metrics.GetGauge("runner_host_disk_total_bytes",
                                    "Size of the fullest watched filesystem")),
-      source_(std::move(source)) {}
+      source_(std::move(source)) {
+  (void)spdlog::default_logger_raw();  // build spdlog's registry before our thread logs
+}
 
 Monitor::~Monitor() { Stop(); }
 
