@@ -300,12 +300,17 @@ void Node::Control(std::function<void()> op) {
 }
 
 void Node::OnNotify(std::string_view channel, std::string_view payload) {
-  (void)payload;
   if (channel == queue::kCancelChannel) {
     pool_->WakeCancel();
-  } else {
-    pool_->Wake();
+    return;
   }
+  // The payload names the queue of the new tasks; an empty one means "you may
+  // have missed some: poll". A node serving some queues ignores the others.
+  if (!payload.empty() && !config_.queues.empty() &&
+      std::find(config_.queues.begin(), config_.queues.end(), payload) == config_.queues.end()) {
+    return;
+  }
+  pool_->Wake();
 }
 
 void Node::OnSample(const ResourceSample& sample) {
