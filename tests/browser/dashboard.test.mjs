@@ -10,9 +10,26 @@ import path from 'node:path';
 import { artifacts, launchBrowser, newPage, startRunner, waitFor, sleep } from './harness.mjs';
 
 let browser;
+const tempDirs = [];
+
+// A YAML config with the given pressure thresholds (runner/config_loader.cpp
+// keys; YAML only). A high mark of 100 disables that check.
+function pressureConfig(p) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'runner-browser-cfg-'));
+  tempDirs.push(dir);
+  const file = path.join(dir, 'runner.yaml');
+  fs.writeFileSync(file, ['pressure:', ...Object.entries(p).map(([k, v]) => `  ${k}: ${v}`), ''].join('\n'));
+  return file;
+}
+// The suite shares 2 busy cores with builds: never let host load throttle the
+// runners that must run tasks.
+const NO_PRESSURE = { cpuHigh: 100, cpuLow: 99, memoryHigh: 100, memoryLow: 99, diskHigh: 100, diskLow: 99 };
 
 before(async () => { browser = await launchBrowser(); });
-after(async () => { if (browser) await browser.close(); });
+after(async () => {
+  if (browser) await browser.close();
+  for (const d of tempDirs) fs.rmSync(d, { recursive: true, force: true });
+});
 
 // Opens the dashboard and waits until it is live (status shown, events open).
 async function openDashboard(runner, opts) {
@@ -41,7 +58,7 @@ describe('dashboard against a runner', () => {
   let tab;
 
   before(async () => {
-    runner = await startRunner('main');
+    runner = await startRunner('main', { args: ['--config', pressureConfig(NO_PRESSURE)] });
     tab = await openDashboard(runner);
   });
   after(async () => {
@@ -194,7 +211,7 @@ describe('dashboard against a runner', () => {
     await runner.stop({ dropDb: false, removeDir: false });
     await page.waitForSelector('#conn-status[data-state="disconnected"]', { timeout: 20000 });
     assert.match(await page.textContent('#conn-status'), /disconnected/);
-    runner = await startRunner('main-restarted', { port, database: db, dataDir });
+    runner = await startRunner('main-restarted', { port, database: db, dataDir, args: ['--config', pressureConfig(NO_PRESSURE)] });
     await page.waitForSelector('#conn-status[data-state="connected"]', { timeout: 40000 });
     // live again: a new task shows up without a reload
     const r = await runner.api('/api/v1/tasks', { method: 'POST', body: { command: ['echo', 'after-restart'] } });
@@ -204,22 +221,12 @@ describe('dashboard against a runner', () => {
 
 describe('dashboard with backpressure on', () => {
   let runner;
-  let configDir;
-  after(async () => {
-    if (runner) await runner.stop();
-    if (configDir) fs.rmSync(configDir, { recursive: true, force: true });
-  });
+  after(async () => { if (runner) await runner.stop(); });
 
   it('shows the throttled state and its reason', async () => {
-    // Thresholds at zero: any host is "over" them, so the pool is throttled at once.
-    configDir = fs.mkdtempSync(path.join(os.tmpdir(), 'runner-browser-cfg-'));
-    const config = path.join(configDir, 'runner.yaml');
-    fs.writeFileSync(config, [
-      'pressure:',
-      '  cpu_high: 0', '  cpu_low: 0',
-      '  memory_high: 0', '  memory_low: 0',
-      '  disk_high: 0', '  disk_low: 0', '',
-    ].join('\n'));
+    // Thresholds at 1-2 %: any host is over them (memory at least), so the
+    // pool is throttled at once.
+    const config = pressureConfig({ cpuHigh: 2, cpuLow: 1, memoryHigh: 2, memoryLow: 1, diskHigh: 2, diskLow: 1 });
     runner = await startRunner('throttled', { args: ['--config', config], ready: '/healthz', mockArgs: ['--throttled'] });
     const { page, errors } = await openDashboard(runner);
     try {
@@ -242,7 +249,7 @@ describe('dashboard with an API token', () => {
   after(async () => { if (runner) await runner.stop(); });
 
   it('asks for the token once, then works and keeps it for the tab', async () => {
-    runner = await startRunner('token', { args: ['--api-token', token], mockArgs: ['--token', token] });
+    runner = await startRunner('token', { args: ['--api-token', token, '--config', pressureConfig(NO_PRESSURE)], mockArgs: ['--token', token] });
     assert.equal((await runner.api('/api/v1/status')).status, 401);
     const { page } = await newPage(browser);
     try {
