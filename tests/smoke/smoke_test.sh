@@ -109,7 +109,8 @@ echo "$logs" | grep -q "$marker" || fail "the task's logs lack its output: $logs
 log "task $id succeeded with isolation $used, output seen"
 
 # The dashboard is served.
-curl -sf --max-time 5 "$BASE/" | grep -qi "<html" || fail "no dashboard at $BASE/"
+page=$(curl -sf --max-time 5 "$BASE/") || fail "no dashboard at $BASE/"
+echo "$page" | grep -qi "<html" || fail "$BASE/ is not the dashboard page"
 
 log "SIGTERM"
 kill -TERM "$PID"
