@@ -45,7 +45,11 @@ export class LiveChart {
     const x1 = W - PAD.r;
     const y0 = H - PAD.b;
     const y1 = PAD.t;
-    const xOf = (t) => x1 - ((now - t) / (WINDOW_SECONDS * 1000)) * (x1 - x0);
+    // The window grows with the history (1 minute at least, WINDOW_SECONDS at
+    // most), so a freshly opened page does not show a thin sliver at the edge.
+    const first = this.points.length ? this.points[0].t : now;
+    const span = Math.min(WINDOW_SECONDS, Math.max(60, Math.ceil((now - first) / 60000) * 60));
+    const xOf = (t) => x1 - ((now - t) / (span * 1000)) * (x1 - x0);
 
     // grid: 0/50/100 % and minute marks
     for (const pct of [0, 50, 100]) {
@@ -55,11 +59,13 @@ export class LiveChart {
       label.textContent = `${pct}%`;
       svg.appendChild(label);
     }
-    for (let m = 0; m <= WINDOW_SECONDS / 60; m++) {
-      const x = x1 - (m * 60 / WINDOW_SECONDS) * (x1 - x0);
+    const step = span <= 60 ? 15 : span <= 120 ? 30 : 60;
+    for (let sec = 0; sec <= span; sec += step) {
+      const x = x1 - (sec / span) * (x1 - x0);
       svg.appendChild(el('line', { x1: x, x2: x, y1: y0, y2: y0 + 4, class: 'grid' }));
-      const label = el('text', { x, y: H - 4, class: 'axis', 'text-anchor': 'middle' });
-      label.textContent = m === 0 ? 'now' : `-${m}m`;
+      const anchor = sec === 0 ? 'end' : sec === span ? 'start' : 'middle';
+      const label = el('text', { x, y: H - 4, class: 'axis', 'text-anchor': anchor });
+      label.textContent = sec === 0 ? 'now' : sec % 60 === 0 ? `-${sec / 60}m` : `-${sec}s`;
       svg.appendChild(label);
     }
 

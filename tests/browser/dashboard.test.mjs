@@ -204,6 +204,38 @@ describe('dashboard against a runner', () => {
     assert.ok(fs.statSync(path.join(artifacts, 'dashboard.png')).size > 10000);
   });
 
+  it('filters the task table by state and queue and pages through it', async () => {
+    const { page } = tab;
+    // delayed tasks stay queued: a stable set to page through
+    const ids = [];
+    for (let i = 0; i < 23; i++) {
+      const r = await runner.api('/api/v1/tasks', { method: 'POST', body: { command: ['true'], queue: 'paging', delay: 3600 } });
+      assert.equal(r.status, 201, r.text);
+      ids.push(r.json.id);
+    }
+    await page.fill('#filter-queue', 'paging');
+    await page.selectOption('#filter-state', 'queued');
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('#task-table tbody tr')];
+      return rows.length === 20 && rows.every((r) => r.dataset.state === 'queued');
+    });
+    const seen = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
+    assert.equal(await page.isEnabled('#tasks-next'), true);
+    await page.click('#tasks-next');
+    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 3);
+    const rest = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
+    assert.deepEqual([...seen, ...rest].sort(), [...ids].sort());
+    assert.equal(await page.isEnabled('#tasks-next'), false);
+    await page.click('#tasks-prev');
+    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 20);
+    // another state: none of them
+    await page.selectOption('#filter-state', 'succeeded');
+    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 0);
+    assert.equal(await page.isVisible('#task-empty'), true);
+    await page.fill('#filter-queue', '');
+    await page.selectOption('#filter-state', '');
+  });
+
   it('shows "disconnected" while the server is down and reconnects after it restarts', async () => {
     const { page } = tab;
     await waitLive(page);
