@@ -192,7 +192,8 @@ int main(int argc, char** argv) {
     double overhead = (iso_med - raw_med) / raw_med * 100;
     std::printf(
         "concurrency %d: raw median %.1f ms (p90 %.1f, %.2f tasks/s) | isolator median %.1f ms "
-        "(p90 %.1f, %.2f tasks/s) | overhead %+.1f%% | failures raw %d isolator %d\n",
+        "(p90 %.1f, %.2f tasks/s) | overhead %+.1f%% (paired rounds %+.1f%%) | failures raw %d "
+        "isolator %d\n",
         concurrency, raw_med, Percentile(raw_lat, 0.9), Median(raw_tput), iso_med,
         Percentile(iso_lat, 0.9), Median(iso_tput), overhead, paired, raw_fail, iso_fail);
     results.push_back(json::object{
@@ -227,8 +228,8 @@ int main(int argc, char** argv) {
        "create (same config as the isolator), wait?condition=next-exit, start, "
        "wait, remove"},
       {"isolator_extra",
-       "image inspect, logs follow stream, stats sampler thread, final "
-       "inspect, RAII remove"},
+       "logs follow stream (one more connection), stats sampler thread, image inspect cached "
+       "for 60 s, inspect only after a nonzero exit, RAII remove"},
       {"hardware_threads", std::thread::hardware_concurrency()},
       {"note", "the host is shared with other builds; see load_average_1m_after"},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
