@@ -71,9 +71,12 @@ int main(int argc, char** argv) {
   submit->add_option("--priority", submit_args.priority, "higher runs first");
   submit->add_option("--queue", submit_args.queue, "queue name (default: default)");
   submit->add_option("--max-attempts", submit_args.max_attempts, "attempts before it fails");
-  submit->add_option("--env,-e", submit_args.env, "KEY=VALUE (repeatable)");
-  submit->add_option("--label,-l", submit_args.labels, "KEY=VALUE (repeatable)");
-  submit->add_option("--depends-on", submit_args.depends_on, "task id (repeatable)");
+  submit->add_option("--env,-e", submit_args.env, "KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  submit->add_option("--label,-l", submit_args.labels, "KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  submit->add_option("--depends-on", submit_args.depends_on, "task id (repeatable)")
+      ->allow_extra_args(false);
   submit->add_option("--idempotency-key", submit_args.idempotency_key,
                      "same key -> the same task, never a second one");
   submit->add_flag("--wait,-w", submit_args.wait, "wait and exit with the task's exit code");

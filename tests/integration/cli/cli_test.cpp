@@ -1,0 +1,143 @@
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "tests/integration/api/api_fixture.h"
+
+using namespace std::chrono_literals;
+using runner::testing::ApiFixture;
+using runner::testing::WaitFor;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs the built `runner` binary with args (a shell fragment) against `server`.
+Run Runner(const std::string& server, const std::string& args, const std::string& token = "") {
+  runner::testing::TempDir dir;
+  auto out = dir.path() / "out";
+  auto err = dir.path() / "err";
+  std::string cmd = "RUNNER_SERVER=" + server + " RUNNER_API_TOKEN='" + token + "' timeout 60 " +
+                    runner::testing::RunnerBinary() + " " + args + " >" + out.string() + " 2>" +
+                    err.string();
+  int rc = std::system(cmd.c_str());
+  Run r;
+  r.code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  std::stringstream o, e;
+  o << std::ifstream(out).rdbuf();
+  e << std::ifstream(err).rdbuf();
+  r.out = o.str();
+  r.err = e.str();
+  return r;
+}
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("submit --wait exits with the task's exit code", "[cli]") {
+  ApiFixture f;
+  auto r = Runner(f.base(), "submit --wait -- sh -c 'exit 3'");
+  INFO(r.err);
+  CHECK(r.code == 3);
+  CHECK(Trim(r.out).size() == 26);  // the task id
+  auto ok = Runner(f.base(), "submit --wait -- true");
+  CHECK(ok.code == 0);
+}
+
+TEST_CASE("submit prints the id and logs -f follows the output to the end", "[cli]") {
+  ApiFixture f;
+  auto submitted = Runner(
+      f.base(), "submit --env GREETING=hello -- sh -c 'for i in 1 2; do echo $GREETING$i; sleep "
+                "0.2; done'");
+  REQUIRE(submitted.code == 0);
+  std::string id = Trim(submitted.out);
+  auto logs = Runner(f.base(), "logs -f " + id);
+  INFO(logs.err);
+  CHECK(logs.code == 0);
+  CHECK(logs.out == "hello1\nhello2\n");
+  auto plain = Runner(f.base(), "logs " + id);
+  CHECK(plain.out == "hello1\nhello2\n");
+}
+
+TEST_CASE("--json prints the API's JSON and tables are the default", "[cli]") {
+  ApiFixture f;
+  auto submitted = Runner(f.base(), "submit --json --queue cli --delay 3600 -- true");
+  REQUIRE(submitted.code == 0);
+  auto task = boost::json::parse(submitted.out);
+  CHECK(task.at("queue").as_string() == "cli");
+  auto list = Runner(f.base(), "list --json --queue cli");
+  REQUIRE(list.code == 0);
+  CHECK(boost::json::parse(list.out).at("tasks").as_array().size() == 1);
+  auto table = Runner(f.base(), "list --queue cli");
+  CHECK(table.out.rfind("ID", 0) == 0);
+  CHECK(table.out.find(std::string(task.at("id").as_string())) != std::string::npos);
+  auto status = Runner(f.base(), "status --json");
+  REQUIRE(status.code == 0);
+  CHECK(boost::json::parse(status.out).at("pool").at("target").as_int64() == 2);
+  CHECK(Runner(f.base(), "workers").out.find("NODE") != std::string::npos);
+  CHECK(Runner(f.base(), "scale 3").code == 0);
+  CHECK(Runner(f.base(), "cancel " + std::string(task.at("id").as_string())).out.find("cancelled") !=
+        std::string::npos);
+}
+
+TEST_CASE("a server error is printed as its message with a non-zero exit", "[cli]") {
+  ApiFixture f;
+  auto missing = Runner(f.base(), "cancel 01ARZ3NDEKTSV4RRFFQ69G5FAV");
+  CHECK(missing.code == 1);
+  CHECK(missing.err.find("no task with id 01ARZ3NDEKTSV4RRFFQ69G5FAV") != std::string::npos);
+  auto too_many = Runner(f.base(), "scale 999");
+  CHECK(too_many.code == 1);
+  CHECK(too_many.err.find("count") != std::string::npos);
+  auto down = Runner("http://127.0.0.1:1", "status");
+  CHECK(down.code == 1);
+  CHECK(down.err.find("cannot reach") != std::string::npos);
+}
+
+TEST_CASE("the token is sent from --token or RUNNER_API_TOKEN", "[cli][auth]") {
+  ApiFixture f("tok");
+  auto denied = Runner(f.base(), "status");
+  CHECK(denied.code == 1);
+  CHECK(denied.err.find("token") != std::string::npos);
+  CHECK(Runner(f.base(), "status", "tok").code == 0);
+  CHECK(Runner(f.base(), "status --token tok").code == 0);
+}
+
+TEST_CASE("every command has --help and bad usage exits 2", "[cli]") {
+  for (const char* cmd : {"serve", "submit", "status", "list", "workers", "scale", "stop", "start",
+                          "logs", "cancel", "migrate"}) {
+    auto r = Runner("http://127.0.0.1:1", std::string(cmd) + " --help");
+    INFO(cmd);
+    CHECK(r.code == 0);
+    CHECK(r.out.find("--help") != std::string::npos);
+  }
+  CHECK(Runner("http://127.0.0.1:1", "serve --workers many").code == 2);
+  CHECK(Runner("http://127.0.0.1:1", "serve --workers many").err.find("--workers") !=
+        std::string::npos);
+}
+
+TEST_CASE("serve refuses a public listen without a token", "[cli][auth]") {
+  runner::testing::TestDatabase db;
+  auto r = Runner("http://127.0.0.1:1", "serve --listen 0.0.0.0:0 --mode process --database-url '" +
+                                            db.url() + "'");
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--api-token") != std::string::npos);
+}
+
+TEST_CASE("migrate applies the schema and exits", "[cli]") {
+  runner::testing::TestDatabase db;
+  auto r = Runner("http://127.0.0.1:1", "migrate --database-url '" + db.url() + "'");
+  INFO(r.err);
+  CHECK(r.code == 0);
+}
