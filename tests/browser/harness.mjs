@@ -106,13 +106,18 @@ export async function startRunner(name, { args = [], env = {}, ready = '/readyz'
 
   const runner = {
     name, url, port: listenPort, db, dataDir: dir, child, logPath,
-    // SIGTERM, then SIGKILL after a grace period; keeps the database unless dropDb.
+    // SIGTERM (graceful drain); a second SIGTERM after 15 s stops at once,
+    // killing the tasks (and their containers); SIGKILL only as a last resort.
     async stop({ dropDb = true, removeDir = true } = {}) {
+      const waitExit = async (ms) => {
+        const deadline = Date.now() + ms;
+        while (!exited && Date.now() < deadline) await sleep(100);
+      };
       if (!exited) {
         child.kill('SIGTERM');
-        const deadline = Date.now() + 20000;
-        while (!exited && Date.now() < deadline) await sleep(100);
-        if (!exited) { child.kill('SIGKILL'); while (!exited) await sleep(50); }
+        await waitExit(15000);
+        if (!exited) { child.kill('SIGTERM'); await waitExit(15000); }
+        if (!exited) { child.kill('SIGKILL'); await waitExit(5000); }
       }
       if (dropDb) db.drop();
       if (removeDir) fs.rmSync(dir, { recursive: true, force: true });
