@@ -190,6 +190,13 @@ describe('dashboard against a runner', () => {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `page is ${overflow}px wider than a 390px phone`);
     await page.screenshot({ path: path.join(artifacts, 'dashboard-phone.png'), fullPage: true });
+    // the task page fits too, long command and output included
+    await page.click('#task-table tbody tr:last-child button.link');
+    await page.waitForFunction(() => document.querySelector('#task-logs').dataset.state === 'complete');
+    const panelOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(panelOverflow <= 0, `task page is ${panelOverflow}px wider than a 390px phone`);
+    await page.locator('#task-panel').screenshot({ path: path.join(artifacts, 'task-phone.png') });
+    await page.click('#task-close');
     // keyboard: the controls are reachable with Tab and show a focus ring
     await page.setViewportSize({ width: 1280, height: 900 });
     const reached = new Set();

@@ -118,6 +118,9 @@ export async function startRunner(name, { args = [], env = {}, ready = '/readyz'
         await waitExit(15000);
         if (!exited) { child.kill('SIGTERM'); await waitExit(15000); }
         if (!exited) { child.kill('SIGKILL'); await waitExit(5000); }
+        if (exited && exited.code !== 0) {
+          console.error(`runner ${name} exited ${JSON.stringify(exited)} on SIGTERM; see ${logPath}`);
+        }
       }
       if (dropDb) db.drop();
       if (removeDir) fs.rmSync(dir, { recursive: true, force: true });
