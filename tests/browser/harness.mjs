@@ -5,6 +5,7 @@
 import { spawn, execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -60,6 +61,34 @@ export function freePort() {
       s.close(() => resolve(port));
     });
   });
+}
+
+// One Docker Engine API call over the unix socket; resolves {status, body}.
+function docker(method, p) {
+  const socketPath = (process.env.RUNNER_TEST_DOCKER_HOST || 'unix:///var/run/docker.sock').replace(/^unix:\/\//, '');
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath, path: p, method, timeout: 10000 }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('error', () => resolve({ status: 0, body: '' }));
+    req.on('timeout', () => req.destroy());
+    req.end();
+  });
+}
+
+// Removes (and reports) task containers a stopped runner's node left behind.
+async function removeLeftovers(nodeId, name) {
+  if (!nodeId) return;
+  const filters = encodeURIComponent(JSON.stringify({ label: [`io.runner.node=${nodeId}`] }));
+  const r = await docker('GET', `/containers/json?all=1&filters=${filters}`);
+  let list = [];
+  try { list = JSON.parse(r.body); } catch { return; }
+  for (const c of list) {
+    console.error(`runner ${name} left container ${c.Id.slice(0, 12)} (${c.Names}); removing it`);
+    await docker('DELETE', `/containers/${c.Id}?force=1`);
+  }
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -122,6 +151,7 @@ export async function startRunner(name, { args = [], env = {}, ready = '/readyz'
           console.error(`runner ${name} exited ${JSON.stringify(exited)} on SIGTERM; see ${logPath}`);
         }
       }
+      await removeLeftovers(runner.nodeId, name);
       if (dropDb) db.drop();
       if (removeDir) fs.rmSync(dir, { recursive: true, force: true });
     },
@@ -147,6 +177,9 @@ export async function startRunner(name, { args = [], env = {}, ready = '/readyz'
     await runner.stop({ dropDb: !database, removeDir: !dataDir });
     throw new Error(`${e.message}\n--- runner log tail:\n${tail}`);
   }
+  const tokenAt = args.indexOf('--api-token');
+  const status = await runner.api('/api/v1/status', { token: tokenAt >= 0 ? args[tokenAt + 1] : undefined }).catch(() => null);
+  runner.nodeId = status && status.json ? status.json.node_id : null;
   return runner;
 }
 
