@@ -106,14 +106,50 @@ void EventHub::Publish(const std::vector<queue::Event>& events) {
 
 bool EventHub::SkipToEnd() {
   for (;;) {
-    auto page = store_.EventsAfter(cursor_, 1000);
+    auto page = store_.EventsAfter(low_, 1000);
     if (!page) {
       spdlog::warn("event hub: cannot read events code={} message={}", page.error().code,
                    page.error().message);
       return false;
     }
-    if (!page->empty()) cursor_ = page->back().id;
+    if (!page->empty()) low_ = page->back().id;
     if (page->size() < 1000) return true;
+  }
+}
+
+void EventHub::PollOnce() {
+  // Read from the lowest unsettled id, page by page; publish what is new.
+  int64_t cursor = low_;
+  for (;;) {
+    auto page = store_.EventsAfter(cursor, options_.batch);
+    if (!page) {
+      spdlog::warn("event hub: cannot read events code={} message={}", page.error().code,
+                   page.error().message);
+      return;
+    }
+    std::vector<queue::Event> fresh;
+    for (auto& e : *page) {
+      if (published_.insert(e.id).second) fresh.push_back(std::move(e));
+    }
+    if (!fresh.empty()) Publish(fresh);
+    if (page->size() < options_.batch) break;
+    cursor = page->back().id;
+  }
+  // Advance low_ over contiguous published ids; a hole blocks it until it
+  // fills or hole_wait passes.
+  auto now = std::chrono::steady_clock::now();
+  while (!published_.empty()) {
+    auto first = published_.begin();
+    if (*first == low_ + 1) {
+      low_ = *first;
+      published_.erase(first);
+      hole_since_.reset();
+      continue;
+    }
+    if (!hole_since_) hole_since_ = now;
+    if (now - *hole_since_ < options_.hole_wait) break;
+    low_ = *first - 1;  // give up on the hole(s) below the first published id
+    hole_since_.reset();
   }
 }
 
@@ -124,19 +160,7 @@ void EventHub::PollLoop(std::stop_token stop) {
     if (!at_end) {
       at_end = SkipToEnd();
     } else {
-      // Drain everything new before sleeping again, a page at a time.
-      for (;;) {
-        auto page = store_.EventsAfter(cursor_, options_.batch);
-        if (!page) {
-          spdlog::warn("event hub: cannot read events code={} message={}", page.error().code,
-                       page.error().message);
-          break;
-        }
-        if (page->empty()) break;
-        cursor_ = page->back().id;
-        Publish(*page);
-        if (page->size() < options_.batch || stop.stop_requested()) break;
-      }
+      PollOnce();
     }
     std::unique_lock lock(wait_mu);
     cv_.wait_for(lock, stop, options_.poll_interval, [] { return false; });

@@ -17,6 +17,8 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -30,6 +32,10 @@ struct EventHubOptions {
   std::size_t buffer_events = 1024;  // per subscriber
   std::size_t max_subscribers = 1024;
   std::size_t batch = 500;  // events per EventsAfter() call
+  // Event ids come from a sequence, so a transaction that took id N may commit
+  // after one that took N+1. The poller waits this long for such a hole to
+  // fill before giving up on it (a rolled-back insert leaves one for good).
+  std::chrono::milliseconds hole_wait{2000};
 };
 
 class EventSubscription {
@@ -80,6 +86,7 @@ class EventHub {
  private:
   void PollLoop(std::stop_token stop);
   bool SkipToEnd();
+  void PollOnce();
 
   queue::QueueStore& store_;
   const EventHubOptions options_;
@@ -87,7 +94,11 @@ class EventHub {
   std::condition_variable_any cv_;
   std::vector<std::shared_ptr<EventSubscription>> subscribers_;  // guarded by mu_
   bool stopped_ = false;                                         // guarded by mu_
-  int64_t cursor_ = 0;  // poller thread only
+  // Poller thread only: every id <= low_ is settled (published, or a hole we
+  // gave up on); published_ holds the ids above low_ already published.
+  int64_t low_ = 0;
+  std::set<int64_t> published_;
+  std::optional<std::chrono::steady_clock::time_point> hole_since_;
   std::jthread poller_;
 };
 

@@ -1,0 +1,141 @@
+#include <catch2/catch.hpp>
+
+#include <mutex>
+
+#include "api/event_hub.h"
+#include "tests/support/services.h"
+
+using namespace std::chrono_literals;
+using runner::Error;
+using runner::MakeError;
+using runner::Result;
+using runner::api::EventHub;
+using runner::api::EventSubscription;
+namespace q = runner::queue;
+
+namespace {
+
+// Only the events table is real here; everything else is unused by the hub.
+class EventsOnlyStore : public q::QueueStore {
+ public:
+  void Add(int64_t id) {
+    std::lock_guard lock(mu_);
+    q::Event e;
+    e.id = id;
+    e.kind = "task.queued";
+    events_.push_back(e);
+    std::sort(events_.begin(), events_.end(),
+              [](const q::Event& a, const q::Event& b) { return a.id < b.id; });
+  }
+  Result<std::vector<q::Event>> EventsAfter(int64_t after, std::size_t limit) override {
+    std::lock_guard lock(mu_);
+    std::vector<q::Event> out;
+    for (const auto& e : events_) {
+      if (e.id > after && out.size() < limit) out.push_back(e);
+    }
+    return out;
+  }
+
+  static Error Unused() { return MakeError("internal", "unused in this test"); }
+  Result<q::SubmitOutcome> Submit(const q::NewTask&) override { return Unused(); }
+  Result<q::Task> Get(std::string_view) override { return Unused(); }
+  Result<q::TaskPage> List(const q::TaskFilter&) override { return Unused(); }
+  Result<q::Task> Cancel(std::string_view) override { return Unused(); }
+  Result<q::StateCounts> Counts() override { return Unused(); }
+  Result<q::LogPage> Logs(std::string_view, q::LogStream, int64_t, std::size_t) override {
+    return Unused();
+  }
+  Result<std::vector<q::Task>> Claim(const q::ClaimRequest&) override { return Unused(); }
+  Result<q::HeartbeatOutcome> Heartbeat(const q::HeartbeatRequest&) override { return Unused(); }
+  Result<std::vector<std::string>> CancelRequested(std::span<const std::string>) override {
+    return Unused();
+  }
+  runner::Status AppendLogs(std::string_view, std::span<const q::LogChunk>) override {
+    return Unused();
+  }
+  Result<q::FinishOutcome> Finish(std::string_view, std::string_view,
+                                  const q::FinishReport&) override {
+    return Unused();
+  }
+  runner::Status Release(std::string_view, std::string_view) override { return Unused(); }
+  runner::Status RegisterNode(const q::NodeInfo&) override { return Unused(); }
+  runner::Status DeregisterNode(std::string_view) override { return Unused(); }
+  runner::Status RegisterWorker(const q::WorkerInfo&) override { return Unused(); }
+  runner::Status RemoveWorker(std::string_view) override { return Unused(); }
+  Result<std::vector<q::WorkerInfo>> ListWorkers() override { return Unused(); }
+  Result<std::vector<q::NodeInfo>> ListNodes() override { return Unused(); }
+  Result<std::vector<std::string>> DeadNodeIds(std::chrono::milliseconds) override {
+    return Unused();
+  }
+  runner::Status Emit(const q::NewEvent&) override { return Unused(); }
+  Result<q::ReapReport> Reap(const q::ReapPolicy&) override { return Unused(); }
+  runner::Status Ping() override { return {}; }
+
+ private:
+  std::mutex mu_;
+  std::vector<q::Event> events_;
+};
+
+std::vector<int64_t> Drain(EventSubscription& sub, std::size_t want) {
+  std::vector<int64_t> ids;
+  runner::testing::WaitFor(
+      [&] {
+        std::vector<q::Event> batch;
+        sub.Next(batch, 20ms);
+        for (const auto& e : batch) ids.push_back(e.id);
+        return ids.size() >= want;
+      },
+      5s, 1ms);
+  return ids;
+}
+
+}  // namespace
+
+TEST_CASE("an event committed late (a hole in the ids) still reaches subscribers once",
+          "[api][sse]") {
+  EventsOnlyStore store;
+  store.Add(1);  // history before the hub starts is not replayed to live subscribers
+  runner::api::EventHubOptions options;
+  options.poll_interval = 10ms;
+  options.hole_wait = 5s;
+  EventHub hub(store, options);
+  hub.Start();
+  auto sub = hub.Subscribe();
+  REQUIRE(sub.ok());
+  std::this_thread::sleep_for(50ms);
+  store.Add(2);
+  store.Add(4);  // 3 is still in flight in another transaction
+  CHECK(Drain(**sub, 2) == std::vector<int64_t>{2, 4});
+  store.Add(3);
+  store.Add(5);
+  auto later = Drain(**sub, 2);
+  std::sort(later.begin(), later.end());
+  CHECK(later == std::vector<int64_t>{3, 5});
+  std::vector<q::Event> extra;
+  CHECK((*sub)->Next(extra, 100ms) == EventSubscription::Wake::kTimeout);
+  hub.Stop();
+  CHECK((*sub)->Next(extra, 1s) == EventSubscription::Wake::kClosed);
+}
+
+TEST_CASE("a slow subscriber is dropped while a fast one keeps receiving", "[api][sse]") {
+  EventsOnlyStore store;
+  runner::api::EventHubOptions options;
+  options.buffer_events = 4;
+  options.max_subscribers = 2;
+  EventHub hub(store, options);
+  auto slow = hub.Subscribe();
+  auto fast = hub.Subscribe();
+  REQUIRE(slow.ok());
+  REQUIRE(fast.ok());
+  CHECK_FALSE(hub.Subscribe().ok());  // bounded number of subscribers
+  for (int64_t i = 1; i <= 12; ++i) {
+    hub.Publish({[&] {
+      q::Event e;
+      e.id = i;
+      return e;
+    }()});
+    if (i % 3 == 0) CHECK(Drain(**fast, 3).size() == 3);
+  }
+  std::vector<q::Event> got;
+  CHECK((*slow)->Next(got, 0ms) == EventSubscription::Wake::kOverflow);
+}
