@@ -116,7 +116,7 @@ CREATE TABLE nodes (
   started_at   timestamptz NOT NULL DEFAULT now(),
   heartbeat_at timestamptz NOT NULL DEFAULT now(),
   dead_at      timestamptz
-);
+) WITH (fillfactor = 50);
 
 CREATE TABLE workers (
   id           text PRIMARY KEY,
@@ -125,7 +125,7 @@ CREATE TABLE workers (
   current_task text,
   started_at   timestamptz NOT NULL DEFAULT now(),
   heartbeat_at timestamptz NOT NULL DEFAULT now()
-);
+) WITH (fillfactor = 50);  -- rewritten every heartbeat: keep the updates HOT
 CREATE INDEX workers_node_idx ON workers (node_id);
 
 CREATE TABLE events (

@@ -87,7 +87,12 @@ class PostgresStore::Pool {
               "; SET idle_in_transaction_session_timeout = 60000"
               "; SET application_name = 'runner-queue'");
     }
-    for (const auto& s : sql::kPrepared) conn->prepare(s.name, std::string(s.text));
+    // Prepared at connect, not lazily on first use: a bad statement shows up
+    // here rather than in the middle of a claim.
+    for (const auto& s : sql::kPrepared) {
+      conn->prepare(s.name, std::string(s.text));
+      conn->prepare_now(s.name);
+    }
     return conn;
   }
 
