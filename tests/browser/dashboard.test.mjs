@@ -321,4 +321,22 @@ describe('dashboard with an API token', () => {
       await page.close();
     }
   });
+
+  it('says so when the token is wrong and asks again', async () => {
+    const { page } = await newPage(browser);  // a new tab: nothing stored
+    try {
+      await page.goto(runner.url + '/');
+      await page.waitForSelector('#token-dialog[open]');
+      await page.fill('#token-input', 'not-the-token');
+      await page.click('#token-submit');
+      await page.waitForFunction(() => document.querySelector('#token-dialog').open &&
+        /not accepted/.test(document.querySelector('#token-error').textContent));
+      await page.fill('#token-input', token);
+      await page.click('#token-submit');
+      await waitLive(page);
+      assert.equal(await page.textContent('#pool-state'), 'running');
+    } finally {
+      await page.close();
+    }
+  });
 });
