@@ -258,7 +258,8 @@ TEST_CASE("two nodes on one database share the work and never run a task twice a
   REQUIRE(a->Start().ok());
   REQUIRE(b->Start().ok());
   REQUIRE(WaitFor([&] { return a->store().ListNodes()->size() == 2; }, 10s));
-  CHECK(a->store().ListWorkers()->size() == 8);
+  // Workers register from their own threads, just after the node.
+  CHECK(WaitFor([&] { return a->store().ListWorkers()->size() == 8; }, 10s));
   std::vector<runner::queue::NewTask> batch(400, Command({"true"}));
   REQUIRE(a->postgres().SubmitBatch(batch).ok());
   REQUIRE(WaitFor([&] {
