@@ -11,6 +11,7 @@
 // runner-task:latest. Writes JSON (--out).
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -187,6 +188,62 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   return r;
 }
 
+int64_t RssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+double CpuSeconds() {
+  struct rusage ru {};
+  ::getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+// What `workers` idle workers cost: CPU share and RSS growth over `seconds`.
+json::object IdleCost(int workers, int seconds) {
+  ScratchDb db;
+  std::filesystem::path data =
+      std::filesystem::temp_directory_path() / ("runner-pool-idle-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(data);
+  runner::Config config;
+  config.data_dir = data.string();
+  config.workers = workers;
+  config.max_workers = workers;
+  config.mode = runner::isolation::IsolationMode::kProcess;
+  config.pressure.cpu_high = 100;
+  config.pressure.memory_high = 100;
+  config.pressure.disk_high = 100;
+  runner::metrics::Registry registry;
+  const int64_t rss_before = RssBytes();
+  auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
+  if (!node) throw std::runtime_error("node: " + node.error().message);
+  if (auto st = (*node)->Start(); !st) throw std::runtime_error("start: " + st.error().message);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // let start-up settle
+  const double cpu0 = CpuSeconds();
+  const auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(seconds));
+  const double cpu = CpuSeconds() - cpu0;
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  const int64_t rss = RssBytes() - rss_before;
+  (*node)->Shutdown(runner::StopOptions{false, std::chrono::seconds(10)});
+  node->reset();
+  std::error_code ec;
+  std::filesystem::remove_all(data, ec);
+  json::object r;
+  r["workers"] = workers;
+  r["seconds"] = wall;
+  r["cpu_percent_of_one_core"] = 100.0 * cpu / wall;
+  r["rss_growth_bytes"] = rss;
+  std::cerr << "idle workers=" << workers << " cpu=" << 100.0 * cpu / wall
+            << "% of a core, rss growth=" << rss / (1024 * 1024) << " MiB\n";
+  return r;
+}
+
 std::vector<std::string> Split(const std::string& s) {
   std::vector<std::string> out;
   std::stringstream in(s);
@@ -225,6 +282,12 @@ int main(int argc, char** argv) {
       }
     }
   }
+  json::object idle;
+  try {
+    idle = IdleCost(100, 10);
+  } catch (const std::exception& e) {
+    idle["error"] = e.what();
+  }
   const double floor = ForkExecRate(500);
   std::cerr << "bare fork/exec/wait of /bin/true (serial): " << floor << "/s\n";
   json::object doc;
@@ -232,6 +295,7 @@ int main(int argc, char** argv) {
   doc["host_cpus"] = static_cast<int64_t>(std::thread::hardware_concurrency());
   doc["fork_exec_wait_true_per_second_serial"] = floor;
   doc["runs"] = runs;
+  doc["idle_100_workers"] = idle;
   std::ofstream(out) << json::serialize(doc) << "\n";
   std::cerr << "wrote " << out << "\n";
   return 0;
