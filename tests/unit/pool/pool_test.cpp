@@ -219,7 +219,7 @@ TEST_CASE("a stopped pool starts again and runs new work", "[pool][stop]") {
   std::string id = h.store.AddTask({"ok"});
   REQUIRE(h.pool->Start().ok());
   REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
-  CHECK(h.store.RegisteredWorkers().size() == 2);
+  CHECK(WaitFor([&] { return h.store.RegisteredWorkers().size() == 2; }, 5s));
   h.pool->Stop(false);
 }
 
