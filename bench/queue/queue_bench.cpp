@@ -36,6 +36,7 @@ struct RunStats {
   int tasks = 0;
   double seconds = 0;
   std::vector<double> claim_ms;
+  std::vector<double> finish_ms;
 };
 
 double Percentile(std::vector<double> v, double p) {
@@ -66,8 +67,9 @@ void Fill(PostgresStore& store, int tasks) {
 
 // Each claimer is one worker: claim one task, finish it, repeat until empty.
 RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
-  RunStats s{"runner", claimers, tasks, 0, {}};
+  RunStats s{"runner", claimers, tasks, 0, {}, {}};
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
+  std::vector<std::vector<double>> fin(static_cast<std::size_t>(claimers));
   std::atomic<int> finished{0};
   auto start = Steady::now();
   std::vector<std::thread> threads;
@@ -87,7 +89,10 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
             std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
         if (!r.ok()) throw std::runtime_error(r.error().message);
         if (r->empty()) break;
+        auto t1 = Steady::now();
         auto f = store.Finish(r->front().id, req.worker_ids[0], rep);
+        fin[static_cast<std::size_t>(i)].push_back(
+            std::chrono::duration<double, std::milli>(Steady::now() - t1).count());
         if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
         ++finished;
       }
@@ -96,14 +101,16 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
   for (auto& t : threads) t.join();
   s.seconds = std::chrono::duration<double>(Steady::now() - start).count();
   for (auto& l : lat) s.claim_ms.insert(s.claim_ms.end(), l.begin(), l.end());
+  for (auto& l : fin) s.finish_ms.insert(s.finish_ms.end(), l.begin(), l.end());
   if (finished != tasks) throw std::runtime_error("runner path lost tasks");
   return s;
 }
 
 // The same statements, straight through libpqxx: no pool, no row mapping.
 RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
-  RunStats s{"raw_sql", claimers, tasks, 0, {}};
+  RunStats s{"raw_sql", claimers, tasks, 0, {}, {}};
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
+  std::vector<std::vector<double>> fin(static_cast<std::size_t>(claimers));
   std::atomic<int> finished{0};
   std::vector<std::unique_ptr<pqxx::connection>> conns;
   for (int i = 0; i < claimers; ++i) {
@@ -131,11 +138,14 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
             std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
         if (r.empty()) break;
         std::string id = r[0][0].as<std::string>();
+        auto t1 = Steady::now();
         pqxx::nontransaction tx(c);
         auto f = tx.exec_prepared(sql::kFinish.name, id, worker, "succeeded", "0", nullptr,
                                   R"({"cpu_seconds":0,"peak_memory":0,"duration":0})", "process",
                                   true, 3600.0);
         if (f.empty()) throw std::runtime_error("raw lease lost");
+        fin[static_cast<std::size_t>(i)].push_back(
+            std::chrono::duration<double, std::milli>(Steady::now() - t1).count());
         ++finished;
       }
     });
@@ -143,6 +153,7 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
   for (auto& t : threads) t.join();
   s.seconds = std::chrono::duration<double>(Steady::now() - start).count();
   for (auto& l : lat) s.claim_ms.insert(s.claim_ms.end(), l.begin(), l.end());
+  for (auto& l : fin) s.finish_ms.insert(s.finish_ms.end(), l.begin(), l.end());
   if (finished != tasks) throw std::runtime_error("raw path lost tasks");
   return s;
 }
@@ -154,7 +165,9 @@ json::object ToJson(const RunStats& s) {
                       {"seconds", s.seconds},
                       {"tasks_per_second", s.tasks / s.seconds},
                       {"claim_p50_ms", Percentile(s.claim_ms, 0.50)},
-                      {"claim_p99_ms", Percentile(s.claim_ms, 0.99)}};
+                      {"claim_p99_ms", Percentile(s.claim_ms, 0.99)},
+                      {"finish_p50_ms", Percentile(s.finish_ms, 0.50)},
+                      {"finish_p99_ms", Percentile(s.finish_ms, 0.99)}};
 }
 
 std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
@@ -214,10 +227,11 @@ int main(int argc, char** argv) {
       results.push_back(ToJson(r));
       results.push_back(ToJson(s));
       std::printf(
-          "claimers=%2d raw_sql: %7.0f tasks/s claim p50 %.2f ms p99 %.2f ms | runner: %7.0f "
-          "tasks/s claim p50 %.2f ms p99 %.2f ms (%.0f%% of raw)\n",
+          "claimers=%2d raw_sql: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms finish p50 %.2f ms | "
+          "runner: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms finish p50 %.2f ms (%.0f%% of raw)\n",
           claimers, r.tasks / r.seconds, Percentile(r.claim_ms, 0.5), Percentile(r.claim_ms, 0.99),
-          s.tasks / s.seconds, Percentile(s.claim_ms, 0.5), Percentile(s.claim_ms, 0.99),
+          Percentile(r.finish_ms, 0.5), s.tasks / s.seconds, Percentile(s.claim_ms, 0.5),
+          Percentile(s.claim_ms, 0.99), Percentile(s.finish_ms, 0.5),
           100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
     }
     // Lease renewal of 100 running tasks in one statement.
