@@ -19,12 +19,13 @@ log() { echo "compose: $*" >&2; }
 fail() { log "FAIL: $*"; exit 1; }
 
 if command -v docker-compose >/dev/null; then
-  DC=(docker-compose -p "$PROJECT" -f "$ROOT/compose.yaml")
+  COMPOSE=(docker-compose)
 elif docker compose version >/dev/null 2>&1; then
-  DC=(docker compose -p "$PROJECT" -f "$ROOT/compose.yaml")
+  COMPOSE=(docker compose)
 else
   fail "neither docker-compose nor docker compose is installed (apt-get install docker-compose)"
 fi
+DC=("${COMPOSE[@]}" -p "$PROJECT" -f "$ROOT/compose.yaml" -f "$ROOT/tests/compose/compose.test.yaml")
 
 PORT=""
 for _ in $(seq 1 50); do
@@ -64,7 +65,8 @@ wait_ready() {
 runner_health() { docker inspect -f '{{.State.Health.Status}}' "$("${DC[@]}" ps -q runner)" 2>/dev/null || echo none; }
 
 "$ROOT/scripts/seed-base-image"
-"${DC[@]}" config -q || fail "compose.yaml is rejected by ${DC[*]}"
+"${COMPOSE[@]}" -f "$ROOT/compose.yaml" config -q || fail "compose.yaml is rejected by ${COMPOSE[*]}"
+"${DC[@]}" config -q || fail "the test override is rejected by ${COMPOSE[*]}"
 "${DC[@]}" down -v --remove-orphans >/dev/null 2>&1 || true
 
 log "build + up"
