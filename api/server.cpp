@@ -1,6 +1,7 @@
 #include "api/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/json.hpp>
@@ -124,6 +125,14 @@ const std::map<std::string, StaticFile, std::less<>>& StaticFiles() {
   return *files;
 }
 
+// cpp-httplib 0.11 listens with a backlog of 5: a burst of connections (a
+// few hundred dashboards reconnecting after a restart) then loses SYNs and
+// waits seconds for retransmits. Linux lets a second listen() raise it.
+class Http : public httplib::Server {
+ public:
+  void RaiseBacklog(int backlog) { ::listen(svr_sock_.load(), backlog); }
+};
+
 // Routes by who may call them.
 enum class Access {
   kPublic,        // health, readiness, metrics, the dashboard's files
@@ -167,7 +176,7 @@ Status ApiServer::Start() {
   if (options_.max_streams == 0 || options_.http_threads == 0) {
     return MakeError("validation_failed", "http_threads and max_streams must be at least 1");
   }
-  http_ = std::make_unique<httplib::Server>();
+  http_ = std::make_unique<Http>();
   const std::size_t core = options_.http_threads;
   const std::size_t max = options_.http_threads + options_.max_streams;
   http_->new_task_queue = [core, max] { return new ElasticTaskQueue(core, max, 4 * max); };
@@ -197,6 +206,7 @@ Status ApiServer::Start() {
     }
     port_ = addr->port;
   }
+  static_cast<Http*>(http_.get())->RaiseBacklog(1024);
   hub_->Start();
   listener_ = std::thread([this] { http_->listen_after_bind(); });
   spdlog::info("api: listening listen={}:{} auth={}", addr->host, port_,
