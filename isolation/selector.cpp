@@ -1,15 +1,16 @@
 #include "isolation/selector.h"
 
-#include <stdexcept>
-
 #include <spdlog/spdlog.h>
+
+#include <stdexcept>
 
 namespace runner::isolation {
 
 IsolationSelector::IsolationSelector(Isolator* docker, Isolator* process,
                                      IsolationMode default_mode)
     : docker_(docker), process_(process), default_mode_(default_mode) {
-  if (process_ == nullptr) throw std::invalid_argument("IsolationSelector needs a process isolator");
+  if (process_ == nullptr)
+    throw std::invalid_argument("IsolationSelector needs a process isolator");
 }
 
 bool IsolationSelector::Check() {

@@ -4,8 +4,11 @@
 // every limit set (memory, cpu and pids cgroups plus a tmpfs work dir), to show
 // what limits cost. Writes JSON (--out). Not a test: nothing here asserts.
 //
-//   process_bench [--rounds 7] [--tasks 300] [--out bench/results/process.json]
+//   process_bench [--rounds 15] [--tasks 40] [--out bench/results/process.json]
+// (--tasks is the block size: tasks per measured block.)
 
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,8 +24,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "isolation/process/process_isolator.h"
 
@@ -70,6 +71,18 @@ double Rate(int tasks, int threads, const std::function<void(int)>& one) {
   return tasks / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+// User + system CPU seconds of this process and its reaped children.
+double CpuSeconds() {
+  auto secs = [](const rusage& r) {
+    return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) +
+           static_cast<double>(r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
+  };
+  rusage self{}, children{};
+  ::getrusage(RUSAGE_SELF, &self);
+  ::getrusage(RUSAGE_CHILDREN, &children);
+  return secs(self) + secs(children);
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   size_t n = v.size();
@@ -89,8 +102,8 @@ std::string Json(const std::vector<double>& v) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int rounds = 7;
-  int tasks = 300;
+  int rounds = 15;
+  int tasks = 40;
   std::string out = "bench/results/process.json";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--rounds")) rounds = std::atoi(argv[i + 1]);
@@ -127,35 +140,57 @@ int main(int argc, char** argv) {
   };
 
   std::string json = "{\n  \"benchmark\": \"process isolator, no-op tasks (/bin/true)\",\n";
+  json +=
+      "  \"method\": \"blocks of tasks_per_block tasks, bare / isolator / isolator with all "
+      "limits in turn, rounds blocks each; medians of per-block tasks/s and of the per-block "
+      "isolator/bare ratio (pairs adjacent blocks, so load drift on a shared host cancels); "
+      "cpu_ms_per_task is user+sys of the bench and its children\",\n";
   json += "  \"cpus\": " + std::to_string(std::thread::hardware_concurrency()) + ",\n";
   json += "  \"rounds\": " + std::to_string(rounds) + ",\n";
-  json += "  \"tasks_per_round\": " + std::to_string(tasks) + ",\n";
+  json += "  \"tasks_per_block\": " + std::to_string(tasks) + ",\n";
   json += "  \"cgroups\": \"" + iso.cgroups().Describe() + "\",\n";
   json += "  \"target\": \"isolator (no limits) within 20% of the bare loop\",\n";
   for (int threads : {1, 2}) {
-    std::vector<double> bare, isolator, limited;
+    std::vector<double> bare, isolator, limited, ratio, ratio_limited;
+    std::vector<double> cpu_bare, cpu_iso, cpu_lim;
     Rate(20, threads, [](int) { BareTrue(); });  // warm-up
     Rate(20, threads, run(false));
-    for (int r = 0; r < rounds; ++r) {  // interleaved so drift hits all alike
-      bare.push_back(Rate(tasks, threads, [](int) { BareTrue(); }));
-      isolator.push_back(Rate(tasks, threads, run(false)));
-      limited.push_back(Rate(tasks, threads, run(true)));
+    Rate(20, threads, run(true));
+    auto measure = [&](const std::function<void(int)>& one, std::vector<double>& rates,
+                       std::vector<double>& cpu) {
+      double c0 = CpuSeconds();
+      rates.push_back(Rate(tasks, threads, one));
+      cpu.push_back((CpuSeconds() - c0) * 1000 / tasks);
+    };
+    for (int r = 0; r < rounds; ++r) {
+      measure([](int) { BareTrue(); }, bare, cpu_bare);
+      measure(run(false), isolator, cpu_iso);
+      measure(run(true), limited, cpu_lim);
+      ratio.push_back(isolator.back() / bare.back());
+      ratio_limited.push_back(limited.back() / bare.back());
     }
     double b = Median(bare), s = Median(isolator), l = Median(limited);
-    std::printf("%s: bare %.0f tasks/s, isolator %.0f tasks/s (%.0f%% of bare), "
-                "isolator with all limits %.0f tasks/s (%.0f%%)\n",
-                threads == 1 ? "serial" : "2-way parallel", b, s, 100 * s / b, l, 100 * l / b);
-    char buf[512];
+    double q = Median(ratio), ql = Median(ratio_limited);
+    std::printf(
+        "%s: bare %.0f tasks/s (%.2f cpu ms/task), isolator %.0f tasks/s (%.2f cpu ms), "
+        "median ratio %.0f%%; with all limits %.0f tasks/s (%.2f cpu ms), ratio %.0f%%\n",
+        threads == 1 ? "serial" : "2-way parallel", b, Median(cpu_bare), s, Median(cpu_iso),
+        100 * q, l, Median(cpu_lim), 100 * ql);
+    char buf[1024];
     std::snprintf(buf, sizeof(buf),
                   "  \"%s\": {\n    \"bare_tasks_per_s\": %.1f,\n"
                   "    \"isolator_tasks_per_s\": %.1f,\n    \"isolator_vs_bare\": %.3f,\n"
                   "    \"isolator_all_limits_tasks_per_s\": %.1f,\n"
-                  "    \"isolator_all_limits_vs_bare\": %.3f,\n",
-                  threads == 1 ? "serial" : "parallel_2", b, s, s / b, l, l / b);
+                  "    \"isolator_all_limits_vs_bare\": %.3f,\n"
+                  "    \"bare_cpu_ms_per_task\": %.3f,\n"
+                  "    \"isolator_cpu_ms_per_task\": %.3f,\n"
+                  "    \"isolator_all_limits_cpu_ms_per_task\": %.3f,\n",
+                  threads == 1 ? "serial" : "parallel_2", b, s, q, l, ql, Median(cpu_bare),
+                  Median(cpu_iso), Median(cpu_lim));
     json += buf;
-    json += "    \"rounds_bare\": " + Json(bare) + ",\n";
-    json += "    \"rounds_isolator\": " + Json(isolator) + ",\n";
-    json += "    \"rounds_isolator_all_limits\": " + Json(limited) + "\n  },\n";
+    json += "    \"blocks_bare\": " + Json(bare) + ",\n";
+    json += "    \"blocks_isolator\": " + Json(isolator) + ",\n";
+    json += "    \"blocks_isolator_all_limits\": " + Json(limited) + "\n  },\n";
   }
   std::time_t now = std::time(nullptr);
   char when[64];

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,17 +17,15 @@
 #include <sstream>
 #include <thread>
 
-#include <spdlog/spdlog.h>
-
 namespace runner::isolation::process {
 namespace {
 
 namespace fs = std::filesystem;
 
 const std::set<std::string> kWantedV1 = {"memory", "cpu", "cpuacct", "pids", "freezer"};
-const std::set<std::string> kKnownV1 = {"cpu",      "cpuacct", "cpuset",  "memory",     "devices",
-                                        "freezer",  "net_cls", "blkio",   "perf_event", "net_prio",
-                                        "hugetlb",  "pids",    "rdma",    "misc"};
+const std::set<std::string> kKnownV1 = {"cpu",     "cpuacct", "cpuset", "memory",     "devices",
+                                        "freezer", "net_cls", "blkio",  "perf_event", "net_prio",
+                                        "hugetlb", "pids",    "rdma",   "misc"};
 const std::vector<std::string> kWantedV2 = {"memory", "cpu", "pids"};
 constexpr int64_t kCpuPeriodUs = 100000;
 
@@ -155,8 +154,10 @@ CgroupHost CgroupHost::FromProcFiles(const std::string& mountinfo, const std::st
     std::sort(ctrls.begin(), ctrls.end());
     std::string key;
     for (const std::string& c : ctrls) key += c + ",";
-    if (line.substr(0, a) == "0") key = "";
-    else if (key.empty()) continue;  // named hierarchies (name=systemd)
+    if (line.substr(0, a) == "0")
+      key = "";
+    else if (key.empty())
+      continue;  // named hierarchies (name=systemd)
     own[key] = line.substr(b + 1);
   }
 
@@ -320,8 +321,7 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
     if (!needed) continue;
     fs::path dir = hs[i].parent / name;
     if (::mkdir(dir.c_str(), 0755) != 0) {
-      return MakeError("internal",
-                       "create cgroup " + dir.string() + ": " + std::strerror(errno));
+      return MakeError("internal", "create cgroup " + dir.string() + ": " + std::strerror(errno));
     }
     cg->dirs_.push_back(dir);
     cg->dirs_v2_.push_back(hs[i].v2);
@@ -348,7 +348,8 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
   if (limits.memory > 0 && cg->memory_dir_) {
     std::string bytes = std::to_string(limits.memory);
     if (cg->memory_v2_) {
-      if (Status st = WriteFile(*cg->memory_dir_ / "memory.max", bytes); !st.ok()) return st.error();
+      if (Status st = WriteFile(*cg->memory_dir_ / "memory.max", bytes); !st.ok())
+        return st.error();
       if (Exists(*cg->memory_dir_ / "memory.swap.max")) {
         (void)WriteFile(*cg->memory_dir_ / "memory.swap.max", "0");
       }
@@ -367,16 +368,15 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
     if (Status st = cg->SetCpuLimit(limits.cpus); !st.ok()) return st.error();
   }
   if (limits.pids > 0 && cg->pids_dir_) {
-    if (Status st = WriteFile(*cg->pids_dir_ / "pids.max", std::to_string(limits.pids));
-        !st.ok()) {
+    if (Status st = WriteFile(*cg->pids_dir_ / "pids.max", std::to_string(limits.pids)); !st.ok()) {
       return st.error();
     }
   }
   for (const fs::path& dir : cg->dirs_) {
     int fd = ::open((dir / "cgroup.procs").c_str(), O_WRONLY | O_CLOEXEC);
     if (fd < 0) {
-      return MakeError("internal", "open " + (dir / "cgroup.procs").string() + ": " +
-                                       std::strerror(errno));
+      return MakeError("internal",
+                       "open " + (dir / "cgroup.procs").string() + ": " + std::strerror(errno));
     }
     cg->join_fds_.push_back(fd);
   }

@@ -102,8 +102,8 @@ class TaskCgroup {
   // Creates `<parent>/<name>` in every hierarchy of `host` and writes the
   // limits. A hierarchy whose directory cannot be created is an error (the
   // caller decides whether to run without cgroups).
-  static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host,
-                                                    const std::string& name, const Limits& limits,
+  static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host, const std::string& name,
+                                                    const Limits& limits,
                                                     const CgroupRoles& roles = {});
   // Kills every process left inside and removes the directories.
   ~TaskCgroup();
@@ -143,8 +143,8 @@ class TaskCgroup {
 
   std::vector<std::filesystem::path> dirs_;  // all created dirs, removed in reverse
   std::vector<bool> dirs_v2_;
-  std::optional<std::filesystem::path> memory_dir_, cpu_dir_, cpuacct_dir_, pids_dir_,
-      freezer_dir_, v2_dir_;
+  std::optional<std::filesystem::path> memory_dir_, cpu_dir_, cpuacct_dir_, pids_dir_, freezer_dir_,
+      v2_dir_;
   bool memory_v2_ = false, cpu_v2_ = false, cpuacct_v2_ = false, pids_v2_ = false;
   std::vector<int> join_fds_;  // parallel to dirs_
   int v2_dir_fd_ = -1;

@@ -1,9 +1,10 @@
 #include "isolation/process/process_isolator.h"
 
 #include <fcntl.h>
+#include <linux/sched.h>
 #include <poll.h>
 #include <signal.h>
-#include <linux/sched.h>
+#include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -22,8 +23,6 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-#include <spdlog/spdlog.h>
 
 #include "isolation/process/work_dir.h"
 
@@ -239,8 +238,7 @@ class TaskRun {
   void Terminate(Ending why, std::string message);
   void KillEverything();
   void Sample();
-  void CheckLimit(const std::string& resource, double value, double limit,
-                  const std::string& what);
+  void CheckLimit(const std::string& resource, double value, double limit, const std::string& what);
   void OnExit();
   RunResult Finish();
 
@@ -274,7 +272,7 @@ class TaskRun {
   Clock::time_point last_sample_at_;
   double last_cpu_ = 0;
   int64_t peak_memory_ = 0;
-  double cpu_limit_ = 0;  // current quota in cores, 0 = none
+  double cpu_limit_ = 0;              // current quota in cores, 0 = none
   std::map<std::string, bool> over_;  // resource -> currently over its soft limit
   CgroupStats final_stats_;
 };
@@ -303,15 +301,14 @@ Status TaskRun::Prepare() {
     bool limited = lim.memory > 0 || lim.cpus > 0 || lim.pids > 0 || lim.disk > 0;
     process::CgroupRoles roles;
     roles.memory = lim.memory > 0 || options_.full_accounting;
-    roles.cpu = lim.cpus > 0 ||
-                (limited && options_.over_limit.action == OverLimitAction::kThrottle);
+    roles.cpu =
+        lim.cpus > 0 || (limited && options_.over_limit.action == OverLimitAction::kThrottle);
     roles.pids = lim.pids > 0;
     auto cg = TaskCgroup::Create(host_, cg_name, lim, roles);
     if (!cg.ok()) {
       // A leftover from a crashed run, or a host that changed under us.
-      spdlog::warn(
-          "process isolation: running without a cgroup task_id={} worker_id={} error={}",
-          spec_.task_id, spec_.worker_id, cg.error().message);
+      spdlog::warn("process isolation: running without a cgroup task_id={} worker_id={} error={}",
+                   spec_.task_id, spec_.worker_id, cg.error().message);
     } else {
       cgroup_ = std::move(cg).value();
       cpu_limit_ = cgroup_->limits_cpu() ? spec_.limits.cpus : 0;
@@ -490,8 +487,8 @@ void TaskRun::CheckLimit(const std::string& resource, double value, double limit
                         std::to_string(static_cast<int>(options_.over_limit.soft_fraction * 100)) +
                         "% of its limit)";
   if (action == OverLimitAction::kThrottle) {
-    double from = cpu_limit_ > 0 ? cpu_limit_
-                                 : static_cast<double>(std::thread::hardware_concurrency());
+    double from =
+        cpu_limit_ > 0 ? cpu_limit_ : static_cast<double>(std::thread::hardware_concurrency());
     double to = std::max(0.01, from / 2);
     if (cgroup_ && cgroup_->limits_cpu() && cgroup_->SetCpuLimit(to).ok()) {
       cpu_limit_ = to;
@@ -515,9 +512,8 @@ void TaskRun::Sample() {
   Clock::time_point now = Clock::now();
   UsageSample s;
   CgroupStats stats = cgroup_ ? cgroup_->Stats() : CgroupStats{};
-  auto [proc_cpu, proc_rss] = (stats.cpu_seconds && stats.memory)
-                                  ? std::pair<double, int64_t>{0, 0}
-                                  : ProcUsage(pid_);
+  auto [proc_cpu, proc_rss] =
+      (stats.cpu_seconds && stats.memory) ? std::pair<double, int64_t>{0, 0} : ProcUsage(pid_);
   s.cpu_seconds = stats.cpu_seconds.value_or(proc_cpu);
   s.memory = stats.memory.value_or(proc_rss);
   s.pids = stats.pids.value_or(1);
@@ -727,8 +723,8 @@ RunResult TaskRun::Run() {
       ::waitpid(pid_, nullptr, 0);
       reaped_ = true;
     }
-    std::string what = exec_stage_ == kExec       ? "cannot run " + spec_.command[0]
-                       : exec_stage_ == kChdir    ? "cannot enter the work dir"
+    std::string what = exec_stage_ == kExec        ? "cannot run " + spec_.command[0]
+                       : exec_stage_ == kChdir     ? "cannot enter the work dir"
                        : exec_stage_ == kSetLimits ? "cannot set resource limits"
                                                    : "cannot join the task cgroup";
     std::string message = what + ": " + std::strerror(exec_errno_);

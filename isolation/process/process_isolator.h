@@ -61,8 +61,8 @@ struct ProcessIsolatorOptions {
   OverLimitPolicy over_limit;
   std::chrono::milliseconds stop_grace{5000};  // SIGTERM -> SIGKILL
   std::string cgroup_parent = "runner";        // task cgroups live in <own cgroup>/<this>/
-  bool use_cgroups = true;   // false: setrlimit and process groups only
-  bool use_tmpfs = true;     // size-capped tmpfs work dirs when root and limits.disk > 0
+  bool use_cgroups = true;                     // false: setrlimit and process groups only
+  bool use_tmpfs = true;  // size-capped tmpfs work dirs when root and limits.disk > 0
   std::chrono::milliseconds sample_interval{1000};
   // Join the memory cgroup even when a task has no memory limit, for exact
   // peak memory of every task. Off: such tasks report wait4's ru_maxrss

@@ -1,6 +1,7 @@
 #include "isolation/process/work_dir.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <stdio.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -12,8 +13,6 @@
 #include <optional>
 #include <stdexcept>
 #include <system_error>
-
-#include <spdlog/spdlog.h>
 
 namespace runner::isolation::process {
 namespace {
@@ -94,8 +93,8 @@ int64_t WorkDir::UsedBytes() const {
   int64_t used = 0;
   int entries = 0;
   std::error_code ec;
-  for (fs::recursive_directory_iterator it(path_, fs::directory_options::skip_permission_denied,
-                                           ec),
+  for (fs::recursive_directory_iterator
+           it(path_, fs::directory_options::skip_permission_denied, ec),
        end;
        !ec && it != end && entries < kMaxWalkEntries; it.increment(ec), ++entries) {
     struct stat st {};
@@ -117,8 +116,8 @@ WorkRoot::WorkRoot(fs::path root, size_t max_spares)
   std::error_code ec;
   fs::create_directories(root_, ec);
   if (ec) {
-    throw std::runtime_error("cannot create the work root " + root_.string() + ": " +
-                             ec.message() + " (check the data dir is writable)");
+    throw std::runtime_error("cannot create the work root " + root_.string() + ": " + ec.message() +
+                             " (check the data dir is writable)");
   }
   for (fs::directory_iterator it(root_, ec), end; !ec && it != end; it.increment(ec)) {
     fs::path leftover = it->path();

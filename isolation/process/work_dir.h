@@ -22,8 +22,8 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "isolation/result.h"
 

@@ -115,8 +115,7 @@ TEST_CASE("the node's default mode decides what auto means", "[isolation][select
     CHECK(picked.error().code == "isolation_unavailable");
     CHECK_THAT(picked.error().message, Catch::Contains("no Docker support"));
   }
-  CHECK_THROWS_AS(IsolationSelector(&docker, nullptr, IsolationMode::kAuto),
-                  std::invalid_argument);
+  CHECK_THROWS_AS(IsolationSelector(&docker, nullptr, IsolationMode::kAuto), std::invalid_argument);
 }
 
 TEST_CASE("the change callback fires once per docker transition", "[isolation][selector]") {
@@ -182,7 +181,8 @@ TEST_CASE("concurrent picks during flapping report alternating transitions",
 // Open() brings it back at the same path.
 class DockerProxy {
  public:
-  DockerProxy(fs::path path, std::string target) : path_(std::move(path)), target_(std::move(target)) {}
+  DockerProxy(fs::path path, std::string target)
+      : path_(std::move(path)), target_(std::move(target)) {}
   ~DockerProxy() { Close(); }
 
   std::string host() const { return "unix://" + path_.string(); }
@@ -286,8 +286,8 @@ class DockerProxy {
   std::atomic<bool> stopping_{false};
   std::thread acceptor_;
   std::mutex mu_;
-  std::vector<int> live_;          // guarded by mu_
-  std::list<std::thread> pumps_;   // guarded by mu_
+  std::vector<int> live_;         // guarded by mu_
+  std::list<std::thread> pumps_;  // guarded by mu_
 };
 
 class Collector : public Observer {

@@ -147,7 +147,8 @@ fs::path CpuCgroupOf(int pid) {
     std::stringstream ss(ctrls);
     std::string c;
     while (std::getline(ss, c, ',')) {
-      if (c == "cpu") return fs::path("/sys/fs/cgroup/cpu") / fs::path(line.substr(b + 1)).relative_path();
+      if (c == "cpu")
+        return fs::path("/sys/fs/cgroup/cpu") / fs::path(line.substr(b + 1)).relative_path();
     }
   }
   return {};
@@ -253,8 +254,8 @@ TEST_CASE("the work dir is private to the task and removed afterwards on every p
 
   SECTION("after a normal exit") {
     Recorder rec;
-    RunResult r = iso.Run(Shell("pwd; echo data > file; ls -ld . | cut -c1-10; test -d \"$TMPDIR\""),
-                          rec, {});
+    RunResult r = iso.Run(
+        Shell("pwd; echo data > file; ls -ld . | cut -c1-10; test -d \"$TMPDIR\""), rec, {});
     REQUIRE(r.kind == Kind::kExited);
     CHECK(r.exit_code == 0);
     std::istringstream lines(rec.out());
@@ -346,8 +347,9 @@ TEST_CASE("a task that fills its disk limit is stopped as over_limit", "[process
   SECTION("a writer that keeps going after errors is killed") {
     ProcessIsolator iso(Options(dir));
     Recorder rec;
-    TaskSpec spec = Shell("i=0; while :; do dd if=/dev/zero of=f$i bs=64k count=16 2>/dev/null; "
-                          "i=$((i+1)); done");
+    TaskSpec spec = Shell(
+        "i=0; while :; do dd if=/dev/zero of=f$i bs=64k count=16 2>/dev/null; "
+        "i=$((i+1)); done");
     spec.limits.disk = 4 << 20;
     spec.timeout = 20s;
     auto t0 = std::chrono::steady_clock::now();
@@ -452,8 +454,7 @@ TEST_CASE("cancel kills background grandchildren that left the process group",
   CHECK(NoChildren());
 }
 
-TEST_CASE("what a task leaves running in the background dies when it exits",
-          "[process][cancel]") {
+TEST_CASE("what a task leaves running in the background dies when it exits", "[process][cancel]") {
   testing::TempDir dir;
   ProcessIsolator iso(Options(dir));
   Recorder rec;
@@ -574,8 +575,7 @@ TEST_CASE("many tasks run at once each see only their own output", "[process][co
   CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
-TEST_CASE("without cgroups a task still runs, times out and is cleaned up",
-          "[process][nocgroup]") {
+TEST_CASE("without cgroups a task still runs, times out and is cleaned up", "[process][nocgroup]") {
   testing::TempDir dir;
   ProcessIsolatorOptions o = Options(dir);
   o.use_cgroups = false;

@@ -94,7 +94,8 @@ TEST_CASE("escaped mount points are read back as the real path", "[process][cgro
 }
 
 TEST_CASE("a host without cgroup mounts yields an empty description", "[process][cgroup]") {
-  CgroupHost host = CgroupHost::FromProcFiles("1 0 0:1 / / rw - ext4 /dev/sda rw\n", "", "r", false);
+  CgroupHost host =
+      CgroupHost::FromProcFiles("1 0 0:1 / / rw - ext4 /dev/sda rw\n", "", "r", false);
   CHECK(host.empty());
   CHECK_FALSE(host.memory().has_value());
 }
