@@ -227,8 +227,20 @@ std::string EnvName(const std::string& flag) {
   return out;
 }
 
-Error Bad(const std::string& where, const std::string& value, const std::string& what) {
-  return MakeError("validation_failed", where + ": '" + value + "' " + what);
+std::string EnvName(const std::string& flag);
+
+// Names a setting in all its spellings, so the reader can find where it came from.
+std::string Spellings(const Setting& s) {
+  std::string out;
+  if (!s.flag.empty()) out += "--" + s.flag + ", " + EnvName(s.flag);
+  if (!s.yaml.empty()) out += (out.empty() ? "YAML key " : ", YAML key ") + s.yaml;
+  return out;
+}
+
+Error Bad(const std::string& where, const Setting& s, const std::string& value,
+          const std::string& what) {
+  return MakeError("validation_failed",
+                   where + ": '" + value + "' " + what + " (setting " + Spellings(s) + ")");
 }
 
 // Flattens YAML scalars (and scalar lists, joined by commas) to dotted keys.
@@ -312,7 +324,7 @@ Result<Config> LoadConfig(const ConfigSources& sources) {
                                                   "' (known keys: " + known + ")");
       }
       if (auto what = it->set(config, value)) {
-        return Bad("config file " + *path + " key " + key, value, *what);
+        return Bad("config file " + *path + " key " + key, *it, value, *what);
       }
     }
   }
@@ -321,7 +333,7 @@ Result<Config> LoadConfig(const ConfigSources& sources) {
   for (const auto& s : Settings()) {
     if (s.flag.empty()) continue;
     if (auto v = env(EnvName(s.flag))) {
-      if (auto what = s.set(config, *v)) return Bad(EnvName(s.flag), *v, *what);
+      if (auto what = s.set(config, *v)) return Bad(EnvName(s.flag), s, *v, *what);
     }
   }
   for (const auto& [name, value] : sources.flags) {
@@ -330,7 +342,7 @@ Result<Config> LoadConfig(const ConfigSources& sources) {
     if (it == Settings().end()) {
       return MakeError("validation_failed", "--" + name + ": unknown setting");
     }
-    if (auto what = it->set(config, value)) return Bad("--" + name, value, *what);
+    if (auto what = it->set(config, value)) return Bad("--" + name, *it, value, *what);
   }
 
   // Cross-field checks.
