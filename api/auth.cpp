@@ -59,8 +59,7 @@ Result<ListenAddress> ParseListen(std::string_view listen) {
   if (out.host.empty()) out.host = "0.0.0.0";
   int port = -1;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port < 0 ||
-      port > 65535) {
+  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port < 0 || port > 65535) {
     return bad();
   }
   out.port = port;

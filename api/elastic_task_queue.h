@@ -46,7 +46,7 @@ class ElasticTaskQueue : public httplib::TaskQueue {
   std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable space_cv_;
-  std::deque<std::function<void()>> jobs_;  // guarded by mu_
+  std::deque<std::function<void()>> jobs_;      // guarded by mu_
   std::map<std::size_t, std::thread> threads_;  // guarded by mu_
   std::list<std::size_t> exited_;               // guarded by mu_
   std::size_t idle_ = 0;                        // guarded by mu_

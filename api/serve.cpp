@@ -61,7 +61,8 @@ sigset_t StopSignals() {
 }
 
 // Waits for SIGINT/SIGTERM up to `timeout` (forever when nullopt).
-[[maybe_unused]] std::optional<int> WaitSignal(const sigset_t& set, std::optional<std::chrono::seconds> timeout) {
+[[maybe_unused]] std::optional<int> WaitSignal(const sigset_t& set,
+                                               std::optional<std::chrono::seconds> timeout) {
   for (;;) {
     int sig = 0;
     if (!timeout) {

@@ -1,8 +1,8 @@
 #include "api/server.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <boost/json.hpp>
 #include <charconv>
@@ -30,9 +30,8 @@ constexpr const char* kJson = "application/json";
 
 int HttpStatusFor(const std::string& code) {
   static const std::unordered_map<std::string, int> kStatus = {
-      {"bad_request", 400},       {"validation_failed", 400}, {"unauthorized", 401},
-      {"not_found", 404},         {"conflict", 409},          {"payload_too_large", 413},
-      {"unavailable", 503},       {"internal", 500},
+      {"bad_request", 400}, {"validation_failed", 400}, {"unauthorized", 401}, {"not_found", 404},
+      {"conflict", 409},    {"payload_too_large", 413}, {"unavailable", 503},  {"internal", 500},
   };
   auto it = kStatus.find(code);
   return it == kStatus.end() ? 500 : it->second;
@@ -68,8 +67,7 @@ Error ErrorForStatus(int status) {
     default:
       break;
   }
-  return MakeError(status >= 500 ? "internal" : "bad_request",
-                   "HTTP " + std::to_string(status));
+  return MakeError(status >= 500 ? "internal" : "bad_request", "HTTP " + std::to_string(status));
 }
 
 std::optional<int64_t> ParseInt64(std::string_view text) {
@@ -351,122 +349,122 @@ void ApiServer::Routes() {
          }));
 
   // Logs: text, or SSE when follow=1. Token via query only for the SSE form.
-  s.Get(R"(/api/v1/tasks/([^/]+)/logs)",
-        wrap(Access::kTokenOrQuery, [this, token, task_not_found](const Request& req,
-                                                                   Response& res) {
-          std::string id = req.matches[1];
-          bool follow = req.has_param("follow") && req.get_param_value("follow") != "0" &&
-                        req.get_param_value("follow") != "false";
-          if (token && !follow && !BearerMatches(req.get_header_value("Authorization"), *token)) {
-            return SendError(res, MakeError("unauthorized",
-                                            "missing or wrong API token: send 'Authorization: "
-                                            "Bearer <token>'"));
+  s.Get(
+      R"(/api/v1/tasks/([^/]+)/logs)",
+      wrap(Access::kTokenOrQuery, [this, token, task_not_found](const Request& req, Response& res) {
+        std::string id = req.matches[1];
+        bool follow = req.has_param("follow") && req.get_param_value("follow") != "0" &&
+                      req.get_param_value("follow") != "false";
+        if (token && !follow && !BearerMatches(req.get_header_value("Authorization"), *token)) {
+          return SendError(res, MakeError("unauthorized",
+                                          "missing or wrong API token: send 'Authorization: "
+                                          "Bearer <token>'"));
+        }
+        queue::LogStream stream = queue::LogStream::kAll;
+        if (req.has_param("stream")) {
+          std::string v = req.get_param_value("stream");
+          if (v == "stdout") {
+            stream = queue::LogStream::kStdout;
+          } else if (v == "stderr") {
+            stream = queue::LogStream::kStderr;
+          } else if (v != "all") {
+            return SendError(
+                res, MakeError("validation_failed", "stream: must be stdout, stderr or all"));
           }
-          queue::LogStream stream = queue::LogStream::kAll;
-          if (req.has_param("stream")) {
-            std::string v = req.get_param_value("stream");
-            if (v == "stdout") {
-              stream = queue::LogStream::kStdout;
-            } else if (v == "stderr") {
-              stream = queue::LogStream::kStderr;
-            } else if (v != "all") {
-              return SendError(res, MakeError("validation_failed",
-                                              "stream: must be stdout, stderr or all"));
-            }
-          }
-          if (!IsUlid(id)) return SendError(res, task_not_found(id));
-          auto task = store_.Get(id);
-          if (!task) return SendError(res, task.error());
+        }
+        if (!IsUlid(id)) return SendError(res, task_not_found(id));
+        auto task = store_.Get(id);
+        if (!task) return SendError(res, task.error());
 
-          if (!follow) {
-            std::string text;
-            int64_t after = 0;
-            bool truncated = false;
-            for (int pages = 0; pages < 1024; ++pages) {
-              auto page = store_.Logs(id, stream, after, 1 << 20);
-              if (!page) return SendError(res, page.error());
-              truncated = truncated || page->truncated;
-              if (page->chunks.empty()) break;
-              for (const auto& c : page->chunks) text += c.data;
-              after = page->chunks.back().seq;
-            }
-            if (truncated) res.set_header("X-Runner-Logs-Truncated", "true");
-            res.status = 200;
-            res.set_content(std::move(text), "text/plain; charset=utf-8");
-            return;
-          }
-
-          if (open_streams_.fetch_add(1) >= static_cast<int>(options_.max_streams)) {
-            open_streams_.fetch_sub(1);
-            return SendError(res, MakeError("unavailable", "too many streams are open"));
-          }
-          auto slot = std::make_shared<StreamSlot>();
-          slot->open = &open_streams_;
+        if (!follow) {
+          std::string text;
           int64_t after = 0;
-          if (auto last = ParseInt64(req.get_header_value("Last-Event-ID"))) after = *last;
-          struct FollowState {
-            int64_t after = 0;
-            bool started = false;
-            std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
-          };
-          auto st = std::make_shared<FollowState>();
-          st->after = after;
-          res.set_header("Cache-Control", "no-cache");
-          res.set_header("X-Accel-Buffering", "no");
-          res.set_chunked_content_provider(
-              "text/event-stream",
-              [this, id, stream, st, slot](size_t, httplib::DataSink& sink) {
-                try {
-                  auto write = [&](const std::string& text) {
-                    st->last_write = std::chrono::steady_clock::now();
-                    return sink.write(text.data(), text.size());
-                  };
-                  if (!st->started) {
-                    st->started = true;
-                    return write(SseRetry(3000));
-                  }
-                  for (;;) {
-                    if (stopping_) {
-                      sink.done();
-                      return true;
-                    }
-                    // State first, then logs: a task seen final has written all its output.
-                    auto current = store_.Get(id);
-                    if (!current) {
-                      sink.done();
-                      return true;
-                    }
-                    auto page = store_.Logs(id, stream, st->after, 256 * 1024);
-                    if (page && !page->chunks.empty()) {
-                      std::string out;
-                      for (const auto& c : page->chunks) {
-                        json::object data{
-                            {"stream", c.stream == isolation::OutputStream::kStdout ? "stdout"
-                                                                                     : "stderr"},
-                            {"data", c.data}};
-                        out += SseEvent(c.seq, "log", json::serialize(data));
-                        st->after = c.seq;
-                      }
-                      return write(out);
-                    }
-                    if (queue::IsFinal(current->state)) {
-                      bool ok = write(SseEvent(std::nullopt, "end",
-                                               json::serialize(TaskToJson(*current))));
-                      sink.done();
-                      return ok;
-                    }
-                    if (std::chrono::steady_clock::now() - st->last_write >= options_.heartbeat) {
-                      return write(SseComment("ping"));
-                    }
-                    WaitStopping(options_.logs_poll);
-                  }
-                } catch (const std::exception& e) {
-                  spdlog::error("api: log stream failed task_id={} what={}", id, e.what());
-                  return false;
+          bool truncated = false;
+          for (int pages = 0; pages < 1024; ++pages) {
+            auto page = store_.Logs(id, stream, after, 1 << 20);
+            if (!page) return SendError(res, page.error());
+            truncated = truncated || page->truncated;
+            if (page->chunks.empty()) break;
+            for (const auto& c : page->chunks) text += c.data;
+            after = page->chunks.back().seq;
+          }
+          if (truncated) res.set_header("X-Runner-Logs-Truncated", "true");
+          res.status = 200;
+          res.set_content(std::move(text), "text/plain; charset=utf-8");
+          return;
+        }
+
+        if (open_streams_.fetch_add(1) >= static_cast<int>(options_.max_streams)) {
+          open_streams_.fetch_sub(1);
+          return SendError(res, MakeError("unavailable", "too many streams are open"));
+        }
+        auto slot = std::make_shared<StreamSlot>();
+        slot->open = &open_streams_;
+        int64_t after = 0;
+        if (auto last = ParseInt64(req.get_header_value("Last-Event-ID"))) after = *last;
+        struct FollowState {
+          int64_t after = 0;
+          bool started = false;
+          std::chrono::steady_clock::time_point last_write = std::chrono::steady_clock::now();
+        };
+        auto st = std::make_shared<FollowState>();
+        st->after = after;
+        res.set_header("Cache-Control", "no-cache");
+        res.set_header("X-Accel-Buffering", "no");
+        res.set_chunked_content_provider(
+            "text/event-stream",
+            [this, id, stream, st, slot](size_t, httplib::DataSink& sink) {
+              try {
+                auto write = [&](const std::string& text) {
+                  st->last_write = std::chrono::steady_clock::now();
+                  return sink.write(text.data(), text.size());
+                };
+                if (!st->started) {
+                  st->started = true;
+                  return write(SseRetry(3000));
                 }
-              },
-              [slot](bool) {});
-        }));
+                for (;;) {
+                  if (stopping_) {
+                    sink.done();
+                    return true;
+                  }
+                  // State first, then logs: a task seen final has written all its output.
+                  auto current = store_.Get(id);
+                  if (!current) {
+                    sink.done();
+                    return true;
+                  }
+                  auto page = store_.Logs(id, stream, st->after, 256 * 1024);
+                  if (page && !page->chunks.empty()) {
+                    std::string out;
+                    for (const auto& c : page->chunks) {
+                      json::object data{
+                          {"stream",
+                           c.stream == isolation::OutputStream::kStdout ? "stdout" : "stderr"},
+                          {"data", c.data}};
+                      out += SseEvent(c.seq, "log", json::serialize(data));
+                      st->after = c.seq;
+                    }
+                    return write(out);
+                  }
+                  if (queue::IsFinal(current->state)) {
+                    bool ok =
+                        write(SseEvent(std::nullopt, "end", json::serialize(TaskToJson(*current))));
+                    sink.done();
+                    return ok;
+                  }
+                  if (std::chrono::steady_clock::now() - st->last_write >= options_.heartbeat) {
+                    return write(SseComment("ping"));
+                  }
+                  WaitStopping(options_.logs_poll);
+                }
+              } catch (const std::exception& e) {
+                spdlog::error("api: log stream failed task_id={} what={}", id, e.what());
+                return false;
+              }
+            },
+            [slot](bool) {});
+      }));
 
   // --- pool, workers, nodes ---------------------------------------------------
   auto status_json = [this]() -> Result<json::object> {
@@ -505,10 +503,10 @@ void ApiServer::Routes() {
            if (!body) return SendError(res, body.error());
            int max = node_.Status().pool.max;
            if (body->count < 1 || (max > 0 && body->count > max)) {
-             return SendError(res, MakeError("validation_failed",
-                                             "count: must be between 1 and " +
-                                                 std::to_string(max > 0 ? max : 1) +
-                                                 " (--max-workers)"));
+             return SendError(res,
+                              MakeError("validation_failed", "count: must be between 1 and " +
+                                                                 std::to_string(max > 0 ? max : 1) +
+                                                                 " (--max-workers)"));
            }
            if (auto st = node_.Scale(body->count); !st) return SendError(res, st.error());
            auto out = status_json();
@@ -522,9 +520,10 @@ void ApiServer::Routes() {
            if (!body) return SendError(res, body.error());
            StopOptions opts;
            opts.force = body->force;
-           opts.drain_timeout = body->drain_timeout
-                                    ? std::chrono::seconds(static_cast<int64_t>(*body->drain_timeout))
-                                    : options_.default_drain_timeout;
+           opts.drain_timeout =
+               body->drain_timeout
+                   ? std::chrono::seconds(static_cast<int64_t>(*body->drain_timeout))
+                   : options_.default_drain_timeout;
            node_.StopPool(opts);
            auto out = status_json();
            if (!out) return SendError(res, out.error());
@@ -604,8 +603,8 @@ void ApiServer::Routes() {
                   if (st->replaying) {
                     auto page = store_.EventsAfter(st->last_sent, 500);
                     if (!page) {
-                      spdlog::warn("api: event replay failed code={} message={}",
-                                   page.error().code, page.error().message);
+                      spdlog::warn("api: event replay failed code={} message={}", page.error().code,
+                                   page.error().message);
                       return false;
                     }
                     if (page->size() < 500) st->replaying = false;
@@ -660,9 +659,8 @@ void ApiServer::Routes() {
 
   s.Get("/readyz", wrap(Access::kPublic, [this](const Request&, Response& res) {
           if (auto ping = store_.Ping(); !ping) {
-            return SendError(res, MakeError("unavailable",
-                                            "the database does not answer: " +
-                                                ping.error().message));
+            return SendError(res, MakeError("unavailable", "the database does not answer: " +
+                                                               ping.error().message));
           }
           if (!node_.Running()) {
             return SendError(res, MakeError("unavailable",

@@ -28,8 +28,8 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -50,7 +50,7 @@ class EventHub;
 struct ApiOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 = any free port
   std::optional<std::string> api_token;
-  std::size_t max_body_bytes = 1 << 20;  // larger bodies: 413 payload_too_large
+  std::size_t max_body_bytes = 1 << 20;            // larger bodies: 413 payload_too_large
   std::chrono::seconds default_drain_timeout{60};  // pool/stop without drain_timeout
   // SSE
   std::chrono::milliseconds heartbeat{15000};  // ": ping" comment interval
@@ -94,7 +94,6 @@ class ApiServer {
   std::atomic<int> open_streams_{0};
   int port_ = 0;
   std::thread listener_;
-
 };
 
 }  // namespace runner::api

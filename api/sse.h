@@ -35,9 +35,7 @@ inline std::string SseEvent(std::optional<int64_t> id, std::string_view name,
 }
 
 // A comment line: ignored by clients, keeps proxies from closing the stream.
-inline std::string SseComment(std::string_view text) {
-  return ": " + std::string(text) + "\n\n";
-}
+inline std::string SseComment(std::string_view text) { return ": " + std::string(text) + "\n\n"; }
 
 inline std::string SseRetry(int millis) { return "retry: " + std::to_string(millis) + "\n\n"; }
 

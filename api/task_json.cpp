@@ -61,31 +61,30 @@ std::optional<Error> ReadInt(const json::value& v, std::string_view field, int64
     n = v.get_int64();
   } else if (v.is_uint64()) {
     if (v.get_uint64() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return Invalid(field, "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) +
-                                ")");
+      return Invalid(field,
+                     "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
     }
     n = static_cast<int64_t>(v.get_uint64());
   } else if (v.is_double()) {
     double d = v.get_double();
     if (!std::isfinite(d) || std::floor(d) != d) return Invalid(field, "must be an integer");
     if (d < -9.2e18 || d > 9.2e18) {
-      return Invalid(field, "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) +
-                                ")");
+      return Invalid(field,
+                     "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
     }
     n = static_cast<int64_t>(d);
   } else {
     return Invalid(field, "must be an integer");
   }
   if (n < lo || n > hi) {
-    return Invalid(field,
-                   "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
+    return Invalid(field, "out of range (" + std::to_string(lo) + ".." + std::to_string(hi) + ")");
   }
   out = n;
   return std::nullopt;
 }
 
-std::optional<Error> ReadNumber(const json::value& v, std::string_view field, double lo,
-                                double hi, double& out) {
+std::optional<Error> ReadNumber(const json::value& v, std::string_view field, double lo, double hi,
+                                double& out) {
   double d = 0;
   if (v.is_int64()) {
     d = static_cast<double>(v.get_int64());
@@ -119,8 +118,8 @@ std::optional<Error> ReadString(const json::value& v, std::string_view field, st
 
 bool ValidName(std::string_view s) {
   return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '_' || c == '-' || c == '.' || c == ':' || c == '/';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-' || c == '.' || c == ':' || c == '/';
   });
 }
 
@@ -199,10 +198,10 @@ Result<NewTask> ParseNewTask(std::string_view body) {
   auto parsed = ParseObject(body, false);
   if (!parsed) return parsed.error();
   const json::object& obj = *parsed;
-  if (auto e = CheckKnown(obj, "",
-                          {"command", "image", "isolation", "env", "limits", "timeout", "priority",
-                           "queue", "max_attempts", "delay", "depends_on", "idempotency_key",
-                           "labels", "backoff"})) {
+  if (auto e = CheckKnown(
+          obj, "",
+          {"command", "image", "isolation", "env", "limits", "timeout", "priority", "queue",
+           "max_attempts", "delay", "depends_on", "idempotency_key", "labels", "backoff"})) {
     return *e;
   }
   NewTask task;
@@ -427,7 +426,8 @@ json::object TaskToJson(const queue::Task& task) {
 }
 
 Result<queue::Task> TaskFromJson(const json::value& value) {
-  if (!value.is_object()) return MakeError("internal", "the server sent a task that is not an object");
+  if (!value.is_object())
+    return MakeError("internal", "the server sent a task that is not an object");
   const auto& o = value.get_object();
   queue::Task t;
   auto str = [&](std::string_view k) -> std::optional<std::string> {
@@ -441,7 +441,8 @@ Result<queue::Task> TaskFromJson(const json::value& value) {
     return v->to_number<double>();
   };
   t.id = str("id").value_or("");
-  if (auto s = str("state")) t.state = queue::ParseTaskState(*s).value_or(queue::TaskState::kQueued);
+  if (auto s = str("state"))
+    t.state = queue::ParseTaskState(*s).value_or(queue::TaskState::kQueued);
   t.queue = str("queue").value_or("default");
   t.priority = static_cast<int>(num("priority").value_or(0));
   if (const auto* c = o.if_contains("command"); c != nullptr && c->is_array()) {
@@ -498,9 +499,9 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
                            {"stopping", node.pool.stopping},
                            {"max", node.pool.max}};
   json::object q;
-  for (auto s : {queue::TaskState::kQueued, queue::TaskState::kRunning,
-                 queue::TaskState::kSucceeded, queue::TaskState::kFailed,
-                 queue::TaskState::kCancelled, queue::TaskState::kTimedOut}) {
+  for (auto s :
+       {queue::TaskState::kQueued, queue::TaskState::kRunning, queue::TaskState::kSucceeded,
+        queue::TaskState::kFailed, queue::TaskState::kCancelled, queue::TaskState::kTimedOut}) {
     auto it = counts.find(s);
     q[queue::ToString(s)] = it == counts.end() ? int64_t{0} : it->second;
   }
@@ -510,8 +511,8 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
                                 {"memory_total", node.resources.memory_total},
                                 {"disk_used", node.resources.disk_used},
                                 {"disk_total", node.resources.disk_total}};
-  o["backpressure"] = json::object{{"active", node.backpressure},
-                                   {"reason", OptString(node.backpressure_reason)}};
+  o["backpressure"] =
+      json::object{{"active", node.backpressure}, {"reason", OptString(node.backpressure_reason)}};
   o["nodes"] = static_cast<int64_t>(nodes);
   return o;
 }
@@ -526,8 +527,8 @@ json::object WorkerToJson(const queue::WorkerInfo& worker) {
 }
 
 json::object NodeToJson(const queue::NodeInfo& node) {
-  return json::object{{"id", node.id},     {"host", node.host},
-                      {"pid", node.pid},   {"mode", node.mode},
+  return json::object{{"id", node.id},         {"host", node.host},
+                      {"pid", node.pid},       {"mode", node.mode},
                       {"target", node.target}, {"heartbeat_at", FormatTime(node.heartbeat_at)}};
 }
 

@@ -18,7 +18,7 @@ struct Setting {
   std::string flag;
   std::string yaml;  // dotted path
   std::string help;
-  Setter set;        // returns what is wrong, or nullopt
+  Setter set;  // returns what is wrong, or nullopt
 };
 
 std::optional<double> ToDouble(const std::string& s) {
@@ -118,7 +118,8 @@ const std::vector<Setting>& Settings() {
       {"data-dir", "dataDir", "embedded database and temp work dirs", NonEmpty(&Config::data_dir)},
       {"workers", "workers.count", "initial pool size (0 = CPU count)",
        IntIn(&Config::workers, 0, 100000)},
-      {"max-workers", "workers.max", "upper bound for scale", IntIn(&Config::max_workers, 1, 100000)},
+      {"max-workers", "workers.max", "upper bound for scale",
+       IntIn(&Config::max_workers, 1, 100000)},
       {"mode", "workers.mode", "default isolation: auto, docker or process",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          auto m = isolation::ParseIsolationMode(v);
@@ -139,8 +140,7 @@ const std::vector<Setting>& Settings() {
       {"poll-interval", "", "fallback poll in seconds; idle backoff doubles it up to 30",
        SecondsIn(&Config::poll_interval, 0.01, 3600)},
       {"", "workers.pollIntervalMs", "", SecondsIn(&Config::poll_interval, 0.01, 3600, 0.001)},
-      {"", "workers.idleBackoffMaxMs", "",
-       SecondsIn(&Config::idle_backoff_max, 0.01, 3600, 0.001)},
+      {"", "workers.idleBackoffMaxMs", "", SecondsIn(&Config::idle_backoff_max, 0.01, 3600, 0.001)},
       {"lease", "workers.leaseSeconds", "lease length in seconds; renewed every third of it",
        SecondsIn(&Config::lease, 3, 3600)},
       {"drain-timeout", "workers.drainTimeoutSeconds", "graceful stop deadline in seconds",
@@ -347,10 +347,10 @@ Result<Config> LoadConfig(const ConfigSources& sources) {
 
   // Cross-field checks.
   if (config.workers > config.max_workers) {
-    return MakeError("validation_failed",
-                     "--workers (" + std::to_string(config.workers) +
-                         ") is above --max-workers (" + std::to_string(config.max_workers) +
-                         "); raise --max-workers or lower --workers");
+    return MakeError("validation_failed", "--workers (" + std::to_string(config.workers) +
+                                              ") is above --max-workers (" +
+                                              std::to_string(config.max_workers) +
+                                              "); raise --max-workers or lower --workers");
   }
   const auto& p = config.pressure;
   if (p.cpu_low >= p.cpu_high || p.memory_low >= p.memory_high || p.disk_low >= p.disk_high) {

@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
   int list_limit = 50;
   auto* list = app.add_subcommand("list", "list tasks, newest first");
   AddClientOptions(list, ctx, token);
-  list->add_option("--state", list_state, "queued, running, succeeded, failed, cancelled, "
-                                          "timed_out");
+  list->add_option("--state", list_state,
+                   "queued, running, succeeded, failed, cancelled, "
+                   "timed_out");
   list->add_option("--queue", list_queue, "only this queue");
   list->add_option("--limit", list_limit, "at most this many (1..1000)")
       ->check(CLI::Range(1, 1000))

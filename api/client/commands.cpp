@@ -259,9 +259,9 @@ int RunStatus(const CommandContext& ctx) {
       {"Docker:", Field(docker, "available") == "true" ? "available " + Field(docker, "version")
                                                        : "unavailable"},
       {"Pool:", Field(pool, "state") + ", target " + Field(pool, "target")},
-      {"Workers:", "active " + Field(pool, "active") + ", idle " + Field(pool, "idle") +
-                       ", busy " + Field(pool, "busy") + ", starting " +
-                       Field(pool, "starting") + ", stopping " + Field(pool, "stopping")},
+      {"Workers:", "active " + Field(pool, "active") + ", idle " + Field(pool, "idle") + ", busy " +
+                       Field(pool, "busy") + ", starting " + Field(pool, "starting") +
+                       ", stopping " + Field(pool, "stopping")},
       {"Queue:", Field(queue, "queued") + " queued, " + Field(queue, "running") + " running, " +
                      Field(queue, "succeeded") + " succeeded, " + Field(queue, "failed") +
                      " failed, " + Field(queue, "cancelled") + " cancelled, " +

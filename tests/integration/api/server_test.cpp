@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <cstdio>
 #include <fstream>
 #include <mutex>
@@ -15,8 +14,9 @@ using runner::testing::WaitFor;
 
 TEST_CASE("a submitted task can be fetched, listed and runs to success", "[api][tasks]") {
   ApiFixture f;
-  auto res = f.http().Post("/api/v1/tasks", R"({"command":["sh","-c","echo hi"],"labels":{"t":"1"}})",
-                           "application/json");
+  auto res =
+      f.http().Post("/api/v1/tasks", R"({"command":["sh","-c","echo hi"],"labels":{"t":"1"}})",
+                    "application/json");
   REQUIRE(res);
   REQUIRE(res->status == 201);
   auto task = f.Json(res).as_object();
@@ -56,7 +56,8 @@ TEST_CASE("the same idempotency key returns the existing task with 200", "[api][
 TEST_CASE("listing pages with a cursor, newest first, filtered by queue", "[api][tasks]") {
   ApiFixture f;
   std::vector<std::string> ids;
-  for (int i = 0; i < 5; ++i) ids.push_back(f.Submit(R"({"command":["true"],"queue":"pages","delay":3600})"));
+  for (int i = 0; i < 5; ++i)
+    ids.push_back(f.Submit(R"({"command":["true"],"queue":"pages","delay":3600})"));
   f.Submit(R"({"command":["true"],"queue":"other","delay":3600})");
   auto page1 = f.Json(f.http().Get("/api/v1/tasks?queue=pages&limit=3")).as_object();
   REQUIRE(page1.at("tasks").as_array().size() == 3);
@@ -76,8 +77,8 @@ TEST_CASE("bad requests get the error codes of API.md", "[api][errors]") {
   CHECK(malformed->status == 400);
   CHECK(f.ErrorCode(malformed) == "bad_request");
 
-  auto unknown = h.Post("/api/v1/tasks", R"({"command":["true"],"privileged":true})",
-                        "application/json");
+  auto unknown =
+      h.Post("/api/v1/tasks", R"({"command":["true"],"privileged":true})", "application/json");
   CHECK(unknown->status == 400);
   CHECK(f.ErrorCode(unknown) == "validation_failed");
   CHECK(std::string(f.Json(unknown).at("error").at("message").as_string()).find("privileged") !=
@@ -121,8 +122,8 @@ TEST_CASE("cancel: a queued task at once (202), a finished one is a conflict (40
   auto again = f.http().Post(("/api/v1/tasks/" + id + "/cancel").c_str(), "", "application/json");
   CHECK(again->status == 409);
   CHECK(f.ErrorCode(again) == "conflict");
-  auto missing = f.http().Post("/api/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel", "",
-                               "application/json");
+  auto missing =
+      f.http().Post("/api/v1/tasks/01ARZ3NDEKTSV4RRFFQ69G5FAV/cancel", "", "application/json");
   CHECK(missing->status == 404);
 }
 
@@ -135,8 +136,7 @@ TEST_CASE("cancelling a running task kills it and it ends cancelled", "[api][tas
   CHECK(WaitFor([&] { return f.StateOf(id) == "cancelled"; }, 20s));
 }
 
-TEST_CASE("following a task's logs streams its output from start to the end event",
-          "[api][sse]") {
+TEST_CASE("following a task's logs streams its output from start to the end event", "[api][sse]") {
   ApiFixture f;
   std::string id = f.Submit(
       R"({"command":["sh","-c","for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.2; done; exit 4"]})");
@@ -238,10 +238,12 @@ TEST_CASE("Last-Event-ID resumes the events stream from the table", "[api][sse][
 
 TEST_CASE("status, workers and nodes describe the live node", "[api][pool]") {
   ApiFixture f;
-  REQUIRE(WaitFor([&] {
-    auto s = f.Json(f.http().Get("/api/v1/status"));
-    return s.at("pool").at("active").as_int64() == 2;
-  }, 10s));
+  REQUIRE(WaitFor(
+      [&] {
+        auto s = f.Json(f.http().Get("/api/v1/status"));
+        return s.at("pool").at("active").as_int64() == 2;
+      },
+      10s));
   auto s = f.Json(f.http().Get("/api/v1/status")).as_object();
   CHECK(s.at("node_id").as_string() == f.node().node_id());
   CHECK(s.at("nodes").as_int64() == 1);
@@ -363,6 +365,7 @@ TEST_CASE("the dashboard is served from the binary with content types and revali
   auto again = f.http().Get("/", httplib::Headers{{"If-None-Match", etag}});
   CHECK(again->status == 304);
   auto js = f.http().Get("/app.js");
-  if (js->status == 200) CHECK(js->get_header_value("Content-Type").rfind("text/javascript", 0) == 0);
+  if (js->status == 200)
+    CHECK(js->get_header_value("Content-Type").rfind("text/javascript", 0) == 0);
   CHECK(f.http().Get("/no-such-file.js")->status == 404);
 }

@@ -1,7 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include <sys/wait.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -58,9 +57,10 @@ TEST_CASE("submit --wait exits with the task's exit code", "[cli]") {
 
 TEST_CASE("submit prints the id and logs -f follows the output to the end", "[cli]") {
   ApiFixture f;
-  auto submitted = Runner(
-      f.base(), "submit --env GREETING=hello -- sh -c 'for i in 1 2; do echo $GREETING$i; sleep "
-                "0.2; done'");
+  auto submitted =
+      Runner(f.base(),
+             "submit --env GREETING=hello -- sh -c 'for i in 1 2; do echo $GREETING$i; sleep "
+             "0.2; done'");
   REQUIRE(submitted.code == 0);
   std::string id = Trim(submitted.out);
   auto logs = Runner(f.base(), "logs -f " + id);
@@ -88,8 +88,9 @@ TEST_CASE("--json prints the API's JSON and tables are the default", "[cli]") {
   CHECK(boost::json::parse(status.out).at("pool").at("target").as_int64() == 2);
   CHECK(Runner(f.base(), "workers").out.find("NODE") != std::string::npos);
   CHECK(Runner(f.base(), "scale 3").code == 0);
-  CHECK(Runner(f.base(), "cancel " + std::string(task.at("id").as_string())).out.find("cancelled") !=
-        std::string::npos);
+  CHECK(
+      Runner(f.base(), "cancel " + std::string(task.at("id").as_string())).out.find("cancelled") !=
+      std::string::npos);
 }
 
 TEST_CASE("a server error is printed as its message with a non-zero exit", "[cli]") {
@@ -129,8 +130,8 @@ TEST_CASE("every command has --help and bad usage exits 2", "[cli]") {
 
 TEST_CASE("serve refuses a public listen without a token", "[cli][auth]") {
   runner::testing::TestDatabase db;
-  auto r = Runner("http://127.0.0.1:1", "serve --listen 0.0.0.0:0 --mode process --database-url '" +
-                                            db.url() + "'");
+  auto r = Runner("http://127.0.0.1:1",
+                  "serve --listen 0.0.0.0:0 --mode process --database-url '" + db.url() + "'");
   CHECK(r.code == 1);
   CHECK(r.err.find("--api-token") != std::string::npos);
 }

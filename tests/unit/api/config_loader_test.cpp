@@ -1,7 +1,8 @@
+#include "runner/config_loader.h"
+
 #include <catch2/catch.hpp>
 #include <fstream>
 
-#include "runner/config_loader.h"
 #include "tests/support/services.h"
 
 using runner::ConfigSources;
@@ -31,8 +32,7 @@ TEST_CASE("defaults apply when nothing is given", "[api][config]") {
   CHECK(c->drain_timeout == 60);
 }
 
-TEST_CASE("flags beat the environment, which beats YAML, which beats defaults",
-          "[api][config]") {
+TEST_CASE("flags beat the environment, which beats YAML, which beats defaults", "[api][config]") {
   runner::testing::TempDir dir;
   auto path = (dir.path() / "runner.yaml").string();
   std::ofstream(path) << "listen: 127.0.0.1:7000\n"
@@ -50,8 +50,8 @@ TEST_CASE("flags beat the environment, which beats YAML, which beats defaults",
   CHECK(yaml_only->default_limits.cpus == Approx(0.5));
   CHECK(yaml_only->over_limit.action == runner::isolation::OverLimitAction::kKill);
 
-  auto env = LoadConfig(With({}, {{"RUNNER_WORKERS", "6"}, {"RUNNER_LISTEN", "127.0.0.1:7001"}},
-                             path));
+  auto env =
+      LoadConfig(With({}, {{"RUNNER_WORKERS", "6"}, {"RUNNER_LISTEN", "127.0.0.1:7001"}}, path));
   REQUIRE(env.ok());
   CHECK(env->workers == 6);
   CHECK(env->listen == "127.0.0.1:7001");

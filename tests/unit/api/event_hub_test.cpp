@@ -1,7 +1,8 @@
+#include "api/event_hub.h"
+
 #include <catch2/catch.hpp>
 
 #include "api/client/api_client.h"
-#include "api/event_hub.h"
 #include "api/sse.h"
 
 using runner::api::EventSubscription;
@@ -28,8 +29,7 @@ TEST_CASE("a slow subscriber overflows its bounded buffer and is dropped", "[api
   CHECK(out.empty());
 }
 
-TEST_CASE("a subscriber with nothing to read times out, and a closed one says so",
-          "[api][sse]") {
+TEST_CASE("a subscriber with nothing to read times out, and a closed one says so", "[api][sse]") {
   EventSubscription sub(3);
   std::vector<Event> out;
   CHECK(sub.Next(out, std::chrono::milliseconds(5)) == EventSubscription::Wake::kTimeout);

@@ -1,5 +1,4 @@
 #include <catch2/catch.hpp>
-
 #include <mutex>
 
 #include "api/event_hub.h"

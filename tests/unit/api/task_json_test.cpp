@@ -1,6 +1,6 @@
-#include <catch2/catch.hpp>
-
 #include "api/task_json.h"
+
+#include <catch2/catch.hpp>
 
 namespace json = boost::json;
 using runner::api::ParseNewTask;
@@ -89,10 +89,11 @@ TEST_CASE("a task is written with exactly the fields of API.md", "[api][json]") 
   t.usage = runner::isolation::Usage{0.01, 1048576, 0.42};
   auto o = runner::api::TaskToJson(t);
   for (const char* key :
-       {"id", "state", "queue", "priority", "command", "image", "isolation", "isolation_used", "env",
-        "limits", "timeout", "attempt", "max_attempts", "depends_on", "idempotency_key", "labels",
-        "worker_id", "node_id", "exit_code", "error", "usage", "created_at", "started_at",
-        "finished_at", "cancel_requested"}) {
+       {"id",      "state",      "queue",          "priority",    "command",
+        "image",   "isolation",  "isolation_used", "env",         "limits",
+        "timeout", "attempt",    "max_attempts",   "depends_on",  "idempotency_key",
+        "labels",  "worker_id",  "node_id",        "exit_code",   "error",
+        "usage",   "created_at", "started_at",     "finished_at", "cancel_requested"}) {
     CHECK(o.contains(key));
   }
   CHECK(o.size() == 25);
@@ -128,8 +129,7 @@ TEST_CASE("pool bodies are strict too", "[api][json]") {
   CHECK(runner::api::ParseScaleRequest(R"({"count":3})")->count == 3);
   CHECK(runner::api::ParseScaleRequest(R"({})").error().code == "validation_failed");
   CHECK(runner::api::ParseScaleRequest(R"({"count":"3"})").error().code == "validation_failed");
-  CHECK(runner::api::ParseScaleRequest(R"({"count":3,"x":1})").error().code ==
-        "validation_failed");
+  CHECK(runner::api::ParseScaleRequest(R"({"count":3,"x":1})").error().code == "validation_failed");
   auto stop = runner::api::ParseStopRequest("");
   REQUIRE(stop.ok());
   CHECK_FALSE(stop->force);
