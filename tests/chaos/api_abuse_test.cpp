@@ -129,19 +129,30 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
 
   // How many subscribers got a stream (200) and how many were turned away.
   int sse_ok = 0, sse_refused = 0, sse_silent = 0;
-  for (int fd : sse.fds) {
-    char buf[256];
-    ssize_t n = ::recv(fd, buf, sizeof(buf) - 1, 0);
-    if (n <= 0) {
-      ++sse_silent;
-      continue;
+  std::vector<int> answer(sse.fds.size(), 0);  // 0 none yet, 1 stream, 2 refused
+  auto sse_t0 = Clock::now();
+  for (size_t pending = sse.fds.size(); pending > 0 && SecondsSince(sse_t0) < 30;) {
+    pending = 0;
+    for (size_t i = 0; i < sse.fds.size(); ++i) {
+      if (answer[i] != 0) continue;
+      char buf[256];
+      ssize_t n = ::recv(sse.fds[i], buf, sizeof(buf) - 1, 0);
+      if (n > 0) {
+        std::string head(buf, static_cast<size_t>(n));
+        answer[i] = head.find(" 200 ") != std::string::npos ? 1 : 2;
+      } else if (n == 0) {
+        answer[i] = 2;  // closed without an answer
+      } else {
+        ++pending;
+      }
     }
-    std::string head(buf, static_cast<size_t>(n));
-    if (head.find(" 200 ") != std::string::npos) {
-      ++sse_ok;
-    } else {
-      ++sse_refused;
-    }
+    if (pending > 0) std::this_thread::sleep_for(200ms);
+  }
+  const double sse_answer_s = SecondsSince(sse_t0);
+  for (int v : answer) {
+    sse_ok += v == 1;
+    sse_refused += v == 2;
+    sse_silent += v == 0;
   }
   stop = true;
   drip.join();
@@ -156,7 +167,7 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
         after_threads = node.ThreadsAndRss().first;
         return after_threads <= base_threads + 40;
       },
-      30s, 250ms);
+      Pick(5s, 120s), 500ms);
   const Latency after_health = Measure(port, "/healthz", 10);
 
   std::ostringstream md;
@@ -173,7 +184,7 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
      << "| GET /api/v1/tasks under attack: p50 / max / failures | " << Fmt(att_list) << " |\n"
      << "| task submitted under attack | " << (submitted.empty() ? "NO" : "yes") << " |\n"
      << "| SSE subscribers: stream (200) / refused / no answer | " << sse_ok << " / " << sse_refused
-     << " / " << sse_silent << " |\n"
+     << " / " << sse_silent << " (all answered within " << sse_answer_s << " s) |\n"
      << "| runner threads: before / under attack / after | " << base_threads << " / " << att_threads
      << " / " << after_threads << " |\n"
      << "| runner RSS: before / under attack | " << base_rss / 1024 << " MiB / " << att_rss / 1024
@@ -194,7 +205,9 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
   CHECK(sse_ok + sse_refused == static_cast<int>(subscribers));
   CHECK(att_threads < 1200);
   CHECK(att_rss < 1024 * 1024);
-  CHECK(settled);
+  // Threads of closed streams end at the next heartbeat (15 s) and idle
+  // threads after 60 s: only the full run waits that long.
+  if (FullMode()) CHECK(settled);
   CHECK(after_health.failures == 0);
   CHECK(node.Running());
 }
