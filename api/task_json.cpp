@@ -170,6 +170,15 @@ std::optional<Error> ReadLimits(const json::value& v, isolation::Limits& out) {
   return std::nullopt;
 }
 
+// Whole numbers go out as integers ("timeout": 600, not 6E2), so clients
+// that decode into integer types (Go, Rust) accept them.
+json::value Num(double v) {
+  if (std::isfinite(v) && std::floor(v) == v && std::fabs(v) < 9.0e15) {
+    return static_cast<int64_t>(v);
+  }
+  return v;
+}
+
 json::value OptString(const std::optional<std::string>& s) {
   if (s) return json::string(*s);
   return nullptr;
@@ -389,11 +398,11 @@ json::object TaskToJson(const queue::Task& task) {
   o["isolation"] = std::string(isolation::ToString(task.isolation));
   o["isolation_used"] = OptString(task.isolation_used);
   o["env"] = StringMap(task.env);
-  o["limits"] = json::object{{"cpus", task.limits.cpus},
+  o["limits"] = json::object{{"cpus", Num(task.limits.cpus)},
                              {"memory", task.limits.memory},
                              {"disk", task.limits.disk},
                              {"pids", task.limits.pids}};
-  o["timeout"] = task.timeout;
+  o["timeout"] = Num(task.timeout);
   o["attempt"] = task.attempt;
   o["max_attempts"] = task.max_attempts;
   o["depends_on"] = StringArray(task.depends_on);
@@ -412,9 +421,9 @@ json::object TaskToJson(const queue::Task& task) {
     o["error"] = nullptr;
   }
   if (task.usage) {
-    o["usage"] = json::object{{"cpu_seconds", task.usage->cpu_seconds},
+    o["usage"] = json::object{{"cpu_seconds", Num(task.usage->cpu_seconds)},
                               {"peak_memory", task.usage->peak_memory},
-                              {"duration", task.usage->duration}};
+                              {"duration", Num(task.usage->duration)}};
   } else {
     o["usage"] = nullptr;
   }
@@ -506,7 +515,7 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
     q[queue::ToString(s)] = it == counts.end() ? int64_t{0} : it->second;
   }
   o["queue"] = std::move(q);
-  o["resources"] = json::object{{"cpu_percent", node.resources.cpu_percent},
+  o["resources"] = json::object{{"cpu_percent", Num(node.resources.cpu_percent)},
                                 {"memory_used", node.resources.memory_used},
                                 {"memory_total", node.resources.memory_total},
                                 {"disk_used", node.resources.disk_used},

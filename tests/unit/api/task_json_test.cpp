@@ -103,6 +103,11 @@ TEST_CASE("a task is written with exactly the fields of API.md", "[api][json]") 
   CHECK(o.at("finished_at").is_null());
   CHECK(o.at("usage").as_object().at("peak_memory").as_int64() == 1048576);
   CHECK(o.at("state").as_string() == "queued");
+  t.timeout = 600;
+  t.limits.cpus = 0.5;
+  auto text = json::serialize(runner::api::TaskToJson(t));
+  CHECK(text.find("\"timeout\":600,") != std::string::npos);  // an integer, not 6E2
+  CHECK(json::parse(text).at("limits").at("cpus").as_double() == 0.5);
 
   auto back = runner::api::TaskFromJson(json::value(o));
   REQUIRE(back.ok());
