@@ -167,12 +167,22 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
   const int64_t ok = Count(db.conninfo(), "SELECT count(*) FROM tasks WHERE state = 'succeeded'");
+  json::array failures;
+  runner::queue::TaskFilter failed_filter;
+  failed_filter.state = runner::queue::TaskState::kFailed;
+  failed_filter.limit = 5;
+  if (auto page = (*node)->store().List(failed_filter); page) {
+    for (const auto& f : page->tasks) {
+      failures.push_back(json::value(f.error ? f.error->code + ": " + f.error->message : "?"));
+    }
+  }
   (*node)->Shutdown(runner::StopOptions{false, std::chrono::seconds(30)});
   node->reset();
   std::error_code ec;
   std::filesystem::remove_all(data, ec);
 
   json::object r;
+  r["failures"] = failures;
   r["mode"] = mode;
   r["workers"] = workers;
   r["tasks"] = tasks;
