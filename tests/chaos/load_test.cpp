@@ -69,8 +69,8 @@ void InsertQueued(const std::string& conninfo, int n) {
     arr += "}";
     pqxx::work tx(c);
     tx.exec_params(
-        "INSERT INTO tasks (id, queue, image, command, timeout, isolation)"
-        " SELECT unnest($1::text[]), 'default', 'runner-task:latest', ARRAY['true'], 60, 'process'",
+        "INSERT INTO tasks (id, queue, state, image, command, timeout, isolation)"
+        " SELECT unnest($1::text[]), 'default', 'queued', 'runner-task:latest', ARRAY['true'], 60, 'process'",
         arr);
     tx.commit();
     done += batch;

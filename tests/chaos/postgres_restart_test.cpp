@@ -125,6 +125,8 @@ TEST_CASE("a PostgreSQL restart mid-run loses nothing and the node reconnects by
   CHECK(inv.multi_final == 0);
   CHECK(inv.event_overlaps == 0);
   CHECK(inv.by_state["succeeded"] == inv.submitted);
+  // In-flight tasks finish and are recorded: not run a second time.
+  CHECK(reruns == 0);
   CHECK(node.Running());
 }
 
