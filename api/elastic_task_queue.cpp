@@ -8,6 +8,7 @@ ElasticTaskQueue::ElasticTaskQueue(std::size_t core, std::size_t max, std::size_
   std::lock_guard lock(mu_);
   for (std::size_t i = 0; i < core_; ++i) {
     std::size_t id = next_id_++;
+    ++starting_;
     threads_.emplace(id, std::thread([this, id] { Work(id); }));
   }
 }
@@ -19,8 +20,9 @@ void ElasticTaskQueue::enqueue(std::function<void()> fn) {
   ReapExitedLocked(lock);
   space_cv_.wait(lock, [&] { return shutdown_ || jobs_.size() < max_pending_; });
   jobs_.push_back(std::move(fn));
-  if (idle_ < jobs_.size() && threads_.size() < max_ && !shutdown_) {
+  if (idle_ + starting_ < jobs_.size() && threads_.size() < max_ && !shutdown_) {
     std::size_t id = next_id_++;
+    ++starting_;
     threads_.emplace(id, std::thread([this, id] { Work(id); }));
   }
   lock.unlock();
@@ -70,6 +72,7 @@ void ElasticTaskQueue::ReapExitedLocked(std::unique_lock<std::mutex>& lock) {
 
 void ElasticTaskQueue::Work(std::size_t id) {
   std::unique_lock lock(mu_);
+  --starting_;
   for (;;) {
     ++idle_;
     bool got = work_cv_.wait_for(lock, idle_exit_, [&] { return shutdown_ || !jobs_.empty(); });

@@ -50,6 +50,7 @@ class ElasticTaskQueue : public httplib::TaskQueue {
   std::map<std::size_t, std::thread> threads_;  // guarded by mu_
   std::list<std::size_t> exited_;               // guarded by mu_
   std::size_t idle_ = 0;                        // guarded by mu_
+  std::size_t starting_ = 0;                    // created, not yet waiting for work; guarded by mu_
   std::size_t next_id_ = 0;                     // guarded by mu_
   bool shutdown_ = false;                       // guarded by mu_
 };
