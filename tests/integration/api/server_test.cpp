@@ -249,8 +249,15 @@ TEST_CASE("status, workers and nodes describe the live node", "[api][pool]") {
   CHECK(s.at("nodes").as_int64() == 1);
   CHECK(s.at("queue").as_object().contains("timed_out"));
   CHECK(s.at("resources").as_object().at("memory_total").as_int64() > 0);
-  auto workers = f.Json(f.http().Get("/api/v1/workers")).at("workers").as_array();
-  CHECK(workers.size() == 2);
+  // The workers table follows the pool's registrations a moment later.
+  json::array workers;
+  CHECK(WaitFor(
+      [&] {
+        workers = f.Json(f.http().Get("/api/v1/workers")).at("workers").as_array();
+        return workers.size() == 2;
+      },
+      10s));
+  REQUIRE_FALSE(workers.empty());
   CHECK(workers[0].at("node_id").as_string() == f.node().node_id());
   auto nodes = f.Json(f.http().Get("/api/v1/nodes")).at("nodes").as_array();
   REQUIRE(nodes.size() == 1);
