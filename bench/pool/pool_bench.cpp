@@ -288,7 +288,8 @@ int main(int argc, char** argv) {
         runs.push_back(Measure(mode, std::stoi(w), tasks, latency));
       } catch (const std::exception& e) {
         std::cerr << mode << " workers=" << w << " failed: " << e.what() << "\n";
-        runs.push_back(json::object{{"mode", mode}, {"workers", std::stoi(w)}, {"error", e.what()}});
+        runs.push_back(
+            json::object{{"mode", mode}, {"workers", std::stoi(w)}, {"error", e.what()}});
       }
     }
   }

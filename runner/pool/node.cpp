@@ -96,15 +96,17 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       if (up) {
         spdlog::info("docker available node_id={}", raw->node_id_);
       } else {
-        spdlog::warn("docker unavailable node_id={}: tasks asking for docker fail with "
-                     "isolation_unavailable until it is back",
-                     raw->node_id_);
+        spdlog::warn(
+            "docker unavailable node_id={}: tasks asking for docker fail with "
+            "isolation_unavailable until it is back",
+            raw->node_id_);
       }
     });
     if (config.mode == isolation::IsolationMode::kDocker && !node->selector_->docker_available()) {
-      spdlog::warn("mode=docker but the Docker Engine at {} does not answer; tasks will fail with "
-                   "isolation_unavailable until it does",
-                   config.docker_host);
+      spdlog::warn(
+          "mode=docker but the Docker Engine at {} does not answer; tasks will fail with "
+          "isolation_unavailable until it does",
+          config.docker_host);
     }
     node->docker_gauge_.Set(node->selector_->docker_available() ? 1 : 0);
     node->RefreshDockerVersion();
@@ -114,8 +116,8 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   po.node_id = node->node_id_;
   po.host = HostName();
   po.pid = static_cast<int64_t>(::getpid());
-  po.mode = node->selector_ ? node->selector_->Mode()
-                            : std::string(isolation::ToString(config.mode));
+  po.mode =
+      node->selector_ ? node->selector_->Mode() : std::string(isolation::ToString(config.mode));
   po.workers = workers;
   po.max_workers = config.max_workers;
   po.queues = config.queues;
@@ -196,9 +198,8 @@ runner::Status Node::Start() {
   {
     std::lock_guard l(listener_mu_);
     listener_ = std::make_unique<queue::NotifyListener>(
-        conninfo_, [this](std::string_view channel, std::string_view payload) {
-          OnNotify(channel, payload);
-        });
+        conninfo_,
+        [this](std::string_view channel, std::string_view payload) { OnNotify(channel, payload); });
   }
   runner::Status st = pool_->Start();
   if (!st.ok()) {
@@ -293,10 +294,11 @@ bool Node::Running() { return pool_->Running(); }
 void Node::Control(std::function<void()> op) {
   std::lock_guard l(control_mu_);
   std::jthread previous = std::move(control_);
-  control_ = std::jthread([prev = std::move(previous), op = std::move(op)](std::stop_token) mutable {
-    if (prev.joinable()) prev.join();
-    op();
-  });
+  control_ =
+      std::jthread([prev = std::move(previous), op = std::move(op)](std::stop_token) mutable {
+        if (prev.joinable()) prev.join();
+        op();
+      });
 }
 
 void Node::OnNotify(std::string_view channel, std::string_view payload) {

@@ -34,8 +34,8 @@ struct Pool::Metrics {
   explicit Metrics(metrics::Registry& r)
       : claims(r.GetCounter("runner_claims_total", "Claim statements issued by this node")),
         claimed(r.GetCounter("runner_claimed_tasks_total", "Tasks claimed by this node")),
-        claim_duration(r.GetHistogram("runner_claim_duration_seconds",
-                                      "Latency of one batch claim", metrics::LatencyBuckets())),
+        claim_duration(r.GetHistogram("runner_claim_duration_seconds", "Latency of one batch claim",
+                                      metrics::LatencyBuckets())),
         task_duration(r.GetHistogram("runner_task_duration_seconds",
                                      "Wall time of a task run by this node, claim to report",
                                      metrics::LatencyBuckets())),
@@ -90,8 +90,8 @@ Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
   target_ = std::clamp(initial, 1, std::max(1, options_.max_workers));
   metrics_->target.Set(target_);
   // Create the finished counters up front so dashboards see zeros.
-  for (const char* s : {"succeeded", "failed", "cancelled", "timed_out", "retrying", "released",
-                        "lease_lost"}) {
+  for (const char* s :
+       {"succeeded", "failed", "cancelled", "timed_out", "retrying", "released", "lease_lost"}) {
     metrics_->Finished(s);
   }
 }
@@ -116,7 +116,8 @@ Status Pool::Start() {
   node.heartbeat_at = queue::Clock::now();
   Status reg = store_.RegisterNode(node);
   if (!reg.ok()) {
-    spdlog::error("pool start failed node_id={} error={}", options_.node_id, ErrorText(reg.error()));
+    spdlog::error("pool start failed node_id={} error={}", options_.node_id,
+                  ErrorText(reg.error()));
     return reg;
   }
   {
@@ -215,9 +216,10 @@ void Pool::Stop(bool force, std::optional<std::chrono::milliseconds> drain_timeo
                          [](const auto& kv) { return kv.second->exited; });
     });
     if (!all_exited) {
-      spdlog::error("pool stop: workers still running after stop_grace_ms={}; waiting for their "
-                    "isolators to return node_id={}",
-                    options_.stop_grace.count(), options_.node_id);
+      spdlog::error(
+          "pool stop: workers still running after stop_grace_ms={}; waiting for their "
+          "isolators to return node_id={}",
+          options_.stop_grace.count(), options_.node_id);
     }
   }
   std::map<std::string, std::unique_ptr<Worker>> workers;
@@ -348,8 +350,8 @@ void Pool::SetOrphanReaper(OrphanReaper reaper) {
 PoolStatus Pool::GetStatus() const {
   std::lock_guard lock(mu_);
   PoolStatus s;
-  s.state = !running_   ? PoolState::kStopped
-            : draining_ ? PoolState::kDraining
+  s.state = !running_    ? PoolState::kStopped
+            : draining_  ? PoolState::kDraining
             : throttled_ ? PoolState::kThrottled
                          : PoolState::kRunning;
   s.target = target_;
@@ -427,8 +429,7 @@ void Pool::WorkerLoop(Worker* w, std::stop_token stop) {
       spdlog::warn("register worker failed worker_id={} error={}", w->id, ErrorText(reg.error()));
     }
     EmitEvent("worker.started", std::nullopt,
-              boost::json::serialize(boost::json::object{{"node_id", options_.node_id}}),
-              w->id);
+              boost::json::serialize(boost::json::object{{"node_id", options_.node_id}}), w->id);
     {
       std::lock_guard lock(mu_);
       w->state = queue::WorkerState::kIdle;
@@ -485,8 +486,8 @@ void Pool::WorkerLoop(Worker* w, std::stop_token stop) {
   }
   boost::json::object data{{"node_id", options_.node_id}};
   if (failed) data["error"] = failure;
-  EmitEvent(failed ? "worker.failed" : "worker.stopped", std::nullopt,
-            boost::json::serialize(data), w->id);
+  EmitEvent(failed ? "worker.failed" : "worker.stopped", std::nullopt, boost::json::serialize(data),
+            w->id);
   {
     std::lock_guard lock(mu_);
     w->exited = true;
@@ -513,9 +514,8 @@ isolation::TaskSpec Pool::BuildSpec(const Worker& w, const queue::Task& task) co
   if (spec.limits.memory <= 0) spec.limits.memory = d.memory;
   if (spec.limits.disk <= 0) spec.limits.disk = d.disk;
   if (spec.limits.pids <= 0) spec.limits.pids = d.pids;
-  spec.timeout = task.timeout > 0
-                     ? milliseconds(static_cast<int64_t>(task.timeout * 1000.0))
-                     : options_.default_timeout;
+  spec.timeout = task.timeout > 0 ? milliseconds(static_cast<int64_t>(task.timeout * 1000.0))
+                                  : options_.default_timeout;
   spec.labels = task.labels;
   return spec;
 }
@@ -555,9 +555,9 @@ void Pool::RunTask(Worker* w, queue::Task task) {
     // while the daemon is down.
     TaskOutcome out;
     out.report.state = queue::TaskState::kFailed;
-    out.report.error = queue::TaskError{picked.error().code.empty() ? "isolation_unavailable"
-                                                                    : picked.error().code,
-                                        picked.error().message};
+    out.report.error = queue::TaskError{
+        picked.error().code.empty() ? "isolation_unavailable" : picked.error().code,
+        picked.error().message};
     out.report.retryable = true;
     ReportOutcome(w, task, out, started);
     return;
@@ -572,9 +572,9 @@ void Pool::RunTask(Worker* w, queue::Task task) {
     UnregisterSink(sink);
     TaskOutcome out;
     out.report.state = queue::TaskState::kFailed;
-    out.report.error = queue::TaskError{
-        "internal", std::string("the ") + std::string(iso->Name()) +
-                        " isolator failed while running the task: " + e.what()};
+    out.report.error =
+        queue::TaskError{"internal", std::string("the ") + std::string(iso->Name()) +
+                                         " isolator failed while running the task: " + e.what()};
     out.report.retryable = true;
     out.report.isolation_used = std::string(iso->Name());
     ReportOutcome(w, task, out, started);
@@ -692,12 +692,12 @@ void Pool::ClaimLoop(std::stop_token stop) {
         }
       }
       const auto now = SteadyClock::now();
-      const bool want = !ids.empty() && (notify_wake_ || (idle_wake_ && backlog_possible_) ||
-                                         now >= next_poll);
+      const bool want =
+          !ids.empty() && (notify_wake_ || (idle_wake_ && backlog_possible_) || now >= next_poll);
       idle_wake_ = false;
       if (!want) {
-        const auto until = ids.empty() ? now + std::max(options_.poll_interval, milliseconds(1000))
-                                       : next_poll;
+        const auto until =
+            ids.empty() ? now + std::max(options_.poll_interval, milliseconds(1000)) : next_poll;
         const bool have_idle = !ids.empty();
         claim_cv_.wait_until(lock, stop, until, [&] {
           return exit_pending_ || idle_wake_ || (have_idle && notify_wake_) ||
@@ -809,8 +809,7 @@ void Pool::HeartbeatLoop(std::stop_token stop) {
         }
       }
     } else {
-      spdlog::warn("heartbeat failed node_id={} error={}", options_.node_id,
-                   ErrorText(r.error()));
+      spdlog::warn("heartbeat failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
       // Past the lease another node may already run our tasks: stop them.
       if (!lost_all && t1 - last_ok > options_.lease) {
         spdlog::error("no heartbeat for longer than the lease node_id={}: stopping running tasks",
@@ -890,8 +889,8 @@ void Pool::ReapLoop(std::stop_token stop) {
       auto r = store_.Reap(options_.reap_policy);
       if (!r.ok()) {
         spdlog::warn("reap failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
-      } else if (r->ran && (r->requeued || r->failed_lease_lost || r->dead_workers ||
-                            r->dead_nodes)) {
+      } else if (r->ran &&
+                 (r->requeued || r->failed_lease_lost || r->dead_workers || r->dead_nodes)) {
         spdlog::info(
             "reaped node_id={} requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
             options_.node_id, r->requeued, r->failed_lease_lost, r->dead_workers, r->dead_nodes);

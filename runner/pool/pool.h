@@ -140,7 +140,7 @@ class Pool {
     bool failed = false;                 // it ended with an exception
     std::stop_source task_stop;          // fires the running task's stop_token
     std::atomic<StopCause> cause{StopCause::kNone};
-    std::condition_variable_any cv;      // slot filled, retire, stop
+    std::condition_variable_any cv;  // slot filled, retire, stop
     std::jthread thread;
   };
 
@@ -186,15 +186,15 @@ class Pool {
   std::map<std::string, std::unique_ptr<Worker>> workers_;  // guarded by mu_
   int target_ = 0;                                          // guarded by mu_
   bool running_ = false;                                    // guarded by mu_
-  bool accepting_ = false;   // claim new work; guarded by mu_
-  bool draining_ = false;    // guarded by mu_
-  bool throttled_ = false;   // guarded by mu_
+  bool accepting_ = false;                                  // claim new work; guarded by mu_
+  bool draining_ = false;                                   // guarded by mu_
+  bool throttled_ = false;                                  // guarded by mu_
   std::string throttle_reason_;                             // guarded by mu_
-  bool notify_wake_ = false;      // guarded by mu_
-  bool idle_wake_ = false;        // guarded by mu_
-  bool backlog_possible_ = true;  // last claim filled every slot; guarded by mu_
-  bool cancel_wake_ = false;      // guarded by mu_
-  bool exit_pending_ = false;     // a worker thread ended; guarded by mu_
+  bool notify_wake_ = false;                                // guarded by mu_
+  bool idle_wake_ = false;                                  // guarded by mu_
+  bool backlog_possible_ = true;           // last claim filled every slot; guarded by mu_
+  bool cancel_wake_ = false;               // guarded by mu_
+  bool exit_pending_ = false;              // a worker thread ended; guarded by mu_
   std::condition_variable_any claim_cv_;   // with mu_
   std::condition_variable_any cancel_cv_;  // with mu_
   std::condition_variable_any drain_cv_;   // with mu_: a task ended, or force

@@ -31,9 +31,8 @@ struct LogSinkOptions {
 
 class TaskLogSink : public isolation::Observer {
  public:
-  using OverLimitHook = std::function<void(std::string_view resource,
-                                           isolation::OverLimitAction action,
-                                           std::string_view message)>;
+  using OverLimitHook = std::function<void(
+      std::string_view resource, isolation::OverLimitAction action, std::string_view message)>;
 
   TaskLogSink(queue::QueueStore& store, std::string task_id, LogSinkOptions options,
               OverLimitHook on_over_limit = {});
@@ -62,13 +61,13 @@ class TaskLogSink : public isolation::Observer {
 
   std::mutex flush_mu_;  // held across a write so chunks stay in order
   mutable std::mutex mu_;
-  std::vector<queue::LogChunk> pending_;                     // guarded by mu_
-  std::size_t pending_bytes_ = 0;                            // guarded by mu_
-  std::chrono::steady_clock::time_point oldest_pending_{};   // guarded by mu_
-  int64_t next_seq_ = 1;                                     // guarded by mu_
-  std::optional<isolation::UsageSample> last_usage_;         // guarded by mu_
-  int64_t peak_memory_ = 0;                                  // guarded by mu_
-  std::string handle_;                                       // guarded by mu_
+  std::vector<queue::LogChunk> pending_;                    // guarded by mu_
+  std::size_t pending_bytes_ = 0;                           // guarded by mu_
+  std::chrono::steady_clock::time_point oldest_pending_{};  // guarded by mu_
+  int64_t next_seq_ = 1;                                    // guarded by mu_
+  std::optional<isolation::UsageSample> last_usage_;        // guarded by mu_
+  int64_t peak_memory_ = 0;                                 // guarded by mu_
+  std::string handle_;                                      // guarded by mu_
 };
 
 }  // namespace runner::pool

@@ -32,8 +32,8 @@ TaskOutcome MapRunResult(const isolation::RunResult& r, StopCause cause) {
         out.report.exit_code = 0;
       } else {
         out.report = Failed(r, "nonzero_exit",
-                            Or(r.message, "the task exited with a nonzero code") +
-                                " (exit code " + std::to_string(r.exit_code) + ")",
+                            Or(r.message, "the task exited with a nonzero code") + " (exit code " +
+                                std::to_string(r.exit_code) + ")",
                             true);
       }
       break;
@@ -44,8 +44,9 @@ TaskOutcome MapRunResult(const isolation::RunResult& r, StopCause cause) {
           queue::TaskError{"timed_out", Or(r.message, "the task ran past its timeout")};
       break;
     case Kind::kOomKilled:
-      out.report = Failed(r, "oom_killed",
-                          Or(r.message, "the task was killed for exceeding its memory limit"), true);
+      out.report =
+          Failed(r, "oom_killed",
+                 Or(r.message, "the task was killed for exceeding its memory limit"), true);
       break;
     case Kind::kOverLimit:
       out.report =

@@ -69,14 +69,14 @@ class Monitor {
   metrics::Gauge& disk_used_;
   metrics::Gauge& disk_total_;
 
-  std::mutex sample_mu_;  // one SampleOnce at a time
+  std::mutex sample_mu_;                    // one SampleOnce at a time
   std::unique_ptr<ResourceSource> source_;  // guarded by sample_mu_
   int cpu_streak_ = 0;                      // guarded by sample_mu_
 
   mutable std::mutex mu_;
-  bool throttled_ = false;        // guarded by mu_
-  std::string reason_;            // guarded by mu_
-  ResourceSample last_;           // guarded by mu_
+  bool throttled_ = false;  // guarded by mu_
+  std::string reason_;      // guarded by mu_
+  ResourceSample last_;     // guarded by mu_
 
   std::jthread thread_;
 };

@@ -34,8 +34,7 @@ class ResourceSource {
 // (missing paths are skipped).
 class ProcResourceSource : public ResourceSource {
  public:
-  explicit ProcResourceSource(std::vector<std::string> disk_paths,
-                              std::string proc_root = "/proc");
+  explicit ProcResourceSource(std::vector<std::string> disk_paths, std::string proc_root = "/proc");
   Reading Read() override;
 
  private:

@@ -1,5 +1,9 @@
-#include <catch2/catch.hpp>
+#include "runner/pool/node.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <csignal>
 #include <fstream>
@@ -7,11 +11,7 @@
 #include <pqxx/pqxx>
 #include <thread>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include "runner/metrics/registry.h"
-#include "runner/pool/node.h"
 #include "runner/pool/pool.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/ulid.h"
@@ -65,8 +65,8 @@ TEST_CASE("a task submitted to a node runs as a process and its result and outpu
   REQUIRE(ok.ok());
   REQUIRE(bad.ok());
   std::optional<runner::queue::Task> a, b;
-  REQUIRE(WaitFor([&] { return (a = Final(*node, ok->task.id)) && (b = Final(*node, bad->task.id)); },
-                  30s));
+  REQUIRE(WaitFor(
+      [&] { return (a = Final(*node, ok->task.id)) && (b = Final(*node, bad->task.id)); }, 30s));
   CHECK(a->state == TaskState::kSucceeded);
   CHECK(a->exit_code == 0);
   CHECK(a->isolation_used == std::string("process"));
@@ -151,9 +151,9 @@ TEST_CASE("ten thousand queued no-op tasks with a hundred workers all finish exa
   for (int i = 0; i < kTasks / 1000; ++i) REQUIRE(node->postgres().SubmitBatch(batch).ok());
   auto t0 = std::chrono::steady_clock::now();
   REQUIRE(node->Start().ok());
-  REQUIRE(WaitFor([&] {
-    return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == kTasks;
-  }, 180s, 250ms));
+  REQUIRE(WaitFor(
+      [&] { return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == kTasks; },
+      180s, 250ms));
   auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   WARN("10000 no-op tasks with 100 workers took " << seconds << " s");
   auto runs = noop.Runs();
@@ -162,7 +162,8 @@ TEST_CASE("ten thousand queued no-op tasks with a hundred workers all finish exa
   for (const auto& [id, n] : runs) twice += n != 1 ? 1 : 0;
   CHECK(twice == 0);
   CHECK(noop.Overlaps() == 0);
-  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE attempt = 1 AND state = 'succeeded'") == kTasks);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE attempt = 1 AND state = 'succeeded'") ==
+        kTasks);
   node->Shutdown(runner::StopOptions{false, 10s});
 }
 
@@ -262,9 +263,9 @@ TEST_CASE("two nodes on one database share the work and never run a task twice a
   CHECK(WaitFor([&] { return a->store().ListWorkers()->size() == 8; }, 10s));
   std::vector<runner::queue::NewTask> batch(400, Command({"true"}));
   REQUIRE(a->postgres().SubmitBatch(batch).ok());
-  REQUIRE(WaitFor([&] {
-    return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == 400;
-  }, 60s, 100ms));
+  REQUIRE(WaitFor(
+      [&] { return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == 400; }, 60s,
+      100ms));
   CHECK(noop.Overlaps() == 0);
   for (const auto& [id, n] : noop.Runs()) CHECK(n == 1);
   auto by_node = noop.RunsByNode();
@@ -296,10 +297,12 @@ TEST_CASE("a drained node returns its unfinished task to the queue and another n
   auto cfg = NodeConfig(dir_b, 1);
   auto b = MakeNode(cfg, db, reg_b);
   REQUIRE(b->Start().ok());
-  REQUIRE(WaitFor([&] {
-    auto x = b->store().Get(sub->task.id);
-    return x.ok() && x->state == TaskState::kRunning && x->node_id == b->node_id();
-  }, 10s));
+  REQUIRE(WaitFor(
+      [&] {
+        auto x = b->store().Get(sub->task.id);
+        return x.ok() && x->state == TaskState::kRunning && x->node_id == b->node_id();
+      },
+      10s));
   REQUIRE(b->store().Cancel(sub->task.id).ok());
   REQUIRE(WaitFor([&] { return StateOf(*b, sub->task.id) == TaskState::kCancelled; }, 5s));
   b->Shutdown(runner::StopOptions{false, 10s});
@@ -337,12 +340,14 @@ TEST_CASE("a node killed mid-task has the task re-run on another node as attempt
   runner::queue::StoreOptions so;
   so.conninfo = db.conninfo();
   std::unique_ptr<runner::queue::PostgresStore> store;
-  REQUIRE(WaitFor([&] {
-    auto s = runner::queue::PostgresStore::Open(so);
-    if (!s.ok()) return false;
-    store = std::move(*s);
-    return true;
-  }, 30s, 200ms));
+  REQUIRE(WaitFor(
+      [&] {
+        auto s = runner::queue::PostgresStore::Open(so);
+        if (!s.ok()) return false;
+        store = std::move(*s);
+        return true;
+      },
+      30s, 200ms));
   REQUIRE(WaitFor([&] { return store->ListNodes().ok() && store->ListNodes()->size() == 1; }, 30s,
                   100ms));
   const std::string dead_node = store->ListNodes()->front().id;

@@ -92,10 +92,10 @@ class NoopIsolator : public isolation::Isolator {
  private:
   const std::chrono::milliseconds delay_;
   mutable std::mutex mu_;
-  std::set<std::string> running_;          // guarded by mu_
-  std::map<std::string, int> runs_;        // guarded by mu_
-  std::map<std::string, int> by_node_;     // guarded by mu_
-  int overlaps_ = 0;                       // guarded by mu_
+  std::set<std::string> running_;       // guarded by mu_
+  std::map<std::string, int> runs_;     // guarded by mu_
+  std::map<std::string, int> by_node_;  // guarded by mu_
+  int overlaps_ = 0;                    // guarded by mu_
 };
 
 inline std::string Scalar(const runner::testing::TestDatabase& db, const std::string& query) {

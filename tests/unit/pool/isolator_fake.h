@@ -40,8 +40,8 @@ class FakeIsolator : public isolation::Isolator {
   std::atomic<int> started_{0};
   mutable std::mutex mu_;
   std::condition_variable_any cv_;
-  bool unblocked_ = false;             // guarded by mu_
-  std::map<std::string, int> runs_;    // guarded by mu_
+  bool unblocked_ = false;           // guarded by mu_
+  std::map<std::string, int> runs_;  // guarded by mu_
 };
 
 }  // namespace runner::pool::testing

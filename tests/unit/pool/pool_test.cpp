@@ -1,12 +1,12 @@
-#include <catch2/catch.hpp>
+#include "runner/pool/pool.h"
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
 #include <thread>
 
 #include "runner/metrics/registry.h"
 #include "runner/pool/idle_backoff.h"
-#include "runner/pool/pool.h"
 #include "runner/pressure/monitor.h"
 #include "runner/ulid.h"
 #include "tests/support/services.h"
@@ -113,10 +113,12 @@ TEST_CASE("scale up starts workers at once and scale down stops idle workers fir
   REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
 
   REQUIRE(h.pool->Scale(5).ok());
-  REQUIRE(WaitFor([&] {
-    auto s = h.pool->GetStatus();
-    return s.active == 5 && s.idle == 4 && s.busy == 1;
-  }, 5s));
+  REQUIRE(WaitFor(
+      [&] {
+        auto s = h.pool->GetStatus();
+        return s.active == 5 && s.idle == 4 && s.busy == 1;
+      },
+      5s));
 
   REQUIRE(h.pool->Scale(1).ok());
   REQUIRE(WaitFor([&] { return h.pool->GetStatus().active == 1; }, 5s));
@@ -251,7 +253,7 @@ TEST_CASE("an idle pool polls less and less often and polls fast again after a c
   CHECK(gap(2) >= 180ms);
   CHECK(gap(3) >= 360ms);
   CHECK(gap(4) >= 360ms);
-  CHECK(gap(4) < 2000ms);  // capped, not 800 ms and growing
+  CHECK(gap(4) < 2000ms);                    // capped, not 800 ms and growing
   std::string id = h.store.AddTask({"ok"});  // no Wake(): found by the poll
   REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
   auto before = h.store.ClaimTimes().size();
@@ -283,14 +285,16 @@ TEST_CASE("every heartbeat carries each busy worker's task id", "[pool][heartbea
   REQUIRE(h.pool->Start().ok());
   h.pool->Wake();
   REQUIRE(WaitFor([&] { return h.iso.Running() == 1; }, 5s));
-  REQUIRE(WaitFor([&] {
-    for (const auto& hb : h.store.Heartbeats()) {
-      for (const auto& b : hb.workers) {
-        if (b.task_id == id && b.state == runner::queue::WorkerState::kBusy) return true;
-      }
-    }
-    return false;
-  }, 5s));
+  REQUIRE(WaitFor(
+      [&] {
+        for (const auto& hb : h.store.Heartbeats()) {
+          for (const auto& b : hb.workers) {
+            if (b.task_id == id && b.state == runner::queue::WorkerState::kBusy) return true;
+          }
+        }
+        return false;
+      },
+      5s));
   auto hbs = h.store.Heartbeats();
   CHECK(hbs.back().node_id == h.pool->node_id());
   CHECK(hbs.back().workers.size() == 2);
@@ -353,10 +357,12 @@ TEST_CASE("a worker whose isolator throws is replaced and its task is failed", "
   REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kFailed; }, 5s));
   CHECK(h.store.TaskById(id).error->code == "internal");
   REQUIRE(WaitFor([&] { return h.store.EventsOfKind("worker.failed").size() == 1; }, 5s));
-  REQUIRE(WaitFor([&] {
-    return AllIdle(*h.pool, 2) && h.store.RegisteredWorkers().size() == 2 &&
-           h.store.RegisteredWorkers() != before;
-  }, 5s));
+  REQUIRE(WaitFor(
+      [&] {
+        return AllIdle(*h.pool, 2) && h.store.RegisteredWorkers().size() == 2 &&
+               h.store.RegisteredWorkers() != before;
+      },
+      5s));
   // The replacement works.
   std::string next = h.store.AddTask({"ok"});
   h.pool->Wake();
@@ -405,7 +411,8 @@ TEST_CASE("task results are reported as the user expects", "[pool][outcome]") {
         "oom_killed");
   CHECK(MapRunResult(run(RunResult::Kind::kOverLimit, 137), StopCause::kNone).report.error->code ==
         "over_limit");
-  auto missing = MapRunResult(run(RunResult::Kind::kError, -1, "image_not_found"), StopCause::kNone);
+  auto missing =
+      MapRunResult(run(RunResult::Kind::kError, -1, "image_not_found"), StopCause::kNone);
   CHECK(missing.report.error->code == "image_not_found");
   CHECK_FALSE(missing.report.retryable);
   CHECK(MapRunResult(run(RunResult::Kind::kStopped), StopCause::kCancel).report.state ==

@@ -164,8 +164,7 @@ Result<queue::HeartbeatOutcome> FakeQueueStore::Heartbeat(const queue::Heartbeat
   return out;
 }
 
-Result<std::vector<std::string>> FakeQueueStore::CancelRequested(
-    std::span<const std::string> ids) {
+Result<std::vector<std::string>> FakeQueueStore::CancelRequested(std::span<const std::string> ids) {
   std::lock_guard lock(mu_);
   std::vector<std::string> out;
   for (const auto& id : ids) {

@@ -1,12 +1,12 @@
-#include <catch2/catch.hpp>
+#include "runner/pressure/monitor.h"
 
+#include <catch2/catch.hpp>
 #include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "runner/metrics/registry.h"
-#include "runner/pressure/monitor.h"
 #include "runner/pressure/resource_source.h"
 #include "tests/support/services.h"
 
@@ -48,10 +48,9 @@ struct Changes {
 std::unique_ptr<Monitor> MakeMonitor(const Readings& r, Changes& changes,
                                      runner::metrics::Registry& registry,
                                      MonitorOptions options = {}) {
-  return std::make_unique<Monitor>(std::make_unique<FakeSource>(&r), options, registry,
-                                   [&changes](bool on, const std::string& reason) {
-                                     changes.seen.emplace_back(on, reason);
-                                   });
+  return std::make_unique<Monitor>(
+      std::make_unique<FakeSource>(&r), options, registry,
+      [&changes](bool on, const std::string& reason) { changes.seen.emplace_back(on, reason); });
 }
 
 void Write(const std::string& path, const std::string& text) {
@@ -153,8 +152,7 @@ TEST_CASE("host readings show in the metrics and the last sample", "[pressure]")
   CHECK(text.find("runner_host_disk_total_bytes 1000") != std::string::npos);
 }
 
-TEST_CASE("the /proc reader computes CPU from deltas and memory from MemAvailable",
-          "[pressure]") {
+TEST_CASE("the /proc reader computes CPU from deltas and memory from MemAvailable", "[pressure]") {
   runner::testing::TempDir dir;
   const std::string root = dir.path().string();
   Write(root + "/stat", "cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3 4\n");
