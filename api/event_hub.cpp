@@ -56,7 +56,10 @@ void EventHub::Start() {
   std::lock_guard lock(mu_);
   if (poller_.joinable()) return;
   stopped_ = false;
-  poller_ = std::jthread([this](std::stop_token stop) { PollLoop(stop); });
+  // Find the end of the table before serving, so an event written right after
+  // Start() is live, not history. If the store is down, the poller retries.
+  bool at_end = SkipToEnd();
+  poller_ = std::jthread([this, at_end](std::stop_token stop) { PollLoop(stop, at_end); });
 }
 
 void EventHub::Stop() {
@@ -153,8 +156,7 @@ void EventHub::PollOnce() {
   }
 }
 
-void EventHub::PollLoop(std::stop_token stop) {
-  bool at_end = false;
+void EventHub::PollLoop(std::stop_token stop, bool at_end) {
   std::mutex wait_mu;
   while (!stop.stop_requested()) {
     if (!at_end) {

@@ -84,7 +84,7 @@ class EventHub {
   void Publish(const std::vector<queue::Event>& events);
 
  private:
-  void PollLoop(std::stop_token stop);
+  void PollLoop(std::stop_token stop, bool at_end);
   bool SkipToEnd();
   void PollOnce();
 

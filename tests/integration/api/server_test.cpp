@@ -170,6 +170,7 @@ struct EventReader {
   std::mutex mu;
   std::vector<runner::api::SseMessage> seen;  // guarded by mu
   std::atomic<bool> done{false};
+  std::atomic<bool> connected{false};  // the server subscribed us and said so
   std::thread thread;
   EventReader(const std::string& base, std::string last_id = "") {
     thread = std::thread([this, base, last_id] {
@@ -179,6 +180,7 @@ struct EventReader {
       httplib::Headers headers;
       if (!last_id.empty()) headers.emplace("Last-Event-ID", last_id);
       c.Get("/api/v1/events", headers, [&](const char* data, size_t len) {
+        connected = true;
         parser.Feed(std::string_view(data, len), [&](const runner::api::SseMessage& m) {
           std::lock_guard lock(mu);
           seen.push_back(m);
@@ -205,8 +207,8 @@ struct EventReader {
 TEST_CASE("the events stream sees a task's whole life", "[api][sse][events]") {
   ApiFixture f;
   EventReader reader(f.base());
-  // Let the subscription attach before the task exists.
-  std::this_thread::sleep_for(300ms);
+  // The subscription is attached before the task exists.
+  REQUIRE(WaitFor([&] { return reader.connected.load(); }, 10s));
   std::string id = f.Submit(R"({"command":["true"]})");
   CHECK(WaitFor([&] { return reader.Has("task.succeeded", id); }, 20s));
   CHECK(reader.Has("task.queued", id));
