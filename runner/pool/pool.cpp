@@ -883,8 +883,29 @@ void Pool::CancelLoop(std::stop_token stop) {
 
 void Pool::ReapLoop(std::stop_token stop) {
   bool first = true;
-  const auto dead_after = options_.reap_policy.node_dead_after;
+  // A node silent for longer than the lease has lost every lease it held
+  // (and stops its own tasks when it notices). Its containers on this daemon
+  // are removed BEFORE the store requeues their tasks, so an interrupted
+  // attempt never runs alongside its re-run. A live node beats every lease/3.
+  const auto silent_after = std::min(options_.reap_policy.node_dead_after, options_.lease);
   while (!stop.stop_requested()) {
+    OrphanReaper reaper;
+    {
+      std::lock_guard lock(mu_);
+      reaper = orphan_reaper_;
+    }
+    if (reaper) {
+      std::vector<std::string> nodes;
+      auto dead = store_.DeadNodeIds(silent_after);
+      if (dead.ok()) {
+        for (auto& id : *dead) {
+          if (id != options_.node_id) nodes.push_back(std::move(id));
+        }
+      }
+      // A restarted node may find containers of its own id from before.
+      if (first) nodes.push_back(options_.node_id);
+      if (!nodes.empty()) reaper(nodes);
+    }
     if (options_.reap) {
       auto r = store_.Reap(options_.reap_policy);
       if (!r.ok()) {
@@ -895,19 +916,6 @@ void Pool::ReapLoop(std::stop_token stop) {
             "reaped node_id={} requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
             options_.node_id, r->requeued, r->failed_lease_lost, r->dead_workers, r->dead_nodes);
       }
-    }
-    OrphanReaper reaper;
-    {
-      std::lock_guard lock(mu_);
-      reaper = orphan_reaper_;
-    }
-    if (reaper) {
-      std::vector<std::string> nodes;
-      auto dead = store_.DeadNodeIds(dead_after);
-      if (dead.ok()) nodes = *dead;
-      // A restarted node may find containers of its own id from before.
-      if (first) nodes.push_back(options_.node_id);
-      if (!nodes.empty()) reaper(nodes);
     }
     first = false;
     SleepFor(stop, options_.reap_interval);
