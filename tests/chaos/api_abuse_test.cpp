@@ -100,6 +100,33 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
   std::this_thread::sleep_for(300ms);
   for (int fd : sse.fds) (void)::send(fd, sse_req.data(), sse_req.size(), MSG_NOSIGNAL);
 
+  // Every subscriber answered (a stream or a refusal) before the measurement.
+  int sse_ok = 0, sse_refused = 0, sse_silent = 0;
+  std::vector<int> answer(sse.fds.size(), 0);  // 0 none yet, 1 stream, 2 refused
+  auto sse_t0 = Clock::now();
+  for (size_t pending = sse.fds.size(); pending > 0 && SecondsSince(sse_t0) < 30;) {
+    pending = 0;
+    for (size_t i = 0; i < sse.fds.size(); ++i) {
+      if (answer[i] != 0) continue;
+      char buf[256];
+      ssize_t n = ::recv(sse.fds[i], buf, sizeof(buf) - 1, 0);
+      if (n > 0) {
+        std::string head(buf, static_cast<size_t>(n));
+        answer[i] = head.find(" 200 ") != std::string::npos ? 1 : 2;
+      } else if (n == 0) {
+        answer[i] = 2;  // closed without an answer
+      } else {
+        ++pending;
+      }
+    }
+    if (pending > 0) std::this_thread::sleep_for(200ms);
+  }
+  const double sse_answer_s = SecondsSince(sse_t0);
+  for (int v : answer) {
+    sse_ok += v == 1;
+    sse_refused += v == 2;
+    sse_silent += v == 0;
+  }
   // Slowloris: headers dripped one byte per socket per round, never finished.
   const int slow = Pick(300, 600);
   Sockets lor;
@@ -128,32 +155,6 @@ TEST_CASE("slowloris, a thousand SSE subscribers and bad bodies leave the API re
   const auto [att_threads, att_rss] = node.ThreadsAndRss();
 
   // How many subscribers got a stream (200) and how many were turned away.
-  int sse_ok = 0, sse_refused = 0, sse_silent = 0;
-  std::vector<int> answer(sse.fds.size(), 0);  // 0 none yet, 1 stream, 2 refused
-  auto sse_t0 = Clock::now();
-  for (size_t pending = sse.fds.size(); pending > 0 && SecondsSince(sse_t0) < 30;) {
-    pending = 0;
-    for (size_t i = 0; i < sse.fds.size(); ++i) {
-      if (answer[i] != 0) continue;
-      char buf[256];
-      ssize_t n = ::recv(sse.fds[i], buf, sizeof(buf) - 1, 0);
-      if (n > 0) {
-        std::string head(buf, static_cast<size_t>(n));
-        answer[i] = head.find(" 200 ") != std::string::npos ? 1 : 2;
-      } else if (n == 0) {
-        answer[i] = 2;  // closed without an answer
-      } else {
-        ++pending;
-      }
-    }
-    if (pending > 0) std::this_thread::sleep_for(200ms);
-  }
-  const double sse_answer_s = SecondsSince(sse_t0);
-  for (int v : answer) {
-    sse_ok += v == 1;
-    sse_refused += v == 2;
-    sse_silent += v == 0;
-  }
   stop = true;
   drip.join();
   for (int fd : lor.fds) ::close(fd);
