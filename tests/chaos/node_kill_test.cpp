@@ -35,8 +35,8 @@ double EpochNow() {
 TEST_CASE("a node killed mid-task again and again loses no task and never runs one twice at once",
           "[chaos][kill]") {
   Scenario s;
-  const int total = Pick(240, 3000);
-  const int kills = Pick(5, 25);
+  const int total = Pick(160, 3000);
+  const int kills = Pick(4, 25);
   const double lease = 3;
   fs::path ticks = s.dir.path() / "ticks";
   fs::create_directories(ticks);
