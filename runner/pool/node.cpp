@@ -93,6 +93,15 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     Node* raw = node.get();
     node->selector_->OnChange([raw](bool up) {
       raw->docker_gauge_.Set(up ? 1 : 0);
+      // Operators see the fallback in the event stream and the dashboard, not only in logs.
+      queue::NewEvent event;
+      event.kind = up ? "docker.available" : "docker.unavailable";
+      event.data_json = std::string("{\"node_id\":\"") + raw->node_id_ + "\"}";
+      auto emitted = raw->store_->Emit(event);
+      if (!emitted.ok()) {
+        spdlog::warn("event not recorded node_id={} error={}", raw->node_id_,
+                     emitted.error().message);
+      }
       if (up) {
         spdlog::info("docker available node_id={}", raw->node_id_);
       } else {

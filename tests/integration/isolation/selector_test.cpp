@@ -21,6 +21,7 @@
 #include "isolation/docker/docker_isolator.h"
 #include "isolation/process/process_isolator.h"
 #include "tests/support/services.h"
+#include "tests/support/socket_proxy.h"
 
 namespace runner::isolation {
 namespace {
@@ -176,119 +177,7 @@ TEST_CASE("concurrent picks during flapping report alternating transitions",
   CHECK(changes.back() == true);
 }
 
-// Forwards connections from a socket the test controls to the real daemon.
-// Close() makes Docker "stop" (new connections fail, live ones are cut);
-// Open() brings it back at the same path.
-class DockerProxy {
- public:
-  DockerProxy(fs::path path, std::string target)
-      : path_(std::move(path)), target_(std::move(target)) {}
-  ~DockerProxy() { Close(); }
-
-  std::string host() const { return "unix://" + path_.string(); }
-
-  void Open() {
-    Close();
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    path_.string().copy(addr.sun_path, sizeof(addr.sun_path) - 1);
-    ::unlink(path_.c_str());
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    REQUIRE(::listen(fd, 64) == 0);
-    listen_fd_ = fd;
-    stopping_ = false;
-    acceptor_ = std::thread([this] { AcceptLoop(); });
-  }
-
-  void Close() {
-    if (listen_fd_ < 0) return;
-    stopping_ = true;
-    acceptor_.join();
-    ::close(listen_fd_);
-    listen_fd_ = -1;
-    ::unlink(path_.c_str());
-    std::list<std::thread> pumps;
-    {
-      std::lock_guard lock(mu_);
-      for (int fd : live_) ::shutdown(fd, SHUT_RDWR);
-      pumps.swap(pumps_);
-    }
-    for (auto& t : pumps) t.join();
-  }
-
- private:
-  int Connect(const std::string& path) {
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    path.copy(addr.sun_path, sizeof(addr.sun_path) - 1);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      ::close(fd);
-      return -1;
-    }
-    return fd;
-  }
-
-  void AcceptLoop() {
-    while (!stopping_) {
-      pollfd p{listen_fd_, POLLIN, 0};
-      if (::poll(&p, 1, 50) <= 0) continue;
-      int client = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (client < 0) continue;
-      int upstream = Connect(target_);
-      if (upstream < 0) {
-        ::close(client);
-        continue;
-      }
-      std::lock_guard lock(mu_);
-      live_.push_back(client);
-      live_.push_back(upstream);
-      pumps_.emplace_back([this, client, upstream] { Pump(client, upstream); });
-    }
-  }
-
-  void Pump(int a, int b) {
-    char buf[65536];
-    pollfd fds[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
-    bool open = true;
-    while (open && !stopping_) {
-      if (::poll(fds, 2, 50) <= 0) continue;
-      for (int i = 0; i < 2 && open; ++i) {
-        if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-        ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
-        if (n <= 0) {
-          open = false;
-          break;
-        }
-        int to = fds[1 - i].fd;
-        for (ssize_t off = 0; off < n;) {
-          ssize_t w = ::send(to, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
-          if (w <= 0) {
-            open = false;
-            break;
-          }
-          off += w;
-        }
-      }
-    }
-    std::lock_guard lock(mu_);
-    live_.erase(std::remove(live_.begin(), live_.end(), a), live_.end());
-    live_.erase(std::remove(live_.begin(), live_.end(), b), live_.end());
-    ::close(a);
-    ::close(b);
-  }
-
-  fs::path path_;
-  std::string target_;
-  int listen_fd_ = -1;
-  std::atomic<bool> stopping_{false};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> live_;         // guarded by mu_
-  std::list<std::thread> pumps_;  // guarded by mu_
-};
+using DockerProxy = runner::testing::SocketProxy;
 
 class Collector : public Observer {
  public:

@@ -17,6 +17,7 @@
 #include "runner/ulid.h"
 #include "tests/integration/pool/pool_fixture.h"
 #include "tests/support/services.h"
+#include "tests/support/socket_proxy.h"
 
 using namespace std::chrono_literals;
 using runner::pool::Node;
@@ -134,6 +135,54 @@ TEST_CASE("a docker task runs in a container on a node in auto mode", "[pool][no
   CHECK(done->isolation_used == std::string("docker"));
   CHECK(done->stdout_tail.find("from-container") != std::string::npos);
   CHECK(registry.Render().find("runner_docker_available 1") != std::string::npos);
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
+TEST_CASE("when Docker goes away an auto node runs new tasks as processes and says so in events",
+          "[pool][node][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::testing::SocketProxy proxy(dir.path() / "docker.sock",
+                                     runner::testing::DockerSocketPath());
+  proxy.Open();
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = proxy.host();
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  REQUIRE(node->Status().docker_available);
+
+  auto event_kinds = [&] {
+    std::vector<std::string> kinds;
+    auto events = node->store().EventsAfter(0, 1000);
+    if (events.ok()) {
+      for (const auto& e : *events) {
+        if (e.kind.rfind("docker.", 0) == 0) kinds.push_back(e.kind);
+      }
+    }
+    return kinds;
+  };
+  auto run = [&] {
+    auto sub = node->store().Submit(Command({"sh", "-c", "echo hi"}));
+    REQUIRE(sub.ok());
+    std::optional<runner::queue::Task> done;
+    REQUIRE(WaitFor([&] { return (done = Final(*node, sub->task.id)).has_value(); }, 60s));
+    CHECK(done->state == TaskState::kSucceeded);
+    return done->isolation_used.value_or("");
+  };
+
+  proxy.Close();
+  // The monitor re-checks Docker every second, with no task needed to notice.
+  REQUIRE(WaitFor([&] { return !node->Status().docker_available; }, 15s));
+  CHECK(event_kinds() == std::vector<std::string>{"docker.unavailable"});
+  CHECK(registry.Render().find("runner_docker_available 0") != std::string::npos);
+  CHECK(run() == "process");
+
+  proxy.Open();
+  REQUIRE(WaitFor([&] { return node->Status().docker_available; }, 15s));
+  CHECK(event_kinds() == std::vector<std::string>{"docker.unavailable", "docker.available"});
+  CHECK(run() == "docker");
   node->Shutdown(runner::StopOptions{false, 10s});
 }
 
