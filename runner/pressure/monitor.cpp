@@ -82,15 +82,16 @@ void Monitor::SampleOnce() {
   if (r.disk_total > 0 && t.disk_high < 100 && disk_pct >= t.disk_high) {
     over.push_back(fmt::format("disk {:.1f}% >= {:.0f}% ({})", disk_pct, t.disk_high, r.disk_path));
   }
-  // Still over the low marks: the reasons to stay throttled.
+  // Still over the low marks: the reasons to stay throttled. A disabled check
+  // (high mark 100) must not hold the pool either: a saturated host reads 100%.
   std::vector<std::string> still;
-  if (r.cpu_percent && cpu >= t.cpu_low) {
+  if (r.cpu_percent && t.cpu_high < 100 && cpu >= t.cpu_low) {
     still.push_back(fmt::format("cpu {:.1f}% >= {:.0f}%", cpu, t.cpu_low));
   }
-  if (r.memory_total > 0 && mem_pct >= t.memory_low) {
+  if (r.memory_total > 0 && t.memory_high < 100 && mem_pct >= t.memory_low) {
     still.push_back(fmt::format("memory {:.1f}% >= {:.0f}%", mem_pct, t.memory_low));
   }
-  if (r.disk_total > 0 && disk_pct >= t.disk_low) {
+  if (r.disk_total > 0 && t.disk_high < 100 && disk_pct >= t.disk_low) {
     still.push_back(fmt::format("disk {:.1f}% >= {:.0f}% ({})", disk_pct, t.disk_low, r.disk_path));
   }
 

@@ -196,3 +196,23 @@ TEST_CASE("the monitor samples on its own thread until stopped", "[pressure]") {
   m.Stop();
   m.Stop();
 }
+
+TEST_CASE("a disabled check does not keep the pool throttled once the others are back",
+          "[pressure]") {
+  Readings r;
+  Changes changes;
+  runner::metrics::Registry registry;
+  MonitorOptions o;
+  o.thresholds.cpu_high = 100;
+  o.thresholds.cpu_low = 99;
+  o.thresholds.disk_high = 70;
+  o.thresholds.disk_low = 50;
+  auto m = MakeMonitor(r, changes, registry, o);
+  r.cpu = 100;  // a saturated host
+  r.disk_percent = 81;
+  m->SampleOnce();
+  CHECK(m->Throttled());
+  r.disk_percent = 10;
+  m->SampleOnce();
+  CHECK_FALSE(m->Throttled());
+}
