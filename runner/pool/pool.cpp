@@ -602,7 +602,11 @@ void Pool::ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& 
     }
   } else {
     label = std::string(queue::ToString(out.report.state));
-    for (int i = 0; i < kTries; ++i) {
+    // The result is kept while the lease may still be ours: a database restart
+    // of a few seconds must not turn a finished task into a second run. Finish
+    // checks the lease holder, so a late report never overwrites another attempt.
+    const auto give_up = SteadyClock::now() + options_.lease;
+    for (int i = 0;; ++i) {
       auto r = store_.Finish(task.id, w->id, out.report);
       if (r.ok()) {
         if (*r == queue::FinishOutcome::kRetrying) label = "retrying";
@@ -614,8 +618,10 @@ void Pool::ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& 
       }
       spdlog::warn("finish failed task_id={} worker_id={} try={} error={}", task.id, w->id, i + 1,
                    ErrorText(r.error()));
-      // The lease expires and the reaper requeues it if we cannot report.
-      if (i + 1 < kTries) std::this_thread::sleep_for(milliseconds(200 << i));
+      // Past the lease the reaper requeues it; stop trying.
+      const auto pause = std::min(milliseconds(200) * (1 << std::min(i, 4)), milliseconds(2000));
+      if (i + 1 >= kTries && SteadyClock::now() + pause >= give_up) break;
+      std::this_thread::sleep_for(pause);
     }
   }
   const double elapsed = Seconds(SteadyClock::now() - started);
@@ -883,11 +889,13 @@ void Pool::CancelLoop(std::stop_token stop) {
 
 void Pool::ReapLoop(std::stop_token stop) {
   bool first = true;
-  // A node silent for longer than the lease has lost every lease it held
-  // (and stops its own tasks when it notices). Its containers on this daemon
-  // are removed BEFORE the store requeues their tasks, so an interrupted
-  // attempt never runs alongside its re-run. A live node beats every lease/3.
-  const auto silent_after = std::min(options_.reap_policy.node_dead_after, options_.lease);
+  // Containers of a node that stopped renewing are removed BEFORE its expired
+  // leases are requeued, or a surviving node would start a second attempt
+  // while the dead node's container still runs it. A live node renews every
+  // lease/3, so a node silent for 2/3 of the lease has lost (or is about to
+  // lose) every lease it holds.
+  const auto dead_after = std::min(options_.reap_policy.node_dead_after,
+                                   std::max(milliseconds(1), options_.lease * 2 / 3));
   while (!stop.stop_requested()) {
     OrphanReaper reaper;
     {
@@ -896,28 +904,27 @@ void Pool::ReapLoop(std::stop_token stop) {
     }
     if (reaper) {
       std::vector<std::string> nodes;
-      auto dead = store_.DeadNodeIds(silent_after);
-      if (dead.ok()) {
-        for (auto& id : *dead) {
-          if (id != options_.node_id) nodes.push_back(std::move(id));
-        }
-      }
-      // A restarted node may find containers of its own id from before.
+      auto dead = store_.DeadNodeIds(dead_after);
+      if (dead.ok()) nodes = *dead;
+      // Never our own containers while we run (a database outage makes our
+      // heartbeat look old): our leases are ours to stop. A restarted node may
+      // find containers of its own id from before, on the first pass.
+      std::erase(nodes, options_.node_id);
       if (first) nodes.push_back(options_.node_id);
       if (!nodes.empty()) reaper(nodes);
     }
+    first = false;
     if (options_.reap) {
       auto r = store_.Reap(options_.reap_policy);
       if (!r.ok()) {
         spdlog::warn("reap failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
-      } else if (r->ran &&
-                 (r->requeued || r->failed_lease_lost || r->dead_workers || r->dead_nodes)) {
+      } else if (r->ran && (r->requeued || r->failed_lease_lost || r->dead_workers ||
+                            r->dead_nodes)) {
         spdlog::info(
             "reaped node_id={} requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
             options_.node_id, r->requeued, r->failed_lease_lost, r->dead_workers, r->dead_nodes);
       }
     }
-    first = false;
     SleepFor(stop, options_.reap_interval);
   }
 }
