@@ -137,7 +137,10 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   po.default_image = config.task_image;
   po.default_limits = config.default_limits;
   po.default_timeout = Ms(config.default_timeout);
-  po.reap_policy.node_dead_after = Ms(config.node_dead_after);
+  // A node silent for longer than two leases is dead (it lost every lease it
+  // held): waiting the full node_dead_after (90 s) would leave its containers
+  // running next to the retries of its tasks for a minute and more.
+  po.reap_policy.node_dead_after = std::min(Ms(config.node_dead_after), po.lease * 2);
   po.reap_policy.finished_retention =
       std::chrono::seconds(static_cast<int64_t>(config.finished_retention));
   po.reap_policy.event_retention =
