@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -91,6 +92,7 @@ struct ChildPlan {
   };
   Limit limits[8]{};
   size_t limit_count = 0;
+  pid_t parent = 0;  // the runner; the task dies with it
 };
 
 enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
@@ -107,6 +109,11 @@ enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
 
 [[noreturn]] void ChildMain(const ChildPlan& p) {
   ::setsid();
+  // If the runner is killed (SIGKILL, OOM) the task must not run on: another
+  // node re-runs it once the lease expires. The fork happens on the worker
+  // thread that waits for the task, so the thread-scoped signal is safe.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != p.parent) ::_exit(127);
   for (size_t i = 0; i < p.join_count; ++i) {
     if (::write(p.join_fds[i], "0", 1) != 1) ReportAndExit(p.report_fd, kJoinCgroup);
   }
@@ -348,6 +355,7 @@ Status TaskRun::Spawn() {
   plan.argv = argv.data();
   plan.envp = envp.data();
   plan.cwd = cwd.c_str();
+  plan.parent = ::getpid();
   plan.stdin_fd = devnull.get();
   plan.stdout_fd = out->second.get();
   plan.stderr_fd = err->second.get();
