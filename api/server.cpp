@@ -2,10 +2,13 @@
 
 #include <httplib.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <boost/json.hpp>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <map>
 #include <stdexcept>
 #include <unordered_map>
@@ -20,6 +23,20 @@
 
 namespace runner::api {
 namespace {
+
+// Every connection is a socket: 1,000 SSE subscribers and a few hundred slow
+// clients exceed the usual soft limit of 1,024 descriptors, so take what the
+// hard limit allows (as Go's runtime does), up to what the pool can use.
+void RaiseOpenFilesLimit(std::size_t connections) {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  const rlim_t want = std::min<rlim_t>(lim.rlim_max, static_cast<rlim_t>(connections) + 1024);
+  if (lim.rlim_cur >= want) return;
+  lim.rlim_cur = want;
+  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    spdlog::warn("could not raise the open files limit to {}: {}", want, std::strerror(errno));
+  }
+}
 
 namespace json = boost::json;
 using httplib::Request;
@@ -174,9 +191,15 @@ Status ApiServer::Start() {
   if (options_.max_streams == 0 || options_.http_threads == 0) {
     return MakeError("validation_failed", "http_threads and max_streams must be at least 1");
   }
+  if (options_.max_connections < options_.http_threads + options_.max_streams + 256) {
+    return MakeError("validation_failed",
+                     "max_connections must leave at least 256 threads beyond http_threads + "
+                     "max_streams for slow and ordinary clients");
+  }
+  RaiseOpenFilesLimit(options_.max_connections);
   http_ = std::make_unique<Http>();
   const std::size_t core = options_.http_threads;
-  const std::size_t max = options_.http_threads + options_.max_streams;
+  const std::size_t max = options_.max_connections;
   http_->new_task_queue = [core, max] { return new ElasticTaskQueue(core, max, 4 * max); };
   http_->set_payload_max_length(options_.max_body_bytes);
   http_->set_read_timeout(options_.read_timeout);

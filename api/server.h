@@ -16,10 +16,15 @@
 //   with follow=1) also accept `?token=<token>`; nothing else does.
 // - Every error is {"error":{"code","message"}}; exceptions thrown by a handler
 //   are translated to 500 `internal` in one place (the handler wrapper).
-// - Threads: `http_threads` serve ordinary requests; up to `max_streams` more
-//   are created on demand for SSE streams (each holds one for its life), so
-//   open streams never starve ordinary requests. Stream number max_streams+1
-//   gets 503 `unavailable`.
+// - Threads: cpp-httplib gives every connection a thread from accept to close,
+//   including the time a client takes to send its request head (a slowloris
+//   client holds one for as long as it drips bytes within read_timeout). The
+//   pool keeps `http_threads` and grows on demand up to `max_connections`,
+//   which must exceed `max_streams` (SSE streams hold a thread for their life)
+//   by a budget for slow and ordinary clients, so neither 1,000 open streams
+//   nor hundreds of slow clients starve /healthz. Stream number max_streams+1
+//   gets 503 `unavailable`; past max_connections, new connections wait in the
+//   listen backlog. The server raises its open-files limit to the hard limit.
 //
 // Thread-safety: Start()/Stop() from one owning thread; handlers run on the
 // server's pool and only use thread-safe collaborators (QueueStore,
@@ -59,7 +64,8 @@ struct ApiOptions {
   std::size_t stream_buffer_events = 1024;     // per subscriber; slower clients are dropped
   std::size_t max_streams = 1024;              // open SSE streams at once
   // HTTP
-  std::size_t http_threads = 16;  // kept for ordinary requests
+  std::size_t http_threads = 16;       // kept for ordinary requests
+  std::size_t max_connections = 4096;  // threads at most; >= http_threads + max_streams + 256
   std::chrono::seconds read_timeout{10};
   std::chrono::seconds write_timeout{10};
 };

@@ -918,8 +918,8 @@ void Pool::ReapLoop(std::stop_token stop) {
       auto r = store_.Reap(options_.reap_policy);
       if (!r.ok()) {
         spdlog::warn("reap failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
-      } else if (r->ran && (r->requeued || r->failed_lease_lost || r->dead_workers ||
-                            r->dead_nodes)) {
+      } else if (r->ran &&
+                 (r->requeued || r->failed_lease_lost || r->dead_workers || r->dead_nodes)) {
         spdlog::info(
             "reaped node_id={} requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
             options_.node_id, r->requeued, r->failed_lease_lost, r->dead_workers, r->dead_nodes);

@@ -11,9 +11,10 @@
 
 namespace runner::chaos {
 
-TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries them and falls "
-          "back to processes until it returns",
-          "[chaos][docker]") {
+TEST_CASE(
+    "docker going away mid-run fails running docker tasks clearly, retries them and falls "
+    "back to processes until it returns",
+    "[chaos][docker]") {
   Scenario s;
   std::string daemon = s.docker.substr(std::string("unix://").size());
   DockerProxy proxy(s.dir.path() / "docker.sock", daemon);
@@ -26,7 +27,9 @@ TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries
   RunnerProcess& node = s.Add(a, "node");
   REQUIRE(node.Start());
   REQUIRE(testing::WaitFor(
-      [&] { return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") == "true"; },
+      [&] {
+        return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") == "true";
+      },
       15s, 100ms));
 
   ContainerSampler sampler(s.docker);
@@ -54,7 +57,10 @@ TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries
   auto cut = Clock::now();
   proxy.Close();
   const bool noticed = testing::WaitFor(
-      [&] { return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") == "false"; },
+      [&] {
+        return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") ==
+               "false";
+      },
       20s, 100ms);
   const double notice_s = SecondsSince(cut);
 
@@ -80,20 +86,21 @@ TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries
   // The running docker tasks must have ended their attempt with a clear error.
   const bool docker_attempt_ended = testing::WaitFor(
       [&] {
-        return QueryInt(s.db.conninfo(),
-                        "SELECT count(DISTINCT task_id) FROM events WHERE kind IN "
-                        "('task.retrying','task.failed') AND task_id IN (SELECT id FROM tasks WHERE "
-                        "isolation = 'docker')") == docker_tasks;
+        return QueryInt(
+                   s.db.conninfo(),
+                   "SELECT count(DISTINCT task_id) FROM events WHERE kind IN "
+                   "('task.retrying','task.failed') AND task_id IN (SELECT id FROM tasks WHERE "
+                   "isolation = 'docker')") == docker_tasks;
       },
       30s, 100ms);
   std::string errors;
   {
     pqxx::connection c(s.db.conninfo());
     pqxx::nontransaction tx(c);
-    for (const auto& row : tx.exec(
-             "SELECT DISTINCT COALESCE(data->>'error', '') FROM events WHERE kind IN"
-             " ('task.retrying','task.failed') AND task_id IN (SELECT id FROM tasks WHERE"
-             " isolation = 'docker')")) {
+    for (const auto& row :
+         tx.exec("SELECT DISTINCT COALESCE(data->>'error', '') FROM events WHERE kind IN"
+                 " ('task.retrying','task.failed') AND task_id IN (SELECT id FROM tasks WHERE"
+                 " isolation = 'docker')")) {
       errors += row[0].as<std::string>() + " ";
     }
   }
@@ -105,7 +112,9 @@ TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries
   auto restore = Clock::now();
   proxy.Open();
   const bool back = testing::WaitFor(
-      [&] { return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") == "true"; },
+      [&] {
+        return JsonField(HttpGet(node.port(), "/api/v1/status").body, "docker.available") == "true";
+      },
       20s, 100ms);
   const double back_s = SecondsSince(restore);
   std::vector<std::string> after;
@@ -122,9 +131,12 @@ TEST_CASE("docker going away mid-run fails running docker tasks clearly, retries
   sampler.Stop();
 
   int during_process = 0, after_docker = 0, docker_succeeded = 0;
-  for (const auto& id : during) during_process += GetTask(s.db.conninfo(), id).isolation_used == "process";
-  for (const auto& id : after) after_docker += GetTask(s.db.conninfo(), id).isolation_used == "docker";
-  for (const auto& id : docker_ids) docker_succeeded += GetTask(s.db.conninfo(), id).state == "succeeded";
+  for (const auto& id : during)
+    during_process += GetTask(s.db.conninfo(), id).isolation_used == "process";
+  for (const auto& id : after)
+    after_docker += GetTask(s.db.conninfo(), id).isolation_used == "docker";
+  for (const auto& id : docker_ids)
+    docker_succeeded += GetTask(s.db.conninfo(), id).state == "succeeded";
   Invariants inv = CheckInvariants(s.db.conninfo(), ids);
   inv.observed_overlaps = static_cast<int>(sampler.overlapping_tasks().size());
 

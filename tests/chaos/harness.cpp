@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <httplib.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -16,7 +17,6 @@
 #include <boost/json.hpp>
 #include <cstdlib>
 #include <fstream>
-#include <httplib.h>
 #include <pqxx/pqxx>
 #include <sstream>
 
@@ -44,7 +44,8 @@ int FreePort() {
   int port = 0;
   if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
     socklen_t len = sizeof(addr);
-    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) port = ntohs(addr.sin_port);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0)
+      port = ntohs(addr.sin_port);
   }
   if (fd >= 0) ::close(fd);
   return port;
@@ -285,7 +286,8 @@ TaskRow GetTask(const std::string& conninfo, const std::string& id) {
   auto rows = tx.exec_params(
       "SELECT state, COALESCE(error->>'code', ''), COALESCE(isolation_used, ''), attempt,"
       " logs_truncated,"
-      " (SELECT COALESCE(sum(length(l.data)), 0) FROM task_logs l WHERE l.task_id = tasks.id)::bigint,"
+      " (SELECT COALESCE(sum(length(l.data)), 0) FROM task_logs l WHERE l.task_id = "
+      "tasks.id)::bigint,"
       " COALESCE(extract(epoch FROM finished_at - started_at), 0)::float8"
       " FROM tasks WHERE id = $1",
       id);
@@ -332,10 +334,10 @@ Invariants CheckInvariants(const std::string& conninfo, const std::vector<std::s
     int overlaps = 0;
   };
   std::map<std::string, PerTask> per;
-  for (const auto& row : tx.exec(
-           "SELECT task_id, kind FROM events WHERE task_id IS NOT NULL AND kind IN "
-           "('task.started','task.retrying','task.succeeded','task.failed','task.cancelled',"
-           "'task.timed_out') ORDER BY id")) {
+  for (const auto& row :
+       tx.exec("SELECT task_id, kind FROM events WHERE task_id IS NOT NULL AND kind IN "
+               "('task.started','task.retrying','task.succeeded','task.failed','task.cancelled',"
+               "'task.timed_out') ORDER BY id")) {
     PerTask& p = per[row[0].as<std::string>()];
     std::string kind = row[1].as<std::string>();
     if (kind == "task.started") {
@@ -453,7 +455,8 @@ void ContainerSampler::Loop() {
       }
       ++samples_;
     }
-    for (auto slept = 0ms; slept < every_ && !stop_; slept += 20ms) std::this_thread::sleep_for(20ms);
+    for (auto slept = 0ms; slept < every_ && !stop_; slept += 20ms)
+      std::this_thread::sleep_for(20ms);
   }
 }
 
@@ -638,8 +641,9 @@ PrivatePostgres::PrivatePostgres() : bin_(PgBin()) {
   dir_ = tmpl;
   fs::create_directories(dir_ / "sock");
   if (::geteuid() == 0) {
-    std::system(("chown -R postgres " + Quote(dir_.string()) + " && chmod 755 " + Quote(dir_.string()))
-                    .c_str());
+    std::system(
+        ("chown -R postgres " + Quote(dir_.string()) + " && chmod 755 " + Quote(dir_.string()))
+            .c_str());
   }
   if (RunAsPostgres(bin_ + "/initdb -D " + Quote((dir_ / "data").string()) +
                     " -U postgres -A trust --no-sync") != 0) {
@@ -654,7 +658,8 @@ PrivatePostgres::~PrivatePostgres() {
 }
 
 bool PrivatePostgres::Start() {
-  std::string opts = "-c listen_addresses='' -c unix_socket_directories='" + (dir_ / "sock").string() +
+  std::string opts = "-c listen_addresses='' -c unix_socket_directories='" +
+                     (dir_ / "sock").string() +
                      "' -c max_connections=200 -c fsync=off -c synchronous_commit=off";
   int rc = RunAsPostgres(bin_ + "/pg_ctl -D " + Quote((dir_ / "data").string()) + " -w -t 60 -l " +
                          Quote((dir_ / "pg.log").string()) + " -o " + Quote(opts) + " start");
@@ -675,7 +680,8 @@ std::string PrivatePostgres::conninfo(const std::string& db) const {
 
 std::string PrivatePostgres::url(const std::string& db) const {
   std::string encoded;
-  for (char c : (dir_ / "sock").string()) encoded += c == '/' ? std::string("%2F") : std::string(1, c);
+  for (char c : (dir_ / "sock").string())
+    encoded += c == '/' ? std::string("%2F") : std::string(1, c);
   return "postgresql://postgres@" + encoded + "/" + db;
 }
 

@@ -125,10 +125,10 @@ TaskRow GetTask(const std::string& conninfo, const std::string& id);
 
 struct Invariants {
   int submitted = 0;
-  int final_tasks = 0;    // in a final state
-  int lost = 0;           // submitted, but missing or not final
-  int multi_final = 0;    // more than one final event (ended more than once)
-  int event_overlaps = 0; // an attempt started before the previous one ended, per events
+  int final_tasks = 0;        // in a final state
+  int lost = 0;               // submitted, but missing or not final
+  int multi_final = 0;        // more than one final event (ended more than once)
+  int event_overlaps = 0;     // an attempt started before the previous one ended, per events
   int observed_overlaps = 0;  // from tick files / container samples (filled by the caller)
   std::map<std::string, int> by_state;
   std::vector<std::string> problems;  // first few, for the failure message

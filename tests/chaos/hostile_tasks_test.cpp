@@ -9,9 +9,10 @@
 
 namespace runner::chaos {
 
-TEST_CASE("hostile tasks end within their limits while the node and neighbouring tasks stay "
-          "healthy",
-          "[chaos][hostile]") {
+TEST_CASE(
+    "hostile tasks end within their limits while the node and neighbouring tasks stay "
+    "healthy",
+    "[chaos][hostile]") {
   Scenario s;
   RunnerArgs a = s.Args("node");
   a.workers = 10;
@@ -26,8 +27,9 @@ TEST_CASE("hostile tasks end within their limits while the node and neighbouring
     double limit_s;  // it must be over by then
     std::string id;
   };
-  const std::string flood = "yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop"
-                            " | head -c 100000000";
+  const std::string flood =
+      "yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop"
+      " | head -c 100000000";
   const std::string forks =
       "i=0; while [ $i -lt 300 ]; do sleep 5 & i=$((i+1)); done; wait; echo done";
   const std::string stubborn = "trap '' TERM; while true; do sleep 0.2; done";
@@ -38,7 +40,10 @@ TEST_CASE("hostile tasks end within their limits while the node and neighbouring
       {"300 forks, pids limit 64 (docker)", Opts({"sh", "-c", forks}, "docker", 30, 64), 40, {}},
       {"reads stdin that never comes (process)", Opts({"cat"}, "process", 20), 20, {}},
       {"reads stdin that never comes (docker)", Opts({"cat"}, "docker", 20), 20, {}},
-      {"ignores SIGTERM, timeout 2 s (process)", Opts({"sh", "-c", stubborn}, "process", 2), 20, {}},
+      {"ignores SIGTERM, timeout 2 s (process)",
+       Opts({"sh", "-c", stubborn}, "process", 2),
+       20,
+       {}},
       {"ignores SIGTERM, timeout 2 s (docker)", Opts({"sh", "-c", stubborn}, "docker", 2), 20, {}},
   };
   std::vector<std::string> ids;
@@ -81,10 +86,11 @@ TEST_CASE("hostile tasks end within their limits while the node and neighbouring
 
   std::ostringstream md;
   md << "## 5. Hostile tasks\n\n"
-     << "One node (`--mode auto`, 10 workers); the hostile tasks below run next to "
-     << n_neighbours << " ordinary tasks (`sleep 0.3`, half Docker, half process). Log cap: "
+     << "One node (`--mode auto`, 10 workers); the hostile tasks below run next to " << n_neighbours
+     << " ordinary tasks (`sleep 0.3`, half Docker, half process). Log cap: "
         "the default 1 MiB per task.\n\n"
-     << "| task | final state | error | run time | logs stored / truncated |\n|---|---|---|---|---|\n";
+     << "| task | final state | error | run time | logs stored / truncated "
+        "|\n|---|---|---|---|---|\n";
   std::vector<TaskRow> rows;
   for (const auto& h : hostile) {
     TaskRow t = GetTask(s.db.conninfo(), h.id);
@@ -94,7 +100,8 @@ TEST_CASE("hostile tasks end within their limits while the node and neighbouring
        << (t.logs_truncated ? "yes" : "no") << " |\n";
   }
   int neighbours_ok = 0;
-  for (const auto& id : neighbours) neighbours_ok += GetTask(s.db.conninfo(), id).state == "succeeded";
+  for (const auto& id : neighbours)
+    neighbours_ok += GetTask(s.db.conninfo(), id).state == "succeeded";
   Invariants inv = CheckInvariants(s.db.conninfo(), ids);
   md << "\n| measure | value |\n|---|---|\n"
      << "| neighbouring tasks succeeded | " << neighbours_ok << " / " << n_neighbours << " |\n"

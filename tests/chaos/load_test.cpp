@@ -70,7 +70,8 @@ void InsertQueued(const std::string& conninfo, int n) {
     pqxx::work tx(c);
     tx.exec_params(
         "INSERT INTO tasks (id, queue, state, image, command, timeout, isolation)"
-        " SELECT unnest($1::text[]), 'default', 'queued', 'runner-task:latest', ARRAY['true'], 60, 'process'",
+        " SELECT unnest($1::text[]), 'default', 'queued', 'runner-task:latest', ARRAY['true'], 60, "
+        "'process'",
         arr);
     tx.commit();
     done += batch;
@@ -92,9 +93,10 @@ std::string Mb(long long bytes) {
 
 }  // namespace
 
-TEST_CASE("thousands of queued tasks drain with flat claim latency and retention keeps the tables "
-          "from growing",
-          "[chaos][load]") {
+TEST_CASE(
+    "thousands of queued tasks drain with flat claim latency and retention keeps the tables "
+    "from growing",
+    "[chaos][load]") {
   Scenario s;
   const std::string conninfo = s.db.conninfo();
   RunnerArgs a = s.Args("node");
@@ -104,10 +106,11 @@ TEST_CASE("thousands of queued tasks drain with flat claim latency and retention
   RunnerProcess& node = s.Add(a, "node");
   REQUIRE(node.Start());
 
-  const std::vector<int> rounds = FullMode() ? std::vector<int>{10000, 10000, 100000}
-                                             : std::vector<int>{2000, 2000};
+  const std::vector<int> rounds =
+      FullMode() ? std::vector<int>{10000, 10000, 100000} : std::vector<int>{2000, 2000};
   std::ostringstream table;
-  table << "| round | tasks | drained in | tasks/s | claim mean 1st half / 2nd half | claim p50 / p99 "
+  table << "| round | tasks | drained in | tasks/s | claim mean 1st half / 2nd half | claim p50 / "
+           "p99 "
            "(bucket bound) | tasks+events size after run | after retention + VACUUM |\n"
            "|---|---|---|---|---|---|---|---|\n";
   std::vector<long long> sizes_after_run;
@@ -155,7 +158,8 @@ TEST_CASE("thousands of queued tasks drain with flat claim latency and retention
     const bool retained = testing::WaitFor(
         [&] {
           return QueryInt(conninfo, "SELECT count(*) FROM tasks") == 0 &&
-                 QueryInt(conninfo, "SELECT count(*) FROM events WHERE at < now() - interval '1 day'") == 0;
+                 QueryInt(conninfo,
+                          "SELECT count(*) FROM events WHERE at < now() - interval '1 day'") == 0;
         },
         Pick(60s, 300s), 500ms);
     {
@@ -168,14 +172,15 @@ TEST_CASE("thousands of queued tasks drain with flat claim latency and retention
     const long long size_after = Size(conninfo, "tasks") + Size(conninfo, "events");
     CHECK(retained);
     table << "| " << r + 1 << " | " << n << " | " << secs << " s | "
-          << static_cast<int>(n / std::max(secs, 0.001)) << " | " << m1 << " ms / " << m2 << " ms | "
-          << p50 << " ms / " << p99 << " ms | " << Mb(size_run) << " | " << Mb(size_after)
-          << (retained ? "" : " (retention incomplete)") << " |\n";
+          << static_cast<int>(n / std::max(secs, 0.001)) << " | " << m1 << " ms / " << m2
+          << " ms | " << p50 << " ms / " << p99 << " ms | " << Mb(size_run) << " | "
+          << Mb(size_after) << (retained ? "" : " (retention incomplete)") << " |\n";
   }
 
   std::ostringstream md;
   md << "## 7. Load\n\n"
-     << "One node, " << a.workers << " workers, `--mode process`, tasks `true` (the fake-fast "
+     << "One node, " << a.workers
+     << " workers, `--mode process`, tasks `true` (the fake-fast "
         "path) inserted straight into the queue table in batches of 5,000 and woken by one NOTIFY. "
         "Claim latency from the node's `runner_claim_duration_seconds` histogram (the quantile is "
         "the upper bound of its bucket). After each round every task and event is aged past the "

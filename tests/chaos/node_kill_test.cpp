@@ -95,8 +95,10 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
     // Wait until the victim runs something (bounded), then a random moment more.
     testing::WaitFor(
         [&] {
-          return QueryInt(s.db.conninfo(), "SELECT count(*) FROM tasks WHERE state = 'running' AND "
-                                           "node_id = '" + node + "'") > 0 ||
+          return QueryInt(s.db.conninfo(),
+                          "SELECT count(*) FROM tasks WHERE state = 'running' AND "
+                          "node_id = '" +
+                              node + "'") > 0 ||
                  s.Unfinished() == 0;
         },
         10s, 50ms);
@@ -106,8 +108,8 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
     {
       pqxx::connection c(s.db.conninfo());
       pqxx::nontransaction tx(c);
-      for (const auto& row : tx.exec_params(
-               "SELECT id FROM tasks WHERE state = 'running' AND node_id = $1", node)) {
+      for (const auto& row :
+           tx.exec_params("SELECT id FROM tasks WHERE state = 'running' AND node_id = $1", node)) {
         kill.running.push_back(row[0].as<std::string>());
       }
     }
@@ -147,8 +149,10 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
   std::string victim_node = NodeIdOf(victim.port());
   REQUIRE(testing::WaitFor(
       [&] {
-        return QueryInt(s.db.conninfo(), "SELECT count(*) FROM tasks WHERE state = 'running' AND "
-                                         "node_id = '" + victim_node + "'") >= 2;
+        return QueryInt(s.db.conninfo(),
+                        "SELECT count(*) FROM tasks WHERE state = 'running' AND "
+                        "node_id = '" +
+                            victim_node + "'") >= 2;
       },
       20s, 50ms));
   std::this_thread::sleep_for(2s);
@@ -194,8 +198,8 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
 
   // Containers of dead nodes must be reaped by the surviving nodes.
   auto reap_t0 = Clock::now();
-  const bool reaped = testing::WaitFor(
-      [&] { return ContainersOfNodes(s.docker, dead_nodes) == 0; }, Pick(30s, 120s), 250ms);
+  const bool reaped = testing::WaitFor([&] { return ContainersOfNodes(s.docker, dead_nodes) == 0; },
+                                       Pick(30s, 120s), 250ms);
   const double reap_s = SecondsSince(reap_t0);
   const int left = ContainersOfNodes(s.docker, dead_nodes);
 
@@ -204,15 +208,15 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
   const int ticks_overlap = TickOverlaps(ticks, &tick_overlaps);
   const auto container_overlap = sampler.overlapping_tasks();
   inv.observed_overlaps = ticks_overlap + static_cast<int>(container_overlap.size());
-  const long long retries = QueryInt(
-      s.db.conninfo(), "SELECT count(*) FROM events WHERE kind = 'task.retrying'");
+  const long long retries =
+      QueryInt(s.db.conninfo(), "SELECT count(*) FROM events WHERE kind = 'task.retrying'");
 
   std::ostringstream md;
   md << "## 1. Node killed mid-task (SIGKILL, repeated)\n\n"
-     << "Two `runner serve` nodes on one database (`--lease " << lease << "`), "
-     << total << " tasks in the soak (half process-isolated ticking shell loops, half Docker `sleep`; every "
-     << "tenth runs 20 s, longer than the lease plus a reaper pass). One node is SIGKILLed " << done_kills.size()
-     << " times while it holds tasks and restarted each time.\n\n"
+     << "Two `runner serve` nodes on one database (`--lease " << lease << "`), " << total
+     << " tasks in the soak (half process-isolated ticking shell loops, half Docker `sleep`; every "
+     << "tenth runs 20 s, longer than the lease plus a reaper pass). One node is SIGKILLed "
+     << done_kills.size() << " times while it holds tasks and restarted each time.\n\n"
      << "| measure | value |\n|---|---|\n"
      << "| tasks submitted | " << inv.submitted << " (in " << submit_s << " s) |\n"
      << "| tasks finished (final state) | " << inv.final_tasks << " |\n"
@@ -225,14 +229,16 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
      << " |\n"
      << "| kills / tasks interrupted | " << done_kills.size() << " / " << interrupted << " |\n"
      << "| retries (task.retrying events) | " << retries << " |\n"
-     << "| kill -> interrupted task requeued (lease expiry + reaper pass), p50 / max | "
-     << req_p50 << " s / " << req_max << " s |\n"
-     << "| kill -> interrupted task running again (includes waiting behind the backlog), p50 / max | " << rec_p50 << " s / "
-     << rec_max << " s |\n"
-     << "| dead-node containers left after all tasks ended | " << left << " (waited "
-     << reap_s << " s) |\n"
+     << "| kill -> interrupted task requeued (lease expiry + reaper pass), p50 / max | " << req_p50
+     << " s / " << req_max << " s |\n"
+     << "| kill -> interrupted task running again (includes waiting behind the backlog), p50 / max "
+        "| "
+     << rec_p50 << " s / " << rec_max << " s |\n"
+     << "| dead-node containers left after all tasks ended | " << left << " (waited " << reap_s
+     << " s) |\n"
      << "| wall time of the soak | " << run_s << " s |\n"
-     << "| targeted: 6 tasks of 15 s on an idle queue, victim killed 2 s in | see overlaps above |\n";
+     << "| targeted: 6 tasks of 15 s on an idle queue, victim killed 2 s in | see overlaps above "
+        "|\n";
   ReportSection("1-node-kill", md.str());
   INFO(md.str());
   INFO(inv.Summary());

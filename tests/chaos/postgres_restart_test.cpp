@@ -48,18 +48,18 @@ TEST_CASE("a PostgreSQL restart mid-run loses nothing and the node reconnects by
 
   auto down = Clock::now();
   REQUIRE(pg.Stop("fast"));
-  const bool not_ready =
-      testing::WaitFor([&] { return HttpGet(node.port(), "/readyz", 2s).status == 503; }, 15s, 100ms);
+  const bool not_ready = testing::WaitFor(
+      [&] { return HttpGet(node.port(), "/readyz", 2s).status == 503; }, 15s, 100ms);
   const double not_ready_s = SecondsSince(down);
-  const HttpResult submit_down = HttpPost(node.port(), "/api/v1/tasks",
-                                          TaskJson(Opts({"true"})), 5s);
+  const HttpResult submit_down =
+      HttpPost(node.port(), "/api/v1/tasks", TaskJson(Opts({"true"})), 5s);
   const bool healthy_down = HttpGet(node.port(), "/healthz", 2s).status == 200;
   std::this_thread::sleep_for(Pick(3s, 8s));
   const double outage_s = SecondsSince(down);
   auto up = Clock::now();
   REQUIRE(pg.Start());
-  const bool ready_again =
-      testing::WaitFor([&] { return HttpGet(node.port(), "/readyz", 2s).status == 200; }, 60s, 100ms);
+  const bool ready_again = testing::WaitFor(
+      [&] { return HttpGet(node.port(), "/readyz", 2s).status == 200; }, 60s, 100ms);
   const double ready_s = SecondsSince(up);
 
   // Tasks submitted after the restart: started through NOTIFY, not the 20 s poll.
@@ -84,7 +84,8 @@ TEST_CASE("a PostgreSQL restart mid-run loses nothing and the node reconnects by
   const double later_s = SecondsSince(submit_after);
   const bool all_final = testing::WaitFor(
       [&] {
-        return QueryInt(conninfo, "SELECT count(*) FROM tasks WHERE state IN ('queued','running')") == 0;
+        return QueryInt(conninfo,
+                        "SELECT count(*) FROM tasks WHERE state IN ('queued','running')") == 0;
       },
       Pick(90s, 300s), 200ms);
   Invariants inv = CheckInvariants(conninfo, ids);

@@ -42,13 +42,16 @@ double MemoryUsedPercent() {
   return total > 0 ? 100.0 * static_cast<double>(total - avail) / static_cast<double>(total) : 0;
 }
 
-std::string PoolState(int port) { return JsonField(HttpGet(port, "/api/v1/status").body, "pool.state"); }
+std::string PoolState(int port) {
+  return JsonField(HttpGet(port, "/api/v1/status").body, "pool.state");
+}
 
 }  // namespace
 
-TEST_CASE("a nearly full disk stops claims until space is freed, and memory pressure stops them "
-          "too",
-          "[chaos][pressure]") {
+TEST_CASE(
+    "a nearly full disk stops claims until space is freed, and memory pressure stops them "
+    "too",
+    "[chaos][pressure]") {
   Scenario s;
   fs::path mnt = s.dir.path() / "tmpfs";
   const long long size = 32LL << 20;
@@ -73,8 +76,8 @@ TEST_CASE("a nearly full disk stops claims until space is freed, and memory pres
     std::string chunk(1 << 20, 'x');
     for (int i = 0; i < 26; ++i) fill << chunk;
   }
-  const bool throttled = testing::WaitFor(
-      [&] { return PoolState(node.port()) == "throttled"; }, 15s, 100ms);
+  const bool throttled =
+      testing::WaitFor([&] { return PoolState(node.port()) == "throttled"; }, 15s, 100ms);
   const double throttle_s = SecondsSince(fill_t0);
   const std::string status = HttpGet(node.port(), "/api/v1/status").body;
   const std::string reason = JsonField(status, "backpressure.reason");
@@ -109,8 +112,8 @@ TEST_CASE("a nearly full disk stops claims until space is freed, and memory pres
   RunnerArgs m = s.Args("memory");
   m.workers = 2;
   m.mode = "process";
-  m.config_yaml = "pressure:\n  memoryHigh: " + std::to_string(high) + "\n  memoryLow: " +
-                  std::to_string(high - 1) + "\n  cpuHigh: 100\n  cpuLow: 99\n";
+  m.config_yaml = "pressure:\n  memoryHigh: " + std::to_string(high) +
+                  "\n  memoryLow: " + std::to_string(high - 1) + "\n  cpuHigh: 100\n  cpuLow: 99\n";
   RunnerProcess& mem = s.Add(m, "memory");
   REQUIRE(mem.Start());
   const bool mem_throttled =
@@ -127,8 +130,9 @@ TEST_CASE("a nearly full disk stops claims until space is freed, and memory pres
   std::this_thread::sleep_for(3s);
   std::string in_list;
   for (const auto& id : mem_ids) in_list += (in_list.empty() ? "'" : ",'") + id + "'";
-  const long long mem_claimed = QueryInt(
-      s.db.conninfo(), "SELECT count(*) FROM tasks WHERE state <> 'queued' AND id IN (" + in_list + ")");
+  const long long mem_claimed =
+      QueryInt(s.db.conninfo(),
+               "SELECT count(*) FROM tasks WHERE state <> 'queued' AND id IN (" + in_list + ")");
   mem.Signal(SIGTERM);
   CHECK(mem.Wait(30s) == 0);
   // A node with ordinary thresholds picks up what the throttled one left.
@@ -155,8 +159,8 @@ TEST_CASE("a nearly full disk stops claims until space is freed, and memory pres
      << "| disk: queued tasks finished after resume | " << (drained ? "all" : "NOT all") << " |\n"
      << "| pool.throttled / pool.resumed events | " << events_throttled << " / " << events_resumed
      << " |\n"
-     << "| memory: pool throttled | " << (mem_throttled ? "yes" : "NO") << " (reason: "
-     << mem_reason << ") |\n"
+     << "| memory: pool throttled | " << (mem_throttled ? "yes" : "NO")
+     << " (reason: " << mem_reason << ") |\n"
      << "| memory: tasks claimed in 3 s while throttled | " << mem_claimed << " / 5 |\n"
      << "| memory: tasks finished by a node without pressure | "
      << (mem_drained ? "all" : "NOT all") << " |\n"

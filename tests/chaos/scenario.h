@@ -85,7 +85,8 @@ struct Scenario {
   }
 
   long long Unfinished() const {
-    return QueryInt(db.conninfo(), "SELECT count(*) FROM tasks WHERE state IN ('queued','running')");
+    return QueryInt(db.conninfo(),
+                    "SELECT count(*) FROM tasks WHERE state IN ('queued','running')");
   }
 
   bool WaitAllFinal(std::chrono::milliseconds deadline) const {
