@@ -26,6 +26,8 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/socket_proxy.h"
+
 namespace runner::chaos {
 
 namespace fs = std::filesystem;
@@ -172,27 +174,7 @@ void RemoveContainersOfNodes(const std::string& docker_host, const std::set<std:
 std::set<std::string> NodeIds(const std::string& conninfo);
 
 // Forwards a unix socket we control to the real daemon; Close() cuts it.
-class DockerProxy {
- public:
-  DockerProxy(fs::path path, std::string target);
-  ~DockerProxy();
-  std::string host() const { return "unix://" + path_.string(); }
-  void Open();
-  void Close();
-
- private:
-  int Connect(const std::string& path);
-  void AcceptLoop();
-  void Pump(int a, int b);
-  fs::path path_;
-  std::string target_;
-  int listen_fd_ = -1;
-  std::atomic<bool> stopping_{false};
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<int> live_;
-  std::list<std::thread> pumps_;
-};
+using DockerProxy = runner::testing::SocketProxy;
 
 // A private PostgreSQL cluster (initdb + pg_ctl as the postgres user) that a
 // scenario may restart without disturbing anyone else.
