@@ -230,9 +230,19 @@ Status ApiServer::Start() {
   static_cast<Http*>(http_.get())->RaiseBacklog(1024);
   hub_->Start();
   listener_ = std::thread([this] { http_->listen_after_bind(); });
+  // cpp-httplib's stop() does nothing until the listen loop has started; a Stop()
+  // right after Start() would leave the thread in accept() forever. Wait for it.
+  WaitUntilListening();
   spdlog::info("api: listening listen={}:{} auth={}", addr->host, port_,
                options_.api_token ? "token" : "none");
   return {};
+}
+
+void ApiServer::WaitUntilListening() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!http_->is_running() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
 }
 
 void ApiServer::Stop() {
@@ -243,6 +253,7 @@ void ApiServer::Stop() {
   }
   stop_cv_.notify_all();
   if (hub_) hub_->Stop();  // event streams see kClosed and finish
+  WaitUntilListening();
   http_->stop();
   if (listener_.joinable()) listener_.join();
   http_.reset();

@@ -84,6 +84,8 @@ class ApiServer {
   int port() const { return port_; }
 
  private:
+  // Bounded wait (5 s) until the listen loop runs, so stop() can reach it.
+  void WaitUntilListening();
   void Routes();
   // Sleeps up to `wait`; returns early (true) once Stop() began.
   bool WaitStopping(std::chrono::milliseconds wait);
