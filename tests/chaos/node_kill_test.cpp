@@ -152,9 +152,11 @@ TEST_CASE("a node killed mid-task again and again loses no task and never runs o
         return QueryInt(s.db.conninfo(),
                         "SELECT count(*) FROM tasks WHERE state = 'running' AND "
                         "node_id = '" +
-                            victim_node + "'") >= 2;
+                            victim_node + "'") >= 1;
       },
-      20s, 50ms));
+      // Both nodes compete for the six tasks; the kill only needs the victim to
+      // hold one, and a sanitizer build on 2 busy cores can take a while to claim.
+      60s, 50ms));
   std::this_thread::sleep_for(2s);
   victim.Signal(SIGKILL);
   REQUIRE(victim.Wait(10s) >= 0);
