@@ -3,8 +3,8 @@
 // claimers, plus lease renewal (Heartbeat) for 100 running tasks. Works in a
 // private database it creates and drops. Prints a summary; writes JSON.
 //
-//   queue_bench --admin "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres" \
-//               --out bench/results/queue_runner.json [--tasks 3000]
+//   queue_bench --admin "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres"
+//       --out bench/results/queue_runner.json [--tasks 3000]
 
 #include <unistd.h>
 
