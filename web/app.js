@@ -264,18 +264,28 @@ function setupPool() {
 
 const tasks = { state: '', queue: '', cursors: [null], page: 0, next: null, loading: false, again: false };
 
+// The query the table should show now: filters and page.
+function taskQuery() {
+  const params = new URLSearchParams({ limit: String(TASK_PAGE) });
+  if (tasks.state) params.set('state', tasks.state);
+  if (tasks.queue) params.set('queue', tasks.queue);
+  const cursor = tasks.cursors[tasks.page];
+  if (cursor) params.set('cursor', cursor);
+  return params.toString();
+}
+
 async function loadTasks() {
   if (tasks.loading) { tasks.again = true; return; }
   tasks.loading = true;
   try {
-    const params = new URLSearchParams({ limit: String(TASK_PAGE) });
-    if (tasks.state) params.set('state', tasks.state);
-    if (tasks.queue) params.set('queue', tasks.queue);
-    const cursor = tasks.cursors[tasks.page];
-    if (cursor) params.set('cursor', cursor);
-    const r = await api(`/api/v1/tasks?${params}`);
+    const query = taskQuery();
+    const r = await api(`/api/v1/tasks?${query}`);
+    // The operator changed the filter or page while this was in flight: the
+    // answer is stale, and the reload queued behind it shows the right one.
+    if (query !== taskQuery()) return;
     tasks.next = r.next_cursor ?? r.next ?? null;
     renderTasks(r.tasks || []);
+    $('task-table').dataset.query = query;
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 0)) setText('tasks-page', `could not load tasks: ${errorText(e)}`);
   } finally {

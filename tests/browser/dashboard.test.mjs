@@ -220,27 +220,36 @@ describe('dashboard against a runner', () => {
       assert.equal(r.status, 201, r.text);
       ids.push(r.json.id);
     }
-    await page.fill('#filter-queue', 'paging');
-    await page.selectOption('#filter-state', 'queued');
-    await page.waitForFunction(() => {
-      const rows = [...document.querySelectorAll('#task-table tbody tr')];
-      return rows.length === 20 && rows.every((r) => r.dataset.state === 'queued');
-    });
-    const seen = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
-    assert.equal(await page.isEnabled('#tasks-next'), true);
-    await page.click('#tasks-next');
-    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 3);
-    const rest = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
-    assert.deepEqual([...seen, ...rest].sort(), [...ids].sort());
-    assert.equal(await page.isEnabled('#tasks-next'), false);
-    await page.click('#tasks-prev');
-    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 20);
-    // another state: none of them
-    await page.selectOption('#filter-state', 'succeeded');
-    await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 0);
-    assert.equal(await page.isVisible('#task-empty'), true);
-    await page.fill('#filter-queue', '');
-    await page.selectOption('#filter-state', '');
+    try {
+      await page.fill('#filter-queue', 'paging');
+      await page.selectOption('#filter-state', 'queued');
+      // the table shows the filtered query (a reload started before the filter
+      // changed must not count), every row of it queued
+      await page.waitForFunction(() => {
+        const q = new URLSearchParams(document.querySelector('#task-table').dataset.query || '');
+        const rows = [...document.querySelectorAll('#task-table tbody tr')];
+        return q.get('queue') === 'paging' && q.get('state') === 'queued' && !q.get('cursor') &&
+          rows.length === 20 && rows.every((r) => r.dataset.state === 'queued');
+      });
+      const seen = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
+      assert.equal(await page.isEnabled('#tasks-next'), true);
+      await page.click('#tasks-next');
+      await page.waitForFunction(() => new URLSearchParams(document.querySelector('#task-table').dataset.query).get('cursor') &&
+        document.querySelectorAll('#task-table tbody tr').length === 3);
+      const rest = await page.$$eval('#task-table tbody tr', (rows) => rows.map((r) => r.dataset.taskId));
+      assert.deepEqual([...seen, ...rest].sort(), [...ids].sort());
+      assert.equal(await page.isEnabled('#tasks-next'), false);
+      await page.click('#tasks-prev');
+      await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 20);
+      // another state: none of them
+      await page.selectOption('#filter-state', 'succeeded');
+      await page.waitForFunction(() => document.querySelectorAll('#task-table tbody tr').length === 0);
+      assert.equal(await page.isVisible('#task-empty'), true);
+    } finally {
+      // the next tests expect the unfiltered table, whatever happened here
+      await page.fill('#filter-queue', '');
+      await page.selectOption('#filter-state', '');
+    }
   });
 
   it('shows "disconnected" while the server is down and reconnects after it restarts', async () => {
