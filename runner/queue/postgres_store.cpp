@@ -85,7 +85,12 @@ class PostgresStore::Pool {
       tx.exec("SET statement_timeout = " + std::to_string(statement_timeout_.count()) +
               "; SET lock_timeout = " + std::to_string(statement_timeout_.count()) +
               "; SET idle_in_transaction_session_timeout = 60000"
-              "; SET application_name = 'runner-queue'");
+              "; SET application_name = 'runner-queue'"
+              // Every prepared statement here is a lookup by key or a fixed
+              // index walk, whose plan does not depend on the values. Left on
+              // "auto", PostgreSQL re-plans the claim on every call (its LIMIT
+              // $5 makes the generic plan look dear): 0.3 ms of 0.5.
+              "; SET plan_cache_mode = force_generic_plan");
     }
     // Prepared at connect, not lazily on first use: a bad statement shows up
     // here rather than in the middle of a claim.
@@ -548,14 +553,37 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
     cursor_micros = filter.cursor->substr(0, dot);
     cursor_id = filter.cursor->substr(dot + 1);
   }
-  std::optional<std::string> state;
-  if (filter.state) state = std::string(ToString(*filter.state));
+  // Only the filters present go into the statement, each a plain comparison
+  // an index can serve, with its value as a parameter.
+  std::string query(sql::kListTasksSelect);
+  std::vector<std::string> params;
+  bool first = true;
+  auto where = [&](std::string_view condition) {
+    query += first ? " WHERE " : " AND ";
+    query += condition;
+    first = false;
+  };
+  if (filter.state) {
+    params.emplace_back(ToString(*filter.state));
+    where("t.state = $" + std::to_string(params.size()));
+  }
+  if (filter.queue) {
+    params.push_back(*filter.queue);
+    where("t.queue = $" + std::to_string(params.size()));
+  }
+  if (cursor_micros) {
+    params.push_back(*cursor_micros);
+    params.push_back(*cursor_id);
+    auto micros = std::to_string(params.size() - 1);
+    auto id = std::to_string(params.size());
+    where("(t.created_at, t.id) < ('epoch'::timestamptz + $" + micros +
+          "::bigint * interval '1 microsecond', $" + id + "::text)");
+  }
+  query += sql::kListTasksOrder;
+  query += " LIMIT " + std::to_string(filter.limit + 1);
   return Execute<Result<TaskPage>>(*pool_, "list", [&](pqxx::connection& c) -> Result<TaskPage> {
     pqxx::nontransaction tx(c);
-    // exec_params, not prepared: a custom plan per filter combination.
-    auto r = tx.exec_params(std::string(sql::kListTasks), NullableCStr(state),
-                            NullableCStr(filter.queue), NullableCStr(cursor_micros),
-                            NullableCStr(cursor_id), filter.limit + 1);
+    auto r = tx.exec_params(query, pqxx::prepare::make_dynamic_params(params));
     TaskPage page;
     for (const auto& row : r) {
       if (static_cast<int>(page.tasks.size()) == filter.limit) break;

@@ -203,6 +203,7 @@ TEST_CASE("listing pages through tasks newest first with a cursor", "[queue][lis
   int pages = 0;
   while (true) {
     auto page = store->List(f);
+    INFO((page.ok() ? std::string() : page.error().message));
     REQUIRE(page.ok());
     ++pages;
     for (const auto& t : page->tasks) seen.push_back(t.id);
