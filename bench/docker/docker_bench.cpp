@@ -7,30 +7,28 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <atomic>
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <iostream>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bench/docker/raw_engine_loop.h"
 #include "isolation/docker/docker_isolator.h"
 
 namespace {
 
-using namespace std::chrono_literals;
+using runner::bench::Round;
+using runner::bench::RunConcurrently;
 using runner::isolation::RunResult;
 using runner::isolation::TaskSpec;
-using runner::isolation::docker::BuildCreateConfig;
 using runner::isolation::docker::DockerIsolator;
 using runner::isolation::docker::DockerIsolatorOptions;
-using Clock = std::chrono::steady_clock;
 namespace json = boost::json;
 
 struct NullObserver : runner::isolation::Observer {
@@ -63,38 +61,6 @@ double LoadAverage() {
   double one = -1;
   f >> one;
   return one;
-}
-
-struct Round {
-  std::vector<double> latencies_ms;
-  double wall_s = 0;
-  int failures = 0;
-};
-
-// Runs `tasks` tasks on `concurrency` threads; fn returns false on failure.
-template <class Fn>
-Round RunRound(int concurrency, int tasks, Fn fn) {
-  Round round;
-  std::mutex mu;
-  std::atomic<int> next{0};
-  auto t0 = Clock::now();
-  {
-    std::vector<std::jthread> threads;
-    for (int w = 0; w < concurrency; ++w) {
-      threads.emplace_back([&] {
-        while (next.fetch_add(1) < tasks) {
-          auto s = Clock::now();
-          bool ok = fn();
-          double ms = std::chrono::duration<double, std::milli>(Clock::now() - s).count();
-          std::lock_guard lock(mu);
-          round.latencies_ms.push_back(ms);
-          if (!ok) ++round.failures;
-        }
-      });
-    }
-  }
-  round.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  return round;
 }
 
 }  // namespace
@@ -141,26 +107,7 @@ int main(int argc, char** argv) {
     return r.kind == RunResult::Kind::kExited && r.exit_code == 0;
   };
   // The raw loop: the same container config, the minimum calls.
-  auto raw_task = [&] {
-    TaskSpec spec = make_spec();
-    auto id = client.ContainerCreate(BuildCreateConfig(spec, options, false));
-    if (!id) return false;
-    bool ok = false;
-    if (auto wait = client.ContainerWaitBegin(*id); wait) {
-      if (client.ContainerStart(*id)) {
-        while (true) {
-          auto polled = (*wait)->Poll(100ms);
-          if (!polled) break;
-          if (polled->has_value()) {
-            ok = **polled == 0;
-            break;
-          }
-        }
-      }
-    }
-    (void)client.ContainerRemove(*id, true);
-    return ok;
-  };
+  auto raw_task = [&] { return runner::bench::RawEngineTask(client, options, make_spec()); };
 
   // Warm-up: first container start pays for image and mount setup.
   for (int i = 0; i < 2; ++i) {
@@ -177,8 +124,8 @@ int main(int argc, char** argv) {
       double round_raw = 0, round_iso = 0;
       for (int k = 0; k < 2; ++k) {
         bool raw_turn = (r + k) % 2 == 0;
-        Round round = raw_turn ? RunRound(concurrency, tasks, raw_task)
-                               : RunRound(concurrency, tasks, isolator_task);
+        Round round = raw_turn ? RunConcurrently(concurrency, tasks, raw_task)
+                               : RunConcurrently(concurrency, tasks, isolator_task);
         (raw_turn ? round_raw : round_iso) = Median(round.latencies_ms);
         auto& lat = raw_turn ? raw_lat : iso_lat;
         lat.insert(lat.end(), round.latencies_ms.begin(), round.latencies_ms.end());

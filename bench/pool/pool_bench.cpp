@@ -2,26 +2,38 @@
 // queue, NOTIFY wake-up, real isolators) for no-op tasks: `true` as a process
 // and `true` in a container, at several worker counts. Reports tasks/s of a
 // burst, and submit-to-start latency of single submissions to an idle node
-// (the NOTIFY wake-up path; timestamps are the database's own). A bare
-// fork/exec/wait loop of /bin/true runs in the same process as the floor.
+// (the NOTIFY wake-up path; timestamps are the database's own).
 //
-//   bench/pool/run [--tasks N] [--latency N] [--workers 1,4,16] [--modes process,docker]
+// In the same run, at the same concurrency, the alternatives (--peers on):
+// - process mode: a bare serial fork/exec/wait loop of /bin/true (the floor)
+//   and graphile-worker jobs that spawn /bin/true (bench/pool/graphile_spawn.js,
+//   run with node; NODE_PATH from bench/pool/run);
+// - docker mode: the raw Engine API loop (bench/docker/raw_engine_loop.h, the
+//   floor) and `xargs -P N docker run --rm --network none` with the docker CLI.
+// Each runner figure gets its ratios to those; a summary ends the output.
+//
+//   bench/pool/run [--tasks N] [--docker-tasks N] [--latency N] [--workers 1,4,16]
+//                  [--modes process,docker] [--peers on|off] [--idle on|off]
 //
 // Needs RUNNER_TEST_PGHOST (scripts/services) and, for docker, a daemon with
 // runner-task:latest. Writes JSON (--out).
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <stdio.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <pqxx/pqxx>
 #include <random>
 #include <sstream>
@@ -29,6 +41,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench/docker/raw_engine_loop.h"
+#include "isolation/docker/docker_isolator.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/node.h"
@@ -82,10 +96,61 @@ double Percentile(std::vector<double> v, double q) {
   return v[std::min(idx, v.size() - 1)];
 }
 
-int64_t Count(const std::string& conninfo, const std::string& sql) {
-  pqxx::connection c(conninfo);
-  pqxx::nontransaction tx(c);
-  return tx.exec(sql)[0][0].as<int64_t>();
+constexpr const char* kCountFinished =
+    "SELECT count(*) FROM tasks WHERE state NOT IN ('queued','running')";
+constexpr const char* kCountSucceeded = "SELECT count(*) FROM tasks WHERE state = 'succeeded'";
+
+// Counts tasks on one connection held for the whole measurement: a new
+// connection per poll would fork a backend each time and take CPU from the
+// system under test.
+class TaskCounter {
+ public:
+  explicit TaskCounter(const std::string& conninfo) : conn_(conninfo) {}
+  int64_t Count(const char* sql) {
+    pqxx::nontransaction tx(conn_);
+    return tx.exec(sql)[0][0].as<int64_t>();
+  }
+
+ private:
+  pqxx::connection conn_;
+};
+
+std::string ShellQuote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    if (c == '\'') {
+      out += "'\\''";
+    } else {
+      out += c;
+    }
+  }
+  return out + "'";
+}
+
+struct ShellResult {
+  int exit_code = -1;  // -1: did not run or was killed by a signal
+  std::string output;  // stdout
+  double seconds = 0;  // wall time, start to exit
+};
+
+// Runs `command` with /bin/sh, capturing stdout (stderr passes through). The
+// command carries its own `timeout`; the pipe is closed on every path.
+ShellResult RunShell(const std::string& command) {
+  struct PipeCloser {
+    void operator()(FILE* f) const { ::pclose(f); }
+  };
+  ShellResult r;
+  const auto t0 = Clock::now();
+  std::unique_ptr<FILE, PipeCloser> pipe(::popen(command.c_str(), "r"));
+  if (!pipe) return r;
+  std::array<char, 4096> buf{};
+  std::size_t n = 0;
+  while ((n = std::fread(buf.data(), 1, buf.size(), pipe.get())) > 0)
+    r.output.append(buf.data(), n);
+  const int status = ::pclose(pipe.release());
+  r.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (status != -1 && WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  return r;
 }
 
 double ForkExecRate(int n) {
@@ -130,12 +195,15 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   t.command = {"true"};
   t.isolation = config.mode;
 
+  TaskCounter counter(db.conninfo());
+
   // Wake-up latency: one task at a time into an idle node.
   std::vector<double> latency_ms;
   for (int i = 0; i < latency_samples; ++i) {
     auto sub = (*node)->store().Submit(t);
     if (!sub) throw std::runtime_error("submit: " + sub.error().message);
-    for (;;) {
+    const auto sample_deadline = Clock::now() + std::chrono::seconds(60);
+    while (Clock::now() < sample_deadline) {
       auto got = (*node)->store().Get(sub->task.id);
       if (got && runner::queue::IsFinal(got->state)) {
         if (got->started_at) {
@@ -151,22 +219,17 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
 
   // Burst throughput: `tasks` submitted at once, until all are final.
   std::vector<runner::queue::NewTask> batch(static_cast<std::size_t>(tasks), t);
-  const int64_t done_before =
-      Count(db.conninfo(), "SELECT count(*) FROM tasks WHERE state NOT IN ('queued','running')");
+  const int64_t done_before = counter.Count(kCountFinished);
   auto t0 = Clock::now();
   auto subs = (*node)->postgres().SubmitBatch(batch);
   if (!subs) throw std::runtime_error("submit batch: " + subs.error().message);
   deadline = Clock::now() + std::chrono::seconds(600);
   while (Clock::now() < deadline) {
-    if (Count(db.conninfo(),
-              "SELECT count(*) FROM tasks WHERE state NOT IN ('queued','running')") >=
-        done_before + tasks) {
-      break;
-    }
+    if (counter.Count(kCountFinished) >= done_before + tasks) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-  const int64_t ok = Count(db.conninfo(), "SELECT count(*) FROM tasks WHERE state = 'succeeded'");
+  const int64_t ok = counter.Count(kCountSucceeded);
   json::array failures;
   runner::queue::TaskFilter failed_filter;
   failed_filter.state = runner::queue::TaskState::kFailed;
@@ -264,50 +327,302 @@ std::vector<std::string> Split(const std::string& s) {
   return out;
 }
 
+std::string RandomHex(int n) {
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::string s;
+  for (int i = 0; i < n; ++i) s += "0123456789abcdef"[rng() % 16];
+  return s;
+}
+
+double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
+
+// The last non-empty line of `text`.
+std::string LastLine(const std::string& text) {
+  auto end = text.find_last_not_of("\n");
+  if (end == std::string::npos) return {};
+  auto begin = text.rfind('\n', end);
+  return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin + 1));
+}
+
+// graphile-worker jobs that spawn /bin/true, `concurrency` workers, one burst
+// of `tasks` (bench/pool/graphile_spawn.js prints one JSON line).
+json::object GraphileSpawn(const std::string& script, int concurrency, int tasks) {
+  const std::string command = "timeout 600 node " + ShellQuote(script) + " --host " +
+                              ShellQuote(Env("RUNNER_TEST_PGHOST", "/tmp/runner-dev/pgsock")) +
+                              " --user " + ShellQuote(Env("RUNNER_TEST_PGUSER", "postgres")) +
+                              " --tasks " + std::to_string(tasks) + " --concurrency " +
+                              std::to_string(concurrency);
+  ShellResult r = RunShell(command);
+  if (r.exit_code != 0) {
+    throw std::runtime_error("graphile_spawn.js exited with " + std::to_string(r.exit_code) +
+                             " (is graphile-worker in NODE_PATH? bench/pool/run installs it)");
+  }
+  boost::system::error_code ec;
+  json::value v = json::parse(LastLine(r.output), ec);
+  if (ec || !v.is_object() || !v.as_object().contains("tasks_per_second")) {
+    throw std::runtime_error("graphile_spawn.js printed no result: " + LastLine(r.output));
+  }
+  json::object o = v.as_object();
+  std::cerr << "graphile spawn concurrency=" << concurrency
+            << " tasks/s=" << o["tasks_per_second"].to_number<double>() << "\n";
+  return o;
+}
+
+// The raw Engine API loop with `concurrency` loops over `tasks` tasks.
+json::object RawEngineLoop(runner::isolation::docker::DockerIsolator& isolator,
+                           const std::string& node_id, int concurrency, int tasks) {
+  auto one = [&] {
+    runner::isolation::TaskSpec spec;
+    spec.task_id = "bench-pool-raw-" + RandomHex(10);
+    spec.worker_id = "bench";
+    spec.node_id = node_id;
+    spec.image = "runner-task:latest";
+    spec.command = {"true"};
+    return runner::bench::RawEngineTask(isolator.client(), isolator.options(), spec);
+  };
+  runner::bench::Round round = runner::bench::RunConcurrently(concurrency, tasks, one);
+  json::object o;
+  o["concurrency"] = concurrency;
+  o["tasks"] = tasks;
+  o["seconds"] = round.wall_s;
+  o["tasks_per_second"] = tasks / round.wall_s;
+  o["failures"] = round.failures;
+  o["task_ms_p50"] = Percentile(round.latencies_ms, 0.5);
+  std::cerr << "raw engine loop concurrency=" << concurrency << " tasks/s=" << tasks / round.wall_s
+            << " failures=" << round.failures << "\n";
+  return o;
+}
+
+// `seq tasks | xargs -P concurrency docker run --rm --network none ... true`.
+json::object XargsDockerRun(const std::string& cli, const std::string& node_id, int concurrency,
+                            int tasks) {
+  const std::string command = "seq 1 " + std::to_string(tasks) + " | timeout 900 xargs -P " +
+                              std::to_string(concurrency) + " -I{} " + ShellQuote(cli) +
+                              " run --rm --network none --label io.runner.task=xargs-{}"
+                              " --label io.runner.node=" +
+                              ShellQuote(node_id) + " runner-task:latest true";
+  ShellResult r = RunShell(command);
+  if (r.exit_code != 0) {
+    // xargs: 123 when some docker run failed, 124 on timeout, 127 no such CLI.
+    throw std::runtime_error("xargs docker run exited with " + std::to_string(r.exit_code));
+  }
+  json::object o;
+  o["concurrency"] = concurrency;
+  o["tasks"] = tasks;
+  o["seconds"] = r.seconds;
+  o["tasks_per_second"] = tasks / r.seconds;
+  std::cerr << "xargs docker run concurrency=" << concurrency << " tasks/s=" << tasks / r.seconds
+            << "\n";
+  return o;
+}
+
+double TasksPerSecond(const json::object& o) {
+  auto it = o.find("tasks_per_second");
+  return it == o.end() ? 0 : it->value().to_number<double>();
+}
+
+// A peer measurement, or {"concurrency": N, "error": ...} when it failed.
+template <class Fn>
+json::object Peer(const char* what, int concurrency, Fn fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    std::cerr << what << " concurrency=" << concurrency << " failed: " << e.what() << "\n";
+    return json::object{{"concurrency", concurrency}, {"error", e.what()}};
+  }
+}
+
+std::string Pct(double runner, double peer) {
+  return peer > 0 ? fmt::format("{:.0f}%", 100 * runner / peer) : "n/a";
+}
+std::string Times(double runner, double peer) {
+  return peer > 0 ? fmt::format("{:.2f}x", runner / peer) : "n/a";
+}
+
+struct Options {
+  std::string out = "bench/results/pool.json";
+  int tasks = 300;        // per process-mode burst
+  int docker_tasks = 60;  // per docker-mode burst (runner, raw loop and xargs alike)
+  int latency = 50;
+  std::string workers = "1,4,16";
+  std::string modes = "process,docker";
+  bool peers = true;
+  bool idle = true;
+  std::string graphile_script = "bench/pool/graphile_spawn.js";
+  std::string docker_cli = "docker";
+};
+
+Options ParseArgs(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string k = argv[i], v = argv[i + 1];
+    if (k == "--out") {
+      o.out = v;
+    } else if (k == "--tasks") {
+      o.tasks = std::stoi(v);
+    } else if (k == "--docker-tasks") {
+      o.docker_tasks = std::stoi(v);
+    } else if (k == "--latency") {
+      o.latency = std::stoi(v);
+    } else if (k == "--workers") {
+      o.workers = v;
+    } else if (k == "--modes") {
+      o.modes = v;
+    } else if (k == "--peers") {
+      o.peers = v != "off";
+    } else if (k == "--idle") {
+      o.idle = v != "off";
+    } else if (k == "--graphile-script") {
+      o.graphile_script = v;
+    } else if (k == "--docker-cli") {
+      o.docker_cli = v;
+    } else {
+      throw std::invalid_argument("unknown option " + k + " (see bench/pool/run)");
+    }
+  }
+  return o;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string out = "bench/results/pool.json";
-  int tasks = 300;
-  int latency = 50;
-  std::string workers_arg = "1,4,16";
-  std::string modes_arg = "process,docker";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    std::string k = argv[i], v = argv[i + 1];
-    if (k == "--out") out = v;
-    if (k == "--tasks") tasks = std::stoi(v);
-    if (k == "--latency") latency = std::stoi(v);
-    if (k == "--workers") workers_arg = v;
-    if (k == "--modes") modes_arg = v;
+  Options opt;
+  try {
+    opt = ParseArgs(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
   }
   spdlog::set_level(spdlog::level::warn);
-  json::array runs;
-  for (const auto& mode : Split(modes_arg)) {
-    for (const auto& w : Split(workers_arg)) {
-      try {
-        runs.push_back(Measure(mode, std::stoi(w), tasks, latency));
-      } catch (const std::exception& e) {
-        std::cerr << mode << " workers=" << w << " failed: " << e.what() << "\n";
-        runs.push_back(
-            json::object{{"mode", mode}, {"workers", std::stoi(w)}, {"error", e.what()}});
-      }
-    }
-  }
-  json::object idle;
-  try {
-    idle = IdleCost(100, 10);
-  } catch (const std::exception& e) {
-    idle["error"] = e.what();
-  }
+
+  // The process-mode floor, measured before the runs it is compared with.
   const double floor = ForkExecRate(500);
   std::cerr << "bare fork/exec/wait of /bin/true (serial): " << floor << "/s\n";
+
+  json::array runs, summary, graphile_runs, raw_runs, xargs_runs;
+  std::string graphile_version, docker_cli_version;
+  const std::string bench_node = "bench-pool-" + RandomHex(8);
+  std::unique_ptr<runner::isolation::docker::DockerIsolator> docker;
+  for (const auto& mode : Split(opt.modes)) {
+    const bool is_docker = mode == "docker";
+    const int tasks = is_docker ? opt.docker_tasks : opt.tasks;
+    if (is_docker && opt.peers) {
+      runner::isolation::docker::DockerIsolatorOptions options;
+      options.docker_host = Env("RUNNER_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
+      docker = std::make_unique<runner::isolation::docker::DockerIsolator>(options);
+      docker_cli_version = LastLine(RunShell("timeout 20 " + ShellQuote(opt.docker_cli) +
+                                             " version --format '{{.Client.Version}}' 2>/dev/null")
+                                        .output);
+      // The first containers pay for image and mount setup: not the loop's cost.
+      runner::bench::RunConcurrently(1, 2, [&] {
+        runner::isolation::TaskSpec spec;
+        spec.task_id = "bench-pool-warm-" + RandomHex(10);
+        spec.worker_id = "bench";
+        spec.node_id = bench_node;
+        spec.image = "runner-task:latest";
+        spec.command = {"true"};
+        return runner::bench::RawEngineTask(docker->client(), docker->options(), spec);
+      });
+    }
+    for (const auto& w : Split(opt.workers)) {
+      const int workers = std::stoi(w);
+      json::object run;
+      try {
+        run = Measure(mode, workers, tasks, opt.latency);
+      } catch (const std::exception& e) {
+        std::cerr << mode << " workers=" << w << " failed: " << e.what() << "\n";
+        run = json::object{{"mode", mode}, {"workers", workers}, {"error", e.what()}};
+      }
+      const double mine = TasksPerSecond(run);
+      json::object ratios;
+      std::string line = fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers, mine);
+      if (!is_docker) {
+        ratios["vs_fork_exec_serial_pct"] = 100 * Ratio(mine, floor);
+        line += fmt::format(" | bare fork/exec serial {:.1f}/s -> {} (target >= 60%)", floor,
+                            Pct(mine, floor));
+        if (opt.peers) {
+          json::object g = Peer("graphile spawn", workers,
+                                [&] { return GraphileSpawn(opt.graphile_script, workers, tasks); });
+          if (auto it = g.find("version"); it != g.end() && it->value().is_string()) {
+            graphile_version = it->value().as_string().c_str();
+          }
+          const double peer = TasksPerSecond(g);
+          ratios["vs_graphile_spawn_x"] = Ratio(mine, peer);
+          line += fmt::format(" | graphile spawn {:.1f}/s -> {} (target >= 2x)", peer,
+                              Times(mine, peer));
+          graphile_runs.push_back(std::move(g));
+        }
+      } else if (opt.peers) {
+        json::object raw = Peer("raw engine loop", workers,
+                                [&] { return RawEngineLoop(*docker, bench_node, workers, tasks); });
+        json::object xargs = Peer("xargs docker run", workers, [&] {
+          return XargsDockerRun(opt.docker_cli, bench_node, workers, tasks);
+        });
+        const double floor_rate = TasksPerSecond(raw), xargs_rate = TasksPerSecond(xargs);
+        ratios["vs_raw_engine_loop_pct"] = 100 * Ratio(mine, floor_rate);
+        ratios["vs_xargs_docker_run_x"] = Ratio(mine, xargs_rate);
+        line += fmt::format(
+            " | raw Engine API loop {:.1f}/s -> {} (target >= 95%) | xargs docker run {:.1f}/s "
+            "-> {} (target > 1x)",
+            floor_rate, Pct(mine, floor_rate), xargs_rate, Times(mine, xargs_rate));
+        raw_runs.push_back(std::move(raw));
+        xargs_runs.push_back(std::move(xargs));
+      }
+      if (auto it = run.find("submit_to_start_ms_p50"); it != run.end()) {
+        line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
+                            it->value().to_number<double>(),
+                            run["submit_to_start_ms_p99"].to_number<double>());
+      }
+      run["ratios"] = std::move(ratios);
+      runs.push_back(std::move(run));
+      summary.push_back(json::value(line));
+    }
+  }
+  if (docker) (void)docker->ReapOrphans({bench_node});
+
+  json::object idle;
+  if (opt.idle) {
+    try {
+      idle = IdleCost(100, 10);
+      summary.push_back(json::value(fmt::format(
+          "idle 100 workers: {:.2f}% of a core (target < 1%), RSS +{:.1f} MiB (target < 50)",
+          idle["cpu_percent_of_one_core"].to_number<double>(),
+          static_cast<double>(idle["rss_growth_bytes"].to_number<int64_t>()) / (1024 * 1024))));
+    } catch (const std::exception& e) {
+      idle["error"] = e.what();
+    }
+  }
+
   json::object doc;
   doc["benchmark"] = "pool end to end: submit -> finished, no-op tasks";
   doc["host_cpus"] = static_cast<int64_t>(std::thread::hardware_concurrency());
   doc["fork_exec_wait_true_per_second_serial"] = floor;
   doc["runs"] = runs;
-  doc["idle_100_workers"] = idle;
-  std::ofstream(out) << json::serialize(doc) << "\n";
-  std::cerr << "wrote " << out << "\n";
+  if (opt.idle) doc["idle_100_workers"] = idle;
+  if (opt.peers) {
+    doc["peers"] = json::object{
+        {"graphile_spawn",
+         json::object{{"what",
+                       "graphile-worker jobs spawning /bin/true (child_process.spawn, "
+                       "await exit), burst into a warm worker, same PostgreSQL"},
+                      {"version", graphile_version},
+                      {"runs", graphile_runs}}},
+        {"docker_raw_engine_loop",
+         json::object{{"what",
+                       "create (the isolator's config), wait?condition=next-exit, start, "
+                       "wait, remove over the unix socket; N concurrent loops"},
+                      {"runs", raw_runs}}},
+        {"xargs_docker_run", json::object{{"what",
+                                           "seq T | xargs -P N docker run --rm --network none "
+                                           "runner-task:latest true"},
+                                          {"docker_cli", docker_cli_version},
+                                          {"runs", xargs_runs}}},
+    };
+  }
+  doc["summary"] = summary;
+  std::ofstream(opt.out) << json::serialize(doc) << "\n";
+  std::cout << "== summary (tasks/s, same run; ratios = runner / peer)\n";
+  for (const auto& l : summary) std::cout << l.as_string().c_str() << "\n";
+  std::cerr << "wrote " << opt.out << "\n";
   return 0;
 }
