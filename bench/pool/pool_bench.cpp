@@ -441,8 +441,8 @@ std::string Times(double runner, double peer) {
 
 struct Options {
   std::string out = "bench/results/pool.json";
-  int tasks = 300;        // per process-mode burst
-  int docker_tasks = 60;  // per docker-mode burst (runner, raw loop and xargs alike)
+  int tasks = 1000;        // per process-mode burst (runner and graphile alike)
+  int docker_tasks = 120;  // per docker-mode burst (runner, raw loop and xargs alike)
   int latency = 50;
   std::string workers = "1,4,16";
   std::string modes = "process,docker";
@@ -496,7 +496,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
 
   // The process-mode floor, measured before the runs it is compared with.
-  const double floor = ForkExecRate(500);
+  const double floor = ForkExecRate(1000);
   std::cerr << "bare fork/exec/wait of /bin/true (serial): " << floor << "/s\n";
 
   json::array runs, summary, graphile_runs, raw_runs, xargs_runs;
@@ -545,6 +545,7 @@ int main(int argc, char** argv) {
                                 [&] { return GraphileSpawn(opt.graphile_script, workers, tasks); });
           if (auto it = g.find("version"); it != g.end() && it->value().is_string()) {
             graphile_version = it->value().as_string().c_str();
+            g.erase(it);
           }
           const double peer = TasksPerSecond(g);
           ratios["vs_graphile_spawn_x"] = Ratio(mine, peer);
