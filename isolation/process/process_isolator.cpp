@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -29,6 +30,72 @@
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+// The child of a task shares the runner's memory until it execs (clone3 with
+// CLONE_VM | CLONE_VFORK, as posix_spawn does), so starting a task does not
+// copy the page tables of a runner with hundreds of threads: that copy was
+// most of the per-task cost (a no-op task took 3 ms, the exec 1). The child
+// needs its own stack and an entry point, which only assembly can give a raw
+// clone3. ThreadSanitizer cannot follow a second process in its memory: its
+// builds, and other architectures, use the copying clone3/fork path.
+// Under AddressSanitizer the child's functions are left uninstrumented (its
+// no-return handling would inspect the runner thread's stack while the child
+// runs on its own), and the child stack's shadow is cleared before each use.
+#if defined(__SANITIZE_ADDRESS__)
+#define RUNNER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RUNNER_ASAN 1
+#endif
+#endif
+#ifdef RUNNER_ASAN
+#include <sanitizer/asan_interface.h>
+#define RUNNER_CHILD_CODE __attribute__((no_sanitize_address))
+#else
+#define RUNNER_CHILD_CODE
+#endif
+
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RUNNER_NO_SHARED_SPAWN 1
+#endif
+#endif
+#ifndef RUNNER_NO_SHARED_SPAWN
+#define RUNNER_SHARED_SPAWN 1
+// long runner_clone3_call(clone_args* args, size_t size, int (*fn)(void*), void* arg):
+// in the child, calls fn(arg) on the stack of `args` and exits with its
+// result; in the parent, returns the pid or -errno. The syscall keeps r8/r9
+// for the child; the stack top the kernel gives it is 16-byte aligned.
+extern "C" long runner_clone3_call(void* args, unsigned long size, int (*fn)(void*), void* arg);
+asm(R"(
+  .text
+  .globl runner_clone3_call
+  .hidden runner_clone3_call
+  .type runner_clone3_call, @function
+runner_clone3_call:
+  .cfi_startproc
+  mov %rdx, %r8
+  mov %rcx, %r9
+  mov $435, %eax
+  syscall
+  test %rax, %rax
+  jz 1f
+  ret
+1:
+  .cfi_undefined rip
+  xor %ebp, %ebp
+  mov %r9, %rdi
+  call *%r8
+  mov %eax, %edi
+  mov $60, %eax
+  syscall
+  hlt
+  .cfi_endproc
+  .size runner_clone3_call, .-runner_clone3_call
+)");
+#endif
 #endif
 
 namespace runner::isolation::process {
@@ -97,7 +164,7 @@ struct ChildPlan {
 
 enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
 
-[[noreturn]] void ReportAndExit(int fd, ChildStage stage) {
+[[noreturn]] RUNNER_CHILD_CODE void ReportAndExit(int fd, ChildStage stage) {
   int err = errno;
   unsigned char msg[1 + sizeof(int)];
   msg[0] = stage;
@@ -107,7 +174,7 @@ enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
   ::_exit(127);
 }
 
-[[noreturn]] void ChildMain(const ChildPlan& p) {
+[[noreturn]] RUNNER_CHILD_CODE void ChildMain(const ChildPlan& p) {
   ::setsid();
   // If the runner is killed (SIGKILL, OOM) the task must not run on: another
   // node re-runs it once the lease expires. The fork happens on the worker
@@ -140,6 +207,33 @@ enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
   ::execve(p.path, p.argv, p.envp);
   ReportAndExit(p.report_fd, kExec);
 }
+
+#ifdef RUNNER_SHARED_SPAWN
+RUNNER_CHILD_CODE int ChildEntry(void* plan) { ChildMain(*static_cast<const ChildPlan*>(plan)); }
+
+// clone3 with `args` plus CLONE_VM | CLONE_VFORK: returns once the child has
+// exec'd or exited, with its pid, or -1 and errno (the caller then copies).
+long CloneSharingMemory(clone_args args, const ChildPlan& plan) {
+  constexpr size_t kStackSize = 256 * 1024;
+  void* stack = ::mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) return -1;
+#ifdef RUNNER_ASAN
+  __asan_unpoison_memory_region(stack, kStackSize);  // stale marks of an earlier mapping
+#endif
+  args.flags |= CLONE_VM | CLONE_VFORK;
+  args.stack = reinterpret_cast<uint64_t>(stack);
+  args.stack_size = kStackSize;
+  long r = runner_clone3_call(&args, sizeof(args), &ChildEntry, const_cast<ChildPlan*>(&plan));
+  // The child no longer runs on the stack: it has exec'd or exited.
+  ::munmap(stack, kStackSize);
+  if (r < 0) {
+    errno = static_cast<int>(-r);
+    return -1;
+  }
+  return r;
+}
+#endif
 
 // Null-terminated array of C strings pointing into `storage`.
 std::vector<char*> CStrings(std::vector<std::string>& storage) {
@@ -413,13 +507,30 @@ Status TaskRun::Spawn() {
     args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
     args.exit_signal = SIGCHLD;
     args.cgroup = static_cast<uint64_t>(v2_fd);
-    // Raw clone3 skips glibc's fork handlers: the child only makes raw
-    // system calls until exec, like after vfork.
-    long r = ::syscall(SYS_clone3, &args, sizeof(args));
-    if (r == 0) ChildMain(cloned_plan);
+    long r = -1;
+#ifdef RUNNER_SHARED_SPAWN
+    if (options_.shared_memory_spawn) r = CloneSharingMemory(args, cloned_plan);
+#endif
+    if (r < 0) {
+      // Raw clone3 skips glibc's fork handlers: the child only makes raw
+      // system calls until exec, like after vfork.
+      pidfd = -1;
+      r = ::syscall(SYS_clone3, &args, sizeof(args));
+      if (r == 0) ChildMain(cloned_plan);
+    }
     pid = static_cast<pid_t>(r);  // -1: old kernel or unusable cgroup, fork below
     if (r < 0) pidfd = -1;
   }
+#ifdef RUNNER_SHARED_SPAWN
+  if (pid < 0 && options_.shared_memory_spawn) {
+    clone_args args{};
+    args.flags = CLONE_PIDFD;
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    pid = static_cast<pid_t>(CloneSharingMemory(args, plan));
+    if (pid < 0) pidfd = -1;
+  }
+#endif
   if (pid < 0) {
     pid = ::fork();
     if (pid == 0) ChildMain(plan);

@@ -212,6 +212,7 @@ TEST_CASE("a task's exit code is reported", "[process]") {
   ProcessIsolator iso(Options(dir));
   Recorder rec;
   RunResult r = iso.Run(Shell("exit 3"), rec, {});
+  INFO(rec.err());
   CHECK(r.kind == Kind::kExited);
   CHECK(r.exit_code == 3);
   CHECK(r.error_code == "nonzero_exit");
@@ -225,6 +226,35 @@ TEST_CASE("a command that does not exist fails with 127 and says so", "[process]
   CHECK(r.kind == Kind::kExited);
   CHECK(r.exit_code == 127);
   CHECK_THAT(rec.err(), Catch::Contains("command not found: no-such-command-rt"));
+  CHECK(NoTaskDirs(dir.path() / "work"));
+}
+
+TEST_CASE("a task starts the same whether its child shares the runner's memory or copies it",
+          "[process][spawn]") {
+  const bool shared = GENERATE(true, false);
+  INFO("shared_memory_spawn=" << shared);
+  testing::TempDir dir;
+  ProcessIsolatorOptions o = Options(dir);
+  o.shared_memory_spawn = shared;
+  o.open_files = 321;
+  ProcessIsolator iso(o);
+  // Limits, working dir and cgroup are set in the child before exec; many
+  // starts in a row reuse nothing of an earlier child.
+  for (int i = 0; i < 20; ++i) {
+    Recorder rec;
+    RunResult r =
+        iso.Run(Shell("ulimit -n; pwd; grep -c runner /proc/self/cgroup; exit 5"), rec, {});
+    REQUIRE(r.kind == Kind::kExited);
+    CHECK(r.exit_code == 5);
+    auto lines = rec.out();
+    CHECK_THAT(lines, Catch::StartsWith("321\n" + (dir.path() / "work").string() + "/"));
+    CHECK_THAT(lines, !Catch::EndsWith("\n0\n"));  // inside the task's cgroup
+  }
+  Recorder missing;
+  RunResult r = iso.Run(Spec({"no-such-command-rt"}), missing, {});
+  CHECK(r.exit_code == 127);
+  CHECK_THAT(missing.err(), Catch::Contains("command not found: no-such-command-rt"));
+  CHECK(NoChildren());
   CHECK(NoTaskDirs(dir.path() / "work"));
 }
 
