@@ -454,16 +454,38 @@ void Pool::WorkerLoop(Worker* w, std::stop_token stop) {
         task = std::move(*w->slot);
         w->slot.reset();
       }
-      RunTask(w, std::move(task));
       bool leaving = false;
-      {
-        std::lock_guard lock(mu_);
-        w->task_id.reset();
-        leaving = w->retire || stop.stop_requested();
-        w->state = leaving ? queue::WorkerState::kStopping : queue::WorkerState::kIdle;
-        idle_wake_ = true;
-        UpdateWorkerGaugesLocked();
-        drain_cv_.notify_all();
+      while (true) {
+        std::optional<queue::Task> next = RunTask(w, std::move(task));
+        std::optional<std::string> unwanted;  // claimed, but the worker leaves
+        {
+          std::lock_guard lock(mu_);
+          w->task_id.reset();
+          leaving = w->retire || stop.stop_requested();
+          if (next && !leaving && accepting_) {
+            // Straight on to the next task: still busy, a fresh stop source.
+            w->task_id = next->id;
+            w->task_stop = std::stop_source();
+            w->cause = StopCause::kNone;
+          } else {
+            if (next) unwanted = next->id;
+            next.reset();
+            w->state = leaving ? queue::WorkerState::kStopping : queue::WorkerState::kIdle;
+            idle_wake_ = true;
+            UpdateWorkerGaugesLocked();
+          }
+          drain_cv_.notify_all();
+        }
+        if (unwanted) {
+          Status st = store_.Release(*unwanted, w->id);
+          if (!st.ok()) {
+            spdlog::warn("release of a task claimed while stopping failed task_id={} worker_id={} "
+                         "error={}",
+                         *unwanted, w->id, ErrorText(st.error()));
+          }
+        }
+        if (!next) break;
+        task = std::move(*next);
       }
       claim_cv_.notify_all();
       if (leaving) break;
@@ -520,7 +542,11 @@ isolation::TaskSpec Pool::BuildSpec(const Worker& w, const queue::Task& task) co
   return spec;
 }
 
-void Pool::RunTask(Worker* w, queue::Task task) {
+bool Pool::MayClaimNextLocked(const Worker& w) const {
+  return running_ && accepting_ && !draining_ && !throttled_ && !w.retire && !w.exited;
+}
+
+std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   const auto started = SteadyClock::now();
   std::stop_token token;
   {
@@ -560,7 +586,7 @@ void Pool::RunTask(Worker* w, queue::Task task) {
         picked.error().message};
     out.report.retryable = true;
     ReportOutcome(w, task, out, started);
-    return;
+    return std::nullopt;
   }
   isolation::Isolator* iso = *picked;
   const isolation::TaskSpec spec = BuildSpec(*w, task);
@@ -584,13 +610,17 @@ void Pool::RunTask(Worker* w, queue::Task task) {
   UnregisterSink(sink);
   if (result.isolation.empty()) result.isolation = std::string(iso->Name());
   if (result.usage.peak_memory == 0) result.usage.peak_memory = sink->PeakMemory();
-  ReportOutcome(w, task, MapRunResult(result, w->cause.load()), started);
+  return ReportOutcome(w, task, MapRunResult(result, w->cause.load()), started,
+                       /*may_claim_next=*/true);
 }
 
-void Pool::ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& out,
-                         SteadyClock::time_point started) {
+std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& task,
+                                               const TaskOutcome& out,
+                                               SteadyClock::time_point started,
+                                               bool may_claim_next) {
   const int kTries = 3;
   std::string label;
+  std::optional<queue::Task> next;
   if (out.action == TaskOutcome::Action::kRelease) {
     label = "released";
     for (int i = 0; i < kTries; ++i) {
@@ -606,8 +636,34 @@ void Pool::ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& 
     // of a few seconds must not turn a finished task into a second run. Finish
     // checks the lease holder, so a late report never overwrites another attempt.
     const auto give_up = SteadyClock::now() + options_.lease;
+    if (may_claim_next) {
+      std::lock_guard lock(mu_);
+      may_claim_next = MayClaimNextLocked(*w);
+    }
     for (int i = 0;; ++i) {
-      auto r = store_.Finish(task.id, w->id, out.report);
+      Result<queue::FinishOutcome> r = queue::FinishOutcome::kFinished;
+      if (may_claim_next && i == 0) {
+        // Finish and take the next task in one round trip; on an error the
+        // retries below only finish (the statement wrote nothing).
+        queue::ClaimRequest req;
+        req.node_id = options_.node_id;
+        req.worker_ids = {w->id};
+        req.lease = options_.lease;
+        req.queues = options_.queues;
+        const auto t0 = SteadyClock::now();
+        auto both = store_.FinishAndClaim(task.id, w->id, out.report, req);
+        if (both.ok()) {
+          metrics_->claims.Inc();
+          metrics_->claim_duration.Observe(Seconds(SteadyClock::now() - t0));
+          if (both->next) metrics_->claimed.Inc();
+          next = std::move(both->next);
+          r = both->outcome;
+        } else {
+          r = both.error();
+        }
+      } else {
+        r = store_.Finish(task.id, w->id, out.report);
+      }
       if (r.ok()) {
         if (*r == queue::FinishOutcome::kRetrying) label = "retrying";
         if (*r == queue::FinishOutcome::kLeaseLost) {
@@ -629,6 +685,7 @@ void Pool::ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& 
   metrics_->task_duration.Observe(elapsed);
   spdlog::info("task done task_id={} worker_id={} outcome={} error_code={} seconds={:.3f}", task.id,
                w->id, label, out.report.error ? out.report.error->code : "", elapsed);
+  return next;
 }
 
 int Pool::BusyCountLocked() const {

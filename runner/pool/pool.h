@@ -148,9 +148,16 @@ class Pool {
 
   void StartWorkerLocked();
   void WorkerLoop(Worker* w, std::stop_token stop);
-  void RunTask(Worker* w, queue::Task task);
-  void ReportOutcome(Worker* w, const queue::Task& task, const TaskOutcome& outcome,
-                     std::chrono::steady_clock::time_point started);
+  // Runs the task and reports it. Returns the worker's next task when the
+  // report also claimed one (FinishAndClaim), already running under its lease.
+  std::optional<queue::Task> RunTask(Worker* w, queue::Task task);
+  std::optional<queue::Task> ReportOutcome(Worker* w, const queue::Task& task,
+                                           const TaskOutcome& outcome,
+                                           std::chrono::steady_clock::time_point started,
+                                           bool may_claim_next = false);
+  // Whether a worker finishing a task may claim its next one itself: the pool
+  // claims (running, not draining or throttled) and the worker stays.
+  bool MayClaimNextLocked(const Worker& w) const;
   isolation::TaskSpec BuildSpec(const Worker& w, const queue::Task& task) const;
 
   void ClaimLoop(std::stop_token stop);

@@ -781,43 +781,101 @@ Status PostgresStore::AppendLogs(std::string_view task_id, std::span<const LogCh
   });
 }
 
-Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::string_view worker_id,
-                                            const FinishReport& report) {
-  using R = Result<FinishOutcome>;
+namespace {
+
+// The parameters kFinish and kFinishAndClaim share, as text.
+struct FinishParams {
+  std::string state;
+  std::optional<std::string> exit_code, error, isolation_used;
+};
+
+Result<FinishParams> ToFinishParams(const FinishReport& report) {
   if (report.state == TaskState::kQueued || report.state == TaskState::kRunning) {
     return Error{"validation_failed", "Finish: state must be a final state"};
   }
-  auto err = ErrorJson(report.error);
-  std::optional<std::string> iso;
-  if (!report.isolation_used.empty()) iso = report.isolation_used;
-  std::optional<std::string> exit_code;
-  if (report.exit_code) exit_code = std::to_string(*report.exit_code);
-  std::string state(ToString(report.state));
+  FinishParams p;
+  p.state = std::string(ToString(report.state));
+  if (report.exit_code) p.exit_code = std::to_string(*report.exit_code);
+  p.error = ErrorJson(report.error);
+  if (!report.isolation_used.empty()) p.isolation_used = report.isolation_used;
+  return p;
+}
+
+// After a final state is committed: wake or fail the dependents. The reaper's
+// sweep (kOrphanedDependents) covers a crash in between.
+void SettleDependents(pqxx::connection& c, const std::string& task_id, const FinishReport& report,
+                      const std::string& state) {
+  pqxx::nontransaction tx(c);
+  if (report.state == TaskState::kSucceeded) {
+    tx.exec_prepared(sql::kWakeDependents.name, task_id);
+  } else {
+    tx.exec_prepared(sql::kFailDependents.name, task_id, state);
+  }
+}
+
+}  // namespace
+
+Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::string_view worker_id,
+                                            const FinishReport& report) {
+  using R = Result<FinishOutcome>;
+  auto params = ToFinishParams(report);
+  if (!params.ok()) return params.error();
+  const FinishParams& p = *params;
   return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
     std::string tid(task_id);
     bool retry = false;
     bool has_dependents = false;
     {
       pqxx::nontransaction tx(c);  // one statement: atomic on its own
-      auto r = tx.exec_prepared(sql::kFinish.name, tid, std::string(worker_id), state,
-                                NullableCStr(exit_code), NullableCStr(err), UsageJson(report.usage),
-                                NullableCStr(iso), report.retryable, kMaxRetryDelaySeconds);
+      auto r = tx.exec_prepared(sql::kFinish.name, tid, std::string(worker_id), p.state,
+                                NullableCStr(p.exit_code), NullableCStr(p.error),
+                                UsageJson(report.usage), NullableCStr(p.isolation_used),
+                                report.retryable, kMaxRetryDelaySeconds);
       if (r.empty()) return FinishOutcome::kLeaseLost;  // not running, or held by another
       retry = r[0][0].as<bool>();
       has_dependents = r[0][1].as<bool>();
     }
     if (retry) return FinishOutcome::kRetrying;
-    if (has_dependents) {
-      // After the final state is committed; the reaper's sweep covers a crash
-      // in between (kOrphanedDependents).
-      pqxx::nontransaction tx(c);
-      if (report.state == TaskState::kSucceeded) {
-        tx.exec_prepared(sql::kWakeDependents.name, tid);
-      } else {
-        tx.exec_prepared(sql::kFailDependents.name, tid, state);
-      }
-    }
+    if (has_dependents) SettleDependents(c, tid, report, p.state);
     return FinishOutcome::kFinished;
+  });
+}
+
+Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
+                                                    std::string_view worker_id,
+                                                    const FinishReport& report,
+                                                    const ClaimRequest& next) {
+  using R = Result<FinishAndNext>;
+  auto params = ToFinishParams(report);
+  if (!params.ok()) return params.error();
+  const FinishParams& p = *params;
+  std::optional<std::string> queues;
+  if (!next.queues.empty()) queues = PgArray(next.queues);
+  return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
+    std::string tid(task_id);
+    FinishAndNext out;
+    bool settle = false;
+    {
+      pqxx::nontransaction tx(c);  // one statement: atomic on its own
+      auto r = tx.exec_prepared(sql::kFinishAndClaim.name, tid, std::string(worker_id), p.state,
+                                NullableCStr(p.exit_code), NullableCStr(p.error),
+                                UsageJson(report.usage), NullableCStr(p.isolation_used),
+                                report.retryable, kMaxRetryDelaySeconds, next.node_id,
+                                ToMillis(next.lease), NullableCStr(queues));
+      const auto row = r[0];
+      const int n = static_cast<int>(row.size());
+      if (!row[n - 1].as<bool>()) {
+        out.outcome = FinishOutcome::kLeaseLost;
+      } else if (row[n - 3].as<bool>()) {
+        out.outcome = FinishOutcome::kRetrying;
+      } else {
+        out.outcome = FinishOutcome::kFinished;
+        settle = row[n - 2].as<bool>();
+      }
+      if (!row[0].is_null()) out.next = RowToTask(row);
+    }
+    if (settle) SettleDependents(c, tid, report, p.state);
+    return out;
   });
 }
 

@@ -76,6 +76,9 @@ class PostgresStore final : public QueueStore {
   Status AppendLogs(std::string_view task_id, std::span<const LogChunk> chunks) override;
   Result<FinishOutcome> Finish(std::string_view task_id, std::string_view worker_id,
                                const FinishReport& report) override;
+  Result<FinishAndNext> FinishAndClaim(std::string_view task_id, std::string_view worker_id,
+                                       const FinishReport& report,
+                                       const ClaimRequest& next) override;
   Status Release(std::string_view task_id, std::string_view worker_id) override;
 
   Status RegisterNode(const NodeInfo& node) override;

@@ -159,6 +159,61 @@ inline constexpr Statement kFinish{
     "                            'error', $5::jsonb->>'code') FROM u"
     ") SELECT u.retry, u.has_dependents FROM u"};
 
+// kFinish, then the claim of one task for the same worker ($2), in one
+// statement: $10 node, $11 lease ms, $12 queues (NULL: all). Always one row:
+// the claimed task's columns (NULL id: nothing to claim), then retry,
+// has_dependents and whether the finish was written (false: lease lost). The
+// claim reads the snapshot from before the finish, so it cannot take the
+// task being finished, nor a dependent this finish unblocks.
+inline constexpr Statement kFinishAndClaim{
+    "finish_and_claim",
+    "WITH lk AS MATERIALIZED ("
+    "  SELECT id, state, lease_owner, attempt, max_attempts, backoff, has_dependents"
+    "  FROM tasks WHERE id = $1 FOR NO KEY UPDATE"
+    "), cur AS ("
+    "  SELECT id, attempt, max_attempts, backoff, has_dependents,"
+    "    ($3::text IN ('failed', 'timed_out') AND $8::bool AND attempt < max_attempts) AS retry"
+    "  FROM lk WHERE state = 'running' AND lease_owner = $2"
+    "), u AS ("
+    "  UPDATE tasks t SET"
+    "    state = CASE WHEN c.retry THEN 'queued' ELSE $3::text END,"
+    "    run_at = CASE WHEN c.retry THEN now() + least($9::float8,"
+    "               c.backoff * power(2, greatest(c.attempt - 1, 0))) * interval '1 second'"
+    "             ELSE t.run_at END,"
+    "    lease_owner = CASE WHEN c.retry THEN NULL ELSE t.lease_owner END,"
+    "    node_id = CASE WHEN c.retry THEN NULL ELSE t.node_id END,"
+    "    finished_at = CASE WHEN c.retry THEN NULL ELSE now() END,"
+    "    lease_expires_at = NULL, exit_code = $4::int, error = $5::jsonb, usage = $6::jsonb,"
+    "    isolation_used = $7"
+    "  FROM cur c WHERE t.id = c.id"
+    "  RETURNING t.id, t.state, t.attempt, c.retry, c.has_dependents"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT CASE WHEN u.retry THEN 'task.retrying' ELSE 'task.' || u.state END, u.id, $2,"
+    "         jsonb_build_object('attempt', u.attempt, 'exit_code', $4::int,"
+    "                            'error', $5::jsonb->>'code') FROM u"
+    "), picked AS ("
+    "  SELECT q.id FROM tasks q"
+    "  WHERE q.state = 'queued' AND q.run_at <= now()"
+    "    AND ($12::text[] IS NULL OR q.queue = ANY($12::text[]))"
+    "    AND (q.depends_on = '{}' OR NOT EXISTS ("
+    "          SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)"
+    "          AND d.state <> 'succeeded'))"
+    "  ORDER BY q.priority DESC, q.run_at, q.id"
+    "  LIMIT 1 FOR UPDATE OF q SKIP LOCKED"
+    "), claimed AS ("
+    "  UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,"
+    "    node_id = $10, lease_expires_at = now() + $11::bigint * interval '1 millisecond',"
+    "    started_at = now()"
+    "  FROM picked p WHERE t.id = p.id"
+    "  RETURNING t.*"
+    "), cev AS ("
+    "  INSERT INTO events (kind, task_id, worker_id, data)"
+    "  SELECT 'task.started', t.id, t.lease_owner,"
+    "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+    ") SELECT " RUNNER_TASK_COLUMNS ", f.retry, f.has_dependents, f.id IS NOT NULL"
+    "  FROM (SELECT 1) one LEFT JOIN u f ON true LEFT JOIN claimed t ON true"};
+
 // A task succeeded: wake the claimers of the queues its dependents wait in.
 inline constexpr Statement kWakeDependents{
     "wake_dependents",
@@ -375,6 +430,7 @@ inline constexpr std::array kPrepared = {kTaskById,
                                          kClaim,
                                          kHeartbeat,
                                          kFinish,
+                                         kFinishAndClaim,
                                          kFailDependents,
                                          kWakeDependents,
                                          kLockTask,

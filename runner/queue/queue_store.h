@@ -90,6 +90,11 @@ enum class FinishOutcome {
   kLeaseLost,  // this worker no longer held the lease; nothing written
 };
 
+struct FinishAndNext {
+  FinishOutcome outcome = FinishOutcome::kFinished;
+  std::optional<Task> next;  // claimed for the same worker, running under its lease
+};
+
 enum class LogStream { kStdout, kStderr, kAll };
 
 struct LogChunk {
@@ -182,6 +187,25 @@ class QueueStore {
   // One transaction, checks the lease: final state or retry with backoff.
   virtual Result<FinishOutcome> Finish(std::string_view task_id, std::string_view worker_id,
                                        const FinishReport& report) = 0;
+  // Finish, then claim the next task for the same worker (worker_ids of
+  // `next` is ignored): a busy worker goes from one task to the next without
+  // waiting for the claimer. PostgresStore does both in one statement, one
+  // round trip; this default makes two calls. The claim happens whatever the
+  // outcome of the finish.
+  virtual Result<FinishAndNext> FinishAndClaim(std::string_view task_id,
+                                               std::string_view worker_id,
+                                               const FinishReport& report,
+                                               const ClaimRequest& next) {
+    auto finished = Finish(task_id, worker_id, report);
+    if (!finished.ok()) return finished.error();
+    FinishAndNext out;
+    out.outcome = *finished;
+    ClaimRequest one = next;
+    one.worker_ids = {std::string(worker_id)};
+    auto claimed = Claim(one);
+    if (claimed.ok() && !claimed->empty()) out.next = std::move(claimed->front());
+    return out;
+  }
   // Back to the queue without using up an attempt (drain timeout, shutdown).
   virtual Status Release(std::string_view task_id, std::string_view worker_id) = 0;
 

@@ -99,3 +99,86 @@ TEST_CASE("a delayed task is not claimed before its time", "[queue][claim]") {
       },
       std::chrono::seconds(5)));
 }
+
+TEST_CASE("a worker finishes its task and gets the next one in the same statement",
+          "[queue][claim][finish_and_claim]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  auto first = store->Submit(Echo("first"));
+  NewTask other_queue = Echo("elsewhere");
+  other_queue.queue = "other";
+  auto elsewhere = store->Submit(other_queue);
+  auto second = store->Submit(Echo("second"));
+  REQUIRE((first.ok() && elsewhere.ok() && second.ok()));
+  auto req = ClaimFor({"w1"});
+  req.queues = {"default"};
+  auto claimed = store->Claim(req);
+  REQUIRE(claimed.ok());
+  REQUIRE(claimed->size() == 1);
+  CHECK(claimed->front().id == first->task.id);
+
+  auto r = store->FinishAndClaim(first->task.id, "w1", Report(TaskState::kSucceeded), req);
+  REQUIRE(r.ok());
+  CHECK(r->outcome == FinishOutcome::kFinished);
+  REQUIRE(r->next.has_value());
+  CHECK(r->next->id == second->task.id);  // its queue only
+  CHECK(r->next->state == TaskState::kRunning);
+  CHECK(r->next->worker_id == "w1");
+  CHECK(r->next->node_id == "node-a");
+  CHECK(r->next->attempt == 1);
+  CHECK(r->next->lease_expires_at.has_value());
+  CHECK(store->Get(first->task.id)->state == TaskState::kSucceeded);
+  auto kinds = [&](const std::string& id) {
+    return Scalar(db, "SELECT string_agg(kind, ',' ORDER BY id) FROM events WHERE task_id = '" +
+                          id + "'");
+  };
+  CHECK(kinds(first->task.id) == "task.queued,task.started,task.succeeded");
+  CHECK(kinds(second->task.id) == "task.queued,task.started");
+
+  // Nothing left in the queue: finished, no next.
+  auto last = store->FinishAndClaim(second->task.id, "w1", Report(TaskState::kSucceeded), req);
+  REQUIRE(last.ok());
+  CHECK(last->outcome == FinishOutcome::kFinished);
+  CHECK_FALSE(last->next.has_value());
+  // A second finish of the same task: the lease is gone, nothing is written.
+  auto again = store->FinishAndClaim(second->task.id, "w1", Report(TaskState::kFailed), req);
+  REQUIRE(again.ok());
+  CHECK(again->outcome == FinishOutcome::kLeaseLost);
+  CHECK(store->Get(second->task.id)->state == TaskState::kSucceeded);
+}
+
+TEST_CASE("finish-and-claim never takes back the task it retries nor a dependent it unblocks",
+          "[queue][claim][finish_and_claim]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  NewTask flaky = Echo("flaky");
+  flaky.max_attempts = 2;
+  flaky.backoff = 0;  // queued again at once
+  auto a = store->Submit(flaky);
+  REQUIRE(a.ok());
+  NewTask child = Echo("child");
+  child.depends_on = {a->task.id};
+  auto b = store->Submit(child);
+  REQUIRE(b.ok());
+  auto req = ClaimFor({"w1"});
+  REQUIRE(store->Claim(req)->size() == 1);
+
+  auto retried = store->FinishAndClaim(a->task.id, "w1", Report(TaskState::kFailed), req);
+  REQUIRE(retried.ok());
+  CHECK(retried->outcome == FinishOutcome::kRetrying);
+  CHECK_FALSE(retried->next.has_value());  // the retry is not visible to its own statement
+  auto again = store->Claim(req);
+  REQUIRE(again.ok());
+  REQUIRE(again->size() == 1);
+  CHECK(again->front().id == a->task.id);
+  CHECK(again->front().attempt == 2);
+
+  auto done = store->FinishAndClaim(a->task.id, "w1", Report(TaskState::kSucceeded), req);
+  REQUIRE(done.ok());
+  CHECK(done->outcome == FinishOutcome::kFinished);
+  CHECK_FALSE(done->next.has_value());  // the child waited on a task still running then
+  auto child_claim = store->Claim(req);
+  REQUIRE(child_claim.ok());
+  REQUIRE(child_claim->size() == 1);
+  CHECK(child_claim->front().id == b->task.id);
+}
