@@ -479,9 +479,10 @@ void Pool::WorkerLoop(Worker* w, std::stop_token stop) {
         if (unwanted) {
           Status st = store_.Release(*unwanted, w->id);
           if (!st.ok()) {
-            spdlog::warn("release of a task claimed while stopping failed task_id={} worker_id={} "
-                         "error={}",
-                         *unwanted, w->id, ErrorText(st.error()));
+            spdlog::warn(
+                "release of a task claimed while stopping failed task_id={} worker_id={} "
+                "error={}",
+                *unwanted, w->id, ErrorText(st.error()));
           }
         }
         if (!next) break;

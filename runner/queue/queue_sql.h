@@ -211,7 +211,8 @@ inline constexpr Statement kFinishAndClaim{
     "  INSERT INTO events (kind, task_id, worker_id, data)"
     "  SELECT 'task.started', t.id, t.lease_owner,"
     "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
-    ") SELECT " RUNNER_TASK_COLUMNS ", f.retry, f.has_dependents, f.id IS NOT NULL"
+    ") SELECT " RUNNER_TASK_COLUMNS
+    ", f.retry, f.has_dependents, f.id IS NOT NULL"
     "  FROM (SELECT 1) one LEFT JOIN u f ON true LEFT JOIN claimed t ON true"};
 
 // A task succeeded: wake the claimers of the queues its dependents wait in.
@@ -421,46 +422,15 @@ inline constexpr Statement kDeleteOldEvents{
     "DELETE FROM events WHERE id IN (SELECT id FROM events"
     " WHERE at < now() - $1::bigint * interval '1 second' LIMIT 50000)"};
 
-inline constexpr std::array kPrepared = {kTaskById,
-                                         kTaskByKey,
-                                         kLockDependencies,
-                                         kInsertTask,
-                                         kInsertEvent,
-                                         kNotifyTasks,
-                                         kClaim,
-                                         kHeartbeat,
-                                         kFinish,
-                                         kFinishAndClaim,
-                                         kFailDependents,
-                                         kWakeDependents,
-                                         kLockTask,
-                                         kCancelQueued,
-                                         kRequestCancel,
-                                         kRelease,
-                                         kCancelRequested,
-                                         kLockLogState,
-                                         kInsertLog,
-                                         kUpdateLogState,
-                                         kLogState,
-                                         kLogChunks,
-                                         kCounts,
-                                         kUpsertNode,
-                                         kDeleteNodeWorkers,
-                                         kDeleteNode,
-                                         kUpsertWorker,
-                                         kDeleteWorker,
-                                         kListWorkers,
-                                         kListNodes,
-                                         kDeadNodes,
-                                         kEventsAfter,
-                                         kTryReaperLock,
-                                         kReapExpired,
-                                         kOrphanedDependents,
-                                         kReapWorkers,
-                                         kReapNodes,
-                                         kForgetDeadNodes,
-                                         kDeleteOldTasks,
-                                         kDeleteOldEvents};
+inline constexpr std::array kPrepared = {
+    kTaskById,       kTaskByKey,       kLockDependencies, kInsertTask,     kInsertEvent,
+    kNotifyTasks,    kClaim,           kHeartbeat,        kFinish,         kFinishAndClaim,
+    kFailDependents, kWakeDependents,  kLockTask,         kCancelQueued,   kRequestCancel,
+    kRelease,        kCancelRequested, kLockLogState,     kInsertLog,      kUpdateLogState,
+    kLogState,       kLogChunks,       kCounts,           kUpsertNode,     kDeleteNodeWorkers,
+    kDeleteNode,     kUpsertWorker,    kDeleteWorker,     kListWorkers,    kListNodes,
+    kDeadNodes,      kEventsAfter,     kTryReaperLock,    kReapExpired,    kOrphanedDependents,
+    kReapWorkers,    kReapNodes,       kForgetDeadNodes,  kDeleteOldTasks, kDeleteOldEvents};
 
 #undef RUNNER_TASK_COLUMNS
 #undef RUNNER_US

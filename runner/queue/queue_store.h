@@ -192,8 +192,7 @@ class QueueStore {
   // waiting for the claimer. PostgresStore does both in one statement, one
   // round trip; this default makes two calls. The claim happens whatever the
   // outcome of the finish.
-  virtual Result<FinishAndNext> FinishAndClaim(std::string_view task_id,
-                                               std::string_view worker_id,
+  virtual Result<FinishAndNext> FinishAndClaim(std::string_view task_id, std::string_view worker_id,
                                                const FinishReport& report,
                                                const ClaimRequest& next) {
     auto finished = Finish(task_id, worker_id, report);

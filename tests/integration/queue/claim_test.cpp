@@ -129,8 +129,8 @@ TEST_CASE("a worker finishes its task and gets the next one in the same statemen
   CHECK(r->next->lease_expires_at.has_value());
   CHECK(store->Get(first->task.id)->state == TaskState::kSucceeded);
   auto kinds = [&](const std::string& id) {
-    return Scalar(db, "SELECT string_agg(kind, ',' ORDER BY id) FROM events WHERE task_id = '" +
-                          id + "'");
+    return Scalar(
+        db, "SELECT string_agg(kind, ',' ORDER BY id) FROM events WHERE task_id = '" + id + "'");
   };
   CHECK(kinds(first->task.id) == "task.queued,task.started,task.succeeded");
   CHECK(kinds(second->task.id) == "task.queued,task.started");
