@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
@@ -66,8 +67,12 @@ void Fill(PostgresStore& store, int tasks) {
 }
 
 // Each claimer is one worker: claim one task, finish it, repeat until empty.
-RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
-  RunStats s{"runner", claimers, tasks, 0, {}, {}};
+// Separate: Claim then Finish, two round trips per task (a worker that waits
+// for the claimer). Combined: FinishAndClaim, one round trip per task (a busy
+// worker, what the pool does while there is a backlog); claim_ms is then the
+// latency of that statement.
+RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined) {
+  RunStats s{combined ? "runner_finish_and_claim" : "runner", claimers, tasks, 0, {}, {}};
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
   std::vector<std::vector<double>> fin(static_cast<std::size_t>(claimers));
   std::atomic<int> finished{0};
@@ -75,6 +80,8 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
   std::vector<std::thread> threads;
   for (int i = 0; i < claimers; ++i) {
     threads.emplace_back([&, i] {
+      auto& my_lat = lat[static_cast<std::size_t>(i)];
+      auto& my_fin = fin[static_cast<std::size_t>(i)];
       ClaimRequest req;
       req.node_id = "bench";
       req.worker_ids = {"w" + std::to_string(i)};
@@ -82,18 +89,36 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
       rep.state = TaskState::kSucceeded;
       rep.exit_code = 0;
       rep.isolation_used = "process";
-      while (true) {
-        auto t0 = Steady::now();
-        auto r = store.Claim(req);
-        lat[static_cast<std::size_t>(i)].push_back(
-            std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
-        if (!r.ok()) throw std::runtime_error(r.error().message);
-        if (r->empty()) break;
-        auto t1 = Steady::now();
-        auto f = store.Finish(r->front().id, req.worker_ids[0], rep);
-        fin[static_cast<std::size_t>(i)].push_back(
-            std::chrono::duration<double, std::milli>(Steady::now() - t1).count());
-        if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
+      auto ms = [](Steady::time_point t0) {
+        return std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
+      };
+      auto t0 = Steady::now();
+      auto r = store.Claim(req);
+      my_lat.push_back(ms(t0));
+      if (!r.ok()) throw std::runtime_error(r.error().message);
+      std::optional<Task> task;
+      if (!r->empty()) task = r->front();
+      while (task) {
+        if (combined) {
+          t0 = Steady::now();
+          auto f = store.FinishAndClaim(task->id, req.worker_ids[0], rep, req);
+          my_lat.push_back(ms(t0));
+          if (!f.ok() || f->outcome != FinishOutcome::kFinished) {
+            throw std::runtime_error("finish failed");
+          }
+          task = std::move(f->next);
+        } else {
+          t0 = Steady::now();
+          auto f = store.Finish(task->id, req.worker_ids[0], rep);
+          my_fin.push_back(ms(t0));
+          if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
+          t0 = Steady::now();
+          auto c = store.Claim(req);
+          my_lat.push_back(ms(t0));
+          if (!c.ok()) throw std::runtime_error(c.error().message);
+          task.reset();
+          if (!c->empty()) task = c->front();
+        }
         ++finished;
       }
     });
@@ -106,46 +131,66 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks) {
   return s;
 }
 
-// The same statements, straight through libpqxx: no pool, no row mapping.
-RunStats RunRaw(const std::string& conninfo, int claimers, int tasks) {
-  RunStats s{"raw_sql", claimers, tasks, 0, {}, {}};
+// The same statements, straight through libpqxx with the store's session
+// settings: no pool, no row mapping.
+RunStats RunRaw(const std::string& conninfo, int claimers, int tasks, bool combined) {
+  RunStats s{combined ? "raw_sql_finish_and_claim" : "raw_sql", claimers, tasks, 0, {}, {}};
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
   std::vector<std::vector<double>> fin(static_cast<std::size_t>(claimers));
   std::atomic<int> finished{0};
   std::vector<std::unique_ptr<pqxx::connection>> conns;
   for (int i = 0; i < claimers; ++i) {
     conns.push_back(std::make_unique<pqxx::connection>(conninfo));
-    for (const auto& st : {sql::kClaim, sql::kFinish}) {
+    pqxx::nontransaction(*conns.back()).exec("SET plan_cache_mode = force_generic_plan");
+    for (const auto& st : {sql::kClaim, sql::kFinish, sql::kFinishAndClaim}) {
       conns.back()->prepare(st.name, std::string(st.text));
     }
   }
+  const char* usage = R"({"cpu_seconds":0,"peak_memory":0,"duration":0})";
   auto start = Steady::now();
   std::vector<std::thread> threads;
   for (int i = 0; i < claimers; ++i) {
     threads.emplace_back([&, i] {
       pqxx::connection& c = *conns[static_cast<std::size_t>(i)];
+      auto& my_lat = lat[static_cast<std::size_t>(i)];
+      auto& my_fin = fin[static_cast<std::size_t>(i)];
       std::string worker = "w" + std::to_string(i);
       std::string workers = "{\"" + worker + "\"}";
-      while (true) {
+      auto ms = [](Steady::time_point t0) {
+        return std::chrono::duration<double, std::milli>(Steady::now() - t0).count();
+      };
+      auto claim = [&]() -> std::optional<std::string> {
         auto t0 = Steady::now();
-        pqxx::result r;
-        {
-          pqxx::nontransaction tx(c);
-          r = tx.exec_prepared(sql::kClaim.name, workers, "bench", int64_t{30000}, nullptr,
-                               int64_t{1});
-        }
-        lat[static_cast<std::size_t>(i)].push_back(
-            std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
-        if (r.empty()) break;
-        std::string id = r[0][0].as<std::string>();
-        auto t1 = Steady::now();
         pqxx::nontransaction tx(c);
-        auto f = tx.exec_prepared(sql::kFinish.name, id, worker, "succeeded", "0", nullptr,
-                                  R"({"cpu_seconds":0,"peak_memory":0,"duration":0})", "process",
-                                  true, 3600.0);
-        if (f.empty()) throw std::runtime_error("raw lease lost");
-        fin[static_cast<std::size_t>(i)].push_back(
-            std::chrono::duration<double, std::milli>(Steady::now() - t1).count());
+        auto r = tx.exec_prepared(sql::kClaim.name, workers, "bench", int64_t{30000}, nullptr,
+                                  int64_t{1});
+        my_lat.push_back(ms(t0));
+        if (r.empty()) return std::nullopt;
+        return r[0][0].as<std::string>();
+      };
+      std::optional<std::string> id = claim();
+      while (id) {
+        auto t0 = Steady::now();
+        if (combined) {
+          pqxx::nontransaction tx(c);
+          auto f = tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", "0",
+                                    nullptr, usage, "process", true, 3600.0, "bench",
+                                    int64_t{30000}, nullptr);
+          my_lat.push_back(ms(t0));
+          const auto row = f[0];
+          if (!row[row.size() - 1].as<bool>()) throw std::runtime_error("raw lease lost");
+          id.reset();
+          if (!row[0].is_null()) id = row[0].as<std::string>();
+        } else {
+          {
+            pqxx::nontransaction tx(c);
+            auto f = tx.exec_prepared(sql::kFinish.name, *id, worker, "succeeded", "0", nullptr,
+                                      usage, "process", true, 3600.0);
+            my_fin.push_back(ms(t0));
+            if (f.empty()) throw std::runtime_error("raw lease lost");
+          }
+          id = claim();
+        }
         ++finished;
       }
     });
@@ -184,7 +229,7 @@ int main(int argc, char** argv) {
       Arg(argc, argv, "--admin", "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres");
   std::string out = Arg(argc, argv, "--out", "bench/results/queue_runner.json");
   int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
-  int rounds = std::stoi(Arg(argc, argv, "--rounds", "2"));
+  int rounds = std::stoi(Arg(argc, argv, "--rounds", "3"));
   std::string db = "runner_bench_" + std::to_string(::getpid());
   {
     pqxx::connection c(admin);
@@ -206,33 +251,35 @@ int main(int argc, char** argv) {
     if (!opened.ok()) throw std::runtime_error(opened.error().message);
     auto& store = *opened.value();
     for (int claimers : {1, 4, 16}) {
-      // Alternate the paths so neither always runs on a warmer cache.
-      std::vector<RunStats> best_store;
-      std::vector<RunStats> best_raw;
-      for (int round = 0; round < rounds; ++round) {
-        Reset(conninfo);
-        Fill(store, tasks);
-        best_raw.push_back(RunRaw(conninfo, claimers, tasks));
-        Reset(conninfo);
-        Fill(store, tasks);
-        best_store.push_back(RunStore(store, claimers, tasks));
+      for (bool combined : {false, true}) {
+        // Alternate the paths so neither always runs on a warmer cache.
+        std::vector<RunStats> store_runs;
+        std::vector<RunStats> raw_runs;
+        for (int round = 0; round < rounds; ++round) {
+          Reset(conninfo);
+          Fill(store, tasks);
+          raw_runs.push_back(RunRaw(conninfo, claimers, tasks, combined));
+          Reset(conninfo);
+          Fill(store, tasks);
+          store_runs.push_back(RunStore(store, claimers, tasks, combined));
+        }
+        auto median = [](std::vector<RunStats>& v) {  // by throughput
+          std::sort(v.begin(), v.end(),
+                    [](const RunStats& a, const RunStats& b) { return a.seconds < b.seconds; });
+          return v[v.size() / 2];
+        };
+        RunStats s = median(store_runs);
+        RunStats r = median(raw_runs);
+        results.push_back(ToJson(r));
+        results.push_back(ToJson(s));
+        std::printf(
+            "claimers=%2d %s raw_sql: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms | runner: %6.0f "
+            "tasks/s claim p50/p99 %.2f/%.2f ms (%.0f%% of raw)\n",
+            claimers, combined ? "finish+claim" : "claim,finish", r.tasks / r.seconds,
+            Percentile(r.claim_ms, 0.5), Percentile(r.claim_ms, 0.99), s.tasks / s.seconds,
+            Percentile(s.claim_ms, 0.5), Percentile(s.claim_ms, 0.99),
+            100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
       }
-      auto pick = [](std::vector<RunStats>& v) {  // the median-ish: best of the rounds
-        return *std::min_element(v.begin(), v.end(), [](const RunStats& a, const RunStats& b) {
-          return a.seconds < b.seconds;
-        });
-      };
-      RunStats s = pick(best_store);
-      RunStats r = pick(best_raw);
-      results.push_back(ToJson(r));
-      results.push_back(ToJson(s));
-      std::printf(
-          "claimers=%2d raw_sql: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms finish p50 %.2f ms | "
-          "runner: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms finish p50 %.2f ms (%.0f%% of raw)\n",
-          claimers, r.tasks / r.seconds, Percentile(r.claim_ms, 0.5), Percentile(r.claim_ms, 0.99),
-          Percentile(r.finish_ms, 0.5), s.tasks / s.seconds, Percentile(s.claim_ms, 0.5),
-          Percentile(s.claim_ms, 0.99), Percentile(s.finish_ms, 0.5),
-          100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
     }
     // Lease renewal of 100 running tasks in one statement.
     Reset(conninfo);
