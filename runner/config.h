@@ -38,6 +38,7 @@ struct Config {
   double drain_timeout = 60;  // seconds
   std::optional<std::string> api_token;
   std::vector<std::string> queues;  // empty: all queues
+  bool claim_on_finish = true;      // a busy worker claims its next task as it reports
 
   // task defaults and policy
   double default_timeout = 3600;     // seconds, for tasks that name none

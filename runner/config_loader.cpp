@@ -154,6 +154,12 @@ const std::vector<Setting>& Settings() {
          }
          return std::nullopt;
        }},
+      {"claim-on-finish", "workers.claimOnFinish",
+       "a worker reports its task and claims its next one in one statement",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         if (!ParseBool(v, c.claim_on_finish)) return "must be true or false";
+         return std::nullopt;
+       }},
       {"queues", "workers.queues", "comma-separated queues to serve (default: all)",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          c.queues.clear();

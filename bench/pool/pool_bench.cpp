@@ -180,6 +180,9 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
                                  : runner::isolation::IsolationMode::kProcess;
   config.docker_host = Env("RUNNER_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
   config.poll_interval = 1;
+  // As the runner reads it: RUNNER_CLAIM_ON_FINISH=false measures the pool
+  // with every claim going through the claimer's batch.
+  config.claim_on_finish = Env("RUNNER_CLAIM_ON_FINISH", "true") != "false";
   config.pressure.cpu_high = 100;
   config.pressure.memory_high = 100;
   config.pressure.disk_high = 100;

@@ -131,6 +131,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   po.max_workers = config.max_workers;
   po.queues = config.queues;
   po.poll_interval = std::max(Ms(config.poll_interval), std::chrono::milliseconds(1));
+  po.claim_on_finish = config.claim_on_finish;
   po.idle_backoff_max = std::max(Ms(config.idle_backoff_max), po.poll_interval);
   po.lease = std::max(Ms(config.lease), std::chrono::milliseconds(300));
   po.drain_timeout = Ms(config.drain_timeout);

@@ -36,6 +36,10 @@ struct Pool::Metrics {
         claimed(r.GetCounter("runner_claimed_tasks_total", "Tasks claimed by this node")),
         claim_duration(r.GetHistogram("runner_claim_duration_seconds", "Latency of one batch claim",
                                       metrics::LatencyBuckets())),
+        finish_and_claim_duration(
+            r.GetHistogram("runner_finish_and_claim_duration_seconds",
+                           "Latency of one busy worker's report that also claims its next task",
+                           metrics::LatencyBuckets())),
         task_duration(r.GetHistogram("runner_task_duration_seconds",
                                      "Wall time of a task run by this node, claim to report",
                                      metrics::LatencyBuckets())),
@@ -66,6 +70,7 @@ struct Pool::Metrics {
   metrics::Counter& claims;
   metrics::Counter& claimed;
   metrics::Histogram& claim_duration;
+  metrics::Histogram& finish_and_claim_duration;
   metrics::Histogram& task_duration;
   metrics::Histogram& heartbeat_duration;
   metrics::Gauge& backpressure;
@@ -544,7 +549,8 @@ isolation::TaskSpec Pool::BuildSpec(const Worker& w, const queue::Task& task) co
 }
 
 bool Pool::MayClaimNextLocked(const Worker& w) const {
-  return running_ && accepting_ && !draining_ && !throttled_ && !w.retire && !w.exited;
+  return options_.claim_on_finish && running_ && accepting_ && !draining_ && !throttled_ &&
+         !w.retire && !w.exited;
 }
 
 std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
@@ -641,6 +647,16 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
       std::lock_guard lock(mu_);
       may_claim_next = MayClaimNextLocked(*w);
     }
+    // A few at a time: a hundred workers each claiming for themselves pile up
+    // on the head of the claim index (SKIP LOCKED walks past every row another
+    // holds), where the claimer's one batch does not. Measured with 100
+    // workers of instant tasks: 7.0 s for 10,000 all chaining, 4.1 s batched.
+    const int chain_limit = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
+    const bool counted = may_claim_next && finish_and_claims_.fetch_add(1) < chain_limit;
+    if (may_claim_next && !counted) {
+      finish_and_claims_.fetch_sub(1);
+      may_claim_next = false;
+    }
     for (int i = 0;; ++i) {
       Result<queue::FinishOutcome> r = queue::FinishOutcome::kFinished;
       if (may_claim_next && i == 0) {
@@ -654,8 +670,7 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
         const auto t0 = SteadyClock::now();
         auto both = store_.FinishAndClaim(task.id, w->id, out.report, req);
         if (both.ok()) {
-          metrics_->claims.Inc();
-          metrics_->claim_duration.Observe(Seconds(SteadyClock::now() - t0));
+          metrics_->finish_and_claim_duration.Observe(Seconds(SteadyClock::now() - t0));
           if (both->next) metrics_->claimed.Inc();
           next = std::move(both->next);
           r = both->outcome;
@@ -680,6 +695,7 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
       if (i + 1 >= kTries && SteadyClock::now() + pause >= give_up) break;
       std::this_thread::sleep_for(pause);
     }
+    if (counted) finish_and_claims_.fetch_sub(1);
   }
   const double elapsed = Seconds(SteadyClock::now() - started);
   metrics_->Finished(label).Inc();
@@ -738,12 +754,15 @@ void Pool::UpdateWorkerGaugesLocked() {
 
 // --- claimer -----------------------------------------------------------------
 
+constexpr std::size_t kMaxClaimBatch = 16;
+
 void Pool::ClaimLoop(std::stop_token stop) {
   IdleBackoff backoff(options_.poll_interval, options_.idle_backoff_max);
   auto next_poll = SteadyClock::now();
   while (!stop.stop_requested()) {
     CollectExitedWorkers();
     std::vector<std::string> ids;
+    bool truncated = false;
     {
       std::unique_lock lock(mu_);
       const bool can_claim = accepting_ && !throttled_;
@@ -770,6 +789,11 @@ void Pool::ClaimLoop(std::stop_token stop) {
         continue;
       }
       notify_wake_ = false;
+      // A claim of a hundred rows holds its locks and the first worker for
+      // tens of milliseconds on a small host; smaller batches, one right
+      // after the other, start the first tasks sooner.
+      truncated = ids.size() > kMaxClaimBatch;
+      if (truncated) ids.resize(kMaxClaimBatch);
       for (const auto& id : ids) workers_[id]->claiming = true;
     }
 
@@ -828,6 +852,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
       backlog_possible_ = got >= ids.size();
       if (got > 0) backoff.Reset();
       next_poll = t1 + backoff.Next();
+      if (truncated && backlog_possible_) next_poll = t1;  // more idle workers, more tasks
       UpdateWorkerGaugesLocked();
     }
     for (auto& [task_id, worker_id] : to_release) {

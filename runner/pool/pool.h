@@ -65,6 +65,10 @@ struct PoolOptions {
   std::vector<std::string> queues;  // empty: all
 
   std::chrono::milliseconds poll_interval{1000};
+  // A worker finishing a task claims its next one in the same statement
+  // (FinishAndClaim) while the pool claims; off: every claim goes through the
+  // claimer's batch.
+  bool claim_on_finish = true;
   std::chrono::milliseconds idle_backoff_max{30000};
   std::chrono::milliseconds lease{30000};
   std::chrono::milliseconds cancel_check_interval{500};
@@ -196,6 +200,7 @@ class Pool {
   bool accepting_ = false;                                  // claim new work; guarded by mu_
   bool draining_ = false;                                   // guarded by mu_
   bool throttled_ = false;                                  // guarded by mu_
+  std::atomic<int> finish_and_claims_{0};                   // FinishAndClaim statements in flight
   std::string throttle_reason_;                             // guarded by mu_
   bool notify_wake_ = false;                                // guarded by mu_
   bool idle_wake_ = false;                                  // guarded by mu_

@@ -62,7 +62,16 @@ TEST_CASE("a PostgreSQL restart mid-run loses nothing and the node reconnects by
       [&] { return HttpGet(node.port(), "/readyz", 2s).status == 200; }, 60s, 100ms);
   const double ready_s = SecondsSince(up);
 
-  // Tasks submitted after the restart: started through NOTIFY, not the 20 s poll.
+  // The backlog first: with every worker busy a new task waits its turn
+  // whatever wakes the claimer.
+  const bool backlog_done = testing::WaitFor(
+      [&] {
+        return QueryInt(conninfo,
+                        "SELECT count(*) FROM tasks WHERE state IN ('queued','running')") == 0;
+      },
+      Pick(90s, 300s), 200ms);
+  // Tasks submitted after the restart to idle workers: started through
+  // NOTIFY, not the 20 s poll.
   std::vector<std::string> later;
   auto submit_after = Clock::now();
   for (int i = 0; i < 5; ++i) {
@@ -119,6 +128,7 @@ TEST_CASE("a PostgreSQL restart mid-run loses nothing and the node reconnects by
   CHECK(healthy_down);
   CHECK(submit_down.status >= 500);
   CHECK(ready_again);
+  CHECK(backlog_done);
   CHECK(later_started);
   CHECK(later_s < 10);
   CHECK(all_final);
