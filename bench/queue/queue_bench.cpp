@@ -71,7 +71,9 @@ void Fill(PostgresStore& store, int tasks) {
 // for the claimer). Combined: FinishAndClaim, one round trip per task (a busy
 // worker, what the pool does while there is a backlog); claim_ms is then the
 // latency of that statement.
-RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined) {
+// stop_after > 0: stop once that many tasks are done (the queue stays deep).
+RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined,
+                  int stop_after = 0) {
   RunStats s{combined ? "runner_finish_and_claim" : "runner", claimers, tasks, 0, {}, {}};
   std::vector<std::vector<double>> lat(static_cast<std::size_t>(claimers));
   std::vector<std::vector<double>> fin(static_cast<std::size_t>(claimers));
@@ -112,6 +114,8 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined) 
           auto f = store.Finish(task->id, req.worker_ids[0], rep);
           my_fin.push_back(ms(t0));
           if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
+          if (stop_after > 0 && ++finished >= stop_after) break;
+          if (stop_after > 0) --finished;  // counted below
           t0 = Steady::now();
           auto c = store.Claim(req);
           my_lat.push_back(ms(t0));
@@ -127,7 +131,8 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined) 
   s.seconds = std::chrono::duration<double>(Steady::now() - start).count();
   for (auto& l : lat) s.claim_ms.insert(s.claim_ms.end(), l.begin(), l.end());
   for (auto& l : fin) s.finish_ms.insert(s.finish_ms.end(), l.begin(), l.end());
-  if (finished != tasks) throw std::runtime_error("runner path lost tasks");
+  if (stop_after == 0 && finished != tasks) throw std::runtime_error("runner path lost tasks");
+  if (stop_after > 0) s.tasks = finished;
   return s;
 }
 
@@ -230,6 +235,7 @@ int main(int argc, char** argv) {
   std::string out = Arg(argc, argv, "--out", "bench/results/queue_runner.json");
   int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
   int rounds = std::stoi(Arg(argc, argv, "--rounds", "3"));
+  int depth = std::stoi(Arg(argc, argv, "--depth", "100000"));
   std::string db = "runner_bench_" + std::to_string(::getpid());
   {
     pqxx::connection c(admin);
@@ -242,6 +248,7 @@ int main(int argc, char** argv) {
   std::string conninfo = base + " dbname=" + db;
   json::array results;
   json::object heartbeat;
+  json::array deep;
   int code = 0;
   try {
     StoreOptions options;
@@ -279,6 +286,24 @@ int main(int argc, char** argv) {
             Percentile(r.claim_ms, 0.5), Percentile(r.claim_ms, 0.99), s.tasks / s.seconds,
             Percentile(s.claim_ms, 0.5), Percentile(s.claim_ms, 0.99),
             100.0 * (s.tasks / s.seconds) / (r.tasks / r.seconds));
+      }
+    }
+    // Claim latency with a deep queue: `depth` tasks queued, each claimer
+    // claims and finishes until `tasks` are done, the rest stays queued.
+    if (depth > 0) {
+      Reset(conninfo);
+      Fill(store, depth);
+      for (int claimers : {1, 4}) {
+        RunStats d = RunStore(store, claimers, depth, false, tasks);
+        json::object o = ToJson(d);
+        o["queued_at_start"] = depth;
+        deep.push_back(o);
+        std::printf(
+            "claimers=%2d with %d queued: %6.0f tasks/s claim p50/p99 %.2f/%.2f ms finish p50/p99 "
+            "%.2f/%.2f ms\n",
+            claimers, depth, d.tasks / d.seconds, Percentile(d.claim_ms, 0.5),
+            Percentile(d.claim_ms, 0.99), Percentile(d.finish_ms, 0.5),
+            Percentile(d.finish_ms, 0.99));
       }
     }
     // Lease renewal of 100 running tasks in one statement.
@@ -320,6 +345,7 @@ int main(int argc, char** argv) {
                      {"rounds", rounds},
                      {"cpus", static_cast<int64_t>(std::thread::hardware_concurrency())},
                      {"claim_finish", results},
+                     {"deep_queue", deep},
                      {"heartbeat", heartbeat}};
     std::ofstream(out) << json::serialize(doc) << "\n";
   }
