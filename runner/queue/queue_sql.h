@@ -123,6 +123,37 @@ inline constexpr Statement kHeartbeat{
     ") SELECT b.task_id FROM b WHERE b.task_id IS NOT NULL"
     "  AND NOT EXISTS (SELECT 1 FROM renewed r WHERE r.id = b.task_id)"};
 
+// The finish of kFinish and kFinishAndClaim: CTEs lk, cur, u (the finished
+// or retried row) and ev (its event). $1-$9 as documented at kFinish.
+// clang-format off
+#define RUNNER_FINISH_CTES \
+  "WITH lk AS MATERIALIZED (" \
+  "  SELECT id, state, lease_owner, attempt, max_attempts, backoff, has_dependents" \
+  "  FROM tasks WHERE id = $1 FOR NO KEY UPDATE" \
+  "), cur AS (" \
+  "  SELECT id, attempt, max_attempts, backoff, has_dependents," \
+  "    ($3::text IN ('failed', 'timed_out') AND $8::bool AND attempt < max_attempts) AS retry" \
+  "  FROM lk WHERE state = 'running' AND lease_owner = $2" \
+  "), u AS (" \
+  "  UPDATE tasks t SET" \
+  "    state = CASE WHEN c.retry THEN 'queued' ELSE $3::text END," \
+  "    run_at = CASE WHEN c.retry THEN now() + least($9::float8," \
+  "               c.backoff * power(2, greatest(c.attempt - 1, 0))) * interval '1 second'" \
+  "             ELSE t.run_at END," \
+  "    lease_owner = CASE WHEN c.retry THEN NULL ELSE t.lease_owner END," \
+  "    node_id = CASE WHEN c.retry THEN NULL ELSE t.node_id END," \
+  "    finished_at = CASE WHEN c.retry THEN NULL ELSE now() END," \
+  "    lease_expires_at = NULL, exit_code = $4::int, error = $5::jsonb, usage = $6::jsonb," \
+  "    isolation_used = $7" \
+  "  FROM cur c WHERE t.id = c.id" \
+  "  RETURNING t.id, t.state, t.attempt, c.retry, c.has_dependents" \
+  "), ev AS (" \
+  "  INSERT INTO events (kind, task_id, worker_id, data)" \
+  "  SELECT CASE WHEN u.retry THEN 'task.retrying' ELSE 'task.' || u.state END, u.id, $2," \
+  "         jsonb_build_object('attempt', u.attempt, 'exit_code', $4::int," \
+  "                            'error', $5::jsonb->>'code') FROM u"
+// clang-format on
+
 // Finish in one statement (autocommit, one round trip): checks that the worker
 // still holds the lease of the running task, then either writes the final
 // state or, for a retryable failure with attempts left, queues it again after
@@ -130,34 +161,8 @@ inline constexpr Statement kHeartbeat{
 // No row back: the lease was not held and nothing was written.
 // $1 id, $2 worker, $3 state, $4 exit_code, $5 error, $6 usage, $7 isolation_used,
 // $8 retryable, $9 max delay.
-inline constexpr Statement kFinish{
-    "finish",
-    "WITH lk AS MATERIALIZED ("
-    "  SELECT id, state, lease_owner, attempt, max_attempts, backoff, has_dependents"
-    "  FROM tasks WHERE id = $1 FOR NO KEY UPDATE"
-    "), cur AS ("
-    "  SELECT id, attempt, max_attempts, backoff, has_dependents,"
-    "    ($3::text IN ('failed', 'timed_out') AND $8::bool AND attempt < max_attempts) AS retry"
-    "  FROM lk WHERE state = 'running' AND lease_owner = $2"
-    "), u AS ("
-    "  UPDATE tasks t SET"
-    "    state = CASE WHEN c.retry THEN 'queued' ELSE $3::text END,"
-    "    run_at = CASE WHEN c.retry THEN now() + least($9::float8,"
-    "               c.backoff * power(2, greatest(c.attempt - 1, 0))) * interval '1 second'"
-    "             ELSE t.run_at END,"
-    "    lease_owner = CASE WHEN c.retry THEN NULL ELSE t.lease_owner END,"
-    "    node_id = CASE WHEN c.retry THEN NULL ELSE t.node_id END,"
-    "    finished_at = CASE WHEN c.retry THEN NULL ELSE now() END,"
-    "    lease_expires_at = NULL, exit_code = $4::int, error = $5::jsonb, usage = $6::jsonb,"
-    "    isolation_used = $7"
-    "  FROM cur c WHERE t.id = c.id"
-    "  RETURNING t.id, t.state, t.attempt, c.retry, c.has_dependents"
-    "), ev AS ("
-    "  INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT CASE WHEN u.retry THEN 'task.retrying' ELSE 'task.' || u.state END, u.id, $2,"
-    "         jsonb_build_object('attempt', u.attempt, 'exit_code', $4::int,"
-    "                            'error', $5::jsonb->>'code') FROM u"
-    ") SELECT u.retry, u.has_dependents FROM u"};
+inline constexpr Statement kFinish{"finish",
+                                   RUNNER_FINISH_CTES ") SELECT u.retry, u.has_dependents FROM u"};
 
 // kFinish, then the claim of one task for the same worker ($2), in one
 // statement: $10 node, $11 lease ms, $12 queues (NULL: all). Always one row:
@@ -166,32 +171,7 @@ inline constexpr Statement kFinish{
 // claim reads the snapshot from before the finish, so it cannot take the
 // task being finished, nor a dependent this finish unblocks.
 inline constexpr Statement kFinishAndClaim{
-    "finish_and_claim",
-    "WITH lk AS MATERIALIZED ("
-    "  SELECT id, state, lease_owner, attempt, max_attempts, backoff, has_dependents"
-    "  FROM tasks WHERE id = $1 FOR NO KEY UPDATE"
-    "), cur AS ("
-    "  SELECT id, attempt, max_attempts, backoff, has_dependents,"
-    "    ($3::text IN ('failed', 'timed_out') AND $8::bool AND attempt < max_attempts) AS retry"
-    "  FROM lk WHERE state = 'running' AND lease_owner = $2"
-    "), u AS ("
-    "  UPDATE tasks t SET"
-    "    state = CASE WHEN c.retry THEN 'queued' ELSE $3::text END,"
-    "    run_at = CASE WHEN c.retry THEN now() + least($9::float8,"
-    "               c.backoff * power(2, greatest(c.attempt - 1, 0))) * interval '1 second'"
-    "             ELSE t.run_at END,"
-    "    lease_owner = CASE WHEN c.retry THEN NULL ELSE t.lease_owner END,"
-    "    node_id = CASE WHEN c.retry THEN NULL ELSE t.node_id END,"
-    "    finished_at = CASE WHEN c.retry THEN NULL ELSE now() END,"
-    "    lease_expires_at = NULL, exit_code = $4::int, error = $5::jsonb, usage = $6::jsonb,"
-    "    isolation_used = $7"
-    "  FROM cur c WHERE t.id = c.id"
-    "  RETURNING t.id, t.state, t.attempt, c.retry, c.has_dependents"
-    "), ev AS ("
-    "  INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT CASE WHEN u.retry THEN 'task.retrying' ELSE 'task.' || u.state END, u.id, $2,"
-    "         jsonb_build_object('attempt', u.attempt, 'exit_code', $4::int,"
-    "                            'error', $5::jsonb->>'code') FROM u"
+    "finish_and_claim", RUNNER_FINISH_CTES
     "), picked AS ("
     "  SELECT q.id FROM tasks q"
     "  WHERE q.state = 'queued' AND q.run_at <= now()"
