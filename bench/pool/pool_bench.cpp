@@ -89,6 +89,38 @@ class ScratchDb {
   std::string name_;
 };
 
+// A node's data dir under the temp dir, removed on every path.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& prefix)
+      : path_(std::filesystem::temp_directory_path() / (prefix + std::to_string(::getpid()))) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A node config for the bench: `workers` workers, backpressure off (the bench
+// itself saturates the host).
+runner::Config BenchConfig(const ScratchDir& data, int workers,
+                           runner::isolation::IsolationMode mode) {
+  runner::Config config;
+  config.data_dir = data.path().string();
+  config.workers = workers;
+  config.max_workers = std::max(workers, 1);
+  config.mode = mode;
+  config.pressure.cpu_high = 100;
+  config.pressure.memory_high = 100;
+  config.pressure.disk_high = 100;
+  return config;
+}
+
 double Percentile(std::vector<double> v, double q) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -169,23 +201,16 @@ double ForkExecRate(int n) {
 
 json::object Measure(const std::string& mode, int workers, int tasks, int latency_samples) {
   ScratchDb db;
-  std::filesystem::path data =
-      std::filesystem::temp_directory_path() / ("runner-pool-bench-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(data);
-  runner::Config config;
-  config.data_dir = data.string();
-  config.workers = workers;
-  config.max_workers = std::max(workers, 1);
-  config.mode = mode == "docker" ? runner::isolation::IsolationMode::kDocker
-                                 : runner::isolation::IsolationMode::kProcess;
+  ScratchDir data("runner-pool-bench-");
+  runner::Config config =
+      BenchConfig(data, workers,
+                  mode == "docker" ? runner::isolation::IsolationMode::kDocker
+                                   : runner::isolation::IsolationMode::kProcess);
   config.docker_host = Env("RUNNER_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
   config.poll_interval = 1;
   // As the runner reads it: RUNNER_CLAIM_ON_FINISH=false measures the pool
   // with every claim going through the claimer's batch.
   config.claim_on_finish = Env("RUNNER_CLAIM_ON_FINISH", "true") != "false";
-  config.pressure.cpu_high = 100;
-  config.pressure.memory_high = 100;
-  config.pressure.disk_high = 100;
   runner::metrics::Registry registry;
   auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
   if (!node) throw std::runtime_error("node: " + node.error().message);
@@ -244,8 +269,6 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   }
   (*node)->Shutdown(runner::StopOptions{false, std::chrono::seconds(30)});
   node->reset();
-  std::error_code ec;
-  std::filesystem::remove_all(data, ec);
 
   json::object r;
   r["failures"] = failures;
@@ -283,17 +306,8 @@ double CpuSeconds() {
 // What `workers` idle workers cost: CPU share and RSS growth over `seconds`.
 json::object IdleCost(int workers, int seconds) {
   ScratchDb db;
-  std::filesystem::path data =
-      std::filesystem::temp_directory_path() / ("runner-pool-idle-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(data);
-  runner::Config config;
-  config.data_dir = data.string();
-  config.workers = workers;
-  config.max_workers = workers;
-  config.mode = runner::isolation::IsolationMode::kProcess;
-  config.pressure.cpu_high = 100;
-  config.pressure.memory_high = 100;
-  config.pressure.disk_high = 100;
+  ScratchDir data("runner-pool-idle-");
+  runner::Config config = BenchConfig(data, workers, runner::isolation::IsolationMode::kProcess);
   runner::metrics::Registry registry;
   const int64_t rss_before = RssBytes();
   auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
@@ -308,8 +322,6 @@ json::object IdleCost(int workers, int seconds) {
   const int64_t rss = RssBytes() - rss_before;
   (*node)->Shutdown(runner::StopOptions{false, std::chrono::seconds(10)});
   node->reset();
-  std::error_code ec;
-  std::filesystem::remove_all(data, ec);
   json::object r;
   r["workers"] = workers;
   r["seconds"] = wall;

@@ -71,7 +71,8 @@ void Fill(PostgresStore& store, int tasks) {
 // for the claimer). Combined: FinishAndClaim, one round trip per task (a busy
 // worker, what the pool does while there is a backlog); claim_ms is then the
 // latency of that statement.
-// stop_after > 0: stop once that many tasks are done (the queue stays deep).
+// stop_after > 0 (claim-then-finish only): stop once that many tasks are
+// done, leaving the rest queued (the queue stays deep).
 RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined,
                   int stop_after = 0) {
   RunStats s{combined ? "runner_finish_and_claim" : "runner", claimers, tasks, 0, {}, {}};
@@ -108,14 +109,14 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined,
           if (!f.ok() || f->outcome != FinishOutcome::kFinished) {
             throw std::runtime_error("finish failed");
           }
+          ++finished;
           task = std::move(f->next);
         } else {
           t0 = Steady::now();
           auto f = store.Finish(task->id, req.worker_ids[0], rep);
           my_fin.push_back(ms(t0));
           if (!f.ok() || *f != FinishOutcome::kFinished) throw std::runtime_error("finish failed");
-          if (stop_after > 0 && ++finished >= stop_after) break;
-          if (stop_after > 0) --finished;  // counted below
+          if (++finished >= stop_after && stop_after > 0) break;
           t0 = Steady::now();
           auto c = store.Claim(req);
           my_lat.push_back(ms(t0));
@@ -123,7 +124,6 @@ RunStats RunStore(PostgresStore& store, int claimers, int tasks, bool combined,
           task.reset();
           if (!c->empty()) task = c->front();
         }
-        ++finished;
       }
     });
   }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <filesystem>
 #include <utility>
 
@@ -96,7 +97,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       // Operators see the fallback in the event stream and the dashboard, not only in logs.
       queue::NewEvent event;
       event.kind = up ? "docker.available" : "docker.unavailable";
-      event.data_json = std::string("{\"node_id\":\"") + raw->node_id_ + "\"}";
+      event.data_json = boost::json::serialize(boost::json::object{{"node_id", raw->node_id_}});
       auto emitted = raw->store_->Emit(event);
       if (!emitted.ok()) {
         spdlog::warn("event not recorded node_id={} error={}", raw->node_id_,

@@ -93,6 +93,7 @@ Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
   int initial = options_.workers;
   if (initial <= 0) initial = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   target_ = std::clamp(initial, 1, std::max(1, options_.max_workers));
+  finish_and_claim_limit_ = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
   metrics_->target.Set(target_);
   // Create the finished counters up front so dashboards see zeros.
   for (const char* s :
@@ -553,6 +554,36 @@ bool Pool::MayClaimNextLocked(const Worker& w) const {
          !w.retire && !w.exited;
 }
 
+std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
+    const Worker& w, const queue::Task& task, const queue::FinishReport& report,
+    std::optional<queue::Task>& next) {
+  {
+    std::lock_guard lock(mu_);
+    if (!MayClaimNextLocked(w)) return std::nullopt;
+  }
+  // A few at a time: a hundred workers each claiming for themselves pile up
+  // on the head of the claim index (SKIP LOCKED walks past every row another
+  // holds), where the claimer's one batch does not. Measured with 100
+  // workers of instant tasks: 7.0 s for 10,000 all chaining, 4.1 s batched.
+  if (finish_and_claims_.fetch_add(1) >= finish_and_claim_limit_) {
+    finish_and_claims_.fetch_sub(1);
+    return std::nullopt;
+  }
+  queue::ClaimRequest req;
+  req.node_id = options_.node_id;
+  req.worker_ids = {w.id};
+  req.lease = options_.lease;
+  req.queues = options_.queues;
+  const auto t0 = SteadyClock::now();
+  auto both = store_.FinishAndClaim(task.id, w.id, report, req);
+  finish_and_claims_.fetch_sub(1);
+  if (!both.ok()) return Result<queue::FinishOutcome>(both.error());
+  metrics_->finish_and_claim_duration.Observe(Seconds(SteadyClock::now() - t0));
+  if (both->next) metrics_->claimed.Inc();
+  next = std::move(both->next);
+  return Result<queue::FinishOutcome>(both->outcome);
+}
+
 std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   const auto started = SteadyClock::now();
   std::stop_token token;
@@ -643,43 +674,13 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
     // of a few seconds must not turn a finished task into a second run. Finish
     // checks the lease holder, so a late report never overwrites another attempt.
     const auto give_up = SteadyClock::now() + options_.lease;
-    if (may_claim_next) {
-      std::lock_guard lock(mu_);
-      may_claim_next = MayClaimNextLocked(*w);
-    }
-    // A few at a time: a hundred workers each claiming for themselves pile up
-    // on the head of the claim index (SKIP LOCKED walks past every row another
-    // holds), where the claimer's one batch does not. Measured with 100
-    // workers of instant tasks: 7.0 s for 10,000 all chaining, 4.1 s batched.
-    const int chain_limit = std::max(2, static_cast<int>(std::thread::hardware_concurrency()));
-    const bool counted = may_claim_next && finish_and_claims_.fetch_add(1) < chain_limit;
-    if (may_claim_next && !counted) {
-      finish_and_claims_.fetch_sub(1);
-      may_claim_next = false;
-    }
+    // Finish and take the next task in one round trip when allowed; on an
+    // error the retries below only finish (the statement wrote nothing).
+    std::optional<Result<queue::FinishOutcome>> first;
+    if (may_claim_next) first = FinishAndClaimNext(*w, task, out.report, next);
     for (int i = 0;; ++i) {
-      Result<queue::FinishOutcome> r = queue::FinishOutcome::kFinished;
-      if (may_claim_next && i == 0) {
-        // Finish and take the next task in one round trip; on an error the
-        // retries below only finish (the statement wrote nothing).
-        queue::ClaimRequest req;
-        req.node_id = options_.node_id;
-        req.worker_ids = {w->id};
-        req.lease = options_.lease;
-        req.queues = options_.queues;
-        const auto t0 = SteadyClock::now();
-        auto both = store_.FinishAndClaim(task.id, w->id, out.report, req);
-        if (both.ok()) {
-          metrics_->finish_and_claim_duration.Observe(Seconds(SteadyClock::now() - t0));
-          if (both->next) metrics_->claimed.Inc();
-          next = std::move(both->next);
-          r = both->outcome;
-        } else {
-          r = both.error();
-        }
-      } else {
-        r = store_.Finish(task.id, w->id, out.report);
-      }
+      Result<queue::FinishOutcome> r =
+          i == 0 && first ? std::move(*first) : store_.Finish(task.id, w->id, out.report);
       if (r.ok()) {
         if (*r == queue::FinishOutcome::kRetrying) label = "retrying";
         if (*r == queue::FinishOutcome::kLeaseLost) {
@@ -695,7 +696,6 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
       if (i + 1 >= kTries && SteadyClock::now() + pause >= give_up) break;
       std::this_thread::sleep_for(pause);
     }
-    if (counted) finish_and_claims_.fetch_sub(1);
   }
   const double elapsed = Seconds(SteadyClock::now() - started);
   metrics_->Finished(label).Inc();

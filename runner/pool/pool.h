@@ -162,6 +162,13 @@ class Pool {
   // Whether a worker finishing a task may claim its next one itself: the pool
   // claims (running, not draining or throttled) and the worker stays.
   bool MayClaimNextLocked(const Worker& w) const;
+  // FinishAndClaim for a worker that may claim its next task and finds a free
+  // slot (finish_and_claim_limit_): the finish's result, the claimed task in
+  // `next`. nullopt when it may not: the caller finishes alone.
+  std::optional<Result<queue::FinishOutcome>> FinishAndClaimNext(const Worker& w,
+                                                                 const queue::Task& task,
+                                                                 const queue::FinishReport& report,
+                                                                 std::optional<queue::Task>& next);
   isolation::TaskSpec BuildSpec(const Worker& w, const queue::Task& task) const;
 
   void ClaimLoop(std::stop_token stop);
@@ -201,6 +208,7 @@ class Pool {
   bool draining_ = false;                                   // guarded by mu_
   bool throttled_ = false;                                  // guarded by mu_
   std::atomic<int> finish_and_claims_{0};                   // FinishAndClaim statements in flight
+  int finish_and_claim_limit_ = 2;                          // of them at once: one per core
   std::string throttle_reason_;                             // guarded by mu_
   bool notify_wake_ = false;                                // guarded by mu_
   bool idle_wake_ = false;                                  // guarded by mu_

@@ -61,6 +61,31 @@ inline constexpr Statement kInsertEvent{
 
 inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runner_tasks', $1)"};
 
+// What both claims (kClaim, kFinishAndClaim) share, so they cannot drift:
+// RUNNER_CLAIMABLE selects runnable queued tasks in claim order (priority
+// desc, run_at, id; dependencies all succeeded), locked with SKIP LOCKED;
+// `queues` is a text[] parameter (NULL: all). RUNNER_CLAIM_SET is the update
+// that starts a task, RUNNER_STARTED_EVENTS the events of CTE "claimed".
+// clang-format off
+#define RUNNER_CLAIMABLE(columns, queues, limit) \
+  "SELECT " columns " FROM tasks q" \
+  "  WHERE q.state = 'queued' AND q.run_at <= now()" \
+  "    AND (" queues "::text[] IS NULL OR q.queue = ANY(" queues "::text[]))" \
+  "    AND (q.depends_on = '{}' OR NOT EXISTS (" \
+  "          SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)" \
+  "          AND d.state <> 'succeeded'))" \
+  "  ORDER BY q.priority DESC, q.run_at, q.id" \
+  "  LIMIT " limit " FOR UPDATE OF q SKIP LOCKED"
+#define RUNNER_CLAIM_SET(owner, node, lease_ms) \
+  "state = 'running', attempt = t.attempt + 1, lease_owner = " owner ", node_id = " node "," \
+  "  lease_expires_at = now() + " lease_ms "::bigint * interval '1 millisecond'," \
+  "  started_at = now()"
+#define RUNNER_STARTED_EVENTS \
+  "INSERT INTO events (kind, task_id, worker_id, data)" \
+  "  SELECT 'task.started', t.id, t.lease_owner," \
+  "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+// clang-format on
+
 // Batch claim: the idle workers are numbered, the runnable tasks are numbered
 // in claim order, and task n goes to worker n. SKIP LOCKED lets claimers pass
 // each other; the row lock makes a task go to one claimer only.
@@ -70,25 +95,13 @@ inline constexpr Statement kClaim{
     "  SELECT wid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(wid, ord)"
     "), picked AS ("
     "  SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS ord"
-    "  FROM (SELECT q.id, q.priority, q.run_at FROM tasks q"
-    "        WHERE q.state = 'queued' AND q.run_at <= now()"
-    "          AND ($4::text[] IS NULL OR q.queue = ANY($4::text[]))"
-    "          AND (q.depends_on = '{}' OR NOT EXISTS ("
-    "                SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)"
-    "                AND d.state <> 'succeeded'))"
-    "        ORDER BY q.priority DESC, q.run_at, q.id"
-    "        LIMIT $5 FOR UPDATE OF q SKIP LOCKED) c"
+    "  FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.run_at", "$4", "$5") ") c"
     "), claimed AS ("
-    "  UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_owner = w.wid,"
-    "    node_id = $2, lease_expires_at = now() + $3::bigint * interval '1 millisecond',"
-    "    started_at = now()"
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3")
     "  FROM picked p JOIN w ON w.ord = p.ord"
     "  WHERE t.id = p.id"
     "  RETURNING t.*"
-    "), ev AS ("
-    "  INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT 'task.started', t.id, t.lease_owner,"
-    "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+    "), ev AS (" RUNNER_STARTED_EVENTS
     ") SELECT " RUNNER_TASK_COLUMNS " FROM claimed t ORDER BY t.priority DESC, t.run_at, t.id"};
 
 // Lookups of running tasks by id lock the rows by primary key alone in a
@@ -172,25 +185,12 @@ inline constexpr Statement kFinish{"finish",
 // task being finished, nor a dependent this finish unblocks.
 inline constexpr Statement kFinishAndClaim{
     "finish_and_claim", RUNNER_FINISH_CTES
-    "), picked AS ("
-    "  SELECT q.id FROM tasks q"
-    "  WHERE q.state = 'queued' AND q.run_at <= now()"
-    "    AND ($12::text[] IS NULL OR q.queue = ANY($12::text[]))"
-    "    AND (q.depends_on = '{}' OR NOT EXISTS ("
-    "          SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)"
-    "          AND d.state <> 'succeeded'))"
-    "  ORDER BY q.priority DESC, q.run_at, q.id"
-    "  LIMIT 1 FOR UPDATE OF q SKIP LOCKED"
+    "), picked AS (" RUNNER_CLAIMABLE("q.id", "$12", "1")
     "), claimed AS ("
-    "  UPDATE tasks t SET state = 'running', attempt = t.attempt + 1, lease_owner = $2,"
-    "    node_id = $10, lease_expires_at = now() + $11::bigint * interval '1 millisecond',"
-    "    started_at = now()"
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11")
     "  FROM picked p WHERE t.id = p.id"
     "  RETURNING t.*"
-    "), cev AS ("
-    "  INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT 'task.started', t.id, t.lease_owner,"
-    "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+    "), cev AS (" RUNNER_STARTED_EVENTS
     ") SELECT " RUNNER_TASK_COLUMNS
     ", f.retry, f.has_dependents, f.id IS NOT NULL"
     "  FROM (SELECT 1) one LEFT JOIN u f ON true LEFT JOIN claimed t ON true"};
@@ -412,6 +412,10 @@ inline constexpr std::array kPrepared = {
     kDeadNodes,      kEventsAfter,     kTryReaperLock,    kReapExpired,    kOrphanedDependents,
     kReapWorkers,    kReapNodes,       kForgetDeadNodes,  kDeleteOldTasks, kDeleteOldEvents};
 
+#undef RUNNER_CLAIMABLE
+#undef RUNNER_CLAIM_SET
+#undef RUNNER_STARTED_EVENTS
+#undef RUNNER_FINISH_CTES
 #undef RUNNER_TASK_COLUMNS
 #undef RUNNER_US
 
