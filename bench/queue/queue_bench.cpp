@@ -146,7 +146,7 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks, bool combi
   std::vector<std::unique_ptr<pqxx::connection>> conns;
   for (int i = 0; i < claimers; ++i) {
     conns.push_back(std::make_unique<pqxx::connection>(conninfo));
-    pqxx::nontransaction(*conns.back()).exec("SET plan_cache_mode = force_generic_plan");
+    pqxx::nontransaction(*conns.back()).exec(std::string(sql::kSessionPlanSettings));
     for (const auto& st : {sql::kClaim, sql::kFinish, sql::kFinishAndClaim}) {
       conns.back()->prepare(st.name, std::string(st.text));
     }

@@ -85,12 +85,8 @@ class PostgresStore::Pool {
       tx.exec("SET statement_timeout = " + std::to_string(statement_timeout_.count()) +
               "; SET lock_timeout = " + std::to_string(statement_timeout_.count()) +
               "; SET idle_in_transaction_session_timeout = 60000"
-              "; SET application_name = 'runner-queue'"
-              // Every prepared statement here is a lookup by key or a fixed
-              // index walk, whose plan does not depend on the values. Left on
-              // "auto", PostgreSQL re-plans the claim on every call (its LIMIT
-              // $5 makes the generic plan look dear): 0.3 ms of 0.5.
-              "; SET plan_cache_mode = force_generic_plan");
+              "; SET application_name = 'runner-queue'; " +
+              std::string(sql::kSessionPlanSettings));
     }
     // Prepared at connect, not lazily on first use: a bad statement shows up
     // here rather than in the middle of a claim.

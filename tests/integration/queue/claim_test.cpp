@@ -1,8 +1,11 @@
+#include <algorithm>
+#include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <mutex>
 #include <set>
 #include <thread>
 
+#include "runner/queue/queue_sql.h"
 #include "tests/integration/queue/queue_fixture.h"
 
 using namespace runner::queue;
@@ -181,4 +184,78 @@ TEST_CASE("finish-and-claim never takes back the task it retries nor a dependent
   REQUIRE(child_claim.ok());
   REQUIRE(child_claim->size() == 1);
   CHECK(child_claim->front().id == b->task.id);
+}
+
+namespace {
+
+// The node types of a JSON plan, depth first, as "type:relation/index".
+void PlanNodes(const boost::json::value& node, std::vector<std::string>& out) {
+  const auto& o = node.as_object();
+  std::string entry(o.at("Node Type").as_string());
+  if (const auto* idx = o.if_contains("Index Name")) entry += ":" + std::string(idx->as_string());
+  out.push_back(entry);
+  if (const auto* plans = o.if_contains("Plans")) {
+    for (const auto& p : plans->as_array()) PlanNodes(p, out);
+  }
+}
+
+// The claim's plan under the given session settings, run (and rolled back)
+// so that JIT compilation, if any, shows as a "JIT" node.
+std::vector<std::string> ClaimPlan(pqxx::connection& conn, const std::string& settings) {
+  pqxx::work tx(conn);
+  tx.exec(settings);
+  tx.exec("DEALLOCATE ALL");
+  tx.exec("PREPARE claim_plan AS " + std::string(sql::kClaim.text));
+  auto r = tx.exec(
+      "EXPLAIN (ANALYZE, FORMAT JSON) "
+      "EXECUTE claim_plan('{w1,w2,w3,w4}', 'node-a', 30000, NULL, 4)");
+  auto plan = boost::json::parse(r[0][0].as<std::string>()).as_array().at(0).as_object();
+  std::vector<std::string> nodes;
+  PlanNodes(plan.at("Plan"), nodes);
+  if (plan.contains("JIT")) nodes.emplace_back("JIT");
+  tx.abort();
+  return nodes;
+}
+
+bool Has(const std::vector<std::string>& nodes, std::string_view node) {
+  return std::find(nodes.begin(), nodes.end(), node) != nodes.end();
+}
+
+}  // namespace
+
+TEST_CASE("a claim walks the claim index even when the statistics say the queue is empty",
+          "[queue][claim][plan]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  {
+    pqxx::connection admin(db.conninfo());
+    pqxx::nontransaction tx(admin);
+    // Statistics of an empty queue, as on a fresh install, kept while 20,000
+    // tasks arrive (autovacuum would analyze them within a minute).
+    tx.exec("ALTER TABLE tasks SET (autovacuum_enabled = false)");
+    tx.exec("VACUUM ANALYZE tasks");
+  }
+  std::vector<NewTask> batch(1000, Echo());
+  for (int i = 0; i < 20; ++i) REQUIRE(store->SubmitBatch(batch).ok());
+
+  pqxx::connection conn(db.conninfo());
+  // Control: with the generic plan alone, the planner believes the few
+  // queued tasks the statistics promise: it reads every queued task and
+  // sorts them rather than walking the claim index.
+  auto naive = ClaimPlan(conn, "SET plan_cache_mode = force_generic_plan; SET enable_sort = on");
+  REQUIRE_FALSE(Has(naive, "Index Scan:tasks_claim_idx"));
+  // The store's settings: the index in claim order, stopped by the LIMIT.
+  auto plan = ClaimPlan(conn, std::string(sql::kSessionPlanSettings));
+  INFO("plan nodes: " << [&] {
+    std::string all;
+    for (const auto& n : plan) all += n + " ";
+    return all;
+  }());
+  CHECK(Has(plan, "Index Scan:tasks_claim_idx"));
+  CHECK_FALSE(Has(plan, "Bitmap Heap Scan"));
+  CHECK_FALSE(Has(plan, "JIT"));
+  // The claims themselves are right at that depth.
+  auto claimed = store->Claim(ClaimFor({"w1", "w2"}));
+  REQUIRE(claimed.ok());
+  CHECK(claimed->size() == 2);
 }
