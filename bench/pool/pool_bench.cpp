@@ -5,8 +5,10 @@
 // (the NOTIFY wake-up path; timestamps are the database's own).
 //
 // In the same run, at the same concurrency, the alternatives (--peers on):
-// - process mode: a bare serial fork/exec/wait loop of /bin/true (the floor)
-//   and graphile-worker jobs that spawn /bin/true (bench/pool/graphile_spawn.js,
+// - process mode: a bare serial fork/exec/wait loop of /bin/true (the floor of
+//   process starts), the raw SQL queue loop (the runner's claim and
+//   finish-and-claim statements around fork/exec/wait, nothing else: the
+//   floor of a durable-queue runner) and graphile-worker jobs that spawn /bin/true (bench/pool/graphile_spawn.js,
 //   run with node; NODE_PATH from bench/pool/run);
 // - docker mode: the raw Engine API loop (bench/docker/raw_engine_loop.h, the
 //   floor) and `xargs -P N docker run --rm --network none` with the docker CLI.
@@ -23,12 +25,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <stdio.h>
+#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <boost/json.hpp>
 #include <chrono>
 #include <cstdlib>
@@ -36,6 +40,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <pqxx/pqxx>
 #include <random>
 #include <sstream>
@@ -48,6 +53,8 @@
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/node.h"
+#include "runner/queue/postgres_store.h"
+#include "runner/queue/queue_sql.h"
 
 namespace {
 
@@ -363,6 +370,80 @@ std::string LastLine(const std::string& text) {
   return text.substr(begin == std::string::npos ? 0 : begin + 1, end + 1 - (begin + 1));
 }
 
+// The floor of a durable-queue runner in process mode: `concurrency` threads,
+// each on its own connection, claim a task with the runner's own SQL (and
+// session settings), spawns /bin/true and waits, then finish it and claim the
+// next in one statement (kFinishAndClaim), with nothing else: no cgroup, work
+// dir, pipes, logs, events or pool. Timed like Measure(): from the submit of
+// the burst to the last finish.
+json::object RawQueueLoop(int concurrency, int tasks) {
+  namespace sql = runner::queue::sql;
+  ScratchDb db;
+  runner::queue::StoreOptions options;
+  options.conninfo = db.conninfo();
+  auto store = runner::queue::PostgresStore::Open(options);  // applies the schema
+  if (!store) throw std::runtime_error("store: " + store.error().message);
+  std::vector<std::unique_ptr<pqxx::connection>> conns;
+  for (int i = 0; i < concurrency; ++i) {
+    conns.push_back(std::make_unique<pqxx::connection>(db.conninfo()));
+    pqxx::nontransaction(*conns.back()).exec(std::string(sql::kSessionPlanSettings));
+    conns.back()->prepare(sql::kClaim.name, std::string(sql::kClaim.text));
+    conns.back()->prepare(sql::kFinishAndClaim.name, std::string(sql::kFinishAndClaim.text));
+  }
+  runner::queue::NewTask t;
+  t.command = {"true"};
+  t.isolation = runner::isolation::IsolationMode::kProcess;
+  std::vector<runner::queue::NewTask> batch(static_cast<std::size_t>(tasks), t);
+  const char* usage = R"({"cpu_seconds":0,"peak_memory":0,"duration":0})";
+  std::atomic<int> done{0};
+  const auto t0 = Clock::now();
+  auto subs = (*store)->SubmitBatch(batch);
+  if (!subs) throw std::runtime_error("submit batch: " + subs.error().message);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < concurrency; ++i) {
+    threads.emplace_back([&, i] {
+      pqxx::connection& c = *conns[static_cast<std::size_t>(i)];
+      const std::string worker = "raw-" + std::to_string(i);
+      std::optional<std::string> id;
+      {
+        pqxx::nontransaction tx(c);
+        auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench",
+                                  int64_t{30000}, nullptr, int64_t{1});
+        if (!r.empty()) id = r[0][0].as<std::string>();
+      }
+      while (id) {
+        // posix_spawn: glibc clones with CLONE_VM | CLONE_VFORK, the cheapest start.
+        pid_t pid = -1;
+        char* const argv[] = {const_cast<char*>("true"), nullptr};
+        int status = 0;
+        if (::posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) == 0) {
+          ::waitpid(pid, &status, 0);
+        }
+        const std::string code = std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128);
+        pqxx::nontransaction tx(c);
+        auto r = tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code,
+                                  nullptr, usage, "process", true, 3600.0, "bench",
+                                  int64_t{30000}, nullptr);
+        ++done;
+        id.reset();
+        if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (done != tasks) {
+    throw std::runtime_error("raw queue loop finished " + std::to_string(done.load()) + " of " +
+                             std::to_string(tasks));
+  }
+  std::cerr << "raw queue loop concurrency=" << concurrency << " tasks/s=" << tasks / seconds
+            << "\n";
+  return json::object{{"concurrency", concurrency},
+                      {"tasks", tasks},
+                      {"seconds", seconds},
+                      {"tasks_per_second", tasks / seconds}};
+}
+
 // graphile-worker jobs that spawn /bin/true, `concurrency` workers, one burst
 // of `tasks` (bench/pool/graphile_spawn.js prints one JSON line).
 json::object GraphileSpawn(const std::string& script, int concurrency, int tasks) {
@@ -521,7 +602,7 @@ int main(int argc, char** argv) {
   const double floor = ForkExecRate(1000);
   std::cerr << "bare fork/exec/wait of /bin/true (serial): " << floor << "/s\n";
 
-  json::array runs, summary, graphile_runs, raw_runs, xargs_runs;
+  json::array runs, summary, graphile_runs, raw_runs, xargs_runs, queue_loop_runs;
   std::string graphile_version, docker_cli_version;
   const std::string bench_node = "bench-pool-" + RandomHex(8);
   std::unique_ptr<runner::isolation::docker::DockerIsolator> docker;
@@ -552,7 +633,7 @@ int main(int argc, char** argv) {
       // rates 20-40% between minutes here) hits both; the summary gives the
       // median of each round's ratio.
       json::array rounds;
-      std::vector<double> mine_rates, vs_floor, vs_graphile, vs_raw, vs_xargs;
+      std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs;
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
         json::object run;
@@ -571,6 +652,11 @@ int main(int argc, char** argv) {
           ratios["vs_fork_exec_serial_pct"] = 100 * Ratio(mine, floor_rate);
           vs_floor.push_back(Ratio(mine, floor_rate));
           if (opt.peers) {
+            json::object q =
+                Peer("raw queue loop", workers, [&] { return RawQueueLoop(workers, tasks); });
+            ratios["vs_raw_queue_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(q));
+            vs_queue_loop.push_back(Ratio(mine, TasksPerSecond(q)));
+            queue_loop_runs.push_back(std::move(q));
             json::object g = Peer("graphile spawn", workers, [&] {
               return GraphileSpawn(opt.graphile_script, workers, tasks);
             });
@@ -612,6 +698,10 @@ int main(int argc, char** argv) {
       if (!vs_floor.empty()) {
         line += fmt::format(" | vs bare fork/exec serial {:.0f}% (target >= 60%)",
                             100 * Median(vs_floor));
+      }
+      if (!vs_queue_loop.empty()) {
+        line += fmt::format(" | vs raw SQL queue + fork/exec loop {:.0f}%",
+                            100 * Median(vs_queue_loop));
       }
       if (!vs_graphile.empty()) {
         line += fmt::format(" | vs graphile spawn {:.2f}x (target >= 2x)", Median(vs_graphile));
@@ -655,6 +745,11 @@ int main(int argc, char** argv) {
   if (opt.idle) doc["idle_100_workers"] = idle;
   if (opt.peers) {
     doc["peers"] = json::object{
+        {"raw_queue_loop",
+         json::object{{"what",
+                       "N threads with a connection each: the runner's claim, then fork/exec/wait "
+                       "/bin/true and the runner's finish-and-claim statement, nothing else"},
+                      {"runs", queue_loop_runs}}},
         {"graphile_spawn",
          json::object{{"what",
                        "graphile-worker jobs spawning /bin/true (child_process.spawn, "

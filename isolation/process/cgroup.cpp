@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 namespace runner::isolation::process {
 namespace {
@@ -387,6 +388,10 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
 }
 
 TaskCgroup::~TaskCgroup() {
+  if (spares_ != nullptr && LimitFree() && join_fds_.size() == dirs_.size() && KillAll() &&
+      spares_->Keep(*this)) {
+    return;
+  }
   CloseJoinFds();
   if (!KillAll()) {
     spdlog::warn("process isolation: processes survive in cgroup {}",
@@ -416,6 +421,10 @@ std::vector<int> TaskCgroup::JoinFds(bool include_v2) const {
     if (include_v2 || !(v2_dir_ && dirs_[i] == *v2_dir_)) fds.push_back(join_fds_[i]);
   }
   return fds;
+}
+
+void TaskCgroup::DoneJoining() {
+  if (spares_ == nullptr) CloseJoinFds();
 }
 
 void TaskCgroup::CloseJoinFds() {
@@ -483,6 +492,7 @@ CgroupStats TaskCgroup::Stats() const {
     } else if (auto ns = ReadInt(*cpuacct_dir_ / "cpuacct.usage")) {
       s.cpu_seconds = static_cast<double>(*ns) / 1e9;
     }
+    if (s.cpu_seconds) s.cpu_seconds = std::max(0.0, *s.cpu_seconds - cpu_base_);
   }
   if (memory_dir_) {
     const fs::path& d = *memory_dir_;
@@ -521,6 +531,61 @@ Status TaskCgroup::SetCpuLimit(double cpus) {
     return st;
   }
   return WriteFile(*cpu_dir_ / "cpu.cfs_quota_us", std::to_string(quota));
+}
+
+
+
+// --- spares ------------------------------------------------------------------
+
+CgroupSpares::~CgroupSpares() {
+  std::lock_guard lock(mu_);
+  spares_.clear();  // each removes its directories (spares_ of a spare is null)
+}
+
+size_t CgroupSpares::size() {
+  std::lock_guard lock(mu_);
+  return spares_.size();
+}
+
+Result<std::unique_ptr<TaskCgroup>> CgroupSpares::Acquire(const CgroupHost& host,
+                                                          const std::string& name) {
+  std::unique_ptr<TaskCgroup> cg;
+  {
+    std::lock_guard lock(mu_);
+    if (!spares_.empty()) {
+      cg = std::move(spares_.back());
+      spares_.pop_back();
+    }
+  }
+  if (!cg) {
+    CgroupRoles none;
+    none.memory = none.cpu = none.pids = false;
+    auto created = TaskCgroup::Create(host, name, Limits{}, none);
+    if (!created.ok()) return created.error();
+    cg = std::move(created).value();
+  }
+  cg->spares_ = this;
+  cg->cpu_base_ = 0;
+  cg->cpu_base_ = cg->Stats().cpu_seconds.value_or(0);
+  return cg;
+}
+
+bool CgroupSpares::Keep(TaskCgroup& cg) {
+  std::lock_guard lock(mu_);
+  if (spares_.size() >= max_) return false;
+  std::unique_ptr<TaskCgroup> kept(new TaskCgroup());
+  kept->dirs_ = std::move(cg.dirs_);
+  kept->dirs_v2_ = std::move(cg.dirs_v2_);
+  kept->cpuacct_dir_ = std::move(cg.cpuacct_dir_);
+  kept->cpuacct_v2_ = cg.cpuacct_v2_;
+  kept->freezer_dir_ = std::move(cg.freezer_dir_);
+  kept->v2_dir_ = std::move(cg.v2_dir_);
+  kept->join_fds_ = std::move(cg.join_fds_);
+  kept->v2_dir_fd_ = std::exchange(cg.v2_dir_fd_, -1);
+  cg.dirs_.clear();
+  cg.join_fds_.clear();
+  spares_.push_back(std::move(kept));
+  return true;
 }
 
 }  // namespace runner::isolation::process

@@ -27,12 +27,20 @@
 // A host without any writable hierarchy yields an empty CgroupHost; the
 // isolator then relies on setrlimit and process groups alone.
 //
+// Limit-free task cgroups (only the accounting and kill hierarchies, the
+// default for a task without limits) are reused through CgroupSpares: making
+// and removing the directories was most of a short task's cgroup cost. A
+// reused cgroup is empty and thawed, its join descriptors stay open, and its
+// CPU counter is read as a difference from where it stood at hand-out.
+//
 // Thread-safety: CgroupHost is immutable after Detect() and shared by all
-// workers. A TaskCgroup belongs to one Run() call.
+// workers. A TaskCgroup belongs to one Run() call. CgroupSpares is shared by
+// the Run() calls of an isolator (guarded by a mutex).
 
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -97,6 +105,31 @@ struct CgroupRoles {
   bool pids = true;
 };
 
+class TaskCgroup;
+
+// Emptied limit-free task cgroups, kept for the next task (see above).
+class CgroupSpares {
+ public:
+  explicit CgroupSpares(size_t max_spares = 32) : max_(max_spares) {}
+  ~CgroupSpares();  // removes the spares' directories
+  CgroupSpares(const CgroupSpares&) = delete;
+  CgroupSpares& operator=(const CgroupSpares&) = delete;
+
+  // A limit-free cgroup (the roles all false): a spare when one is left,
+  // else a new one named `name`. It comes back here when destroyed, if empty.
+  Result<std::unique_ptr<TaskCgroup>> Acquire(const CgroupHost& host, const std::string& name);
+  size_t size();
+
+ private:
+  friend class TaskCgroup;
+  // Takes the directories of `cg` (emptied, limit-free); false when full.
+  bool Keep(TaskCgroup& cg);
+
+  const size_t max_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<TaskCgroup>> spares_;  // guarded by mu_
+};
+
 class TaskCgroup {
  public:
   // Creates `<parent>/<name>` in every hierarchy of `host` and writes the
@@ -105,7 +138,8 @@ class TaskCgroup {
   static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host, const std::string& name,
                                                     const Limits& limits,
                                                     const CgroupRoles& roles = {});
-  // Kills every process left inside and removes the directories.
+  // Kills every process left inside and removes the directories (or hands
+  // them back to the spares it came from).
   ~TaskCgroup();
   TaskCgroup(const TaskCgroup&) = delete;
   TaskCgroup& operator=(const TaskCgroup&) = delete;
@@ -116,7 +150,9 @@ class TaskCgroup {
   std::vector<int> JoinFds(bool include_v2) const;
   // O_DIRECTORY descriptor of the v2 cgroup for clone3(CLONE_INTO_CGROUP), or -1.
   int v2_dir_fd() const { return v2_dir_fd_; }
-  void CloseJoinFds();
+  // After the spawn: closes the join descriptors, unless the cgroup goes
+  // back to spares (the next task joins through them).
+  void DoneJoining();
 
   // Pids currently inside (from the first hierarchy).
   std::vector<int> Pids() const;
@@ -138,8 +174,11 @@ class TaskCgroup {
   std::filesystem::path cpu_dir() const { return cpu_dir_ ? *cpu_dir_ : std::filesystem::path(); }
 
  private:
+  friend class CgroupSpares;
   TaskCgroup() = default;
   bool Empty() const;
+  void CloseJoinFds();
+  bool LimitFree() const { return !memory_dir_ && !cpu_dir_ && !pids_dir_; }
 
   std::vector<std::filesystem::path> dirs_;  // all created dirs, removed in reverse
   std::vector<bool> dirs_v2_;
@@ -148,6 +187,8 @@ class TaskCgroup {
   bool memory_v2_ = false, cpu_v2_ = false, cpuacct_v2_ = false, pids_v2_ = false;
   std::vector<int> join_fds_;  // parallel to dirs_
   int v2_dir_fd_ = -1;
+  CgroupSpares* spares_ = nullptr;  // where it goes back to, if anywhere
+  double cpu_base_ = 0;             // CPU seconds already counted at hand-out
 };
 
 }  // namespace runner::isolation::process

@@ -311,10 +311,11 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 // One task run: owns the child and decides how it ended.
 class TaskRun {
  public:
-  TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, WorkRoot& work_root,
-          const TaskSpec& spec, Observer& observer, std::stop_token stop)
+  TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, CgroupSpares& spares,
+          WorkRoot& work_root, const TaskSpec& spec, Observer& observer, std::stop_token stop)
       : options_(options),
         host_(cgroups),
+        spares_(spares),
         work_root_(work_root),
         spec_(spec),
         observer_(observer),
@@ -345,6 +346,7 @@ class TaskRun {
 
   const ProcessIsolatorOptions& options_;
   const CgroupHost& host_;
+  CgroupSpares& spares_;
   WorkRoot& work_root_;
   const TaskSpec& spec_;
   Observer& observer_;
@@ -405,7 +407,12 @@ Status TaskRun::Prepare() {
     roles.cpu =
         lim.cpus > 0 || (limited && options_.over_limit.action == OverLimitAction::kThrottle);
     roles.pids = lim.pids > 0;
-    auto cg = TaskCgroup::Create(host_, cg_name, lim, roles);
+    // A task with no limit needs only the accounting and kill hierarchies:
+    // a reused cgroup, named for the isolator rather than the task.
+    const bool limit_free = !roles.memory && !roles.cpu && !roles.pids;
+    auto cg = limit_free ? spares_.Acquire(host_, "slot-" + std::to_string(::getpid()) + "-" +
+                                                      std::to_string(++seq))
+                         : TaskCgroup::Create(host_, cg_name, lim, roles);
     if (!cg.ok()) {
       // A leftover from a crashed run, or a host that changed under us.
       spdlog::warn("process isolation: running without a cgroup task_id={} worker_id={} error={}",
@@ -541,7 +548,7 @@ Status TaskRun::Spawn() {
                                      " (the host is out of processes or memory)");
   }
   pid_ = pid;
-  if (cgroup_) cgroup_->CloseJoinFds();
+  if (cgroup_) cgroup_->DoneJoining();
   out->second.Reset();
   err->second.Reset();
   report->second.Reset();
@@ -886,10 +893,11 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   options_.work_root = std::filesystem::absolute(options_.work_root);
   if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
+  cgroup_spares_ = std::make_unique<CgroupSpares>();
 }
 
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
-  TaskRun run(options_, cgroups_, *work_root_, spec, observer, std::move(stop));
+  TaskRun run(options_, cgroups_, *cgroup_spares_, *work_root_, spec, observer, std::move(stop));
   return run.Run();
 }
 

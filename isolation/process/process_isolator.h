@@ -96,6 +96,7 @@ class ProcessIsolator : public Isolator {
   ProcessIsolatorOptions options_;
   CgroupHost cgroups_;
   std::unique_ptr<WorkRoot> work_root_;
+  std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
 };
 
 }  // namespace runner::isolation::process

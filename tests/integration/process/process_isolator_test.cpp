@@ -513,6 +513,36 @@ TEST_CASE("usage is sampled while a task runs and totalled at the end", "[proces
   CHECK(samples.back().pids >= 1);
 }
 
+TEST_CASE("tasks without limits reuse a cgroup and count only their own CPU time",
+          "[process][usage][cgroup]") {
+  testing::TempDir dir;
+  ProcessIsolator iso(Options(dir));
+  REQUIRE_FALSE(iso.cgroups().empty());
+  auto cgroup_of_task = [&](TaskSpec spec, RunResult& r) {
+    Recorder rec;
+    r = iso.Run(spec, rec, {});
+    return Trim(rec.out());
+  };
+  // A busy task, then an idle one in the cgroup it leaves behind.
+  RunResult busy, idle, limited;
+  std::string first = cgroup_of_task(
+      Shell("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; tail -n1 /proc/self/cgroup"),
+      busy);
+  std::string second = cgroup_of_task(Shell("tail -n1 /proc/self/cgroup"), idle);
+  REQUIRE(busy.kind == Kind::kExited);
+  REQUIRE(idle.kind == Kind::kExited);
+  CHECK(busy.usage.cpu_seconds > 0.05);
+  CHECK(idle.usage.cpu_seconds < 0.05);  // not the busy task's seconds again
+  CHECK(first.find("slot-") != std::string::npos);
+  CHECK(first == second);
+  // A task with a limit gets a cgroup of its own, named after it.
+  TaskSpec with_limit = Shell("tail -n1 /proc/self/cgroup");
+  with_limit.limits.memory = 64 << 20;
+  std::string third = cgroup_of_task(with_limit, limited);
+  CHECK(limited.kind == Kind::kExited);
+  CHECK(third.find(with_limit.task_id) != std::string::npos);
+}
+
 TEST_CASE("each over-limit action is carried out", "[process][overlimit]") {
   testing::TempDir dir;
   ProcessIsolatorOptions o = Options(dir);
