@@ -8,8 +8,8 @@
 // - process mode: a bare serial fork/exec/wait loop of /bin/true (the floor of
 //   process starts), the raw SQL queue loop (the runner's claim and
 //   finish-and-claim statements around fork/exec/wait, nothing else: the
-//   floor of a durable-queue runner) and graphile-worker jobs that spawn /bin/true (bench/pool/graphile_spawn.js,
-//   run with node; NODE_PATH from bench/pool/run);
+//   floor of a durable-queue runner) and graphile-worker jobs that spawn /bin/true
+//   (bench/pool/graphile_spawn.js, run with node; NODE_PATH from bench/pool/run);
 // - docker mode: the raw Engine API loop (bench/docker/raw_engine_loop.h, the
 //   floor) and `xargs -P N docker run --rm --network none` with the docker CLI.
 // Each runner figure gets its ratios to those; a summary ends the output.
@@ -23,9 +23,9 @@
 // runner-task:latest. Writes JSON (--out).
 
 #include <fmt/format.h>
+#include <spawn.h>
 #include <spdlog/spdlog.h>
 #include <stdio.h>
-#include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -407,8 +407,8 @@ json::object RawQueueLoop(int concurrency, int tasks) {
       std::optional<std::string> id;
       {
         pqxx::nontransaction tx(c);
-        auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench",
-                                  int64_t{30000}, nullptr, int64_t{1});
+        auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench", int64_t{30000},
+                                  nullptr, int64_t{1});
         if (!r.empty()) id = r[0][0].as<std::string>();
       }
       while (id) {
@@ -421,9 +421,9 @@ json::object RawQueueLoop(int concurrency, int tasks) {
         }
         const std::string code = std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128);
         pqxx::nontransaction tx(c);
-        auto r = tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code,
-                                  nullptr, usage, "process", true, 3600.0, "bench",
-                                  int64_t{30000}, nullptr);
+        auto r =
+            tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code, nullptr,
+                             usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr);
         ++done;
         id.reset();
         if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
@@ -692,8 +692,8 @@ int main(int argc, char** argv) {
         runs.push_back(std::move(run));
       }
       // Medians over the rounds (a single round: its own figures).
-      std::string line = fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers,
-                                     Median(mine_rates));
+      std::string line =
+          fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers, Median(mine_rates));
       if (opt.rounds > 1) line += fmt::format(" (median of {} rounds)", opt.rounds);
       if (!vs_floor.empty()) {
         line += fmt::format(" | vs bare fork/exec serial {:.0f}% (target >= 60%)",
@@ -707,8 +707,8 @@ int main(int argc, char** argv) {
         line += fmt::format(" | vs graphile spawn {:.2f}x (target >= 2x)", Median(vs_graphile));
       }
       if (!vs_raw.empty()) {
-        line += fmt::format(" | vs raw Engine API loop {:.0f}% (target >= 95%)",
-                            100 * Median(vs_raw));
+        line +=
+            fmt::format(" | vs raw Engine API loop {:.0f}% (target >= 95%)", 100 * Median(vs_raw));
       }
       if (!vs_xargs.empty()) {
         line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(vs_xargs));

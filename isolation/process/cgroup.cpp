@@ -533,8 +533,6 @@ Status TaskCgroup::SetCpuLimit(double cpus) {
   return WriteFile(*cpu_dir_ / "cpu.cfs_quota_us", std::to_string(quota));
 }
 
-
-
 // --- spares ------------------------------------------------------------------
 
 CgroupSpares::~CgroupSpares() {

@@ -526,8 +526,7 @@ TEST_CASE("tasks without limits reuse a cgroup and count only their own CPU time
   // A busy task, then an idle one in the cgroup it leaves behind.
   RunResult busy, idle, limited;
   std::string first = cgroup_of_task(
-      Shell("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; tail -n1 /proc/self/cgroup"),
-      busy);
+      Shell("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; tail -n1 /proc/self/cgroup"), busy);
   std::string second = cgroup_of_task(Shell("tail -n1 /proc/self/cgroup"), idle);
   REQUIRE(busy.kind == Kind::kExited);
   REQUIRE(idle.kind == Kind::kExited);
