@@ -18,9 +18,12 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -308,14 +311,82 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
   }
 }
 
+}  // namespace
+
+// Removes finished tasks' cgroups (killing anything left, then returning
+// limit-free ones to the spares) and work dirs on its own thread, in the
+// order TaskRun would: cgroup first. When it falls behind, the caller cleans
+// up itself.
+class ProcessIsolator::Cleaner {
+ public:
+  Cleaner() : thread_([this](std::stop_token stop) { Loop(stop); }) {}
+  ~Cleaner() {
+    thread_.request_stop();
+    cv_.notify_all();
+    thread_.join();  // Loop drains the queue before it returns
+  }
+
+  void Take(std::unique_ptr<TaskCgroup> cgroup, std::unique_ptr<WorkDir> dir) {
+    {
+      std::lock_guard lock(mu_);
+      if (queue_.size() < kMaxPending) {
+        queue_.push_back({std::move(cgroup), std::move(dir)});
+        cv_.notify_all();
+        return;
+      }
+    }
+    cgroup.reset();
+    dir.reset();
+  }
+
+  void Wait() {
+    std::unique_lock lock(mu_);
+    idle_cv_.wait(lock, [&] { return queue_.empty() && busy_ == 0; });
+  }
+
+ private:
+  static constexpr size_t kMaxPending = 64;
+  struct Leftover {
+    std::unique_ptr<TaskCgroup> cgroup;
+    std::unique_ptr<WorkDir> dir;
+  };
+
+  void Loop(std::stop_token stop) {
+    std::unique_lock lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !queue_.empty() || stop.stop_requested(); });
+      if (queue_.empty()) return;  // stopping, and nothing left
+      Leftover job = std::move(queue_.front());
+      queue_.pop_front();
+      ++busy_;
+      lock.unlock();
+      job.cgroup.reset();
+      job.dir.reset();
+      lock.lock();
+      --busy_;
+      idle_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<Leftover> queue_;  // guarded by mu_
+  int busy_ = 0;                // guarded by mu_
+  std::jthread thread_;         // last: started once the rest exists
+};
+
+namespace {
+
 // One task run: owns the child and decides how it ended.
 class TaskRun {
  public:
   TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, CgroupSpares& spares,
-          WorkRoot& work_root, const TaskSpec& spec, Observer& observer, std::stop_token stop)
+          ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, const TaskSpec& spec,
+          Observer& observer, std::stop_token stop)
       : options_(options),
         host_(cgroups),
         spares_(spares),
+        cleaner_(cleaner),
         work_root_(work_root),
         spec_(spec),
         observer_(observer),
@@ -347,6 +418,7 @@ class TaskRun {
   const ProcessIsolatorOptions& options_;
   const CgroupHost& host_;
   CgroupSpares& spares_;
+  ProcessIsolator::Cleaner& cleaner_;
   WorkRoot& work_root_;
   const TaskSpec& spec_;
   Observer& observer_;
@@ -880,6 +952,9 @@ RunResult TaskRun::Run() {
   RunResult r = Finish();
   spdlog::debug("process isolation: finished task_id={} worker_id={} exit_code={} error={}",
                 spec_.task_id, spec_.worker_id, r.exit_code, r.error_code);
+  // Reaped, and what it left in its cgroup killed (OnExit): the rest of the
+  // tear-down need not hold up the report.
+  cleaner_.Take(std::move(cgroup_), std::move(work_dir_));
   return r;
 }
 
@@ -894,10 +969,16 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
   cgroup_spares_ = std::make_unique<CgroupSpares>();
+  cleaner_ = std::make_unique<Cleaner>();
 }
 
+ProcessIsolator::~ProcessIsolator() = default;
+
+void ProcessIsolator::WaitForCleanup() { cleaner_->Wait(); }
+
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
-  TaskRun run(options_, cgroups_, *cgroup_spares_, *work_root_, spec, observer, std::move(stop));
+  TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, spec, observer,
+              std::move(stop));
   return run.Run();
 }
 

@@ -20,7 +20,11 @@
 //     then SIGKILL to everything in the cgroup (also processes that left the
 //     group with setsid or a double fork); when the main process exits, what
 //     it leaves behind is killed too (as when a container's init exits);
-//   - reaps the child (no zombies), removes the cgroup and the work dir.
+//   - reaps the child (no zombies), kills what is left in its cgroup, and
+//     hands the cgroup and the work dir to a cleaner thread that removes (or
+//     recycles) them while the worker reports the result: Run() returns once
+//     nothing of the task runs any more, not once its sandbox is cleared.
+//     WaitForCleanup() waits for that; the destructor does too.
 // Results: kExited (exit_code; 128+signal when killed by a signal; 127 when
 // the command is not found), kTimedOut, kStopped, kOomKilled (the memory
 // cgroup recorded an OOM kill), kOverLimit (the work dir filled up to
@@ -88,15 +92,22 @@ class ProcessIsolator : public Isolator {
   bool Available() override { return true; }
   RunResult Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) override;
 
+  ~ProcessIsolator() override;
+
   // What this host's cgroups provide (for logs, status and tests).
   const CgroupHost& cgroups() const { return cgroups_; }
   const ProcessIsolatorOptions& options() const { return options_; }
+  // Blocks until the cgroups and work dirs of every finished Run() are gone.
+  void WaitForCleanup();
+
+  class Cleaner;
 
  private:
   ProcessIsolatorOptions options_;
   CgroupHost cgroups_;
   std::unique_ptr<WorkRoot> work_root_;
   std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
+  std::unique_ptr<Cleaner> cleaner_;             // last: drained first
 };
 
 }  // namespace runner::isolation::process

@@ -167,6 +167,12 @@ bool NoTaskDirs(const fs::path& root) {
   return true;
 }
 
+// The same, once `iso` has cleaned up after every task it finished.
+bool NoTaskDirs(ProcessIsolator& iso, const fs::path& root) {
+  iso.WaitForCleanup();
+  return NoTaskDirs(root);
+}
+
 bool IsMounted(const fs::path& path) {
   std::ifstream in("/proc/mounts");
   std::string line;
@@ -226,7 +232,7 @@ TEST_CASE("a command that does not exist fails with 127 and says so", "[process]
   CHECK(r.kind == Kind::kExited);
   CHECK(r.exit_code == 127);
   CHECK_THAT(rec.err(), Catch::Contains("command not found: no-such-command-rt"));
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
 
 TEST_CASE("a task starts the same whether its child shares the runner's memory or copies it",
@@ -255,7 +261,7 @@ TEST_CASE("a task starts the same whether its child shares the runner's memory o
   CHECK(r.exit_code == 127);
   CHECK_THAT(missing.err(), Catch::Contains("command not found: no-such-command-rt"));
   CHECK(NoChildren());
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
 
 TEST_CASE("the runner's environment does not reach the task", "[process][env]") {
@@ -294,6 +300,7 @@ TEST_CASE("the work dir is private to the task and removed afterwards on every p
     std::getline(lines, mode);
     CHECK(fs::path(pwd).parent_path() == dir.path() / "work");
     CHECK(mode == "drwx------");
+    iso.WaitForCleanup();
     CHECK_FALSE(fs::exists(pwd));
   }
   SECTION("after a timeout, from a size-capped tmpfs") {
@@ -305,10 +312,11 @@ TEST_CASE("the work dir is private to the task and removed afterwards on every p
     CHECK(r.kind == Kind::kTimedOut);
     std::string pwd = Trim(rec.out());
     REQUIRE_FALSE(pwd.empty());
+    iso.WaitForCleanup();
     CHECK_FALSE(fs::exists(pwd));
     CHECK_FALSE(IsMounted(pwd));
   }
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
 
 TEST_CASE("a task never sees what an earlier task left in its work dir", "[process][workdir]") {
@@ -320,6 +328,7 @@ TEST_CASE("a task never sees what an earlier task left in its work dir", "[proce
                          first, {});
   REQUIRE(r1.kind == Kind::kExited);
   REQUIRE(r1.exit_code == 0);
+  iso.WaitForCleanup();
   REQUIRE_FALSE(fs::is_empty(dir.path() / "work" / ".spare"));  // the next task reuses it
   Recorder second;
   RunResult r2 = iso.Run(Shell("ls -A; ls -A \"$TMPDIR\"; ls -ld . | cut -c1-10"), second, {});
@@ -398,7 +407,7 @@ TEST_CASE("a task that fills its disk limit is stopped as over_limit", "[process
     CHECK(r.kind == Kind::kOverLimit);
     CHECK(r.error_code == "over_limit");
   }
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(dir.path() / "work"));  // each isolator cleaned up as it went
 }
 
 TEST_CASE("a fork bomb is held to the pids limit and cleaned up", "[process][pids]") {
@@ -631,7 +640,7 @@ TEST_CASE("many tasks run at once each see only their own output", "[process][co
     CHECK(outs[static_cast<size_t>(i)] == "task-" + s + "-1\ntask-" + s + "-2\ntask-" + s + "-3\n");
     CHECK(codes[static_cast<size_t>(i)] == i);
   }
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
 
 TEST_CASE("without cgroups a task still runs, times out and is cleaned up", "[process][nocgroup]") {
@@ -662,7 +671,7 @@ TEST_CASE("without cgroups a task still runs, times out and is cleaned up", "[pr
   RunResult slow_r = iso.Run(slow, slow_rec, {});
   CHECK(slow_r.kind == Kind::kTimedOut);
   CHECK(ProcessesWith("987657").empty());
-  CHECK(NoTaskDirs(dir.path() / "work"));
+  CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
 
 // Keep last: the whole suite leaves no process, zombie, cgroup or mount behind.
