@@ -216,20 +216,40 @@ RUNNER_CHILD_CODE int ChildEntry(void* plan) { ChildMain(*static_cast<const Chil
 
 // clone3 with `args` plus CLONE_VM | CLONE_VFORK: returns once the child has
 // exec'd or exited, with its pid, or -1 and errno (the caller then copies).
-long CloneSharingMemory(clone_args args, const ChildPlan& plan) {
-  constexpr size_t kStackSize = 256 * 1024;
-  void* stack = ::mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE,
+// The child's stack: one per thread that spawns (a worker spawns one task at
+// a time, and CLONE_VFORK returns only once the child is off the stack), kept
+// for the thread's life rather than mapped and unmapped for every task.
+class ChildStack {
+ public:
+  static constexpr size_t kSize = 256 * 1024;
+  ~ChildStack() {
+    if (base_ != nullptr) ::munmap(base_, kSize);
+  }
+  void* Get() {
+    if (base_ == nullptr) {
+      void* p = ::mmap(nullptr, kSize, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) return -1;
+      if (p == MAP_FAILED) return nullptr;
+      base_ = p;
+    }
 #ifdef RUNNER_ASAN
-  __asan_unpoison_memory_region(stack, kStackSize);  // stale marks of an earlier mapping
+    __asan_unpoison_memory_region(base_, kSize);  // marks left by the last child
 #endif
+    return base_;
+  }
+
+ private:
+  void* base_ = nullptr;
+};
+
+long CloneSharingMemory(clone_args args, const ChildPlan& plan) {
+  thread_local ChildStack stack;
+  void* base = stack.Get();
+  if (base == nullptr) return -1;
   args.flags |= CLONE_VM | CLONE_VFORK;
-  args.stack = reinterpret_cast<uint64_t>(stack);
-  args.stack_size = kStackSize;
+  args.stack = reinterpret_cast<uint64_t>(base);
+  args.stack_size = ChildStack::kSize;
   long r = runner_clone3_call(&args, sizeof(args), &ChildEntry, const_cast<ChildPlan*>(&plan));
-  // The child no longer runs on the stack: it has exec'd or exited.
-  ::munmap(stack, kStackSize);
   if (r < 0) {
     errno = static_cast<int>(-r);
     return -1;

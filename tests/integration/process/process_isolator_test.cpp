@@ -530,6 +530,7 @@ TEST_CASE("tasks without limits reuse a cgroup and count only their own CPU time
   auto cgroup_of_task = [&](TaskSpec spec, RunResult& r) {
     Recorder rec;
     r = iso.Run(spec, rec, {});
+    iso.WaitForCleanup();  // the cgroup is back among the spares
     return Trim(rec.out());
   };
   // A busy task, then an idle one in the cgroup it leaves behind.
