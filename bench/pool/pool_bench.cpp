@@ -7,7 +7,7 @@
 // In the same run, at the same concurrency, the alternatives (--peers on):
 // - process mode: a bare serial fork/exec/wait loop of /bin/true (the floor of
 //   process starts), the raw SQL queue loop (the runner's claim and
-//   finish-and-claim statements around fork/exec/wait, nothing else: the
+//   finish-and-claim statements around posix_spawn/wait, nothing else: the
 //   floor of a durable-queue runner) and graphile-worker jobs that spawn /bin/true
 //   (bench/pool/graphile_spawn.js, run with node; NODE_PATH from bench/pool/run);
 // - docker mode: the raw Engine API loop (bench/docker/raw_engine_loop.h, the
@@ -40,6 +40,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <pqxx/pqxx>
 #include <random>
@@ -399,39 +400,48 @@ json::object RawQueueLoop(int concurrency, int tasks) {
   const auto t0 = Clock::now();
   auto subs = (*store)->SubmitBatch(batch);
   if (!subs) throw std::runtime_error("submit batch: " + subs.error().message);
+  std::mutex error_mu;
+  std::string error;  // the first thread's failure, guarded by error_mu
   std::vector<std::thread> threads;
   for (int i = 0; i < concurrency; ++i) {
     threads.emplace_back([&, i] {
-      pqxx::connection& c = *conns[static_cast<std::size_t>(i)];
-      const std::string worker = "raw-" + std::to_string(i);
-      std::optional<std::string> id;
-      {
-        pqxx::nontransaction tx(c);
-        auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench", int64_t{30000},
-                                  nullptr, int64_t{1});
-        if (!r.empty()) id = r[0][0].as<std::string>();
-      }
-      while (id) {
-        // posix_spawn: glibc clones with CLONE_VM | CLONE_VFORK, the cheapest start.
-        pid_t pid = -1;
-        char* const argv[] = {const_cast<char*>("true"), nullptr};
-        int status = 0;
-        if (::posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) == 0) {
-          ::waitpid(pid, &status, 0);
+      try {
+        pqxx::connection& c = *conns[static_cast<std::size_t>(i)];
+        const std::string worker = "raw-" + std::to_string(i);
+        std::optional<std::string> id;
+        {
+          pqxx::nontransaction tx(c);
+          auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench",
+                                    int64_t{30000}, nullptr, int64_t{1});
+          if (!r.empty()) id = r[0][0].as<std::string>();
         }
-        const std::string code = std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128);
-        pqxx::nontransaction tx(c);
-        auto r =
-            tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code, nullptr,
-                             usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr);
-        ++done;
-        id.reset();
-        if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
+        while (id) {
+          // posix_spawn: glibc clones with CLONE_VM | CLONE_VFORK, the cheapest start.
+          pid_t pid = -1;
+          char* const argv[] = {const_cast<char*>("true"), nullptr};
+          int status = 0;
+          if (::posix_spawn(&pid, "/bin/true", nullptr, nullptr, argv, environ) != 0) {
+            throw std::runtime_error("posix_spawn /bin/true failed");
+          }
+          ::waitpid(pid, &status, 0);
+          const std::string code = std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128);
+          pqxx::nontransaction tx(c);
+          auto r =
+              tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code, nullptr,
+                               usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr);
+          ++done;
+          id.reset();
+          if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lock(error_mu);
+        if (error.empty()) error = e.what();
       }
     });
   }
   for (auto& th : threads) th.join();
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!error.empty()) throw std::runtime_error("raw queue loop: " + error);
   if (done != tasks) {
     throw std::runtime_error("raw queue loop finished " + std::to_string(done.load()) + " of " +
                              std::to_string(tasks));
@@ -532,13 +542,6 @@ json::object Peer(const char* what, int concurrency, Fn fn) {
   }
 }
 
-std::string Pct(double runner, double peer) {
-  return peer > 0 ? fmt::format("{:.0f}%", 100 * runner / peer) : "n/a";
-}
-std::string Times(double runner, double peer) {
-  return peer > 0 ? fmt::format("{:.2f}x", runner / peer) : "n/a";
-}
-
 struct Options {
   std::string out = "bench/results/pool.json";
   int tasks = 1000;        // per process-mode burst (runner and graphile alike)
@@ -632,7 +635,6 @@ int main(int argc, char** argv) {
       // Rounds alternate the runner and its peers, so host noise (which moves
       // rates 20-40% between minutes here) hits both; the summary gives the
       // median of each round's ratio.
-      json::array rounds;
       std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs;
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
@@ -688,7 +690,6 @@ int main(int argc, char** argv) {
           std::cerr << fmt::format("{} {} workers round {}/{}: {:.1f}/s\n", mode, workers,
                                    round + 1, opt.rounds, mine);
         }
-        rounds.push_back(run);
         runs.push_back(std::move(run));
       }
       // Medians over the rounds (a single round: its own figures).
@@ -700,8 +701,8 @@ int main(int argc, char** argv) {
                             100 * Median(vs_floor));
       }
       if (!vs_queue_loop.empty()) {
-        line += fmt::format(" | vs raw SQL queue + fork/exec loop {:.0f}%",
-                            100 * Median(vs_queue_loop));
+        line +=
+            fmt::format(" | vs raw SQL queue + spawn loop {:.0f}%", 100 * Median(vs_queue_loop));
       }
       if (!vs_graphile.empty()) {
         line += fmt::format(" | vs graphile spawn {:.2f}x (target >= 2x)", Median(vs_graphile));
@@ -713,7 +714,7 @@ int main(int argc, char** argv) {
       if (!vs_xargs.empty()) {
         line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(vs_xargs));
       }
-      const json::object& last = rounds.back().as_object();
+      const json::object& last = runs.back().as_object();  // this setting's last round
       if (auto it = last.find("submit_to_start_ms_p50"); it != last.end()) {
         line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
                             it->value().to_number<double>(),
@@ -746,10 +747,11 @@ int main(int argc, char** argv) {
   if (opt.peers) {
     doc["peers"] = json::object{
         {"raw_queue_loop",
-         json::object{{"what",
-                       "N threads with a connection each: the runner's claim, then fork/exec/wait "
-                       "/bin/true and the runner's finish-and-claim statement, nothing else"},
-                      {"runs", queue_loop_runs}}},
+         json::object{
+             {"what",
+              "N threads with a connection each: the runner's claim, then posix_spawn/wait "
+              "of /bin/true and the runner's finish-and-claim statement, nothing else"},
+             {"runs", queue_loop_runs}}},
         {"graphile_spawn",
          json::object{{"what",
                        "graphile-worker jobs spawning /bin/true (child_process.spawn, "

@@ -540,11 +540,6 @@ CgroupSpares::~CgroupSpares() {
   spares_.clear();  // each removes its directories (spares_ of a spare is null)
 }
 
-size_t CgroupSpares::size() {
-  std::lock_guard lock(mu_);
-  return spares_.size();
-}
-
 Result<std::unique_ptr<TaskCgroup>> CgroupSpares::Acquire(const CgroupHost& host,
                                                           const std::string& name) {
   std::unique_ptr<TaskCgroup> cg;

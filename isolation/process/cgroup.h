@@ -118,7 +118,6 @@ class CgroupSpares {
   // A limit-free cgroup (the roles all false): a spare when one is left,
   // else a new one named `name`. It comes back here when destroyed, if empty.
   Result<std::unique_ptr<TaskCgroup>> Acquire(const CgroupHost& host, const std::string& name);
-  size_t size();
 
  private:
   friend class TaskCgroup;

@@ -77,13 +77,7 @@ constexpr bool kTsan = true;
 constexpr bool kTsan = false;
 #endif
 
-#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define RUNNER_NO_SHARED_SPAWN 1
-#endif
-#endif
-#ifndef RUNNER_NO_SHARED_SPAWN
+#if defined(__x86_64__) && !defined(RUNNER_TSAN)
 #define RUNNER_SHARED_SPAWN 1
 // long runner_clone3_call(clone_args* args, size_t size, int (*fn)(void*), void* arg):
 // in the child, calls fn(arg) on the stack of `args` and exits with its
@@ -116,7 +110,6 @@ runner_clone3_call:
   .cfi_endproc
   .size runner_clone3_call, .-runner_clone3_call
 )");
-#endif
 #endif
 
 namespace runner::isolation::process {
@@ -359,7 +352,12 @@ class ProcessIsolator::Cleaner {
  public:
   Cleaner() : thread_([this](std::stop_token stop) { Loop(stop); }) {}
   ~Cleaner() {
-    thread_.request_stop();
+    {
+      // Under the lock: Loop checks the stop between its predicate and its
+      // wait, so a stop requested outside it could be missed for good.
+      std::lock_guard lock(mu_);
+      thread_.request_stop();
+    }
     cv_.notify_all();
     thread_.join();  // Loop drains the queue before it returns
   }
