@@ -175,13 +175,19 @@ TEST_CASE("when Docker goes away an auto node runs new tasks as processes and sa
   proxy.Close();
   // The monitor re-checks Docker every second, with no task needed to notice.
   REQUIRE(WaitFor([&] { return !node->Status().docker_available; }, 15s));
-  CHECK(event_kinds() == std::vector<std::string>{"docker.unavailable"});
+  // The event is written by the change callback, just after the status flips.
+  CHECK(
+      WaitFor([&] { return event_kinds() == std::vector<std::string>{"docker.unavailable"}; }, 5s));
   CHECK(registry.Render().find("runner_docker_available 0") != std::string::npos);
   CHECK(run() == "process");
 
   proxy.Open();
   REQUIRE(WaitFor([&] { return node->Status().docker_available; }, 15s));
-  CHECK(event_kinds() == std::vector<std::string>{"docker.unavailable", "docker.available"});
+  CHECK(WaitFor(
+      [&] {
+        return event_kinds() == std::vector<std::string>{"docker.unavailable", "docker.available"};
+      },
+      5s));
   CHECK(run() == "docker");
   node->Shutdown(runner::StopOptions{false, 10s});
 }
