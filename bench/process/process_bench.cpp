@@ -199,6 +199,7 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(std::filesystem::path(out).parent_path());
   std::ofstream(out) << json;
   std::filesystem::remove_all(root);
-  std::printf("written %s\n", out.c_str());
+  iso.WaitForCleanup();  // the last tasks' work dirs (tmpfs mounts) go first
+  std::filesystem::remove_all(root);
   return 0;
 }

@@ -55,26 +55,21 @@ std::string TmpfsOwner(std::string_view user) {
 
 std::string Bytes(int64_t n) { return std::to_string(n) + " bytes"; }
 
-// Owns one container: removes it (force) when destroyed, on every path.
+// Hands its container to the removal queue when it goes out of scope, on
+// every path out of Run().
 class ContainerOwner {
  public:
-  ContainerOwner(EngineClient& client, std::string id, std::string task_id)
-      : client_(client), id_(std::move(id)), task_id_(std::move(task_id)) {}
-  ~ContainerOwner() {
-    Status st = client_.ContainerRemove(id_, /*force=*/true);
-    if (!st) {
-      spdlog::error("docker container remove failed task={} container={} error={}", task_id_,
-                    id_.substr(0, 12), st.error().message);
-    }
-  }
+  ContainerOwner(CleanupQueue<ContainerRemoval>& removals, EngineClient& client, std::string id,
+                 std::string task_id)
+      : removals_(removals), removal_(client, std::move(id), std::move(task_id)) {}
+  ~ContainerOwner() { removals_.Take(std::move(removal_)); }
   ContainerOwner(const ContainerOwner&) = delete;
   ContainerOwner& operator=(const ContainerOwner&) = delete;
-  const std::string& id() const { return id_; }
+  const std::string& id() const { return removal_.id(); }
 
  private:
-  EngineClient& client_;
-  std::string id_;
-  std::string task_id_;
+  CleanupQueue<ContainerRemoval>& removals_;
+  ContainerRemoval removal_;
 };
 
 // Serialises the callbacks of one Run() (the Observer contract).
@@ -191,6 +186,22 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
                               std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
 
 DockerIsolator::~DockerIsolator() = default;
+
+ContainerRemoval::ContainerRemoval(ContainerRemoval&& other) noexcept
+    : client_(other.client_), id_(std::move(other.id_)), task_id_(std::move(other.task_id_)) {
+  other.id_.clear();
+}
+
+ContainerRemoval::~ContainerRemoval() {
+  if (id_.empty()) return;
+  Status st = client_->ContainerRemove(id_, /*force=*/true);
+  if (!st) {
+    spdlog::error("docker container remove failed task={} container={} error={}", task_id_,
+                  id_.substr(0, 12), st.error().message);
+  }
+}
+
+void DockerIsolator::WaitForCleanup() { removals_.Wait(); }
 
 bool DockerIsolator::Available() {
   {
@@ -331,7 +342,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     }
     return ErrorResult(created.error());
   }
-  ContainerOwner owner(client_, *created, task);
+  ContainerOwner owner(removals_, client_, *created, task);
   const std::string& id = owner.id();
 
   RunResult result;

@@ -15,7 +15,11 @@
 // (+ io.runner.label.<k> for task labels), wait registered before start, logs
 // streamed to the observer, stats sampled every `stats_interval` (usage and
 // the over-limit policy), then exit code / OOMKilled / usage. The container is
-// removed (force) on every path by an RAII owner.
+// removed (force) on every path, by a background queue once Run() has its
+// result (so the removal overlaps the next task's claim and create; at most
+// 64 wait, past that Run() removes its own). WaitForCleanup() waits for the
+// queue; the destructor drains it. A crash leaves the exited containers to
+// ReapOrphans, like running ones.
 //
 // Disk limit: StorageOpt size where the daemon's storage driver supports it
 // (overlay2 on xfs with pquota; detected from /info and by trying once);
@@ -39,6 +43,7 @@
 #include <string_view>
 #include <vector>
 
+#include "isolation/cleanup_queue.h"
 #include "isolation/docker/engine_client.h"
 #include "isolation/isolator.h"
 #include "isolation/result.h"
@@ -61,6 +66,24 @@ struct DockerIsolatorOptions {
   std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
 };
 
+// Removes one container (force) when destroyed; the job of the removal queue.
+class ContainerRemoval {
+ public:
+  ContainerRemoval(EngineClient& client, std::string id, std::string task_id)
+      : client_(&client), id_(std::move(id)), task_id_(std::move(task_id)) {}
+  ContainerRemoval(ContainerRemoval&& other) noexcept;
+  ContainerRemoval& operator=(ContainerRemoval&&) = delete;
+  ContainerRemoval(const ContainerRemoval&) = delete;
+  ContainerRemoval& operator=(const ContainerRemoval&) = delete;
+  ~ContainerRemoval();
+  const std::string& id() const { return id_; }
+
+ private:
+  EngineClient* client_;
+  std::string id_;  // empty once moved from
+  std::string task_id_;
+};
+
 class DockerIsolator : public Isolator {
  public:
   explicit DockerIsolator(DockerIsolatorOptions options = {});
@@ -77,6 +100,9 @@ class DockerIsolator : public Isolator {
   // (this node at start, or nodes the database knows are dead). Never touches
   // other containers. Returns how many were removed.
   Result<int> ReapOrphans(const std::vector<std::string>& node_ids);
+
+  // Blocks until the containers of every finished Run() are removed.
+  void WaitForCleanup();
 
   EngineClient& client() { return client_; }
   const DockerIsolatorOptions& options() const { return options_; }
@@ -97,6 +123,8 @@ class DockerIsolator : public Isolator {
   // Images seen present recently: skips an inspect per task (a removed image
   // still ends as image_not_found, from create's 404).
   std::map<std::string, std::chrono::steady_clock::time_point> images_seen_;  // guarded by mu_
+  // Last: drained (every pending container removed) while client_ still exists.
+  CleanupQueue<ContainerRemoval> removals_;
 };
 
 // The Docker container configuration (POST /containers/create body) for a

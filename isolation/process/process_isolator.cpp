@@ -18,9 +18,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -29,6 +27,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "isolation/cleanup_queue.h"
 #include "isolation/process/work_dir.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -344,72 +343,24 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 
 }  // namespace
 
-// Removes finished tasks' cgroups (killing anything left, then returning
-// limit-free ones to the spares) and work dirs on its own thread, in the
-// order TaskRun would: cgroup first. When it falls behind, the caller cleans
-// up itself.
-class ProcessIsolator::Cleaner {
- public:
-  Cleaner() : thread_([this](std::stop_token stop) { Loop(stop); }) {}
-  ~Cleaner() {
-    {
-      // Under the lock: Loop checks the stop between its predicate and its
-      // wait, so a stop requested outside it could be missed for good.
-      std::lock_guard lock(mu_);
-      thread_.request_stop();
-    }
-    cv_.notify_all();
-    thread_.join();  // Loop drains the queue before it returns
-  }
-
-  void Take(std::unique_ptr<TaskCgroup> cgroup, std::unique_ptr<WorkDir> dir) {
-    {
-      std::lock_guard lock(mu_);
-      if (queue_.size() < kMaxPending) {
-        queue_.push_back({std::move(cgroup), std::move(dir)});
-        cv_.notify_all();
-        return;
-      }
-    }
+// What a finished task leaves: its cgroup (killing anything left, then
+// returning a limit-free one to the spares) and its work dir, cleaned up in
+// the order TaskRun would: cgroup first.
+struct Leftover {
+  std::unique_ptr<TaskCgroup> cgroup;
+  std::unique_ptr<WorkDir> dir;
+  Leftover(std::unique_ptr<TaskCgroup> c, std::unique_ptr<WorkDir> d)
+      : cgroup(std::move(c)), dir(std::move(d)) {}
+  Leftover(Leftover&&) noexcept = default;
+  Leftover& operator=(Leftover&&) noexcept = default;
+  ~Leftover() {
     cgroup.reset();
     dir.reset();
   }
-
-  void Wait() {
-    std::unique_lock lock(mu_);
-    idle_cv_.wait(lock, [&] { return queue_.empty() && busy_ == 0; });
-  }
-
- private:
-  static constexpr size_t kMaxPending = 64;
-  struct Leftover {
-    std::unique_ptr<TaskCgroup> cgroup;
-    std::unique_ptr<WorkDir> dir;
-  };
-
-  void Loop(std::stop_token stop) {
-    std::unique_lock lock(mu_);
-    for (;;) {
-      cv_.wait(lock, [&] { return !queue_.empty() || stop.stop_requested(); });
-      if (queue_.empty()) return;  // stopping, and nothing left
-      Leftover job = std::move(queue_.front());
-      queue_.pop_front();
-      ++busy_;
-      lock.unlock();
-      job.cgroup.reset();
-      job.dir.reset();
-      lock.lock();
-      --busy_;
-      idle_cv_.notify_all();
-    }
-  }
-
-  std::mutex mu_;
-  std::condition_variable cv_, idle_cv_;
-  std::deque<Leftover> queue_;  // guarded by mu_
-  int busy_ = 0;                // guarded by mu_
-  std::jthread thread_;         // last: started once the rest exists
 };
+
+// Cleans up finished tasks on its own thread (see CleanupQueue).
+class ProcessIsolator::Cleaner : public CleanupQueue<Leftover> {};
 
 namespace {
 
@@ -990,7 +941,7 @@ RunResult TaskRun::Run() {
                 spec_.task_id, spec_.worker_id, r.exit_code, r.error_code);
   // Reaped, and what it left in its cgroup killed (OnExit): the rest of the
   // tear-down need not hold up the report.
-  cleaner_.Take(std::move(cgroup_), std::move(work_dir_));
+  cleaner_.Take(Leftover(std::move(cgroup_), std::move(work_dir_)));
   return r;
 }
 

@@ -108,7 +108,10 @@ size_t ContainersLabelled(const std::string& label) {
   return list->size();
 }
 
-size_t ContainersOfTask(const TaskSpec& spec) {
+// The containers of `spec` left once `iso` has finished its removals (Run()
+// hands its container to a background queue).
+size_t ContainersOfTask(DockerIsolator& iso, const TaskSpec& spec) {
+  iso.WaitForCleanup();
   return ContainersLabelled("io.runner.task=" + spec.task_id);
 }
 
@@ -180,7 +183,7 @@ TEST_CASE("echo keeps stdout and stderr apart", "[docker][run]") {
   CHECK(c.err == "to-err\n");
   CHECK(c.container.size() == 64);
   CHECK(r.usage.duration > 0);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a task runs as a non-root user in /work with its env", "[docker][run]") {
@@ -198,7 +201,7 @@ TEST_CASE("exit code 3 is reported as 3", "[docker][run]") {
   RunResult r = Shared().Run(spec, c, {});
   CHECK(r.kind == RunResult::Kind::kExited);
   CHECK(r.exit_code == 3);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a memory hog is killed and reported oom_killed", "[docker][limits]") {
@@ -208,7 +211,7 @@ TEST_CASE("a memory hog is killed and reported oom_killed", "[docker][limits]") 
   RunResult r = Shared().Run(spec, c, {});
   CHECK(r.kind == RunResult::Kind::kOomKilled);
   CHECK(r.error_code == "oom_killed");
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a task killed by SIGKILL without OOM is not reported as oom_killed",
@@ -255,7 +258,7 @@ TEST_CASE("the CPU limit is set on the container and holds a busy loop to it", "
   CHECK(mean < 37.5);
   CHECK(r.usage.cpu_seconds > 0.05);
   CHECK(r.usage.cpu_seconds < 1.2);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a disk writer is stopped at its disk limit", "[docker][limits]") {
@@ -269,7 +272,7 @@ TEST_CASE("a disk writer is stopped at its disk limit", "[docker][limits]") {
   CHECK(r.error_code == "over_limit");
   CHECK(r.message.find("disk limit of 4194304 bytes") != std::string::npos);
   CHECK(r.exit_code != 0);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("the root filesystem is read-only", "[docker][limits]") {
@@ -292,7 +295,7 @@ TEST_CASE("a fork bomb is stopped by the pids limit", "[docker][limits]") {
   CHECK(r.kind == RunResult::Kind::kExited);
   CHECK(c.err.find("fork") != std::string::npos);
   for (const auto& s : c.samples) CHECK(s.pids <= 16);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a task has no network by default", "[docker][network]") {
@@ -314,7 +317,7 @@ TEST_CASE("a task past its timeout is stopped and reported timed_out", "[docker]
   CHECK(r.kind == RunResult::Kind::kTimedOut);
   CHECK(r.error_code == "timed_out");
   CHECK(took < 10s);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a task ignoring SIGTERM is killed after the grace period", "[docker][timeout]") {
@@ -327,7 +330,7 @@ TEST_CASE("a task ignoring SIGTERM is killed after the grace period", "[docker][
   CHECK(r.kind == RunResult::Kind::kTimedOut);
   CHECK(took >= 2s);  // stop_grace
   CHECK(took < 15s);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("a stop request cancels a running task", "[docker][cancel]") {
@@ -344,7 +347,7 @@ TEST_CASE("a stop request cancels a running task", "[docker][cancel]") {
   CHECK(r.kind == RunResult::Kind::kStopped);
   CHECK(r.error_code == "cancelled");
   CHECK(Clock::now() - t0 < 10s);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("the kill policy ends a task over its CPU soft limit", "[docker][policy]") {
@@ -364,7 +367,7 @@ TEST_CASE("the kill policy ends a task over its CPU soft limit", "[docker][polic
   CHECK(r.error_code == "over_limit");
   CHECK(Clock::now() - t0 < 10s);
   CHECK(std::find(c.over_limit.begin(), c.over_limit.end(), "cpu") != c.over_limit.end());
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(isolator, spec) == 0);
 }
 
 TEST_CASE("the throttle policy lowers the CPU quota of a task over its soft limit",
@@ -397,7 +400,7 @@ TEST_CASE("the throttle policy lowers the CPU quota of a task over its soft limi
   RunResult r = isolator.Run(spec, c, {});
   CHECK(r.kind == RunResult::Kind::kTimedOut);
   CHECK(c.nano.load() == 250'000'000);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(isolator, spec) == 0);
 }
 
 TEST_CASE("tasks run concurrently from many threads", "[docker][concurrency]") {
@@ -590,7 +593,7 @@ TEST_CASE("a daemon restart mid-task ends the run with an error and still remove
   CHECK(r.kind == RunResult::Kind::kError);
   CHECK(r.error_code == "isolation_unavailable");
   CHECK(r.message.find("proxy.sock") != std::string::npos);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(isolator, spec) == 0);
 }
 
 TEST_CASE("orphans of a node are reaped and other nodes' containers are untouched",
@@ -643,7 +646,7 @@ TEST_CASE("streaming stats report a busy container's CPU as docker computes it",
   // Busy, but held to its half core (less when the host is saturated).
   CHECK(percents.back() > 5);
   CHECK(percents.back() < 75);
-  CHECK(ContainersOfTask(spec) == 0);
+  CHECK(ContainersOfTask(Shared(), spec) == 0);
 }
 
 TEST_CASE("logs of a finished container come back demultiplexed", "[docker][engine]") {
@@ -677,6 +680,22 @@ TEST_CASE("logs of a finished container come back demultiplexed", "[docker][engi
   CHECK(err == "err\n");
 }
 
+TEST_CASE("destroying the isolator right after its runs removes every container",
+          "[docker][cleanup]") {
+  std::vector<TaskSpec> specs;
+  {
+    DockerIsolator isolator(Options());
+    for (int i = 0; i < 3; ++i) {
+      specs.push_back(Spec({"true"}));
+      Collector c;
+      RunResult r = isolator.Run(specs.back(), c, {});
+      REQUIRE(r.kind == RunResult::Kind::kExited);
+    }
+  }  // the destructor drains the removal queue
+  for (const auto& spec : specs) CHECK(ContainersLabelled("io.runner.task=" + spec.task_id) == 0);
+}
+
 TEST_CASE("no container of this test run is left behind", "[docker][cleanup]") {
+  Shared().WaitForCleanup();
   CHECK(ContainersLabelled("io.runner.node=" + RunNode()) == 0);
 }
