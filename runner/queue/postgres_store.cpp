@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cmath>
+#include <map>
 #include <pqxx/pqxx>
 #include <set>
 
@@ -197,16 +198,21 @@ std::string PgArrayNullable(const std::vector<std::optional<std::string>>& items
 
 const char* NullableCStr(const std::optional<std::string>& s) { return s ? s->c_str() : nullptr; }
 
-std::string MapJson(const std::map<std::string, std::string>& m) {
+json::object MapObject(const std::map<std::string, std::string>& m) {
   json::object o;
   for (const auto& [k, v] : m) o[k] = v;
-  return json::serialize(o);
+  return o;
 }
 
-std::string LimitsJson(const isolation::Limits& l) {
-  return json::serialize(
-      json::object{{"cpus", l.cpus}, {"memory", l.memory}, {"disk", l.disk}, {"pids", l.pids}});
+std::string MapJson(const std::map<std::string, std::string>& m) {
+  return json::serialize(MapObject(m));
 }
+
+json::object LimitsObject(const isolation::Limits& l) {
+  return json::object{{"cpus", l.cpus}, {"memory", l.memory}, {"disk", l.disk}, {"pids", l.pids}};
+}
+
+std::string LimitsJson(const isolation::Limits& l) { return json::serialize(LimitsObject(l)); }
 
 std::string UsageJson(const isolation::Usage& u) {
   return json::serialize(json::object{
@@ -458,6 +464,86 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
   return out;
 }
 
+// The submit of tasks none of which depends on another: one statement
+// (kInsertTasks) for the whole batch instead of an insert and an event per
+// task inside a transaction. The same defaults and outcomes as InsertTask:
+// a task whose idempotency_key exists comes back as that task, not created;
+// a key repeated in the batch makes one task.
+Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
+                                                          const StoreOptions& opts,
+                                                          std::span<const NewTask> tasks) {
+  json::array rows;
+  std::vector<std::string> ids(tasks.size());
+  std::map<std::string, std::size_t> first_with_key;  // key -> index of its first task
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const NewTask& nt = tasks[i];
+    if (nt.idempotency_key && !first_with_key.emplace(*nt.idempotency_key, i).second) continue;
+    ids[i] = NewUlid();
+    isolation::Limits limits = nt.limits;
+    if (limits.cpus == 0) limits.cpus = opts.default_limits.cpus;
+    if (limits.memory == 0) limits.memory = opts.default_limits.memory;
+    if (limits.disk == 0) limits.disk = opts.default_limits.disk;
+    if (limits.pids == 0) limits.pids = opts.default_limits.pids;
+    json::array command(nt.command.begin(), nt.command.end());
+    rows.push_back(json::object{
+        {"id", ids[i]},
+        {"queue", nt.queue},
+        {"priority", nt.priority},
+        {"delay", nt.delay},
+        {"max_attempts", nt.max_attempts},
+        {"backoff", nt.backoff.value_or(opts.default_backoff)},
+        {"isolation", isolation::ToString(nt.isolation)},
+        {"image", nt.image.value_or(opts.default_image)},
+        {"command", std::move(command)},
+        {"env", MapObject(nt.env)},
+        {"limits", LimitsObject(limits)},
+        {"timeout", nt.timeout.value_or(opts.default_timeout)},
+        {"idempotency_key",
+         nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
+        {"labels", MapObject(nt.labels)},
+    });
+  }
+  pqxx::nontransaction tx(c);
+  std::map<std::string, Task> inserted;
+  for (const auto& row : tx.exec_prepared(sql::kInsertTasks.name, json::serialize(rows))) {
+    Task t = RowToTask(row);
+    inserted.emplace(t.id, std::move(t));
+  }
+  // Tasks not inserted: their key was taken (earlier, or earlier in the batch).
+  std::vector<std::string> taken;
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    if (!inserted.contains(ids[i])) taken.push_back(*tasks[i].idempotency_key);
+  }
+  std::map<std::string, Task> existing;
+  if (!taken.empty()) {
+    for (const auto& row : tx.exec_prepared(sql::kTasksByKeys.name, PgArray(taken))) {
+      Task t = RowToTask(row);
+      std::string key = *t.idempotency_key;
+      existing.emplace(std::move(key), std::move(t));
+    }
+  }
+  std::vector<SubmitOutcome> out;
+  out.reserve(tasks.size());
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    if (auto it = inserted.find(ids[i]); it != inserted.end()) {
+      out.push_back(SubmitOutcome{it->second, true});
+      continue;
+    }
+    // Not inserted: a key taken before, or repeated from earlier in the batch.
+    const std::string& key = *tasks[i].idempotency_key;
+    if (auto it = inserted.find(ids[first_with_key.at(key)]); it != inserted.end()) {
+      out.push_back(SubmitOutcome{it->second, false});
+    } else if (auto found = existing.find(key); found != existing.end()) {
+      out.push_back(SubmitOutcome{found->second, false});
+    } else {
+      // The holder of the key went away between the two statements.
+      return Error{"conflict", "idempotency_key " + key +
+                                   " is being used by a concurrent submission; submit again"};
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -505,7 +591,10 @@ Result<std::vector<SubmitOutcome>> PostgresStore::SubmitBatch(std::span<const Ne
     }
   }
   using R = Result<std::vector<SubmitOutcome>>;
+  const bool independent = std::none_of(tasks.begin(), tasks.end(),
+                                        [](const NewTask& t) { return !t.depends_on.empty(); });
   return Execute<R>(*pool_, "submit", [&](pqxx::connection& c) -> R {
+    if (independent) return InsertIndependentTasks(c, options_, tasks);
     pqxx::work tx(c);
     std::vector<SubmitOutcome> out;
     out.reserve(tasks.size());

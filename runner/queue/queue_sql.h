@@ -73,6 +73,40 @@ inline constexpr Statement kInsertTask{
     "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING " RUNNER_TASK_COLUMNS};
 
+// Submit of tasks without dependencies, any number, in one statement (one
+// round trip, autocommit): $1 is a JSON array of objects with the columns of
+// kInsertTask (id made by the caller, command a JSON array, defaults already
+// applied). Each inserted task gets its task.queued event, and each queue one
+// pg_notify, delivered at commit. A task whose idempotency_key exists is
+// skipped (no row back for it): the caller looks it up with kTasksByKeys.
+inline constexpr Statement kInsertTasks{
+    "insert_tasks",
+    "WITH input AS ("
+    "  SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, queue text, priority integer,"
+    "    delay float8, max_attempts integer, backoff float8, isolation text, image text,"
+    "    command jsonb, env jsonb, limits jsonb, timeout float8, idempotency_key text, labels "
+    "jsonb)"
+    "), ins AS ("
+    "  INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
+    "    isolation, image, command, env, limits, timeout, idempotency_key, labels)"
+    "  SELECT id, queue, 'queued', priority, now() + delay * interval '1 second', max_attempts,"
+    "    backoff, isolation, image,"
+    "    ARRAY(SELECT a.e FROM jsonb_array_elements_text(command) WITH ORDINALITY AS a(e, n)"
+    "          ORDER BY a.n),"
+    "    env, limits, timeout, idempotency_key, labels"
+    "  FROM input"
+    "  ON CONFLICT (idempotency_key) DO NOTHING RETURNING t.*"
+    "), ev AS ("
+    "  INSERT INTO events (kind, task_id, data)"
+    "  SELECT 'task.queued', ins.id, jsonb_build_object('queue', ins.queue) FROM ins"
+    "), nt AS MATERIALIZED ("
+    "  SELECT count(pg_notify('runner_tasks', q.queue)) FROM (SELECT DISTINCT queue FROM ins) q"
+    ") SELECT " RUNNER_TASK_COLUMNS " FROM ins t, nt"};
+
+inline constexpr Statement kTasksByKeys{"tasks_by_keys",
+                                        "SELECT " RUNNER_TASK_COLUMNS
+                                        " FROM tasks t WHERE t.idempotency_key = ANY($1::text[])"};
+
 inline constexpr Statement kInsertEvent{
     "insert_event",
     "INSERT INTO events (kind, task_id, worker_id, data) VALUES ($1, $2, $3, $4::jsonb)"};
@@ -421,14 +455,15 @@ inline constexpr Statement kDeleteOldEvents{
     " WHERE at < now() - $1::bigint * interval '1 second' LIMIT 50000)"};
 
 inline constexpr std::array kPrepared = {
-    kTaskById,       kTaskByKey,       kLockDependencies, kInsertTask,     kInsertEvent,
-    kNotifyTasks,    kClaim,           kHeartbeat,        kFinish,         kFinishAndClaim,
-    kFailDependents, kWakeDependents,  kLockTask,         kCancelQueued,   kRequestCancel,
-    kRelease,        kCancelRequested, kLockLogState,     kInsertLog,      kUpdateLogState,
-    kLogState,       kLogChunks,       kCounts,           kUpsertNode,     kDeleteNodeWorkers,
-    kDeleteNode,     kUpsertWorker,    kDeleteWorker,     kListWorkers,    kListNodes,
-    kDeadNodes,      kEventsAfter,     kTryReaperLock,    kReapExpired,    kOrphanedDependents,
-    kReapWorkers,    kReapNodes,       kForgetDeadNodes,  kDeleteOldTasks, kDeleteOldEvents};
+    kTaskById,       kTaskByKey,          kLockDependencies, kInsertTask,      kInsertEvent,
+    kInsertTasks,    kTasksByKeys,        kNotifyTasks,      kClaim,           kHeartbeat,
+    kFinish,         kFinishAndClaim,     kFailDependents,   kWakeDependents,  kLockTask,
+    kCancelQueued,   kRequestCancel,      kRelease,          kCancelRequested, kLockLogState,
+    kInsertLog,      kUpdateLogState,     kLogState,         kLogChunks,       kCounts,
+    kUpsertNode,     kDeleteNodeWorkers,  kDeleteNode,       kUpsertWorker,    kDeleteWorker,
+    kListWorkers,    kListNodes,          kDeadNodes,        kEventsAfter,     kTryReaperLock,
+    kReapExpired,    kOrphanedDependents, kReapWorkers,      kReapNodes,       kForgetDeadNodes,
+    kDeleteOldTasks, kDeleteOldEvents};
 
 #undef RUNNER_CLAIMABLE
 #undef RUNNER_CLAIM_SET

@@ -3,6 +3,7 @@
 #include <set>
 #include <thread>
 
+#include "runner/queue/notify_listener.h"
 #include "runner/ulid.h"
 #include "tests/integration/queue/queue_fixture.h"
 
@@ -78,6 +79,65 @@ TEST_CASE("the same idempotency key returns the existing task, also when racing"
   }
   CHECK(created == 1);
   CHECK(Scalar(db, "SELECT count(*) FROM tasks") == "2");
+}
+
+TEST_CASE("a batch submit keeps order and fields, makes one task per key, and wakes its queues",
+          "[queue][submit]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  NewTask before = Echo();
+  before.idempotency_key = "nightly";
+  auto existing = store->Submit(before);
+  REQUIRE(existing.ok());
+
+  std::vector<NewTask> batch;
+  for (int i = 0; i < 5; ++i) {
+    NewTask nt = Echo();
+    nt.command = {"sh", "-c", "echo " + std::to_string(i), "\"quoted\" {x}"};
+    nt.env = {{"N", std::to_string(i)}};
+    nt.queue = i % 2 == 0 ? "even" : "odd";
+    nt.priority = i;
+    batch.push_back(nt);
+  }
+  batch[1].idempotency_key = "nightly";  // taken before the batch
+  batch[2].idempotency_key = "twice";
+  batch[4].idempotency_key = "twice";  // repeated within the batch
+  std::mutex mu;
+  std::set<std::string> woken;  // queues named by wake-ups; guarded by mu
+  NotifyListener listener(db.conninfo(), [&](std::string_view channel, std::string_view queue) {
+    std::lock_guard lock(mu);
+    if (channel == kTasksChannel && !queue.empty()) woken.emplace(queue);
+  });
+  REQUIRE(WaitFor([&] { return listener.Connected(); }, 5s, 10ms));
+  auto out = store->SubmitBatch(batch);
+  REQUIRE(out.ok());
+  REQUIRE(out->size() == 5);
+  CHECK((*out)[0].created);
+  CHECK((*out)[0].task.command == batch[0].command);
+  CHECK((*out)[0].task.env == batch[0].env);
+  CHECK((*out)[3].task.queue == "odd");
+  CHECK((*out)[3].task.priority == 3);
+  CHECK_FALSE((*out)[1].created);
+  CHECK((*out)[1].task.id == existing->task.id);
+  CHECK((*out)[2].created);
+  CHECK_FALSE((*out)[4].created);
+  CHECK((*out)[4].task.id == (*out)[2].task.id);
+  // Three new tasks (0, 2, 3), each stored as returned, each with its event.
+  CHECK(Scalar(db, "SELECT count(*) FROM tasks") == "4");
+  for (int i : {0, 2, 3}) {
+    auto got = store->Get((*out)[static_cast<std::size_t>(i)].task.id);
+    REQUIRE(got.ok());
+    CHECK(got->command == batch[static_cast<std::size_t>(i)].command);
+    CHECK(got->state == TaskState::kQueued);
+  }
+  CHECK(Scalar(db, "SELECT count(*) FROM events WHERE kind = 'task.queued'") == "4");
+  // A wake-up for each queue of the batch, sent at commit.
+  CHECK(WaitFor(
+      [&] {
+        std::lock_guard lock(mu);
+        return woken == std::set<std::string>{"even", "odd"};
+      },
+      5s));
 }
 
 TEST_CASE("invalid submissions are refused with the field named", "[queue][submit]") {
