@@ -17,7 +17,8 @@
 //   bench/pool/run [--tasks N] [--docker-tasks N] [--latency N] [--workers 1,4,16]
 //                  [--modes process,docker] [--peers on|off] [--idle on|off] [--rounds N]
 // --rounds N repeats every setting N times, the runner and its peers
-// alternated, and the summary reports the median of each round's ratio.
+// alternated (odd rounds run the peers first), and the summary reports the
+// median of each round's ratio and of each round's wake-up p50 and p99.
 //
 // Needs RUNNER_TEST_PGHOST (scripts/services) and, for docker, a daemon with
 // runner-task:latest. Writes JSON (--out).
@@ -670,54 +671,70 @@ int main(int argc, char** argv) {
       // Rounds alternate the runner and its peers, so host noise (which moves
       // rates 20-40% between minutes here) hits both; the summary gives the
       // median of each round's ratio.
-      std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs;
+      std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs,
+          wake_p50, wake_p99;
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
         json::object run;
-        try {
-          run = Measure(mode, workers, tasks, opt.latency);
-        } catch (const std::exception& e) {
-          std::cerr << mode << " workers=" << w << " failed: " << e.what() << "\n";
-          run = json::object{{"mode", mode}, {"workers", workers}, {"error", e.what()}};
-        }
+        const auto measure_mine = [&] {
+          try {
+            run = Measure(mode, workers, tasks, opt.latency);
+          } catch (const std::exception& e) {
+            std::cerr << mode << " workers=" << w << " failed: " << e.what() << "\n";
+            run = json::object{{"mode", mode}, {"workers", workers}, {"error", e.what()}};
+          }
+        };
+        std::optional<json::object> q, g, raw, xargs;  // this round's peers
+        const auto measure_peers = [&] {
+          if (!is_docker) {
+            if (round > 0) floor_rate = ForkExecRate(1000);  // round 0 uses the one measured first
+            if (!opt.peers) return;
+            q = Peer("raw queue loop", workers, [&] { return RawQueueLoop(workers, tasks); });
+            g = Peer("graphile spawn", workers,
+                     [&] { return GraphileSpawn(opt.graphile_script, workers, tasks); });
+            if (auto it = g->find("version"); it != g->end() && it->value().is_string()) {
+              graphile_version = it->value().as_string().c_str();
+              g->erase(it);
+            }
+          } else if (opt.peers) {
+            raw = Peer("raw engine loop", workers,
+                       [&] { return RawEngineLoop(*docker, bench_node, workers, tasks); });
+            xargs = Peer("xargs docker run", workers, [&] {
+              return XargsDockerRun(opt.docker_cli, bench_node, workers, tasks);
+            });
+          }
+        };
+        // Odd rounds run the peers first: whoever goes first meets the
+        // daemon and database as the previous setting left them.
+        if (round % 2 == 1) measure_peers();
+        measure_mine();
+        if (round % 2 == 0) measure_peers();
         const double mine = TasksPerSecond(run);
         mine_rates.push_back(mine);
         json::object ratios;
         if (!is_docker) {
-          if (round > 0) floor_rate = ForkExecRate(1000);  // round 0 uses the one measured first
           run["fork_exec_wait_true_per_second_serial"] = floor_rate;
           ratios["vs_fork_exec_serial_pct"] = 100 * Ratio(mine, floor_rate);
           vs_floor.push_back(Ratio(mine, floor_rate));
-          if (opt.peers) {
-            json::object q =
-                Peer("raw queue loop", workers, [&] { return RawQueueLoop(workers, tasks); });
-            ratios["vs_raw_queue_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(q));
-            vs_queue_loop.push_back(Ratio(mine, TasksPerSecond(q)));
-            queue_loop_runs.push_back(std::move(q));
-            json::object g = Peer("graphile spawn", workers, [&] {
-              return GraphileSpawn(opt.graphile_script, workers, tasks);
-            });
-            if (auto it = g.find("version"); it != g.end() && it->value().is_string()) {
-              graphile_version = it->value().as_string().c_str();
-              g.erase(it);
-            }
-            ratios["vs_graphile_spawn_x"] = Ratio(mine, TasksPerSecond(g));
-            vs_graphile.push_back(Ratio(mine, TasksPerSecond(g)));
-            graphile_runs.push_back(std::move(g));
+          if (q && g) {
+            ratios["vs_raw_queue_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(*q));
+            vs_queue_loop.push_back(Ratio(mine, TasksPerSecond(*q)));
+            queue_loop_runs.push_back(std::move(*q));
+            ratios["vs_graphile_spawn_x"] = Ratio(mine, TasksPerSecond(*g));
+            vs_graphile.push_back(Ratio(mine, TasksPerSecond(*g)));
+            graphile_runs.push_back(std::move(*g));
           }
-        } else if (opt.peers) {
-          json::object raw = Peer("raw engine loop", workers, [&] {
-            return RawEngineLoop(*docker, bench_node, workers, tasks);
-          });
-          json::object xargs = Peer("xargs docker run", workers, [&] {
-            return XargsDockerRun(opt.docker_cli, bench_node, workers, tasks);
-          });
-          ratios["vs_raw_engine_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(raw));
-          ratios["vs_xargs_docker_run_x"] = Ratio(mine, TasksPerSecond(xargs));
-          vs_raw.push_back(Ratio(mine, TasksPerSecond(raw)));
-          vs_xargs.push_back(Ratio(mine, TasksPerSecond(xargs)));
-          raw_runs.push_back(std::move(raw));
-          xargs_runs.push_back(std::move(xargs));
+        } else if (raw && xargs) {
+          ratios["vs_raw_engine_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(*raw));
+          ratios["vs_xargs_docker_run_x"] = Ratio(mine, TasksPerSecond(*xargs));
+          vs_raw.push_back(Ratio(mine, TasksPerSecond(*raw)));
+          vs_xargs.push_back(Ratio(mine, TasksPerSecond(*xargs)));
+          raw_runs.push_back(std::move(*raw));
+          xargs_runs.push_back(std::move(*xargs));
+        }
+        if (auto it = run.find("submit_to_start_ms_p50"); it != run.end()) {
+          wake_p50.push_back(it->value().to_number<double>());
+          wake_p99.push_back(run.at("submit_to_start_ms_p99").to_number<double>());
         }
         run["round"] = round + 1;
         run["ratios"] = std::move(ratios);
@@ -749,11 +766,9 @@ int main(int argc, char** argv) {
       if (!vs_xargs.empty()) {
         line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(vs_xargs));
       }
-      const json::object& last = runs.back().as_object();  // this setting's last round
-      if (auto it = last.find("submit_to_start_ms_p50"); it != last.end()) {
+      if (!wake_p50.empty()) {
         line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
-                            it->value().to_number<double>(),
-                            last.at("submit_to_start_ms_p99").to_number<double>());
+                            Median(wake_p50), Median(wake_p99));
       }
       summary.push_back(json::value(line));
     }
