@@ -59,9 +59,9 @@ std::string Bytes(int64_t n) { return std::to_string(n) + " bytes"; }
 // every path out of Run().
 class ContainerOwner {
  public:
-  ContainerOwner(CleanupQueue<ContainerRemoval>& removals, EngineClient& client, std::string id,
-                 std::string task_id)
-      : removals_(removals), removal_(client, std::move(id), std::move(task_id)) {}
+  ContainerOwner(CleanupQueue<ContainerRemoval>& removals, RemovalState& state,
+                 EngineClient& client, std::string id, std::string task_id)
+      : removals_(removals), removal_(client, state, std::move(id), std::move(task_id)) {}
   ~ContainerOwner() { removals_.Take(std::move(removal_)); }
   ContainerOwner(const ContainerOwner&) = delete;
   ContainerOwner& operator=(const ContainerOwner&) = delete;
@@ -185,19 +185,30 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
           EngineClientOptions{options_.docker_host, options_.connect_timeout, options_.call_timeout,
                               std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
 
-DockerIsolator::~DockerIsolator() = default;
+DockerIsolator::~DockerIsolator() {
+  removal_state_.draining = true;  // removals_ drains after this body
+}
 
 ContainerRemoval::ContainerRemoval(ContainerRemoval&& other) noexcept
-    : client_(other.client_), id_(std::move(other.id_)), task_id_(std::move(other.task_id_)) {
+    : client_(other.client_),
+      state_(other.state_),
+      id_(std::move(other.id_)),
+      task_id_(std::move(other.task_id_)) {
   other.id_.clear();
 }
 
 ContainerRemoval::~ContainerRemoval() {
   if (id_.empty()) return;
+  if (state_->give_up) {
+    spdlog::warn("docker container left for the orphan reaper task={} container={}", task_id_,
+                 id_.substr(0, 12));
+    return;
+  }
   Status st = client_->ContainerRemove(id_, /*force=*/true);
   if (!st) {
     spdlog::error("docker container remove failed task={} container={} error={}", task_id_,
                   id_.substr(0, 12), st.error().message);
+    if (state_->draining && st.error().code == "isolation_unavailable") state_->give_up = true;
   }
 }
 
@@ -342,7 +353,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     }
     return ErrorResult(created.error());
   }
-  ContainerOwner owner(removals_, client_, *created, task);
+  ContainerOwner owner(removals_, removal_state_, client_, *created, task);
   const std::string& id = owner.id();
 
   RunResult result;

@@ -66,11 +66,20 @@ struct DockerIsolatorOptions {
   std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
 };
 
+// What the removals of one isolator share. Once the isolator is draining
+// (being destroyed) and a removal finds the daemon unreachable, the rest are
+// left to ReapOrphans: one timeout, not one per pending container, bounds a
+// shutdown against a hung daemon.
+struct RemovalState {
+  std::atomic<bool> draining{false};
+  std::atomic<bool> give_up{false};
+};
+
 // Removes one container (force) when destroyed; the job of the removal queue.
 class ContainerRemoval {
  public:
-  ContainerRemoval(EngineClient& client, std::string id, std::string task_id)
-      : client_(&client), id_(std::move(id)), task_id_(std::move(task_id)) {}
+  ContainerRemoval(EngineClient& client, RemovalState& state, std::string id, std::string task_id)
+      : client_(&client), state_(&state), id_(std::move(id)), task_id_(std::move(task_id)) {}
   ContainerRemoval(ContainerRemoval&& other) noexcept;
   ContainerRemoval& operator=(ContainerRemoval&&) = delete;
   ContainerRemoval(const ContainerRemoval&) = delete;
@@ -80,6 +89,7 @@ class ContainerRemoval {
 
  private:
   EngineClient* client_;
+  RemovalState* state_;
   std::string id_;  // empty once moved from
   std::string task_id_;
 };
@@ -123,6 +133,7 @@ class DockerIsolator : public Isolator {
   // Images seen present recently: skips an inspect per task (a removed image
   // still ends as image_not_found, from create's 404).
   std::map<std::string, std::chrono::steady_clock::time_point> images_seen_;  // guarded by mu_
+  RemovalState removal_state_;
   // Last: drained (every pending container removed) while client_ still exists.
   CleanupQueue<ContainerRemoval> removals_;
 };

@@ -478,6 +478,28 @@ TEST_CASE("a daemon that accepts but never answers gives an error within the dea
   CHECK(Clock::now() - t0 < 5s);
 }
 
+TEST_CASE("a shutdown against a hung daemon waits one timeout, not one per pending removal",
+          "[docker][errors][cleanup]") {
+  runner::testing::TempDir dir;
+  FakeDaemon silent((dir.path() / "silent.sock").string(), "");
+  EngineClientOptions o;
+  o.docker_host = silent.host();
+  o.call_timeout = 1s;
+  o.quick_timeout = 1s;
+  EngineClient client(o);
+  runner::isolation::docker::RemovalState state;
+  const auto t0 = Clock::now();
+  {
+    runner::isolation::CleanupQueue<runner::isolation::docker::ContainerRemoval> removals(64);
+    state.draining = true;  // what ~DockerIsolator sets before its queue drains
+    for (int i = 0; i < 6; ++i) {
+      removals.Take({client, state, "container-" + std::to_string(i), "t-" + std::to_string(i)});
+    }
+  }
+  CHECK(state.give_up);
+  CHECK(Clock::now() - t0 < 4s);  // six removals timing out one by one: 6 s and more
+}
+
 TEST_CASE("a daemon answering garbage gives an internal error", "[docker][errors]") {
   runner::testing::TempDir dir;
   FakeDaemon garbage((dir.path() / "garbage.sock").string(), "SSH-2.0-OpenSSH_9.2\r\n\r\nnonsense");
