@@ -160,6 +160,7 @@ int main(int argc, char** argv) {
         {"load_average_1m_after", LoadAverage()},
     });
   }
+  isolator.WaitForCleanup();  // its queued removals are not leftovers
   auto leftovers = isolator.ReapOrphans({node});
 
   std::time_t now = std::time(nullptr);
@@ -176,7 +177,7 @@ int main(int argc, char** argv) {
        "wait, remove"},
       {"isolator_extra",
        "logs follow stream (one more connection), stats sampler thread, image inspect cached "
-       "for 60 s, inspect only after a nonzero exit, RAII remove"},
+       "for 60 s, inspect only after a nonzero exit; the removal is queued, off the task's path"},
       {"hardware_threads", std::thread::hardware_concurrency()},
       {"note", "the host is shared with other builds; see load_average_1m_after"},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
