@@ -161,6 +161,15 @@ class FakeDaemon {
   std::jthread thread_;
 };
 
+// A client of `daemon` that gives up on any call after one second.
+EngineClientOptions OneSecondOptions(const FakeDaemon& daemon) {
+  EngineClientOptions o;
+  o.docker_host = daemon.host();
+  o.call_timeout = 1s;
+  o.quick_timeout = 1s;
+  return o;
+}
+
 }  // namespace
 
 TEST_CASE("the docker isolator sees the daemon and negotiates its API version",
@@ -455,11 +464,7 @@ TEST_CASE("a daemon that accepts but never answers gives an error within the dea
           "[docker][errors]") {
   runner::testing::TempDir dir;
   FakeDaemon silent((dir.path() / "silent.sock").string(), "");
-  EngineClientOptions o;
-  o.docker_host = silent.host();
-  o.call_timeout = 1s;
-  o.quick_timeout = 1s;
-  EngineClient client(o);
+  EngineClient client(OneSecondOptions(silent));
   auto t0 = Clock::now();
   auto ping = client.Ping();
   auto took = Clock::now() - t0;
@@ -482,11 +487,7 @@ TEST_CASE("a shutdown against a hung daemon waits one timeout, not one per pendi
           "[docker][errors][cleanup]") {
   runner::testing::TempDir dir;
   FakeDaemon silent((dir.path() / "silent.sock").string(), "");
-  EngineClientOptions o;
-  o.docker_host = silent.host();
-  o.call_timeout = 1s;
-  o.quick_timeout = 1s;
-  EngineClient client(o);
+  EngineClient client(OneSecondOptions(silent));
   runner::isolation::docker::RemovalState state;
   const auto t0 = Clock::now();
   {
