@@ -205,10 +205,33 @@ ContainerRemoval::~ContainerRemoval() {
     return;
   }
   Status st = client_->ContainerRemove(id_, /*force=*/true);
-  if (!st) {
-    spdlog::error("docker container remove failed task={} container={} error={}", task_id_,
-                  id_.substr(0, 12), st.error().message);
-    if (state_->draining && st.error().code == "isolation_unavailable") state_->give_up = true;
+  if (st) return;
+  const bool unreachable = st.error().code == "isolation_unavailable";
+  if (unreachable && state_->draining) {
+    state_->give_up = true;
+  } else if (unreachable) {
+    std::lock_guard lock(state_->mu);
+    if (state_->retry.size() < kMaxRetries) {
+      spdlog::warn(
+          "docker container remove failed, retried once the daemon answers task={} "
+          "container={} error={}",
+          task_id_, id_.substr(0, 12), st.error().message);
+      state_->retry.emplace_back(std::move(id_), std::move(task_id_));
+      return;
+    }
+  }
+  spdlog::error("docker container remove failed task={} container={} error={}", task_id_,
+                id_.substr(0, 12), st.error().message);
+}
+
+void DockerIsolator::RetryFailedRemovals() {
+  std::vector<std::pair<std::string, std::string>> again;
+  {
+    std::lock_guard lock(removal_state_.mu);
+    again.swap(removal_state_.retry);
+  }
+  for (auto& [id, task] : again) {
+    removals_.Take(ContainerRemoval(client_, removal_state_, std::move(id), std::move(task)));
   }
 }
 
@@ -354,6 +377,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     return ErrorResult(created.error());
   }
   ContainerOwner owner(removals_, removal_state_, client_, *created, task);
+  RetryFailedRemovals();  // the daemon answers again
   const std::string& id = owner.id();
 
   RunResult result;

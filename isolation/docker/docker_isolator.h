@@ -41,6 +41,7 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "isolation/cleanup_queue.h"
@@ -66,13 +67,16 @@ struct DockerIsolatorOptions {
   std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
 };
 
-// What the removals of one isolator share. Once the isolator is draining
-// (being destroyed) and a removal finds the daemon unreachable, the rest are
-// left to ReapOrphans: one timeout, not one per pending container, bounds a
-// shutdown against a hung daemon.
+// What the removals of one isolator share. A removal that finds the daemon
+// unreachable is kept in `retry` and queued again by the next Run() that
+// reaches the daemon. Once the isolator is draining (being destroyed), the
+// first such failure leaves the rest to ReapOrphans: one timeout, not one per
+// pending container, bounds a shutdown against a hung daemon.
 struct RemovalState {
   std::atomic<bool> draining{false};
   std::atomic<bool> give_up{false};
+  std::mutex mu;
+  std::vector<std::pair<std::string, std::string>> retry;  // (container, task); guarded by mu
 };
 
 // Removes one container (force) when destroyed; the job of the removal queue.
@@ -88,6 +92,7 @@ class ContainerRemoval {
   const std::string& id() const { return id_; }
 
  private:
+  static constexpr std::size_t kMaxRetries = 1000;  // past that, left to ReapOrphans
   EngineClient* client_;
   RemovalState* state_;
   std::string id_;  // empty once moved from
@@ -122,6 +127,8 @@ class DockerIsolator : public Isolator {
   bool StorageOptSupported();
   void MarkStorageOptUnsupported();
   Status CheckImage(const std::string& image);
+  // Queues again the removals that found the daemon unreachable.
+  void RetryFailedRemovals();
 
   DockerIsolatorOptions options_;
   EngineClient client_;

@@ -268,7 +268,9 @@ TEST_CASE("when docker stops auto falls back to process, and uses docker again w
     std::lock_guard lock(mu);
     CHECK(changes == std::vector<bool>{false, true});
   }
-  // Nothing of this test is left on the daemon.
+  // Nothing of this test is left on the daemon: the removal that found it
+  // gone was retried once it answered again.
+  docker_iso.WaitForCleanup();
   docker::DockerIsolatorOptions direct_opt;
   direct_opt.docker_host = daemon;
   docker::DockerIsolator direct(direct_opt);
