@@ -8,9 +8,9 @@
 // fall behind without bound. The destructor destroys every job still queued
 // before it returns.
 //
-//   CleanupQueue<std::unique_ptr<ContainerOwner>> removals(64);
-//   removals.Take(std::move(owner));   // the container is removed shortly
-//   removals.Wait();                   // tests: every taken job is done
+//   CleanupQueue<ContainerRemoval> removals(64);
+//   removals.Take(ContainerRemoval(client, state, id, task));  // removed shortly
+//   removals.Wait();  // tests: every taken job is done
 //
 // Thread-safety: Take() and Wait() may be called from any thread at once.
 

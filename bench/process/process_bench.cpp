@@ -198,8 +198,8 @@ int main(int argc, char** argv) {
   json += std::string("  \"generated_at\": \"") + when + "\"\n}\n";
   std::filesystem::create_directories(std::filesystem::path(out).parent_path());
   std::ofstream(out) << json;
-  std::filesystem::remove_all(root);
   iso.WaitForCleanup();  // the last tasks' work dirs (tmpfs mounts) go first
   std::filesystem::remove_all(root);
+  std::printf("written %s\n", out.c_str());
   return 0;
 }

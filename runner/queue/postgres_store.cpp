@@ -399,6 +399,15 @@ Error NotFound(std::string_view id) {
   return Error{"not_found", "no task with id " + std::string(id)};
 }
 
+// A task's limits, each one it leaves at 0 taken from the store's defaults.
+isolation::Limits WithDefaults(isolation::Limits limits, const StoreOptions& opts) {
+  if (limits.cpus == 0) limits.cpus = opts.default_limits.cpus;
+  if (limits.memory == 0) limits.memory = opts.default_limits.memory;
+  if (limits.disk == 0) limits.disk = opts.default_limits.disk;
+  if (limits.pids == 0) limits.pids = opts.default_limits.pids;
+  return limits;
+}
+
 // Shared by Submit and SubmitBatch: inserts one validated task in tx.
 // Returns the outcome; fills `notify_queues` when a queued task was created.
 SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask& nt,
@@ -431,18 +440,14 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
     if (dep_error) state = "failed";
   }
   std::string id = NewUlid();
-  isolation::Limits limits = nt.limits;
-  if (limits.cpus == 0) limits.cpus = opts.default_limits.cpus;
-  if (limits.memory == 0) limits.memory = opts.default_limits.memory;
-  if (limits.disk == 0) limits.disk = opts.default_limits.disk;
-  if (limits.pids == 0) limits.pids = opts.default_limits.pids;
   auto err = ErrorJson(dep_error);
   auto r = tx.exec_prepared(
       sql::kInsertTask.name, id, nt.queue, state, nt.priority, nt.delay, nt.max_attempts,
       nt.backoff.value_or(opts.default_backoff), std::string(isolation::ToString(nt.isolation)),
       nt.image.value_or(opts.default_image), PgArray(nt.command), MapJson(nt.env),
-      LimitsJson(limits), nt.timeout.value_or(opts.default_timeout), PgArray(nt.depends_on),
-      NullableCStr(nt.idempotency_key), MapJson(nt.labels), NullableCStr(err));
+      LimitsJson(WithDefaults(nt.limits, opts)), nt.timeout.value_or(opts.default_timeout),
+      PgArray(nt.depends_on), NullableCStr(nt.idempotency_key), MapJson(nt.labels),
+      NullableCStr(err));
   if (r.empty()) {
     // Lost an insert race on the idempotency key: the winner has committed.
     auto existing = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
@@ -479,11 +484,6 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
     const NewTask& nt = tasks[i];
     if (nt.idempotency_key && !first_with_key.emplace(*nt.idempotency_key, i).second) continue;
     ids[i] = NewUlid();
-    isolation::Limits limits = nt.limits;
-    if (limits.cpus == 0) limits.cpus = opts.default_limits.cpus;
-    if (limits.memory == 0) limits.memory = opts.default_limits.memory;
-    if (limits.disk == 0) limits.disk = opts.default_limits.disk;
-    if (limits.pids == 0) limits.pids = opts.default_limits.pids;
     json::array command(nt.command.begin(), nt.command.end());
     rows.push_back(json::object{
         {"id", ids[i]},
@@ -496,7 +496,7 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
         {"image", nt.image.value_or(opts.default_image)},
         {"command", std::move(command)},
         {"env", MapObject(nt.env)},
-        {"limits", LimitsObject(limits)},
+        {"limits", LimitsObject(WithDefaults(nt.limits, opts))},
         {"timeout", nt.timeout.value_or(opts.default_timeout)},
         {"idempotency_key",
          nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
@@ -509,10 +509,10 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
     Task t = RowToTask(row);
     inserted.emplace(t.id, std::move(t));
   }
-  // Tasks not inserted: their key was taken (earlier, or earlier in the batch).
+  // Keys whose first task was not inserted: taken before this batch.
   std::vector<std::string> taken;
-  for (std::size_t i = 0; i < tasks.size(); ++i) {
-    if (!inserted.contains(ids[i])) taken.push_back(*tasks[i].idempotency_key);
+  for (const auto& [key, first] : first_with_key) {
+    if (!inserted.contains(ids[first])) taken.push_back(key);
   }
   std::map<std::string, Task> existing;
   if (!taken.empty()) {
