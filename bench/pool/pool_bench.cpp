@@ -139,6 +139,75 @@ double Percentile(std::vector<double> v, double q) {
   return v[std::min(idx, v.size() - 1)];
 }
 
+// CPU spent during a burst, from /proc: the whole host (all cores; user,
+// system, irq, softirq, steal), this process (the node or the peer loop) and
+// PostgreSQL (every live `postgres` process with its reaped children). On a
+// host the Docker daemon saturates, what the runner adds per task shows here
+// before it shows in tasks/s.
+struct CpuUse {
+  double host_s = 0, self_s = 0, postgres_s = 0;
+};
+
+CpuUse CpuNow() {
+  const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  CpuUse u;
+  {
+    std::ifstream stat("/proc/stat");
+    std::string cpu;
+    double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+    stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+    u.host_s = (user + nice + system + irq + softirq + steal) / tick;
+  }
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename().string();
+    if (pid.empty() || !std::isdigit(static_cast<unsigned char>(pid[0]))) continue;
+    std::ifstream in(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(in, line)) continue;  // gone meanwhile
+    const auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    const std::string comm = line.substr(open + 1, close - open - 1);
+    const bool self = std::stoi(pid) == ::getpid();
+    if (!self && comm != "postgres") continue;
+    // After ") ": state is field 3; utime, stime, cutime, cstime are 14-17.
+    std::istringstream rest(line.substr(close + 2));
+    std::string field;
+    double t[4] = {0, 0, 0, 0};
+    for (int i = 3; i <= 17 && rest >> field; ++i) {
+      if (i >= 14) t[i - 14] = std::stod(field);
+    }
+    const double s = (t[0] + t[1] + t[2] + t[3]) / tick;
+    (self ? u.self_s : u.postgres_s) += s;
+  }
+  return u;
+}
+
+// Waits (up to 20 s) until the host is quiet: two 250 ms windows in a row
+// with under 25% of its CPU busy. Every burst starts on a quiet host, not in
+// the tail of the previous one (the daemon removing the last peer's
+// containers, PostgreSQL dropping its database).
+void SettleHost() {
+  const double cores = std::max(1u, std::thread::hardware_concurrency());
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  int quiet = 0;
+  while (quiet < 2 && Clock::now() < deadline) {
+    const CpuUse a = CpuNow();
+    const auto t0 = Clock::now();
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double busy = (CpuNow().host_s - a.host_s) / (wall * cores);
+    quiet = busy < 0.25 ? quiet + 1 : 0;
+  }
+}
+
+// {"host": ms, "self": ms, "postgres": ms} per task between two snapshots.
+json::object CpuMsPerTask(const CpuUse& before, const CpuUse& after, int tasks) {
+  const double n = std::max(tasks, 1);
+  return json::object{{"host", 1000 * (after.host_s - before.host_s) / n},
+                      {"self", 1000 * (after.self_s - before.self_s) / n},
+                      {"postgres", 1000 * (after.postgres_s - before.postgres_s) / n}};
+}
+
 constexpr const char* kCountFinished =
     "SELECT count(*) FROM tasks WHERE state NOT IN ('queued','running')";
 constexpr const char* kCountSucceeded = "SELECT count(*) FROM tasks WHERE state = 'succeeded'";
@@ -284,6 +353,8 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   std::vector<runner::queue::NewTask> batch(static_cast<std::size_t>(tasks), t);
   const int64_t done_before = counter.Count(kCountFinished);
   const int64_t node_before = NodeFinalCount(registry);
+  SettleHost();
+  const CpuUse cpu0 = CpuNow();
   auto t0 = Clock::now();
   auto subs = (*node)->postgres().SubmitBatch(batch);
   if (!subs) throw std::runtime_error("submit batch: " + subs.error().message);
@@ -294,6 +365,7 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  const CpuUse cpu1 = CpuNow();
   // The database must agree with the node's counters.
   if (const int64_t final_rows = counter.Count(kCountFinished); final_rows < done_before + tasks) {
     throw std::runtime_error("the node counted " + std::to_string(tasks) +
@@ -326,10 +398,12 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   r["submit_to_start_ms_p99"] = Percentile(latency_ms, 0.99);
   r["latency_samples"] = static_cast<int64_t>(latency_ms.size());
   r["first_task_after_start_ms"] = first_after_start_ms;
+  r["cpu_ms_per_task"] = CpuMsPerTask(cpu0, cpu1, tasks);
   std::cerr << mode << " workers=" << workers << " tasks/s=" << tasks / seconds
             << " submit=" << submit_ms << "ms"
             << " start p50=" << Percentile(latency_ms, 0.5)
-            << "ms p99=" << Percentile(latency_ms, 0.99) << "ms succeeded=" << ok << "\n";
+            << "ms p99=" << Percentile(latency_ms, 0.99) << "ms succeeded=" << ok
+            << " cpu/task=" << json::serialize(r["cpu_ms_per_task"]) << "\n";
   return r;
 }
 
@@ -433,6 +507,7 @@ json::object RawQueueLoop(int concurrency, int tasks) {
   std::vector<runner::queue::NewTask> batch(static_cast<std::size_t>(tasks), t);
   const char* usage = R"({"cpu_seconds":0,"peak_memory":0,"duration":0})";
   std::atomic<int> done{0};
+  SettleHost();
   const auto t0 = Clock::now();
   auto subs = (*store)->SubmitBatch(batch);
   if (!subs) throw std::runtime_error("submit batch: " + subs.error().message);
@@ -526,7 +601,10 @@ json::object RawEngineLoop(runner::isolation::docker::DockerIsolator& isolator,
     spec.command = {"true"};
     return runner::bench::RawEngineTask(isolator.client(), isolator.options(), spec);
   };
+  SettleHost();
+  const CpuUse cpu0 = CpuNow();
   runner::bench::Round round = runner::bench::RunConcurrently(concurrency, tasks, one);
+  const CpuUse cpu1 = CpuNow();
   json::object o;
   o["concurrency"] = concurrency;
   o["tasks"] = tasks;
@@ -534,8 +612,10 @@ json::object RawEngineLoop(runner::isolation::docker::DockerIsolator& isolator,
   o["tasks_per_second"] = tasks / round.wall_s;
   o["failures"] = round.failures;
   o["task_ms_p50"] = Percentile(round.latencies_ms, 0.5);
+  o["cpu_ms_per_task"] = CpuMsPerTask(cpu0, cpu1, tasks);
   std::cerr << "raw engine loop concurrency=" << concurrency << " tasks/s=" << tasks / round.wall_s
-            << " failures=" << round.failures << "\n";
+            << " failures=" << round.failures
+            << " cpu/task=" << json::serialize(o["cpu_ms_per_task"]) << "\n";
   return o;
 }
 
@@ -547,6 +627,7 @@ json::object XargsDockerRun(const std::string& cli, const std::string& node_id, 
                               " run --rm --network none --label io.runner.task=xargs-{}"
                               " --label io.runner.node=" +
                               ShellQuote(node_id) + " runner-task:latest true";
+  SettleHost();
   ShellResult r = RunShell(command);
   if (r.exit_code != 0) {
     // xargs: 123 when some docker run failed, 124 on timeout, 127 no such CLI.
@@ -673,6 +754,9 @@ int main(int argc, char** argv) {
       // median of each round's ratio.
       std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs,
           wake_p50, wake_p99;
+      // Docker mode, per task: host CPU of the runner's burst and of the raw
+      // loop's, and what the runner's own process and PostgreSQL add.
+      std::vector<double> cpu_mine, cpu_raw, cpu_added;
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
         json::object run;
@@ -729,6 +813,16 @@ int main(int argc, char** argv) {
           ratios["vs_xargs_docker_run_x"] = Ratio(mine, TasksPerSecond(*xargs));
           vs_raw.push_back(Ratio(mine, TasksPerSecond(*raw)));
           vs_xargs.push_back(Ratio(mine, TasksPerSecond(*xargs)));
+          if (run.contains("cpu_ms_per_task") && raw->contains("cpu_ms_per_task")) {
+            const auto& m = run.at("cpu_ms_per_task").as_object();
+            const auto& r = raw->at("cpu_ms_per_task").as_object();
+            const auto own = [](const json::object& c) {
+              return c.at("self").to_number<double>() + c.at("postgres").to_number<double>();
+            };
+            cpu_mine.push_back(m.at("host").to_number<double>());
+            cpu_raw.push_back(r.at("host").to_number<double>());
+            cpu_added.push_back(own(m) - own(r));
+          }
           raw_runs.push_back(std::move(*raw));
           xargs_runs.push_back(std::move(*xargs));
         }
@@ -765,6 +859,12 @@ int main(int argc, char** argv) {
       }
       if (!vs_xargs.empty()) {
         line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(vs_xargs));
+      }
+      if (!cpu_mine.empty()) {
+        line += fmt::format(
+            " | host CPU/task {:.0f} ms (raw loop {:.0f}), of which the runner and PostgreSQL "
+            "add {:.1f} ms",
+            Median(cpu_mine), Median(cpu_raw), Median(cpu_added));
       }
       if (!wake_p50.empty()) {
         line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
