@@ -338,6 +338,12 @@ Status DockerIsolator::CheckImage(const std::string& image) {
   return {};
 }
 
+void DockerIsolator::ForgetAvailability(const Error& e) {
+  if (e.code != "isolation_unavailable") return;
+  std::lock_guard lock(mu_);
+  available_checked_ = {};
+}
+
 void DockerIsolator::MarkStorageOptUnsupported() {
   std::lock_guard lock(mu_);
   storage_opt_ = false;
@@ -374,6 +380,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
       std::lock_guard lock(mu_);
       images_seen_.erase(spec.image);
     }
+    ForgetAvailability(created.error());
     return ErrorResult(created.error());
   }
   ContainerOwner owner(removals_, removal_state_, client_, *created, task);
@@ -385,8 +392,14 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
   SerialObserver obs(observer);
 
   auto waiter = client_.ContainerWaitBegin(id);
-  if (!waiter) return ErrorResult(waiter.error());
-  if (Status st = client_.ContainerStart(id); !st) return ErrorResult(st.error());
+  if (!waiter) {
+    ForgetAvailability(waiter.error());
+    return ErrorResult(waiter.error());
+  }
+  if (Status st = client_.ContainerStart(id); !st) {
+    ForgetAvailability(st.error());
+    return ErrorResult(st.error());
+  }
   const auto started = Clock::now();
   spdlog::debug("docker started task={} worker={} container={}", task, spec.worker_id,
                 id.substr(0, 12));

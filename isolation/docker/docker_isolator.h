@@ -127,6 +127,10 @@ class DockerIsolator : public Isolator {
   // Whether StorageOpt size is honoured by the daemon (decided once).
   bool StorageOptSupported();
   void MarkStorageOptUnsupported();
+  // A call that could not reach the daemon (isolation_unavailable) makes the
+  // next Available() ask again instead of trusting its cached answer, so the
+  // pool sees the outage at once.
+  void ForgetAvailability(const Error& e);
   Status CheckImage(const std::string& image);
   // Queues again the removals that found the daemon unreachable.
   void RetryFailedRemovals();

@@ -23,6 +23,14 @@ std::string HostName() {
   return buf;
 }
 
+// What this node cannot run while Docker is `up` or not, in its default
+// `mode` (see IsolationSelector): tasks asking for these wait in the queue.
+std::vector<std::string> UnrunnableIsolations(bool up, isolation::IsolationMode mode) {
+  if (up) return {};
+  if (mode == isolation::IsolationMode::kDocker) return {"docker", "auto"};
+  return {"docker"};
+}
+
 }  // namespace
 
 Node::Node(const Config& config, std::string conninfo, metrics::Registry& metrics)
@@ -92,8 +100,9 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     node->selector_ = std::make_unique<isolation::IsolationSelector>(
         node->docker_.get(), node->process_.get(), config.mode);
     Node* raw = node.get();
-    node->selector_->OnChange([raw](bool up) {
+    node->selector_->OnChange([raw, mode = config.mode](bool up) {
       raw->docker_gauge_.Set(up ? 1 : 0);
+      if (raw->pool_) raw->pool_->SetUnavailableIsolations(UnrunnableIsolations(up, mode));
       // Operators see the fallback in the event stream and the dashboard, not only in logs.
       queue::NewEvent event;
       event.kind = up ? "docker.available" : "docker.unavailable";
@@ -107,15 +116,15 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
         spdlog::info("docker available node_id={}", raw->node_id_);
       } else {
         spdlog::warn(
-            "docker unavailable node_id={}: tasks asking for docker fail with "
-            "isolation_unavailable until it is back",
+            "docker unavailable node_id={}: tasks that need docker wait in the queue "
+            "until it is back here or another node runs them",
             raw->node_id_);
       }
     });
     if (config.mode == isolation::IsolationMode::kDocker && !node->selector_->docker_available()) {
       spdlog::warn(
-          "mode=docker but the Docker Engine at {} does not answer; tasks will fail with "
-          "isolation_unavailable until it does",
+          "mode=docker but the Docker Engine at {} does not answer; tasks wait in the queue "
+          "until it does",
           config.docker_host);
     }
     node->docker_gauge_.Set(node->selector_->docker_available() ? 1 : 0);
@@ -158,6 +167,10 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     picker = [sel](isolation::IsolationMode mode) { return sel->Pick(mode); };
   }
   node->pool_ = std::make_unique<Pool>(*node->store_, std::move(picker), po, metrics);
+  if (node->selector_) {
+    node->pool_->SetUnavailableIsolations(
+        UnrunnableIsolations(node->selector_->docker_available(), config.mode));
+  }
   if (node->docker_) {
     isolation::docker::DockerIsolator* docker = node->docker_.get();
     node->pool_->SetOrphanReaper([docker](const std::vector<std::string>& ids) {

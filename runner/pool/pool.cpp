@@ -316,6 +316,16 @@ void Pool::Wake() {
   claim_cv_.notify_all();
 }
 
+void Pool::SetUnavailableIsolations(std::vector<std::string> isolations) {
+  std::lock_guard lock(mu_);
+  const bool fewer = isolations.size() < unavailable_isolations_.size();
+  unavailable_isolations_ = std::move(isolations);
+  if (fewer) {  // tasks it skipped may run now
+    notify_wake_ = true;
+    claim_cv_.notify_all();
+  }
+}
+
 void Pool::WakeCancel() {
   std::lock_guard lock(mu_);
   cancel_wake_ = true;
@@ -557,9 +567,11 @@ bool Pool::MayClaimNextLocked(const Worker& w) const {
 std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
     const Worker& w, const queue::Task& task, const queue::FinishReport& report,
     std::optional<queue::Task>& next) {
+  std::vector<std::string> skip;
   {
     std::lock_guard lock(mu_);
     if (!MayClaimNextLocked(w)) return std::nullopt;
+    skip = unavailable_isolations_;
   }
   // A few at a time: a hundred workers each claiming for themselves pile up
   // on the head of the claim index (SKIP LOCKED walks past every row another
@@ -574,6 +586,7 @@ std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
   req.worker_ids = {w.id};
   req.lease = options_.lease;
   req.queues = options_.queues;
+  req.skip_isolations = std::move(skip);
   const auto t0 = SteadyClock::now();
   auto both = store_.FinishAndClaim(task.id, w.id, report, req);
   finish_and_claims_.fetch_sub(1);
@@ -614,16 +627,10 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   auto picked = picker_(task.isolation);
   if (!picked.ok()) {
     UnregisterSink(sink);
-    // Failed (and retried with backoff while attempts remain) rather than
-    // requeued at once: a requeue without delay would spin claim/release
-    // while the daemon is down.
-    TaskOutcome out;
-    out.report.state = queue::TaskState::kFailed;
-    out.report.error = queue::TaskError{
-        picked.error().code.empty() ? "isolation_unavailable" : picked.error().code,
-        picked.error().message};
-    out.report.retryable = true;
-    ReportOutcome(w, task, out, started);
+    // Not the task's fault: it goes back with its attempt. Noticing the
+    // outage made the node's claims skip such tasks (SetUnavailableIsolations),
+    // so it waits for a node with Docker, or for Docker to come back here.
+    ReportOutcome(w, task, Deferred(picked.error(), options_.defer_delay), started);
     return std::nullopt;
   }
   isolation::Isolator* iso = *picked;
@@ -646,6 +653,17 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   }
   (void)sink->Flush();
   UnregisterSink(sink);
+  // Docker went away before the task started (create or start could not reach
+  // it) and is still away: deferred, like a task that found it down at pick.
+  // An `auto` task that would now get a process is deferred too, to run as one.
+  if (result.kind == isolation::RunResult::Kind::kError &&
+      result.error_code == "isolation_unavailable" && sink->Handle().empty()) {
+    auto again = picker_(task.isolation);
+    if (!again.ok() || *again != iso) {
+      const Error why = again.ok() ? MakeError(result.error_code, result.message) : again.error();
+      return ReportOutcome(w, task, Deferred(why, options_.defer_delay), started);
+    }
+  }
   if (result.isolation.empty()) result.isolation = std::string(iso->Name());
   if (result.usage.peak_memory == 0) result.usage.peak_memory = sink->PeakMemory();
   return ReportOutcome(w, task, MapRunResult(result, w->cause.load()), started,
@@ -659,13 +677,15 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
   const int kTries = 3;
   std::string label;
   std::optional<queue::Task> next;
-  if (out.action == TaskOutcome::Action::kRelease) {
-    label = "released";
+  if (out.action != TaskOutcome::Action::kFinish) {
+    const bool defer = out.action == TaskOutcome::Action::kDefer;
+    label = defer ? "deferred" : "released";
     for (int i = 0; i < kTries; ++i) {
-      Status st = store_.Release(task.id, w->id);
+      Status st =
+          defer ? store_.Defer(task.id, w->id, out.deferral) : store_.Release(task.id, w->id);
       if (st.ok()) break;
-      spdlog::warn("release failed task_id={} worker_id={} try={} error={}", task.id, w->id, i + 1,
-                   ErrorText(st.error()));
+      spdlog::warn("{} failed task_id={} worker_id={} try={} error={}", defer ? "defer" : "release",
+                   task.id, w->id, i + 1, ErrorText(st.error()));
       if (i + 1 < kTries) std::this_thread::sleep_for(milliseconds(200 << i));
     }
   } else {
@@ -762,6 +782,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
   while (!stop.stop_requested()) {
     CollectExitedWorkers();
     std::vector<std::string> ids;
+    std::vector<std::string> skip;
     bool truncated = false;
     {
       std::unique_lock lock(mu_);
@@ -795,6 +816,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
       truncated = ids.size() > kMaxClaimBatch;
       if (truncated) ids.resize(kMaxClaimBatch);
       for (const auto& id : ids) workers_[id]->claiming = true;
+      skip = unavailable_isolations_;
     }
 
     queue::ClaimRequest req;
@@ -802,6 +824,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
     req.worker_ids = ids;
     req.lease = options_.lease;
     req.queues = options_.queues;
+    req.skip_isolations = std::move(skip);
     const auto t0 = SteadyClock::now();
     auto claimed = store_.Claim(req);
     const auto t1 = SteadyClock::now();

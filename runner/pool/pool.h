@@ -48,7 +48,8 @@
 namespace runner::pool {
 
 // Picks the isolator for a task's requested mode (IsolationSelector::Pick in
-// production). An error (isolation_unavailable) fails the task.
+// production). An error (isolation_unavailable) sends the task back to the
+// queue without spending its attempt (Pool::RunTask).
 using IsolatorPicker = std::function<Result<isolation::Isolator*>(isolation::IsolationMode)>;
 // Removes containers of the given (dead) nodes (DockerIsolator::ReapOrphans).
 using OrphanReaper = std::function<void(const std::vector<std::string>& node_ids)>;
@@ -76,6 +77,10 @@ struct PoolOptions {
   std::chrono::milliseconds drain_timeout{60000};
   // How long Stop waits for stopped tasks' sandboxes to go away.
   std::chrono::milliseconds stop_grace{30000};
+  // How long a task this node could not start (Docker down) waits before any
+  // node may claim it again: long enough for this node to skip it once it has
+  // noticed the outage, short enough that a node with Docker barely notices.
+  std::chrono::milliseconds defer_delay{2000};
 
   // Task defaults (the store fills most; these cover what it leaves empty).
   std::string default_image = "runner-task:latest";
@@ -119,6 +124,10 @@ class Pool {
   void Wake();
   // A cancel was requested somewhere (NOTIFY runner_cancel).
   void WakeCancel();
+  // Isolations ("docker", "auto") this node cannot run now (Docker is down):
+  // claims skip tasks asking for them, which wait in the queue for a node
+  // that can run them. Fewer than before wakes the claimer.
+  void SetUnavailableIsolations(std::vector<std::string> isolations);
   // Backpressure from the pressure monitor: while active, nothing is claimed.
   void SetBackpressure(bool active, const std::string& reason);
   void SetOrphanReaper(OrphanReaper reaper);
@@ -207,6 +216,7 @@ class Pool {
   bool accepting_ = false;                                  // claim new work; guarded by mu_
   bool draining_ = false;                                   // guarded by mu_
   bool throttled_ = false;                                  // guarded by mu_
+  std::vector<std::string> unavailable_isolations_;         // guarded by mu_
   std::atomic<int> finish_and_claims_{0};                   // FinishAndClaim statements in flight
   int finish_and_claim_limit_ = 2;                          // of them at once: one per core
   std::string throttle_reason_;                             // guarded by mu_

@@ -84,4 +84,15 @@ TaskOutcome MapRunResult(const isolation::RunResult& r, StopCause cause) {
   return out;
 }
 
+TaskOutcome Deferred(const Error& why, std::chrono::milliseconds delay) {
+  TaskOutcome out;
+  out.action = TaskOutcome::Action::kDefer;
+  out.deferral = queue::Deferral{
+      queue::TaskError{why.code.empty() ? "isolation_unavailable" : why.code,
+                       why.message + " (the task waits in the queue; its attempt is not counted)"},
+      delay};
+  out.report.error = out.deferral.why;
+  return out;
+}
+
 }  // namespace runner::pool

@@ -1,11 +1,13 @@
 #pragma once
 
 // How a worker reports what its isolator returned: a final state through
-// QueueStore::Finish, or the task back to the queue through Release (the pool
-// stopped it for shutdown or drain, so the attempt must not count).
+// QueueStore::Finish, the task back to the queue through Release (the pool
+// stopped it for shutdown or drain, so the attempt must not count), or through
+// Defer (the node could not start it: Docker is down).
 //
 // Thread-safety: pure functions.
 
+#include <chrono>
 #include <string>
 
 #include "isolation/isolator.h"
@@ -18,10 +20,16 @@ namespace runner::pool {
 enum class StopCause { kNone, kCancel, kLeaseLost, kShutdown };
 
 struct TaskOutcome {
-  enum class Action { kFinish, kRelease };
+  enum class Action { kFinish, kRelease, kDefer };
   Action action = Action::kFinish;
   queue::FinishReport report;
+  queue::Deferral deferral;  // kDefer
 };
+
+// The node could not start the task for a reason of its own (`why`, e.g.
+// isolation_unavailable while Docker is down): back to the queue with its
+// attempt given back, runnable again after `delay`, its error saying why.
+TaskOutcome Deferred(const Error& why, std::chrono::milliseconds delay);
 
 // kExited 0 -> succeeded; nonzero -> failed nonzero_exit; kTimedOut ->
 // timed_out; kOomKilled -> failed oom_killed; kOverLimit -> failed over_limit;

@@ -776,11 +776,13 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
   if (request.worker_ids.empty()) return std::vector<Task>{};
   std::optional<std::string> queues;
   if (!request.queues.empty()) queues = PgArray(request.queues);
+  std::optional<std::string> skip;
+  if (!request.skip_isolations.empty()) skip = PgArray(request.skip_isolations);
   return Execute<R>(*pool_, "claim", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);  // one statement: atomic on its own
     auto r = tx.exec_prepared(sql::kClaim.name, PgArray(request.worker_ids), request.node_id,
                               ToMillis(request.lease), NullableCStr(queues),
-                              static_cast<int64_t>(request.worker_ids.size()));
+                              static_cast<int64_t>(request.worker_ids.size()), NullableCStr(skip));
     std::vector<Task> out;
     out.reserve(r.size());
     for (const auto& row : r) out.push_back(RowToTask(row));
@@ -936,6 +938,8 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
   const FinishParams& p = *params;
   std::optional<std::string> queues;
   if (!next.queues.empty()) queues = PgArray(next.queues);
+  std::optional<std::string> skip;
+  if (!next.skip_isolations.empty()) skip = PgArray(next.skip_isolations);
   return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
     std::string tid(task_id);
     FinishAndNext out;
@@ -946,7 +950,7 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
                                 NullableCStr(p.exit_code), NullableCStr(p.error),
                                 UsageJson(report.usage), NullableCStr(p.isolation_used),
                                 report.retryable, kMaxRetryDelaySeconds, next.node_id,
-                                ToMillis(next.lease), NullableCStr(queues));
+                                ToMillis(next.lease), NullableCStr(queues), NullableCStr(skip));
       const auto row = r[0];
       const int n = static_cast<int>(row.size());
       if (!row[n - 1].as<bool>()) {
@@ -965,9 +969,22 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
 }
 
 Status PostgresStore::Release(std::string_view task_id, std::string_view worker_id) {
+  return ReleaseTask(task_id, worker_id, std::nullopt);
+}
+
+Status PostgresStore::Defer(std::string_view task_id, std::string_view worker_id,
+                            const Deferral& deferral) {
+  return ReleaseTask(task_id, worker_id, deferral);
+}
+
+Status PostgresStore::ReleaseTask(std::string_view task_id, std::string_view worker_id,
+                                  const std::optional<Deferral>& deferral) {
+  const int64_t delay_ms = deferral ? ToMillis(deferral->delay) : 0;
+  const auto why = ErrorJson(deferral ? std::optional<TaskError>(deferral->why) : std::nullopt);
   return Execute<Status>(*pool_, "release", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
-    auto r = tx.exec_prepared(sql::kRelease.name, std::string(task_id), std::string(worker_id));
+    auto r = tx.exec_prepared(sql::kRelease.name, std::string(task_id), std::string(worker_id),
+                              delay_ms, NullableCStr(why));
     if (r.empty()) {
       return Error{"conflict", "task " + std::string(task_id) + " is not running under worker " +
                                    std::string(worker_id)};

@@ -80,6 +80,8 @@ class PostgresStore final : public QueueStore {
                                        const FinishReport& report,
                                        const ClaimRequest& next) override;
   Status Release(std::string_view task_id, std::string_view worker_id) override;
+  Status Defer(std::string_view task_id, std::string_view worker_id,
+               const Deferral& deferral) override;
 
   Status RegisterNode(const NodeInfo& node) override;
   Status DeregisterNode(std::string_view node_id) override;
@@ -101,6 +103,9 @@ class PostgresStore final : public QueueStore {
 
  private:
   explicit PostgresStore(StoreOptions options);
+  // Release (no deferral: at once, "released") and Defer share one statement.
+  Status ReleaseTask(std::string_view task_id, std::string_view worker_id,
+                     const std::optional<Deferral>& deferral);
 
   StoreOptions options_;
   std::unique_ptr<Pool> pool_;

@@ -116,13 +116,16 @@ inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runne
 // What both claims (kClaim, kFinishAndClaim) share, so they cannot drift:
 // RUNNER_CLAIMABLE selects runnable queued tasks in claim order (priority
 // desc, run_at, id; dependencies all succeeded), locked with SKIP LOCKED;
-// `queues` is a text[] parameter (NULL: all). RUNNER_CLAIM_SET is the update
+// `queues` is a text[] parameter (NULL: all), `skip` a text[] of isolations
+// the claiming node cannot run now (NULL or empty: none; such tasks wait for
+// a node that can). RUNNER_CLAIM_SET is the update
 // that starts a task, RUNNER_STARTED_EVENTS the events of CTE "claimed".
 // clang-format off
-#define RUNNER_CLAIMABLE(columns, queues, limit) \
+#define RUNNER_CLAIMABLE(columns, queues, limit, skip) \
   "SELECT " columns " FROM tasks q" \
   "  WHERE q.state = 'queued' AND q.run_at <= now()" \
   "    AND (" queues "::text[] IS NULL OR q.queue = ANY(" queues "::text[]))" \
+  "    AND q.isolation <> ALL(coalesce(" skip "::text[], '{}'))" \
   "    AND (q.depends_on = '{}' OR NOT EXISTS (" \
   "          SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)" \
   "          AND d.state <> 'succeeded'))" \
@@ -147,7 +150,7 @@ inline constexpr Statement kClaim{
     "  SELECT wid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(wid, ord)"
     "), picked AS ("
     "  SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS ord"
-    "  FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.run_at", "$4", "$5") ") c"
+    "  FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.run_at", "$4", "$5", "$6") ") c"
     "), claimed AS ("
     "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3")
     "  FROM picked p JOIN w ON w.ord = p.ord"
@@ -230,14 +233,15 @@ inline constexpr Statement kFinish{"finish",
                                    RUNNER_FINISH_CTES ") SELECT u.retry, u.has_dependents FROM u"};
 
 // kFinish, then the claim of one task for the same worker ($2), in one
-// statement: $10 node, $11 lease ms, $12 queues (NULL: all). Always one row:
+// statement: $10 node, $11 lease ms, $12 queues (NULL: all), $13 isolations
+// to skip (NULL: none). Always one row:
 // the claimed task's columns (NULL id: nothing to claim), then retry,
 // has_dependents and whether the finish was written (false: lease lost). The
 // claim reads the snapshot from before the finish, so it cannot take the
 // task being finished, nor a dependent this finish unblocks.
 inline constexpr Statement kFinishAndClaim{
     "finish_and_claim", RUNNER_FINISH_CTES
-    "), picked AS (" RUNNER_CLAIMABLE("q.id", "$12", "1")
+    "), picked AS (" RUNNER_CLAIMABLE("q.id", "$12", "1", "$13")
     "), claimed AS ("
     "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11")
     "  FROM picked p WHERE t.id = p.id"
@@ -291,8 +295,11 @@ inline constexpr Statement kRequestCancel{
     "  UPDATE tasks SET cancel_requested = true WHERE id = $1 RETURNING id"
     ") SELECT pg_notify('runner_cancel', id) FROM u"};
 
-// A task whose cancel was requested while running ends cancelled rather than
-// going back to the queue.
+// Back to the queue with the attempt given back: $1 id, $2 worker (must hold
+// the lease), $3 delay in ms before it may run again, $4 why (a TaskError as
+// JSON, kept as the task's error; NULL for a plain release). The event says
+// `released`, or `deferred` with the error. A task whose cancel was requested
+// while running ends cancelled rather than going back to the queue.
 inline constexpr Statement kRelease{
     "release",
     "WITH lk AS MATERIALIZED ("
@@ -302,12 +309,18 @@ inline constexpr Statement kRelease{
     "    state = CASE WHEN t.cancel_requested THEN 'cancelled' ELSE 'queued' END,"
     "    finished_at = CASE WHEN t.cancel_requested THEN now() END,"
     "    attempt = greatest(t.attempt - 1, 0), lease_owner = NULL, lease_expires_at = NULL,"
-    "    node_id = NULL, started_at = NULL, run_at = now()"
+    "    node_id = NULL, started_at = NULL,"
+    "    run_at = now() + $3::bigint * interval '1 millisecond',"
+    "    error = coalesce($4::jsonb, t.error)"
     "  FROM lk WHERE t.id = lk.id AND lk.lease_owner = $2 AND lk.state = 'running'"
     "  RETURNING t.id, t.queue, t.state"
     "), ev AS ("
     "  INSERT INTO events (kind, task_id, worker_id, data)"
-    "  SELECT 'task.' || r.state, r.id, $2, '{\"reason\":\"released\"}' FROM r"
+    "  SELECT 'task.' || r.state, r.id, $2,"
+    "    CASE WHEN $4::jsonb IS NULL THEN '{\"reason\":\"released\"}'::jsonb"
+    "    ELSE jsonb_build_object('reason', 'deferred', 'error', $4::jsonb->>'code',"
+    "                            'message', $4::jsonb->>'message', 'delay_ms', $3::bigint)"
+    "    END FROM r"
     ") SELECT r.id, pg_notify('runner_tasks', r.queue) FROM r"};
 
 inline constexpr Statement kCancelRequested{

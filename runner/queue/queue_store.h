@@ -51,6 +51,16 @@ struct ClaimRequest {
   std::vector<std::string> worker_ids;  // idle workers; at most one task each
   std::chrono::milliseconds lease{30000};
   std::vector<std::string> queues;  // empty = all queues
+  // Isolations ("docker", "auto", ...) this node cannot run now: tasks asking
+  // for them stay queued for a node that can, or until this one can again.
+  std::vector<std::string> skip_isolations;
+};
+
+// Why a running task goes back to the queue unstarted, and how long it waits:
+// the node could not start it (Docker went away between claim and start).
+struct Deferral {
+  TaskError why;  // kept as the task's error and in its task.queued event
+  std::chrono::milliseconds delay{0};
 };
 
 enum class WorkerState { kStarting, kIdle, kBusy, kStopping };
@@ -207,6 +217,11 @@ class QueueStore {
   }
   // Back to the queue without using up an attempt (drain timeout, shutdown).
   virtual Status Release(std::string_view task_id, std::string_view worker_id) = 0;
+  // Back to the queue without using up an attempt, to run again after
+  // `deferral.delay`: the worker could not start it for a reason of the node's,
+  // not the task's. A task with a cancel request ends cancelled instead.
+  virtual Status Defer(std::string_view task_id, std::string_view worker_id,
+                       const Deferral& deferral) = 0;
 
   // --- nodes and workers ----------------------------------------------------
   virtual Status RegisterNode(const NodeInfo& node) = 0;

@@ -1,8 +1,9 @@
 // Scenario 2: the Docker Engine goes away mid-run and comes back. We never
 // stop the shared dockerd: the node talks to it through a unix-socket proxy we
-// cut and restore. Running Docker tasks end with a clear error and retry; the
-// node stays up; `auto` tasks run as processes while Docker is away and in
-// Docker again once it is back.
+// cut and restore. Running Docker tasks end with a clear error and retry; their
+// retries wait in the queue while Docker is away (no attempt burnt on the
+// outage) and succeed once it is back; the node stays up; `auto` tasks run as
+// processes while Docker is away and in Docker again once it is back.
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 #include <sstream>
@@ -176,6 +177,7 @@ TEST_CASE(
   CHECK(up_during);
   CHECK(back);
   CHECK(after_docker == static_cast<int>(after.size()));
+  CHECK(docker_succeeded == docker_tasks);
   CHECK(all_final);
   CHECK(inv.lost == 0);
   CHECK(inv.multi_final == 0);

@@ -192,6 +192,64 @@ TEST_CASE("when Docker goes away an auto node runs new tasks as processes and sa
   node->Shutdown(runner::StopOptions{false, 10s});
 }
 
+TEST_CASE("a docker-mode node holds its tasks while Docker is down and runs them when it is back",
+          "[pool][node][docker][defer]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::testing::SocketProxy proxy(dir.path() / "docker.sock",
+                                     runner::testing::DockerSocketPath());
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kDocker;
+  config.docker_host = proxy.host();  // nothing listens there yet
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  REQUIRE_FALSE(node->Status().docker_available);
+
+  // Queued while Docker is down: no attempt spent, nothing failed, however
+  // long the outage (max_attempts 1 would fail it on its first attempt).
+  auto expect_waiting = [&](const std::string& id) {
+    std::this_thread::sleep_for(3s);  // fifteen polls of the node
+    auto t = node->store().Get(id);
+    REQUIRE(t.ok());
+    CHECK(t->state == TaskState::kQueued);
+    CHECK(t->attempt == 0);
+  };
+  auto submit = [&] {
+    auto t = Command({"sh", "-c", "echo in-docker"});
+    t.max_attempts = 1;
+    auto sub = node->store().Submit(t);
+    REQUIRE(sub.ok());
+    return sub->task.id;
+  };
+  auto expect_ran_in_docker = [&](const std::string& id) {
+    std::optional<runner::queue::Task> done;
+    REQUIRE(WaitFor([&] { return (done = Final(*node, id)).has_value(); }, 60s));
+    CHECK(done->state == TaskState::kSucceeded);
+    CHECK(done->attempt == 1);
+    CHECK(done->isolation_used == std::string("docker"));
+    CHECK(done->stdout_tail.find("in-docker") != std::string::npos);
+  };
+
+  const std::string first = submit();
+  expect_waiting(first);
+  proxy.Open();
+  expect_ran_in_docker(first);
+
+  // Docker goes away while the node runs: the same again.
+  proxy.Close();
+  REQUIRE(WaitFor([&] { return !node->Status().docker_available; }, 15s));
+  const std::string second = submit();
+  expect_waiting(second);
+  proxy.Open();
+  expect_ran_in_docker(second);
+
+  auto failed = node->store().EventsAfter(0, 1000);
+  REQUIRE(failed.ok());
+  for (const auto& e : *failed) CHECK(e.kind != "task.failed");
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
 TEST_CASE("ten thousand queued no-op tasks with a hundred workers all finish exactly once",
           "[pool][node][load]") {
   // Busy workers claim their next task as they report it, or (off) every

@@ -2,6 +2,7 @@
 #include <boost/json.hpp>
 #include <catch2/catch.hpp>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -84,6 +85,94 @@ TEST_CASE("claims go by priority, then run_at, one task per idle worker", "[queu
   std::set<std::string> owners;
   for (const auto& t : *rest) owners.insert(*t.worker_id);
   CHECK(owners.size() == 2);
+}
+
+TEST_CASE("a claim skips the isolations the node cannot run, in both claim statements",
+          "[queue][claim][defer]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  NewTask docker = Echo("docker");
+  docker.isolation = runner::isolation::IsolationMode::kDocker;
+  docker.priority = 10;  // first in claim order
+  NewTask plain = Echo("auto");
+  NewTask process = Echo("process");
+  process.isolation = runner::isolation::IsolationMode::kProcess;
+  auto d = store->Submit(docker);
+  auto a = store->Submit(plain);
+  auto p = store->Submit(process);
+  REQUIRE((d.ok() && a.ok() && p.ok()));
+
+  // A docker-mode node with Docker down runs neither docker nor auto tasks.
+  auto req = ClaimFor({"w1", "w2"});
+  req.skip_isolations = {"docker", "auto"};
+  auto claimed = store->Claim(req);
+  REQUIRE(claimed.ok());
+  REQUIRE(claimed->size() == 1);
+  CHECK(claimed->front().id == p->task.id);
+
+  // Finish-and-claim skips the same way; without the list it takes the rest.
+  auto one = ClaimFor({"w1"});
+  one.skip_isolations = {"docker"};
+  auto next = store->FinishAndClaim(p->task.id, "w1", Report(TaskState::kSucceeded), one);
+  REQUIRE(next.ok());
+  REQUIRE(next->next.has_value());
+  CHECK(next->next->id == a->task.id);
+  auto rest = store->Claim(ClaimFor({"w2"}));
+  REQUIRE(rest.ok());
+  REQUIRE(rest->size() == 1);
+  CHECK(rest->front().id == d->task.id);
+}
+
+TEST_CASE("a deferred task goes back with its attempt, says why, and waits its delay",
+          "[queue][claim][defer]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  auto s = store->Submit(Echo());
+  REQUIRE(store->Claim(ClaimFor({"w1"}))->size() == 1);
+  const Deferral why{TaskError{"isolation_unavailable", "the Docker daemon does not answer"},
+                     std::chrono::milliseconds(800)};
+  CHECK(store->Defer(s->task.id, "someone-else", why).error().code == "conflict");
+  REQUIRE(store->Defer(s->task.id, "w1", why).ok());
+  auto t = store->Get(s->task.id);
+  CHECK(t->state == TaskState::kQueued);
+  CHECK(t->attempt == 0);
+  CHECK_FALSE(t->worker_id.has_value());
+  REQUIRE(t->error.has_value());
+  CHECK(t->error->code == "isolation_unavailable");
+  CHECK(t->error->message == "the Docker daemon does not answer");
+  CHECK(Scalar(db,
+               "SELECT data->>'reason' || ' ' || (data->>'error') FROM events WHERE task_id = '" +
+                   s->task.id + "' ORDER BY id DESC LIMIT 1") == "deferred isolation_unavailable");
+  // Not before its delay; then claimed as attempt 1 again.
+  auto now = store->Claim(ClaimFor({"w2"}));
+  REQUIRE(now.ok());
+  CHECK(now->empty());
+  std::optional<Task> again;
+  REQUIRE(WaitFor(
+      [&] {
+        auto r = store->Claim(ClaimFor({"w2"}));
+        if (r.ok() && r->size() == 1) again = r->front();
+        return again.has_value();
+      },
+      std::chrono::seconds(5)));
+  CHECK(again->attempt == 1);
+  // A success clears the error the deferral left.
+  REQUIRE(store->Finish(s->task.id, "w2", Report(TaskState::kSucceeded)).ok());
+  CHECK_FALSE(store->Get(s->task.id)->error.has_value());
+}
+
+TEST_CASE("a deferred task whose cancel was requested ends cancelled", "[queue][claim][defer]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  auto s = store->Submit(Echo());
+  REQUIRE(store->Claim(ClaimFor({"w1"}))->size() == 1);
+  REQUIRE(store->Cancel(s->task.id).ok());  // running: flagged
+  REQUIRE(store
+              ->Defer(s->task.id, "w1",
+                      Deferral{TaskError{"isolation_unavailable", "down"},
+                               std::chrono::milliseconds(1000)})
+              .ok());
+  CHECK(store->Get(s->task.id)->state == TaskState::kCancelled);
 }
 
 TEST_CASE("a delayed task is not claimed before its time", "[queue][claim]") {
@@ -208,7 +297,7 @@ std::vector<std::string> ClaimPlan(pqxx::connection& conn, const std::string& se
   tx.exec("PREPARE claim_plan AS " + std::string(sql::kClaim.text));
   auto r = tx.exec(
       "EXPLAIN (ANALYZE, FORMAT JSON) "
-      "EXECUTE claim_plan('{w1,w2,w3,w4}', 'node-a', 30000, NULL, 4)");
+      "EXECUTE claim_plan('{w1,w2,w3,w4}', 'node-a', 30000, NULL, 4, NULL)");
   auto plan = boost::json::parse(r[0][0].as<std::string>()).as_array().at(0).as_object();
   std::vector<std::string> nodes;
   PlanNodes(plan.at("Plan"), nodes);

@@ -57,6 +57,9 @@ class EventsOnlyStore : public q::QueueStore {
     return Unused();
   }
   runner::Status Release(std::string_view, std::string_view) override { return Unused(); }
+  runner::Status Defer(std::string_view, std::string_view, const q::Deferral&) override {
+    return Unused();
+  }
   runner::Status RegisterNode(const q::NodeInfo&) override { return Unused(); }
   runner::Status DeregisterNode(std::string_view) override { return Unused(); }
   runner::Status RegisterWorker(const q::WorkerInfo&) override { return Unused(); }

@@ -1,5 +1,6 @@
 #include "runner/pool/pool.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
@@ -370,20 +371,60 @@ TEST_CASE("a worker whose isolator throws is replaced and its task is failed", "
   h.pool->Stop(false);
 }
 
-TEST_CASE("an unavailable isolator fails the task with isolation_unavailable", "[pool]") {
+TEST_CASE("a task the node cannot start goes back to the queue without spending its attempt",
+          "[pool][defer]") {
   FakeQueueStore store;
+  FakeIsolator iso;
   runner::metrics::Registry registry;
+  std::atomic<bool> down{true};
+  auto options = FastOptions(1);
+  options.defer_delay = 300ms;
   Pool pool(
       store,
-      [](runner::isolation::IsolationMode) -> runner::Result<runner::isolation::Isolator*> {
-        return runner::MakeError("isolation_unavailable", "docker is down (fake)");
+      [&](runner::isolation::IsolationMode) -> runner::Result<runner::isolation::Isolator*> {
+        if (down) return runner::MakeError("isolation_unavailable", "docker is down (fake)");
+        return &iso;
       },
-      FastOptions(1), registry);
+      options, registry);
   std::string id = store.AddTask({"ok"});
   REQUIRE(pool.Start().ok());
-  REQUIRE(WaitFor([&] { return store.TaskById(id).state == TaskState::kFailed; }, 5s));
-  CHECK(store.TaskById(id).error->code == "isolation_unavailable");
+  REQUIRE(WaitFor([&] { return store.Deferrals() >= 1; }, 5s));
+  // Back in the queue, attempt given back, and the error says why it waits.
+  auto waiting = store.TaskById(id);
+  CHECK(waiting.state != TaskState::kFailed);
+  CHECK(waiting.attempt <= 1);
+  REQUIRE(waiting.error.has_value());
+  CHECK(waiting.error->code == "isolation_unavailable");
+  CHECK(waiting.error->message.find("waits in the queue") != std::string::npos);
+  // The deferral holds it back: not claimed again at once (the poll is 10 ms).
+  const int claims = store.ClaimCounts()[id];
+  std::this_thread::sleep_for(150ms);
+  CHECK(store.ClaimCounts()[id] == claims);
+  CHECK(iso.Started() == 0);
+
+  down = false;
+  REQUIRE(WaitFor([&] { return store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(store.TaskById(id).attempt == 1);  // claimed twice, counted once
+  CHECK(registry.Render().find("runner_tasks_finished_total{state=\"deferred\"}") !=
+        std::string::npos);
   pool.Stop(false);
+}
+
+TEST_CASE("claims skip the isolations the node cannot run and take them once it can",
+          "[pool][defer]") {
+  Harness h(FastOptions(2));
+  h.pool->SetUnavailableIsolations({"auto"});  // what a docker-mode node says while Docker is down
+  std::string id = h.store.AddTask({"ok"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  std::this_thread::sleep_for(300ms);  // thirty polls
+  CHECK(h.store.ClaimCounts()[id] == 0);
+  CHECK(h.store.TaskById(id).state == TaskState::kQueued);
+
+  h.pool->SetUnavailableIsolations({});
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.TaskById(id).attempt == 1);
+  h.pool->Stop(false);
 }
 
 TEST_CASE("task results are reported as the user expects", "[pool][outcome]") {

@@ -1,5 +1,7 @@
 #include "tests/unit/pool/queue_store_fake.h"
 
+#include <algorithm>
+
 #include "runner/ulid.h"
 
 namespace runner::pool::testing {
@@ -53,6 +55,11 @@ int FakeQueueStore::FinishedCount() const {
   int n = 0;
   for (const auto& [id, t] : tasks_) n += queue::IsFinal(t.state) ? 1 : 0;
   return n;
+}
+
+int FakeQueueStore::Deferrals() const {
+  std::lock_guard lock(mu_);
+  return deferrals_;
 }
 
 int FakeQueueStore::Releases() const {
@@ -143,6 +150,14 @@ Result<std::vector<queue::Task>> FakeQueueStore::Claim(const queue::ClaimRequest
     if (next >= request.worker_ids.size()) break;
     auto& t = tasks_[id];
     if (t.state != queue::TaskState::kQueued) continue;
+    if (auto d = deferred_until_.find(id);
+        d != deferred_until_.end() && Steady::now() < d->second) {
+      continue;
+    }
+    if (std::find(request.skip_isolations.begin(), request.skip_isolations.end(),
+                  isolation::ToString(t.isolation)) != request.skip_isolations.end()) {
+      continue;
+    }
     t.state = queue::TaskState::kRunning;
     t.attempt += 1;
     t.worker_id = request.worker_ids[next++];
@@ -207,6 +222,22 @@ Status FakeQueueStore::Release(std::string_view task_id, std::string_view worker
   t.attempt -= 1;
   t.worker_id.reset();
   ++releases_;
+  return {};
+}
+
+Status FakeQueueStore::Defer(std::string_view task_id, std::string_view worker_id,
+                             const queue::Deferral& deferral) {
+  std::lock_guard lock(mu_);
+  auto& t = tasks_.at(std::string(task_id));
+  if (t.state != queue::TaskState::kRunning || t.worker_id != std::string(worker_id)) {
+    return MakeError("conflict", "not held");
+  }
+  t.state = queue::TaskState::kQueued;
+  t.attempt -= 1;
+  t.worker_id.reset();
+  t.error = deferral.why;
+  deferred_until_[t.id] = Steady::now() + deferral.delay;
+  ++deferrals_;
   return {};
 }
 

@@ -36,6 +36,7 @@ class FakeQueueStore : public queue::QueueStore {
   int CountInState(queue::TaskState state) const;
   int FinishedCount() const;  // tasks in a final state
   int Releases() const;
+  int Deferrals() const;
   std::vector<Steady::time_point> ClaimTimes() const;
   std::vector<queue::HeartbeatRequest> Heartbeats() const;
   std::vector<queue::NewEvent> EventsOfKind(const std::string& kind) const;
@@ -60,6 +61,8 @@ class FakeQueueStore : public queue::QueueStore {
   Result<queue::FinishOutcome> Finish(std::string_view task_id, std::string_view worker_id,
                                       const queue::FinishReport& report) override;
   Status Release(std::string_view task_id, std::string_view worker_id) override;
+  Status Defer(std::string_view task_id, std::string_view worker_id,
+               const queue::Deferral& deferral) override;
   Status RegisterNode(const queue::NodeInfo& node) override;
   Status DeregisterNode(std::string_view node_id) override;
   Status RegisterWorker(const queue::WorkerInfo& worker) override;
@@ -81,6 +84,8 @@ class FakeQueueStore : public queue::QueueStore {
   std::set<std::string> lose_;
   bool heartbeat_fails_ = false;
   int releases_ = 0;
+  int deferrals_ = 0;
+  std::map<std::string, Steady::time_point> deferred_until_;  // Defer()'s delay, by task
   int max_batch_ = 0;
   std::vector<Steady::time_point> claim_times_;
   std::vector<queue::HeartbeatRequest> heartbeats_;
