@@ -523,7 +523,7 @@ json::object RawQueueLoop(int concurrency, int tasks) {
         {
           pqxx::nontransaction tx(c);
           auto r = tx.exec_prepared(sql::kClaim.name, "{\"" + worker + "\"}", "bench",
-                                    int64_t{30000}, nullptr, int64_t{1});
+                                    int64_t{30000}, nullptr, int64_t{1}, nullptr);
           if (!r.empty()) id = r[0][0].as<std::string>();
         }
         while (id) {
@@ -539,7 +539,8 @@ json::object RawQueueLoop(int concurrency, int tasks) {
           pqxx::nontransaction tx(c);
           auto r =
               tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code, nullptr,
-                               usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr);
+                               usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr,
+                               nullptr);
           ++done;
           id.reset();
           if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
@@ -757,6 +758,7 @@ int main(int argc, char** argv) {
       // Docker mode, per task: host CPU of the runner's burst and of the raw
       // loop's, and what the runner's own process and PostgreSQL add.
       std::vector<double> cpu_mine, cpu_raw, cpu_added;
+      int peer_failures = 0;  // peer measurements (or runner runs) that failed
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
         json::object run;
@@ -796,24 +798,27 @@ int main(int argc, char** argv) {
         const double mine = TasksPerSecond(run);
         mine_rates.push_back(mine);
         json::object ratios;
+        // A ratio counts only when the peer measured something; a failed
+        // peer keeps its error in the peers' runs and in the summary.
+        const auto compare = [&](std::optional<json::object>& peer, const char* key,
+                                 double scale, std::vector<double>& into, json::array& runs_of) {
+          if (!peer) return;
+          if (const double rate = TasksPerSecond(*peer); rate > 0 && mine > 0) {
+            ratios[key] = scale * Ratio(mine, rate);
+            into.push_back(Ratio(mine, rate));
+          } else {
+            ++peer_failures;
+          }
+          runs_of.push_back(std::move(*peer));
+        };
         if (!is_docker) {
           run["fork_exec_wait_true_per_second_serial"] = floor_rate;
           ratios["vs_fork_exec_serial_pct"] = 100 * Ratio(mine, floor_rate);
           vs_floor.push_back(Ratio(mine, floor_rate));
-          if (q && g) {
-            ratios["vs_raw_queue_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(*q));
-            vs_queue_loop.push_back(Ratio(mine, TasksPerSecond(*q)));
-            queue_loop_runs.push_back(std::move(*q));
-            ratios["vs_graphile_spawn_x"] = Ratio(mine, TasksPerSecond(*g));
-            vs_graphile.push_back(Ratio(mine, TasksPerSecond(*g)));
-            graphile_runs.push_back(std::move(*g));
-          }
-        } else if (raw && xargs) {
-          ratios["vs_raw_engine_loop_pct"] = 100 * Ratio(mine, TasksPerSecond(*raw));
-          ratios["vs_xargs_docker_run_x"] = Ratio(mine, TasksPerSecond(*xargs));
-          vs_raw.push_back(Ratio(mine, TasksPerSecond(*raw)));
-          vs_xargs.push_back(Ratio(mine, TasksPerSecond(*xargs)));
-          if (run.contains("cpu_ms_per_task") && raw->contains("cpu_ms_per_task")) {
+          compare(q, "vs_raw_queue_loop_pct", 100, vs_queue_loop, queue_loop_runs);
+          compare(g, "vs_graphile_spawn_x", 1, vs_graphile, graphile_runs);
+        } else {
+          if (raw && run.contains("cpu_ms_per_task") && raw->contains("cpu_ms_per_task")) {
             const auto& m = run.at("cpu_ms_per_task").as_object();
             const auto& r = raw->at("cpu_ms_per_task").as_object();
             const auto own = [](const json::object& c) {
@@ -823,8 +828,8 @@ int main(int argc, char** argv) {
             cpu_raw.push_back(r.at("host").to_number<double>());
             cpu_added.push_back(own(m) - own(r));
           }
-          raw_runs.push_back(std::move(*raw));
-          xargs_runs.push_back(std::move(*xargs));
+          compare(raw, "vs_raw_engine_loop_pct", 100, vs_raw, raw_runs);
+          compare(xargs, "vs_xargs_docker_run_x", 1, vs_xargs, xargs_runs);
         }
         if (auto it = run.find("submit_to_start_ms_p50"); it != run.end()) {
           wake_p50.push_back(it->value().to_number<double>());
@@ -842,6 +847,9 @@ int main(int argc, char** argv) {
       std::string line =
           fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers, Median(mine_rates));
       if (opt.rounds > 1) line += fmt::format(" (median of {} rounds)", opt.rounds);
+      if (peer_failures > 0) {
+        line += fmt::format(" | {} comparison(s) FAILED, see the runs' errors", peer_failures);
+      }
       if (!vs_floor.empty()) {
         line += fmt::format(" | vs bare fork/exec serial {:.0f}% (target >= 60%)",
                             100 * Median(vs_floor));
