@@ -537,10 +537,9 @@ json::object RawQueueLoop(int concurrency, int tasks) {
           ::waitpid(pid, &status, 0);
           const std::string code = std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : 128);
           pqxx::nontransaction tx(c);
-          auto r =
-              tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code, nullptr,
-                               usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr,
-                               nullptr);
+          auto r = tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", code,
+                                    nullptr, usage, "process", true, 3600.0, "bench",
+                                    int64_t{30000}, nullptr, nullptr);
           ++done;
           id.reset();
           if (!r[0][0].is_null()) id = r[0][0].as<std::string>();
@@ -800,8 +799,8 @@ int main(int argc, char** argv) {
         json::object ratios;
         // A ratio counts only when the peer measured something; a failed
         // peer keeps its error in the peers' runs and in the summary.
-        const auto compare = [&](std::optional<json::object>& peer, const char* key,
-                                 double scale, std::vector<double>& into, json::array& runs_of) {
+        const auto compare = [&](std::optional<json::object>& peer, const char* key, double scale,
+                                 std::vector<double>& into, json::array& runs_of) {
           if (!peer) return;
           if (const double rate = TasksPerSecond(*peer); rate > 0 && mine > 0) {
             ratios[key] = scale * Ratio(mine, rate);
