@@ -140,6 +140,36 @@ CgroupHost CgroupHost::Detect(const std::string& parent_name) {
   return host;
 }
 
+int CgroupHost::RemoveStale() const {
+  int removed = 0;
+  for (const CgroupHierarchy& h : hierarchies_) {
+    std::error_code ec;
+    for (fs::directory_iterator it(h.parent, ec), end; !ec && it != end; it.increment(ec)) {
+      if (!it->is_directory(ec)) continue;
+      // "<name>-<pid>-<seq>": the pid is the next-to-last dash-separated field.
+      const std::string name = it->path().filename().string();
+      const size_t last = name.rfind('-');
+      const size_t before = last == std::string::npos || last == 0 ? std::string::npos
+                                                                     : name.rfind('-', last - 1);
+      if (before == std::string::npos) continue;
+      const std::string pid_text = name.substr(before + 1, last - before - 1);
+      if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos ||
+          pid_text.size() > 9) {
+        continue;
+      }
+      const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+      if (pid <= 0 || pid == ::getpid()) continue;
+      if (::kill(pid, 0) == 0 || errno == EPERM) continue;  // its owner still runs
+      if (::rmdir(it->path().c_str()) == 0) ++removed;      // EBUSY: not empty, keep it
+    }
+  }
+  if (removed > 0) {
+    spdlog::info("process isolation: removed {} empty cgroups left by processes that are gone",
+                 removed);
+  }
+  return removed;
+}
+
 CgroupHost CgroupHost::FromProcFiles(const std::string& mountinfo, const std::string& self_cgroup,
                                      const std::string& parent_name, bool create_parents) {
   // Own path per hierarchy: key is the sorted controller list ("" for v2).

@@ -953,7 +953,10 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   }
   // The task's HOME and cwd must not depend on the runner's cwd.
   options_.work_root = std::filesystem::absolute(options_.work_root);
-  if (options_.use_cgroups) cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
+  if (options_.use_cgroups) {
+    cgroups_ = CgroupHost::Detect(options_.cgroup_parent);
+    cgroups_.RemoveStale();
+  }
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
   cgroup_spares_ = std::make_unique<CgroupSpares>();
   cleaner_ = std::make_unique<Cleaner>();

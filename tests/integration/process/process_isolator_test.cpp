@@ -676,6 +676,55 @@ TEST_CASE("without cgroups a task still runs, times out and is cleaned up", "[pr
 }
 
 // Keep last: the whole suite leaves no process, zombie, cgroup or mount behind.
+TEST_CASE("a node's start removes the empty cgroups that killed nodes left behind",
+          "[process][cgroup][stale]") {
+  testing::TempDir dir;
+  std::vector<fs::path> parents;
+  {
+    ProcessIsolator first(Options(dir));
+    REQUIRE_FALSE(first.cgroups().empty());
+    for (const auto& h : first.cgroups().hierarchies()) parents.push_back(h.parent);
+  }
+  // A pid that is gone (a reaped child), one that is alive (a sleeping child).
+  const pid_t gone = ::fork();
+  if (gone == 0) ::_exit(0);
+  ::waitpid(gone, nullptr, 0);
+  const pid_t alive = ::fork();
+  if (alive == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  const std::string dead = std::to_string(gone);
+  const std::vector<std::string> stale = {"slot-" + dead + "-1", "01TASK-2-" + dead + "-7"};
+  const std::vector<std::string> kept = {"slot-" + std::to_string(alive) + "-1",
+                                         "slot-" + std::to_string(::getpid()) + "-999",
+                                         "not-a-task-cgroup"};
+  for (const auto& p : parents) {
+    for (const auto& n : stale) fs::create_directory(p / n);
+    for (const auto& n : kept) fs::create_directory(p / n);
+  }
+  // A dead owner's cgroup that still holds a process is not removed either.
+  const std::string busy = "01BUSY-1-" + dead + "-3";
+  fs::create_directory(parents.front() / busy);
+  std::ofstream(parents.front() / busy / "cgroup.procs") << alive << "\n";
+
+  {
+    ProcessIsolator next(Options(dir));  // what a restarted node does
+    for (const auto& p : parents) {
+      INFO(p.string());
+      for (const auto& n : stale) CHECK_FALSE(fs::exists(p / n));
+      for (const auto& n : kept) CHECK(fs::exists(p / n));
+    }
+    CHECK(fs::exists(parents.front() / busy));
+  }
+  ::kill(alive, SIGKILL);
+  ::waitpid(alive, nullptr, 0);
+  for (const auto& p : parents) {
+    for (const auto& n : kept) ::rmdir((p / n).c_str());
+  }
+  CHECK(testing::WaitFor([&] { return ::rmdir((parents.front() / busy).c_str()) == 0; }, 5s));
+}
+
 TEST_CASE("no stray process, cgroup or mount is left after the suite", "[process][cleanup]") {
   CHECK(ProcessesWith(kMarker).empty());
   CHECK(ProcessesWith("98765").empty());
