@@ -149,8 +149,8 @@ int CgroupHost::RemoveStale() const {
       // "<name>-<pid>-<seq>": the pid is the next-to-last dash-separated field.
       const std::string name = it->path().filename().string();
       const size_t last = name.rfind('-');
-      const size_t before = last == std::string::npos || last == 0 ? std::string::npos
-                                                                     : name.rfind('-', last - 1);
+      const size_t before =
+          last == std::string::npos || last == 0 ? std::string::npos : name.rfind('-', last - 1);
       if (before == std::string::npos) continue;
       const std::string pid_text = name.substr(before + 1, last - before - 1);
       if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos ||
