@@ -205,6 +205,18 @@ Status ApiServer::Start() {
   http_->set_read_timeout(options_.read_timeout);
   http_->set_write_timeout(options_.write_timeout);
   http_->set_keep_alive_timeout(5);
+  // cpp-httplib 0.11 reads a POST, PUT, PATCH or DELETE that has neither
+  // Content-Length nor Transfer-Encoding as "body until the connection
+  // closes", and answers 400 when it does not close. RFC 9112 (6.3) says
+  // such a request has no body, and `curl -X POST URL` sends exactly that, so
+  // it gets the Content-Length: 0 it means. (The handler runs before the body
+  // is read; the request is the server's own, not a const object.)
+  http_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+    if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
+      const_cast<httplib::Request&>(req).headers.emplace("Content-Length", "0");
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
 
   EventHubOptions hub_options;
   hub_options.poll_interval = options_.events_poll;

@@ -1,3 +1,8 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -286,6 +291,37 @@ TEST_CASE("the pool scales, stops and starts through the API", "[api][pool]") {
   auto started = f.http().Post("/api/v1/pool/start", "", "application/json");
   REQUIRE(started->status == 202);
   CHECK(WaitFor([&] { return f.http().Get("/readyz")->status == 200; }, 15s));
+}
+
+TEST_CASE("a POST without a body or Content-Length works, as `curl -X POST` sends it",
+          "[api][pool][errors]") {
+  ApiFixture f;
+  // One request on its own connection, exactly as written; returns the status line.
+  auto raw = [&](const std::string& request) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(f.port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(request.size()));
+    std::string answer;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof(buf), 0)) > 0;) answer.append(buf, n);
+    ::close(fd);
+    return answer.substr(0, answer.find("\r\n"));
+  };
+  CHECK(raw("POST /api/v1/pool/stop HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") ==
+        "HTTP/1.1 202 Accepted");
+  REQUIRE(WaitFor([&] { return f.http().Get("/readyz")->status == 503; }, 15s));
+  CHECK(raw("POST /api/v1/pool/start HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") ==
+        "HTTP/1.1 202 Accepted");
+  CHECK(WaitFor([&] { return f.http().Get("/readyz")->status == 200; }, 15s));
+  // A submit without a body is still refused, with the usual error.
+  CHECK(raw("POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") ==
+        "HTTP/1.1 400 Bad Request");
 }
 
 TEST_CASE("with a token, the API needs it but health and metrics do not", "[api][auth]") {
