@@ -481,6 +481,7 @@ void Pool::WorkerLoop(Worker* w, std::stop_token stop) {
           if (next && !leaving && accepting_) {
             // Straight on to the next task: still busy, a fresh stop source.
             w->task_id = next->id;
+            w->reporting = false;
             w->task_stop = std::stop_source();
             w->cause = StopCause::kNone;
           } else {
@@ -677,6 +678,12 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
   const int kTries = 3;
   std::string label;
   std::optional<queue::Task> next;
+  {
+    // Its process is over: a heartbeat that finds the lease gone now (this
+    // finish may commit first) has nothing to stop (StopTask).
+    std::lock_guard lock(mu_);
+    w->reporting = true;
+  }
   if (out.action != TaskOutcome::Action::kFinish) {
     const bool defer = out.action == TaskOutcome::Action::kDefer;
     label = defer ? "deferred" : "released";
@@ -864,6 +871,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
           continue;
         }
         w->task_id = task.id;
+        w->reporting = false;
         w->state = queue::WorkerState::kBusy;
         w->task_stop = std::stop_source();
         w->cause = StopCause::kNone;
@@ -915,7 +923,8 @@ void Pool::HeartbeatLoop(std::stop_token stop) {
       lost_all = false;
       for (const auto& id : r->lost_task_ids) {
         // A task that finished while the heartbeat was in flight is reported
-        // too; only one still running is news.
+        // too; only one still running is news (StopTask skips a worker that
+        // is writing its task's outcome).
         if (StopTask(id, StopCause::kLeaseLost)) {
           spdlog::warn("lease lost task_id={} node_id={}: stopped it", id, options_.node_id);
         }
@@ -940,6 +949,7 @@ bool Pool::StopTask(const std::string& task_id, StopCause cause) {
     std::lock_guard lock(mu_);
     for (auto& [id, w] : workers_) {
       if (w->task_id && *w->task_id == task_id) {
+        if (w->reporting) break;  // ended already: nothing to stop
         StopCause expected = StopCause::kNone;
         w->cause.compare_exchange_strong(expected, cause);
         source = w->task_stop;

@@ -147,6 +147,7 @@ class Pool {
     queue::TimePoint started_at{};
     std::optional<queue::Task> slot;     // the hand-off: at most one task
     std::optional<std::string> task_id;  // handed-off or running
+    bool reporting = false;              // task_id ended; its outcome is being written
     bool claiming = false;               // offered to an in-flight Claim
     bool retire = false;                 // scale down: stop after the current task
     bool exited = false;                 // the thread is about to end
@@ -187,7 +188,8 @@ class Pool {
   void LogFlushLoop(std::stop_token stop);
 
   void HeartbeatOnce();
-  // True when a worker of this pool was running the task.
+  // True when a worker of this pool was running the task (not one whose task
+  // has ended and whose outcome it is writing).
   bool StopTask(const std::string& task_id, StopCause cause);
   void StopAllRunning(StopCause cause);
   // Joins workers whose thread ended; replaces failed ones while running.

@@ -1,9 +1,14 @@
 #include "runner/pool/pool.h"
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <sstream>
 #include <thread>
 
 #include "runner/metrics/registry.h"
@@ -408,6 +413,31 @@ TEST_CASE("a task the node cannot start goes back to the queue without spending 
   CHECK(registry.Render().find("runner_tasks_finished_total{state=\"deferred\"}") !=
         std::string::npos);
   pool.Stop(false);
+}
+
+TEST_CASE("a heartbeat that finds the lease of a task that just ended gone stops nothing",
+          "[pool][lease]") {
+  // What the operator saw: "lease lost ... stopped it" for a task that had
+  // succeeded, when its finish committed while a heartbeat was in flight.
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  spdlog::default_logger()->sinks().push_back(sink);
+  Harness h(FastOptions(1));  // lease 300 ms: a heartbeat every 100 ms
+  h.store.HoldFinish(true);
+  std::string id = h.store.AddTask({"ok"});
+  REQUIRE(h.pool->Start().ok());
+  h.pool->Wake();
+  REQUIRE(WaitFor([&] { return h.store.FinishWaiting(); }, 5s));
+  // The task's process is over; the database now says its lease is gone.
+  const auto beats = h.store.Heartbeats().size();
+  h.store.LoseLease(id);
+  REQUIRE(WaitFor([&] { return h.store.Heartbeats().size() >= beats + 2; }, 5s));
+  h.store.HoldFinish(false);
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  h.pool->Stop(false);
+  auto& sinks = spdlog::default_logger()->sinks();
+  sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+  CHECK(log.str().find("lease lost task_id=" + id) == std::string::npos);
 }
 
 TEST_CASE("claims skip the isolations the node cannot run and take them once it can",

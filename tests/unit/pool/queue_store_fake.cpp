@@ -196,10 +196,24 @@ Status FakeQueueStore::AppendLogs(std::string_view task_id,
   return {};
 }
 
+void FakeQueueStore::HoldFinish(bool hold) {
+  std::lock_guard lock(mu_);
+  hold_finish_ = hold;
+  finish_cv_.notify_all();
+}
+
+bool FakeQueueStore::FinishWaiting() const {
+  std::lock_guard lock(mu_);
+  return finish_waiting_;
+}
+
 Result<queue::FinishOutcome> FakeQueueStore::Finish(std::string_view task_id,
                                                     std::string_view worker_id,
                                                     const queue::FinishReport& report) {
-  std::lock_guard lock(mu_);
+  std::unique_lock lock(mu_);
+  finish_waiting_ = hold_finish_;
+  finish_cv_.wait(lock, [&] { return !hold_finish_; });
+  finish_waiting_ = false;
   auto& t = tasks_.at(std::string(task_id));
   if (t.state != queue::TaskState::kRunning || t.worker_id != std::string(worker_id)) {
     return queue::FinishOutcome::kLeaseLost;

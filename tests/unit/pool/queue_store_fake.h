@@ -31,6 +31,9 @@ class FakeQueueStore : public queue::QueueStore {
   // Next Heartbeat reports these tasks' leases lost.
   void LoseLease(const std::string& id);
   void SetHeartbeatFails(bool fails);
+  // While held, Finish waits (a worker stuck writing its outcome).
+  void HoldFinish(bool hold);
+  bool FinishWaiting() const;
 
   queue::Task TaskById(const std::string& id) const;
   int CountInState(queue::TaskState state) const;
@@ -85,6 +88,9 @@ class FakeQueueStore : public queue::QueueStore {
   bool heartbeat_fails_ = false;
   int releases_ = 0;
   int deferrals_ = 0;
+  bool hold_finish_ = false;
+  bool finish_waiting_ = false;
+  std::condition_variable finish_cv_;
   std::map<std::string, Steady::time_point> deferred_until_;  // Defer()'s delay, by task
   int max_batch_ = 0;
   std::vector<Steady::time_point> claim_times_;
