@@ -20,6 +20,11 @@
 // alternated (odd rounds run the peers first), and the summary reports the
 // median of each round's ratio and of each round's wake-up p50 and p99.
 //
+// Every burst (the runner's and each peer's) starts once the host is quiet
+// (under 25% busy for half a second, 20 s at most), and Docker-mode runs
+// record the host's CPU per task and what the runner's process and
+// PostgreSQL add to it.
+//
 // Needs RUNNER_TEST_PGHOST (scripts/services) and, for docker, a daemon with
 // runner-task:latest. Writes JSON (--out).
 
