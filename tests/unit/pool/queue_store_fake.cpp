@@ -226,15 +226,20 @@ Result<queue::FinishOutcome> FakeQueueStore::Finish(std::string_view task_id,
   return queue::FinishOutcome::kFinished;
 }
 
-Status FakeQueueStore::Release(std::string_view task_id, std::string_view worker_id) {
-  std::lock_guard lock(mu_);
+queue::Task* FakeQueueStore::RequeueLocked(std::string_view task_id, std::string_view worker_id) {
   auto& t = tasks_.at(std::string(task_id));
   if (t.state != queue::TaskState::kRunning || t.worker_id != std::string(worker_id)) {
-    return MakeError("conflict", "not held");
+    return nullptr;
   }
   t.state = queue::TaskState::kQueued;
   t.attempt -= 1;
   t.worker_id.reset();
+  return &t;
+}
+
+Status FakeQueueStore::Release(std::string_view task_id, std::string_view worker_id) {
+  std::lock_guard lock(mu_);
+  if (RequeueLocked(task_id, worker_id) == nullptr) return MakeError("conflict", "not held");
   ++releases_;
   return {};
 }
@@ -242,15 +247,10 @@ Status FakeQueueStore::Release(std::string_view task_id, std::string_view worker
 Status FakeQueueStore::Defer(std::string_view task_id, std::string_view worker_id,
                              const queue::Deferral& deferral) {
   std::lock_guard lock(mu_);
-  auto& t = tasks_.at(std::string(task_id));
-  if (t.state != queue::TaskState::kRunning || t.worker_id != std::string(worker_id)) {
-    return MakeError("conflict", "not held");
-  }
-  t.state = queue::TaskState::kQueued;
-  t.attempt -= 1;
-  t.worker_id.reset();
-  t.error = deferral.why;
-  deferred_until_[t.id] = Steady::now() + deferral.delay;
+  queue::Task* t = RequeueLocked(task_id, worker_id);
+  if (t == nullptr) return MakeError("conflict", "not held");
+  t->error = deferral.why;
+  deferred_until_[t->id] = Steady::now() + deferral.delay;
   ++deferrals_;
   return {};
 }

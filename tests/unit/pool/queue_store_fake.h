@@ -81,6 +81,10 @@ class FakeQueueStore : public queue::QueueStore {
   std::string LogsOf(const std::string& task_id) const;
 
  private:
+  // Back to queued with the attempt given back when `worker_id` holds the
+  // task (Release and Defer); nullptr otherwise. The caller holds mu_.
+  queue::Task* RequeueLocked(std::string_view task_id, std::string_view worker_id);
+
   mutable std::mutex mu_;
   std::map<std::string, queue::Task> tasks_;
   std::vector<std::string> order_;  // submission order
