@@ -27,6 +27,9 @@ struct PoolStatus {
   int starting = 0;
   int stopping = 0;
   int max = 0;  // --max-workers
+  // Tasks running right now, by the isolation they run in.
+  int running_docker = 0;
+  int running_process = 0;
 };
 
 struct ResourceSample {

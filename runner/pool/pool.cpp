@@ -384,6 +384,8 @@ PoolStatus Pool::GetStatus() const {
         break;
       case queue::WorkerState::kBusy:
         ++s.busy;
+        if (w->isolation == "docker") ++s.running_docker;
+        if (w->isolation == "process") ++s.running_process;
         break;
       case queue::WorkerState::kStopping:
         ++s.stopping;
@@ -635,6 +637,10 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
     return std::nullopt;
   }
   isolation::Isolator* iso = *picked;
+  {
+    std::lock_guard lock(mu_);
+    w->isolation = std::string(iso->Name());
+  }
   const isolation::TaskSpec spec = BuildSpec(*w, task);
   isolation::RunResult result;
   try {
@@ -683,6 +689,7 @@ std::optional<queue::Task> Pool::ReportOutcome(Worker* w, const queue::Task& tas
     // finish may commit first) has nothing to stop (StopTask).
     std::lock_guard lock(mu_);
     w->reporting = true;
+    w->isolation.clear();
   }
   if (out.action != TaskOutcome::Action::kFinish) {
     const bool defer = out.action == TaskOutcome::Action::kDefer;

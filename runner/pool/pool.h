@@ -148,6 +148,7 @@ class Pool {
     std::optional<queue::Task> slot;     // the hand-off: at most one task
     std::optional<std::string> task_id;  // handed-off or running
     bool reporting = false;              // task_id ended; its outcome is being written
+    std::string isolation;               // what task_id runs in ("docker", "process"), once picked
     bool claiming = false;               // offered to an in-flight Claim
     bool retire = false;                 // scale down: stop after the current task
     bool exited = false;                 // the thread is about to end

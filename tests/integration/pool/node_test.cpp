@@ -138,6 +138,36 @@ TEST_CASE("a docker task runs in a container on a node in auto mode", "[pool][no
   node->Shutdown(runner::StopOptions{false, 10s});
 }
 
+TEST_CASE("a node running a container and a process at once says its mode is mixed",
+          "[pool][node][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  auto node = MakeNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  REQUIRE(node->Status().mode == "docker");
+
+  auto in_docker = Command({"sleep", "3"});
+  in_docker.isolation = runner::isolation::IsolationMode::kDocker;
+  auto as_process = Command({"sleep", "3"});
+  as_process.isolation = runner::isolation::IsolationMode::kProcess;
+  auto a = node->store().Submit(in_docker);
+  auto b = node->store().Submit(as_process);
+  REQUIRE((a.ok() && b.ok()));
+  CHECK(WaitFor([&] { return node->Status().mode == "mixed"; }, 20s));
+  const auto running = node->Status().pool;
+  CHECK(running.running_docker == 1);
+  CHECK(running.running_process == 1);
+  REQUIRE(WaitFor(
+      [&] { return Final(*node, a->task.id).has_value() && Final(*node, b->task.id).has_value(); },
+      60s));
+  CHECK(node->Status().mode == "docker");  // what an auto task gets when nothing runs
+  node->Shutdown(runner::StopOptions{false, 10s});
+}
+
 TEST_CASE("when Docker goes away an auto node runs new tasks as processes and says so in events",
           "[pool][node][docker]") {
   TestDatabase db;
