@@ -530,8 +530,25 @@ void ApiServer::Routes() {
   s.Get("/api/v1/workers", wrap(Access::kToken, [this](const Request&, Response& res) {
           auto workers = store_.ListWorkers();
           if (!workers) return SendError(res, workers.error());
+          // This node's own workers as they are now, over the table's rows,
+          // which lag by up to a heartbeat; other nodes' rows as they are.
+          std::map<std::string, queue::WorkerInfo> live;
+          for (auto& w : node_.LiveWorkers()) live.emplace(w.id, std::move(w));
+          const std::string self = live.empty() ? std::string() : live.begin()->second.node_id;
           json::array a;
-          for (const auto& w : *workers) a.emplace_back(WorkerToJson(w));
+          for (const auto& w : *workers) {
+            auto it = live.find(w.id);
+            if (it == live.end()) {
+              if (self.empty() || w.node_id != self) a.emplace_back(WorkerToJson(w));
+              continue;  // else ours but gone: it stopped, its row goes next
+            }
+            queue::WorkerInfo now = w;
+            now.state = it->second.state;
+            now.task_id = it->second.task_id;
+            a.emplace_back(WorkerToJson(now));
+            live.erase(it);
+          }
+          for (const auto& [id, w] : live) a.emplace_back(WorkerToJson(w));  // not in the table yet
           SendJson(res, 200, json::object{{"workers", std::move(a)}});
         }));
 

@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "isolation/result.h"
+#include "runner/queue/queue_store.h"
 
 namespace runner {
 
@@ -67,6 +69,10 @@ class NodeControl {
   virtual void StartPool() = 0;
   // True while the pool runs (readiness).
   virtual bool Running() = 0;
+  // This node's workers as they are now. The workers table learns their
+  // states only at the next heartbeat (a third of the lease), so the API
+  // overlays these on it. Empty when the node has none to tell.
+  virtual std::vector<queue::WorkerInfo> LiveWorkers() { return {}; }
 };
 
 }  // namespace runner

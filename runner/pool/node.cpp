@@ -270,6 +270,15 @@ bool Node::Listening() const {
   return listener_ && listener_->Connected();
 }
 
+std::vector<queue::WorkerInfo> Node::LiveWorkers() {
+  std::vector<queue::WorkerInfo> out;
+  const auto now = queue::Clock::now();
+  for (const auto& w : pool_->Workers()) {
+    out.push_back(queue::WorkerInfo{w.id, node_id_, w.state, w.task_id, w.started_at, now});
+  }
+  return out;
+}
+
 NodeStatus Node::Status() {
   NodeStatus s;
   s.node_id = node_id_;

@@ -80,6 +80,7 @@ class Node : public NodeControl {
   void StopPool(const StopOptions& options) override;
   void StartPool() override;
   bool Running() override;
+  std::vector<queue::WorkerInfo> LiveWorkers() override;
 
  private:
   Node(const Config& config, std::string conninfo, metrics::Registry& metrics);

@@ -271,6 +271,35 @@ TEST_CASE("status, workers and nodes describe the live node", "[api][pool]") {
   CHECK(nodes[0].at("pid").as_int64() > 0);
 }
 
+TEST_CASE("workers show what they do now, not at the last heartbeat", "[api][pool]") {
+  ApiFixture f;  // lease 6 s: the table hears from the workers every 2 s
+  REQUIRE(WaitFor([&] { return f.node().Status().pool.idle == 2; }, 10s));
+  auto workers = [&] { return f.Json(f.http().Get("/api/v1/workers")).at("workers").as_array(); };
+  // Scaled up: the new workers are listed at once, before any heartbeat.
+  REQUIRE(f.http().Post("/api/v1/pool/scale", R"({"count":5})", "application/json")->status == 202);
+  REQUIRE(WaitFor([&] { return f.node().Status().pool.active == 5; }, 5s));
+  CHECK(workers().size() == 5);
+  // A running task's worker says busy, with the task, as soon as it runs.
+  auto sub = f.http().Post("/api/v1/tasks", R"({"command":["sleep","5"]})", "application/json");
+  REQUIRE(sub->status == 201);
+  const std::string id = f.Json(sub).at("id").as_string().c_str();
+  REQUIRE(WaitFor([&] { return f.node().Status().pool.busy == 1; }, 5s));
+  int busy_with_it = 0;
+  for (const auto& w : workers()) {
+    const auto& o = w.as_object();
+    if (o.at("state").as_string() == "busy" && o.at("task_id").is_string() &&
+        o.at("task_id").as_string() == id) {
+      ++busy_with_it;
+    }
+  }
+  CHECK(busy_with_it == 1);
+  // Scaled down: the idle workers that stopped are gone from the list at once.
+  REQUIRE(f.http().Post("/api/v1/pool/scale", R"({"count":1})", "application/json")->status == 202);
+  REQUIRE(WaitFor([&] { return f.node().Status().pool.active == 1; }, 5s));
+  CHECK(workers().size() == 1);
+  f.http().Post("/api/v1/tasks/" + id + "/cancel", "", "application/json");
+}
+
 TEST_CASE("the pool scales, stops and starts through the API", "[api][pool]") {
   ApiFixture f;
   auto scaled = f.http().Post("/api/v1/pool/scale", R"({"count":3})", "application/json");
