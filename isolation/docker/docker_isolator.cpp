@@ -186,6 +186,10 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
                               std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
 
 DockerIsolator::~DockerIsolator() {
+  // Removals that found the daemon away get one more try. If it is still
+  // away, the first of them to fail gives up for the rest (draining), and
+  // ReapOrphans removes them at the node's next start.
+  RetryFailedRemovals();
   removal_state_.draining = true;  // removals_ drains after this body
 }
 

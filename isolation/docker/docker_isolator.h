@@ -19,8 +19,9 @@
 // result (so the removal overlaps the next task's claim and create; at most
 // 64 wait, past that Run() removes its own). WaitForCleanup() waits for the
 // queue; the destructor drains it. A removal that finds the daemon gone is
-// retried after the next create that reaches it (see RemovalState). A crash
-// leaves the exited containers to ReapOrphans, like running ones.
+// retried after the next create that reaches it (see RemovalState), and once
+// more when the isolator is destroyed. A crash leaves the exited containers
+// to ReapOrphans, like running ones.
 //
 // Disk limit: StorageOpt size where the daemon's storage driver supports it
 // (overlay2 on xfs with pquota; detected from /info and by trying once);

@@ -207,7 +207,10 @@ class HttpExchange {
   }
 
   Error IoError(std::string_view doing) const {
-    if (op_ec_.category() == http::make_error_code(http::error::bad_version).category()) {
+    // Beast reports a connection closed before or inside the response in its
+    // HTTP category too: that is the daemon going away, not a bad answer.
+    const bool cut = op_ec_ == http::error::end_of_stream || op_ec_ == http::error::partial_message;
+    if (!cut && op_ec_.category() == http::make_error_code(http::error::bad_version).category()) {
       return MakeError("internal", "the Docker daemon at unix://" + socket_path_ + " answered " +
                                        what_ + " with something that is not HTTP (" +
                                        op_ec_.message() + " while " + std::string(doing) + ")");

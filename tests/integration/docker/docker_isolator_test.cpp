@@ -115,11 +115,13 @@ size_t ContainersOfTask(DockerIsolator& iso, const TaskSpec& spec) {
   return ContainersLabelled("io.runner.task=" + spec.task_id);
 }
 
-// A unix socket that accepts connections and then either stays silent or
-// answers garbage, to play a hung or broken daemon.
+// A unix socket that accepts connections and then stays silent, answers
+// garbage, or (hang_up) reads the request and closes the connection, to play
+// a hung, broken or dying daemon.
 class FakeDaemon {
  public:
-  FakeDaemon(const std::string& path, std::string reply) : path_(path), reply_(std::move(reply)) {
+  FakeDaemon(const std::string& path, std::string reply, bool hang_up = false)
+      : path_(path), reply_(std::move(reply)), hang_up_(hang_up) {
     fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
     REQUIRE(fd_ >= 0);
     sockaddr_un addr{};
@@ -144,6 +146,13 @@ class FakeDaemon {
       if (::poll(&p, 1, 50) <= 0) continue;
       int c = ::accept(fd_, nullptr, nullptr);
       if (c < 0) continue;
+      if (hang_up_) {
+        char buf[4096];
+        pollfd cp{c, POLLIN, 0};
+        if (::poll(&cp, 1, 1000) > 0) (void)::read(c, buf, sizeof buf);
+        ::close(c);
+        continue;
+      }
       if (!reply_.empty()) {
         char buf[4096];
         pollfd cp{c, POLLIN, 0};
@@ -156,6 +165,7 @@ class FakeDaemon {
 
   std::string path_;
   std::string reply_;
+  bool hang_up_ = false;
   int fd_ = -1;
   std::vector<int> clients_;
   std::jthread thread_;
@@ -499,6 +509,20 @@ TEST_CASE("a shutdown against a hung daemon waits one timeout, not one per pendi
   }
   CHECK(state.give_up);
   CHECK(Clock::now() - t0 < 4s);  // six removals timing out one by one: 6 s and more
+}
+
+TEST_CASE("a daemon that hangs up without answering is unavailable, not a bad answer",
+          "[docker][errors]") {
+  // What a task meets when dockerd stops in the middle of a call: the
+  // deferral of tasks that could not start depends on this code.
+  runner::testing::TempDir dir;
+  FakeDaemon dying((dir.path() / "dying.sock").string(), "", /*hang_up=*/true);
+  EngineClient client(OneSecondOptions(dying));
+  auto ping = client.Ping();
+  REQUIRE_FALSE(ping.ok());
+  CHECK(ping.error().code == "isolation_unavailable");
+  INFO(ping.error().message);
+  CHECK(ping.error().message.find("not HTTP") == std::string::npos);
 }
 
 TEST_CASE("a daemon answering garbage gives an internal error", "[docker][errors]") {

@@ -279,5 +279,53 @@ TEST_CASE("when docker stops auto falls back to process, and uses docker again w
   CHECK(*reaped == 0);
 }
 
+TEST_CASE("a removal that failed while Docker was away is tried again when the isolator stops",
+          "[isolation][docker][cleanup]") {
+  std::string daemon = testing::DockerHost();
+  testing::TempDir dir;
+  DockerProxy proxy(dir.path() / "docker.sock", daemon.substr(std::string("unix://").size()));
+  proxy.Open();
+  docker::DockerIsolatorOptions direct_opt;
+  direct_opt.docker_host = daemon;
+  docker::DockerIsolator direct(direct_opt);
+  const std::string node = "it-isolation-" + RandomId();
+  auto containers = [&] {
+    auto list = direct.client().ContainerList({"io.runner.node=" + node});
+    REQUIRE(list.ok());
+    return list->size();
+  };
+  auto running = [&] {
+    auto list = direct.client().ContainerList({"io.runner.node=" + node});
+    return list.ok() && list->size() == 1 && list->front().state == "running";
+  };
+  {
+    docker::DockerIsolatorOptions dopt;
+    dopt.docker_host = proxy.host();
+    dopt.connect_timeout = 1000ms;
+    docker::DockerIsolator iso(dopt);
+    TaskSpec spec;
+    spec.task_id = "t-" + RandomId();
+    spec.worker_id = "w-test";
+    spec.node_id = node;
+    spec.image = "runner-task:latest";
+    spec.command = {"sleep", "60"};
+    spec.timeout = 120s;
+    Collector c;
+    RunResult r;
+    std::thread run([&] { r = iso.Run(spec, c, {}); });
+    REQUIRE(testing::WaitFor(running, 30s));
+    proxy.Close();  // Docker goes away mid-task: the run ends, its removal fails
+    run.join();
+    INFO(r.message);
+    CHECK(r.kind == RunResult::Kind::kError);
+    CHECK(r.error_code == "isolation_unavailable");
+    iso.WaitForCleanup();
+    CHECK(containers() == 1);  // still there, kept for a retry
+    proxy.Open();              // back, but no task comes to trigger the retry
+  }                            // the isolator stops: it tries again
+  CHECK(containers() == 0);
+  (void)direct.ReapOrphans({node});  // whatever happens, leave nothing behind
+}
+
 }  // namespace
 }  // namespace runner::isolation
