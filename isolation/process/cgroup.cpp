@@ -140,6 +140,35 @@ CgroupHost CgroupHost::Detect(const std::string& parent_name) {
   return host;
 }
 
+namespace {
+
+// Kills every process in the cgroup `dir` (cgroup.kill where the kernel has
+// it, else SIGKILL to each pid, repeated for ones forked meanwhile) and waits
+// up to 2 s for it to empty. Returns how many processes it found first.
+int KillStale(const fs::path& dir, bool v2) {
+  auto pids = [&] {
+    std::vector<int> out;
+    std::istringstream in(ReadFile(dir / "cgroup.procs"));
+    for (int p = 0; in >> p;) out.push_back(p);
+    return out;
+  };
+  const int found = static_cast<int>(pids().size());
+  const bool kill_file = v2 && Exists(dir / "cgroup.kill");
+  for (int i = 0; i < 200; ++i) {
+    const std::vector<int> left = pids();
+    if (left.empty()) break;
+    if (kill_file) {
+      (void)WriteFile(dir / "cgroup.kill", "1");
+    } else {
+      for (int p : left) ::kill(p, SIGKILL);
+    }
+    SleepMs(10);
+  }
+  return found;
+}
+
+}  // namespace
+
 int CgroupHost::RemoveStale() const {
   int removed = 0;
   for (const CgroupHierarchy& h : hierarchies_) {
@@ -160,12 +189,30 @@ int CgroupHost::RemoveStale() const {
       const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
       if (pid <= 0 || pid == ::getpid()) continue;
       if (::kill(pid, 0) == 0 || errno == EPERM) continue;  // its owner still runs
-      if (::rmdir(it->path().c_str()) == 0) ++removed;      // EBUSY: not empty, keep it
+      if (::rmdir(it->path().c_str()) == 0) {
+        ++removed;
+        continue;
+      }
+      if (errno != EBUSY) continue;
+      // Still holds processes: a task's children that outlived its node
+      // (PR_SET_PDEATHSIG reaches only the task's first process). They would
+      // run on beside the task's retry elsewhere: kill them, then remove it.
+      const int killed = KillStale(it->path(), h.v2);
+      for (int i = 0; i < 100; ++i) {
+        if (::rmdir(it->path().c_str()) == 0) {
+          ++removed;
+          spdlog::warn(
+              "process isolation: killed {} processes left in {} by a runner that is gone "
+              "(pid {})",
+              killed, it->path().string(), pid);
+          break;
+        }
+        SleepMs(10);
+      }
     }
   }
   if (removed > 0) {
-    spdlog::info("process isolation: removed {} empty cgroups left by processes that are gone",
-                 removed);
+    spdlog::info("process isolation: removed {} cgroups left by processes that are gone", removed);
   }
   return removed;
 }

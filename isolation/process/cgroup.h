@@ -79,12 +79,14 @@ class CgroupHost {
   // One line for logs and reports, e.g.
   // "memory=v1:/sys/fs/cgroup/memory/x/runner cpu=v1:... kill=v2:...".
   std::string Describe() const;
-  // Removes the empty task cgroups that processes now gone left under the
-  // parents: a node killed with SIGKILL leaves its spares and the cgroups of
-  // the tasks it was running, and they pile up over restarts. Task cgroup
-  // names end in -<pid>-<seq> (the pid of the isolator that made them); one
-  // whose pid is alive, or that still holds processes (rmdir fails), is left
-  // alone. Returns how many were removed.
+  // Removes the task cgroups that processes now gone left under the parents:
+  // a node killed with SIGKILL leaves its spares and the cgroups of the tasks
+  // it was running, and they pile up over restarts. Task cgroup names end in
+  // -<pid>-<seq> (the pid of the isolator that made them); one whose pid is
+  // alive is left alone. Processes still inside (a task's children, which
+  // PR_SET_PDEATHSIG does not reach) are killed first: they would otherwise
+  // run on beside the task's retry on another node. Returns how many were
+  // removed.
   int RemoveStale() const;
 
  private:

@@ -676,8 +676,9 @@ TEST_CASE("without cgroups a task still runs, times out and is cleaned up", "[pr
 }
 
 // Keep last: the whole suite leaves no process, zombie, cgroup or mount behind.
-TEST_CASE("a node's start removes the empty cgroups that killed nodes left behind",
-          "[process][cgroup][stale]") {
+TEST_CASE(
+    "a node's start removes the cgroups that killed nodes left, and kills what ran on in them",
+    "[process][cgroup][stale]") {
   testing::TempDir dir;
   std::vector<fs::path> parents;
   {
@@ -685,15 +686,19 @@ TEST_CASE("a node's start removes the empty cgroups that killed nodes left behin
     REQUIRE_FALSE(first.cgroups().empty());
     for (const auto& h : first.cgroups().hierarchies()) parents.push_back(h.parent);
   }
+  auto sleeper = [] {
+    const pid_t p = ::fork();
+    if (p == 0) {
+      ::pause();
+      ::_exit(0);
+    }
+    return p;
+  };
   // A pid that is gone (a reaped child), one that is alive (a sleeping child).
   const pid_t gone = ::fork();
   if (gone == 0) ::_exit(0);
   ::waitpid(gone, nullptr, 0);
-  const pid_t alive = ::fork();
-  if (alive == 0) {
-    ::pause();
-    ::_exit(0);
-  }
+  const pid_t alive = sleeper();
   const std::string dead = std::to_string(gone);
   const std::vector<std::string> stale = {"slot-" + dead + "-1", "01TASK-2-" + dead + "-7"};
   const std::vector<std::string> kept = {"slot-" + std::to_string(alive) + "-1",
@@ -703,10 +708,13 @@ TEST_CASE("a node's start removes the empty cgroups that killed nodes left behin
     for (const auto& n : stale) fs::create_directory(p / n);
     for (const auto& n : kept) fs::create_directory(p / n);
   }
-  // A dead owner's cgroup that still holds a process is not removed either.
-  const std::string busy = "01BUSY-1-" + dead + "-3";
-  fs::create_directory(parents.front() / busy);
-  std::ofstream(parents.front() / busy / "cgroup.procs") << alive << "\n";
+  // A task of the dead runner whose child outlived it, still running.
+  const std::string orphaned = "01ORPHAN-1-" + dead + "-3";
+  const pid_t orphan = sleeper();
+  for (const auto& p : parents) {
+    fs::create_directory(p / orphaned);
+    std::ofstream(p / orphaned / "cgroup.procs") << orphan << "\n";
+  }
 
   {
     ProcessIsolator next(Options(dir));  // what a restarted node does
@@ -714,15 +722,27 @@ TEST_CASE("a node's start removes the empty cgroups that killed nodes left behin
       INFO(p.string());
       for (const auto& n : stale) CHECK_FALSE(fs::exists(p / n));
       for (const auto& n : kept) CHECK(fs::exists(p / n));
+      CHECK_FALSE(fs::exists(p / orphaned));
     }
-    CHECK(fs::exists(parents.front() / busy));
   }
+  int status = 0;
+  const bool ended =
+      testing::WaitFor([&] { return ::waitpid(orphan, &status, WNOHANG) == orphan; }, 5s);
+  CHECK(ended);  // killed, not left running
+  if (ended) {
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+  } else {
+    ::kill(orphan, SIGKILL);
+    ::waitpid(orphan, nullptr, 0);
+    for (const auto& p : parents) ::rmdir((p / orphaned).c_str());
+  }
+  CHECK(::kill(alive, 0) == 0);  // a live runner's pid is never touched
   ::kill(alive, SIGKILL);
   ::waitpid(alive, nullptr, 0);
   for (const auto& p : parents) {
     for (const auto& n : kept) ::rmdir((p / n).c_str());
   }
-  CHECK(testing::WaitFor([&] { return ::rmdir((parents.front() / busy).c_str()) == 0; }, 5s));
 }
 
 TEST_CASE("no stray process, cgroup or mount is left after the suite", "[process][cleanup]") {
