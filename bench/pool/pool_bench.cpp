@@ -153,16 +153,20 @@ struct CpuUse {
   double host_s = 0, self_s = 0, postgres_s = 0;
 };
 
+// Busy CPU seconds of the whole host so far (/proc/stat, all cores).
+double HostBusySeconds() {
+  std::ifstream stat("/proc/stat");
+  std::string cpu;
+  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  return (user + nice + system + irq + softirq + steal) /
+         static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
 CpuUse CpuNow() {
   const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
   CpuUse u;
-  {
-    std::ifstream stat("/proc/stat");
-    std::string cpu;
-    double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
-    stat >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
-    u.host_s = (user + nice + system + irq + softirq + steal) / tick;
-  }
+  u.host_s = HostBusySeconds();
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     const std::string pid = entry.path().filename().string();
     if (pid.empty() || !std::isdigit(static_cast<unsigned char>(pid[0]))) continue;
@@ -196,11 +200,11 @@ void SettleHost() {
   const auto deadline = Clock::now() + std::chrono::seconds(20);
   int quiet = 0;
   while (quiet < 2 && Clock::now() < deadline) {
-    const CpuUse a = CpuNow();
+    const double a = HostBusySeconds();  // not CpuNow(): no walk of /proc per window
     const auto t0 = Clock::now();
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double busy = (CpuNow().host_s - a.host_s) / (wall * cores);
+    const double busy = (HostBusySeconds() - a) / (wall * cores);
     quiet = busy < 0.25 ? quiet + 1 : 0;
   }
 }

@@ -140,37 +140,9 @@ CgroupHost CgroupHost::Detect(const std::string& parent_name) {
   return host;
 }
 
-namespace {
-
-// Kills every process in the cgroup `dir` (cgroup.kill where the kernel has
-// it, else SIGKILL to each pid, repeated for ones forked meanwhile) and waits
-// up to 2 s for it to empty. Returns how many processes it found first.
-int KillStale(const fs::path& dir, bool v2) {
-  auto pids = [&] {
-    std::vector<int> out;
-    std::istringstream in(ReadFile(dir / "cgroup.procs"));
-    for (int p = 0; in >> p;) out.push_back(p);
-    return out;
-  };
-  const int found = static_cast<int>(pids().size());
-  const bool kill_file = v2 && Exists(dir / "cgroup.kill");
-  for (int i = 0; i < 200; ++i) {
-    const std::vector<int> left = pids();
-    if (left.empty()) break;
-    if (kill_file) {
-      (void)WriteFile(dir / "cgroup.kill", "1");
-    } else {
-      for (int p : left) ::kill(p, SIGKILL);
-    }
-    SleepMs(10);
-  }
-  return found;
-}
-
-}  // namespace
-
 int CgroupHost::RemoveStale() const {
-  int removed = 0;
+  // Names, not directories: a task cgroup has one directory per hierarchy.
+  std::set<std::string> stale;
   for (const CgroupHierarchy& h : hierarchies_) {
     std::error_code ec;
     for (fs::directory_iterator it(h.parent, ec), end; !ec && it != end; it.increment(ec)) {
@@ -189,32 +161,26 @@ int CgroupHost::RemoveStale() const {
       const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
       if (pid <= 0 || pid == ::getpid()) continue;
       if (::kill(pid, 0) == 0 || errno == EPERM) continue;  // its owner still runs
-      if (::rmdir(it->path().c_str()) == 0) {
-        ++removed;
-        continue;
-      }
-      if (errno != EBUSY) continue;
-      // Still holds processes: a task's children that outlived its node
-      // (PR_SET_PDEATHSIG reaches only the task's first process). They would
-      // run on beside the task's retry elsewhere: kill them, then remove it.
-      const int killed = KillStale(it->path(), h.v2);
-      for (int i = 0; i < 100; ++i) {
-        if (::rmdir(it->path().c_str()) == 0) {
-          ++removed;
-          spdlog::warn(
-              "process isolation: killed {} processes left in {} by a runner that is gone "
-              "(pid {})",
-              killed, it->path().string(), pid);
-          break;
-        }
-        SleepMs(10);
-      }
+      stale.insert(name);
     }
   }
-  if (removed > 0) {
-    spdlog::info("process isolation: removed {} cgroups left by processes that are gone", removed);
+  for (const std::string& name : stale) {
+    auto cg = TaskCgroup::Adopt(*this, name);
+    // Processes still inside are a task's children that outlived its node
+    // (PR_SET_PDEATHSIG reaches only the task's first process); they would
+    // run on beside the task's retry elsewhere.
+    if (const size_t left = cg->Pids().size(); left > 0) {
+      spdlog::warn(
+          "process isolation: killing {} processes left in cgroup {} by a runner that is gone",
+          left, name);
+    }
+    cg.reset();  // kills what is inside, removes the directories
   }
-  return removed;
+  if (!stale.empty()) {
+    spdlog::info("process isolation: removed {} cgroups left by processes that are gone",
+                 stale.size());
+  }
+  return static_cast<int>(stale.size());
 }
 
 CgroupHost CgroupHost::FromProcFiles(const std::string& mountinfo, const std::string& self_cgroup,
@@ -460,6 +426,20 @@ Result<std::unique_ptr<TaskCgroup>> TaskCgroup::Create(const CgroupHost& host,
   }
   if (cg->v2_dir_) {
     cg->v2_dir_fd_ = ::open(cg->v2_dir_->c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
+  return cg;
+}
+
+std::unique_ptr<TaskCgroup> TaskCgroup::Adopt(const CgroupHost& host, const std::string& name) {
+  std::unique_ptr<TaskCgroup> cg(new TaskCgroup());
+  const auto& hs = host.hierarchies();
+  for (size_t i = 0; i < hs.size(); ++i) {
+    const fs::path dir = hs[i].parent / name;
+    if (!Exists(dir)) continue;
+    cg->dirs_.push_back(dir);
+    cg->dirs_v2_.push_back(hs[i].v2);
+    if (host.v2() == i) cg->v2_dir_ = dir;
+    if (host.freezer() == i) cg->freezer_dir_ = dir;
   }
   return cg;
 }

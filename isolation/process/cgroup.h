@@ -146,6 +146,10 @@ class TaskCgroup {
   static Result<std::unique_ptr<TaskCgroup>> Create(const CgroupHost& host, const std::string& name,
                                                     const Limits& limits,
                                                     const CgroupRoles& roles = {});
+  // The directories named `name` that already exist under the host's
+  // parents (a runner that is gone left them): destroying it kills what is
+  // still inside and removes them.
+  static std::unique_ptr<TaskCgroup> Adopt(const CgroupHost& host, const std::string& name);
   // Kills every process left inside and removes the directories (or hands
   // them back to the spares it came from).
   ~TaskCgroup();

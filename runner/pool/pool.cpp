@@ -562,6 +562,16 @@ isolation::TaskSpec Pool::BuildSpec(const Worker& w, const queue::Task& task) co
   return spec;
 }
 
+queue::ClaimRequest Pool::ClaimRequestLocked(std::vector<std::string> worker_ids) const {
+  queue::ClaimRequest req;
+  req.node_id = options_.node_id;
+  req.worker_ids = std::move(worker_ids);
+  req.lease = options_.lease;
+  req.queues = options_.queues;
+  req.skip_isolations = unavailable_isolations_;
+  return req;
+}
+
 bool Pool::MayClaimNextLocked(const Worker& w) const {
   return options_.claim_on_finish && running_ && accepting_ && !draining_ && !throttled_ &&
          !w.retire && !w.exited;
@@ -570,11 +580,11 @@ bool Pool::MayClaimNextLocked(const Worker& w) const {
 std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
     const Worker& w, const queue::Task& task, const queue::FinishReport& report,
     std::optional<queue::Task>& next) {
-  std::vector<std::string> skip;
+  queue::ClaimRequest req;
   {
     std::lock_guard lock(mu_);
     if (!MayClaimNextLocked(w)) return std::nullopt;
-    skip = unavailable_isolations_;
+    req = ClaimRequestLocked({w.id});
   }
   // A few at a time: a hundred workers each claiming for themselves pile up
   // on the head of the claim index (SKIP LOCKED walks past every row another
@@ -584,12 +594,6 @@ std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
     finish_and_claims_.fetch_sub(1);
     return std::nullopt;
   }
-  queue::ClaimRequest req;
-  req.node_id = options_.node_id;
-  req.worker_ids = {w.id};
-  req.lease = options_.lease;
-  req.queues = options_.queues;
-  req.skip_isolations = std::move(skip);
   const auto t0 = SteadyClock::now();
   auto both = store_.FinishAndClaim(task.id, w.id, report, req);
   finish_and_claims_.fetch_sub(1);
@@ -796,7 +800,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
   while (!stop.stop_requested()) {
     CollectExitedWorkers();
     std::vector<std::string> ids;
-    std::vector<std::string> skip;
+    queue::ClaimRequest req;
     bool truncated = false;
     {
       std::unique_lock lock(mu_);
@@ -830,15 +834,9 @@ void Pool::ClaimLoop(std::stop_token stop) {
       truncated = ids.size() > kMaxClaimBatch;
       if (truncated) ids.resize(kMaxClaimBatch);
       for (const auto& id : ids) workers_[id]->claiming = true;
-      skip = unavailable_isolations_;
+      req = ClaimRequestLocked(ids);
     }
 
-    queue::ClaimRequest req;
-    req.node_id = options_.node_id;
-    req.worker_ids = ids;
-    req.lease = options_.lease;
-    req.queues = options_.queues;
-    req.skip_isolations = std::move(skip);
     const auto t0 = SteadyClock::now();
     auto claimed = store_.Claim(req);
     const auto t1 = SteadyClock::now();

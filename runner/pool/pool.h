@@ -173,6 +173,9 @@ class Pool {
   // Whether a worker finishing a task may claim its next one itself: the pool
   // claims (running, not draining or throttled) and the worker stays.
   bool MayClaimNextLocked(const Worker& w) const;
+  // A claim of one task per given worker, as this node claims now (its
+  // queues, lease, and the isolations it cannot run). Needs mu_.
+  queue::ClaimRequest ClaimRequestLocked(std::vector<std::string> worker_ids) const;
   // FinishAndClaim for a worker that may claim its next task and finds a free
   // slot (finish_and_claim_limit_): the finish's result, the claimed task in
   // `next`. nullopt when it may not: the caller finishes alone.
