@@ -515,11 +515,12 @@ void TaskCgroup::Signal(int sig) const {
 bool TaskCgroup::KillAll(int deadline_ms) const {
   if (dirs_.empty()) return true;
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(deadline_ms);
-  bool kill_file = v2_dir_ && Exists(*v2_dir_ / "cgroup.kill");
+  std::optional<bool> kill_file;  // looked up once there is something to kill
   int pause = 1;
   while (!Empty()) {
     if (std::chrono::steady_clock::now() > deadline) return false;
-    if (kill_file) {
+    if (!kill_file) kill_file = v2_dir_ && Exists(*v2_dir_ / "cgroup.kill");
+    if (*kill_file) {
       (void)WriteFile(*v2_dir_ / "cgroup.kill", "1");
     } else if (freezer_dir_) {
       // Frozen processes cannot fork, so one pass over cgroup.procs gets all.
@@ -614,13 +615,16 @@ Result<std::unique_ptr<TaskCgroup>> CgroupSpares::Acquire(const CgroupHost& host
     if (!created.ok()) return created.error();
     cg = std::move(created).value();
   }
-  cg->spares_ = this;
-  cg->cpu_base_ = 0;
-  cg->cpu_base_ = cg->Stats().cpu_seconds.value_or(0);
+  cg->spares_ = this;  // a new one starts at 0 CPU seconds, a spare at what Keep read
   return cg;
 }
 
 bool CgroupSpares::Keep(TaskCgroup& cg) {
+  // Its CPU time so far, the base of the next task's figure: read here, on
+  // the cleaner's thread, rather than when a task takes it (nothing runs in
+  // a spare meanwhile).
+  cg.cpu_base_ = 0;
+  const double cpu_so_far = cg.Stats().cpu_seconds.value_or(0);
   std::lock_guard lock(mu_);
   if (spares_.size() >= max_) return false;
   std::unique_ptr<TaskCgroup> kept(new TaskCgroup());
@@ -634,6 +638,7 @@ bool CgroupSpares::Keep(TaskCgroup& cg) {
   kept->v2_dir_fd_ = std::exchange(cg.v2_dir_fd_, -1);
   cg.dirs_.clear();
   cg.join_fds_.clear();
+  kept->cpu_base_ = cpu_so_far;
   spares_.push_back(std::move(kept));
   return true;
 }

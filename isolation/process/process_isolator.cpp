@@ -156,6 +156,14 @@ Result<std::pair<UniqueFd, UniqueFd>> Pipe() {
   return std::make_pair(UniqueFd(fds[0]), UniqueFd(fds[1]));
 }
 
+enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
+
+// Why a child could not exec: the step that failed and its errno.
+struct ChildReport {
+  ChildStage stage{};
+  int err = 0;
+};
+
 // Everything the child needs, prepared before fork: between fork and exec the
 // child may only make async-signal-safe calls (no allocation, no locks).
 struct ChildPlan {
@@ -163,7 +171,13 @@ struct ChildPlan {
   char* const* argv = nullptr;
   char* const* envp = nullptr;
   const char* cwd = nullptr;
-  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1, report_fd = -1;
+  int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
+  // Where a failure goes: a child in the runner's memory (CLONE_VM |
+  // CLONE_VFORK) writes `report`, which the parent reads once clone returns
+  // (the child has exec'd or exited by then); a copy writes `report_fd`, a
+  // pipe that closes on exec.
+  ChildReport* report = nullptr;
+  int report_fd = -1;
   const int* join_fds = nullptr;
   size_t join_count = 0;
   struct Limit {
@@ -175,15 +189,18 @@ struct ChildPlan {
   pid_t parent = 0;  // the runner; the task dies with it
 };
 
-enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
-
-[[noreturn]] RUNNER_CHILD_CODE void ReportAndExit(int fd, ChildStage stage) {
+[[noreturn]] RUNNER_CHILD_CODE void ReportAndExit(const ChildPlan& p, ChildStage stage) {
   int err = errno;
-  unsigned char msg[1 + sizeof(int)];
-  msg[0] = stage;
-  std::memcpy(msg + 1, &err, sizeof(int));
-  ssize_t ignored = ::write(fd, msg, sizeof(msg));
-  (void)ignored;
+  if (p.report != nullptr) {
+    p.report->stage = stage;
+    p.report->err = err;
+  } else {
+    unsigned char msg[1 + sizeof(int)];
+    msg[0] = stage;
+    std::memcpy(msg + 1, &err, sizeof(int));
+    ssize_t ignored = ::write(p.report_fd, msg, sizeof(msg));
+    (void)ignored;
+  }
   ::_exit(127);
 }
 
@@ -195,7 +212,7 @@ enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (::getppid() != p.parent) ::_exit(127);
   for (size_t i = 0; i < p.join_count; ++i) {
-    if (::write(p.join_fds[i], "0", 1) != 1) ReportAndExit(p.report_fd, kJoinCgroup);
+    if (::write(p.join_fds[i], "0", 1) != 1) ReportAndExit(p, kJoinCgroup);
   }
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -207,18 +224,18 @@ enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   for (size_t i = 0; i < p.limit_count; ++i) {
     if (::setrlimit(p.limits[i].resource, &p.limits[i].value) != 0) {
-      ReportAndExit(p.report_fd, kSetLimits);
+      ReportAndExit(p, kSetLimits);
     }
   }
-  if (::chdir(p.cwd) != 0) ReportAndExit(p.report_fd, kChdir);
+  if (::chdir(p.cwd) != 0) ReportAndExit(p, kChdir);
   if (::dup2(p.stdin_fd, 0) < 0 || ::dup2(p.stdout_fd, 1) < 0 || ::dup2(p.stderr_fd, 2) < 0) {
-    ReportAndExit(p.report_fd, kChdir);
+    ReportAndExit(p, kChdir);
   }
   // Descriptors other threads of the runner opened without O_CLOEXEC must not
   // reach the task.
   ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
   ::execve(p.path, p.argv, p.envp);
-  ReportAndExit(p.report_fd, kExec);
+  ReportAndExit(p, kExec);
 }
 
 #ifdef RUNNER_SHARED_SPAWN
@@ -318,6 +335,12 @@ std::string Bytes(int64_t b) {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// std::thread::hardware_concurrency() reads sysfs on every call.
+unsigned HostCores() {
+  static const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  return cores;
+}
+
 // CPU seconds and resident memory of one process (the no-cgroup fallback).
 std::pair<double, int64_t> ProcUsage(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
@@ -368,13 +391,14 @@ namespace {
 class TaskRun {
  public:
   TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, CgroupSpares& spares,
-          ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, const TaskSpec& spec,
+          ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, int devnull, const TaskSpec& spec,
           Observer& observer, std::stop_token stop)
       : options_(options),
         host_(cgroups),
         spares_(spares),
         cleaner_(cleaner),
         work_root_(work_root),
+        devnull_(devnull),
         spec_(spec),
         observer_(observer),
         stop_(stop) {}
@@ -407,6 +431,7 @@ class TaskRun {
   CgroupSpares& spares_;
   ProcessIsolator::Cleaner& cleaner_;
   WorkRoot& work_root_;
+  const int devnull_;  // the tasks' stdin, or -1: open one
   const TaskSpec& spec_;
   Observer& observer_;
   std::stop_token stop_;
@@ -499,14 +524,17 @@ Status TaskRun::Spawn() {
   std::vector<char*> envp = CStrings(env_storage);
   std::string cwd = work_dir_->path().string();
 
-  UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (devnull.get() < 0) return MakeError("internal", "open /dev/null failed");
+  UniqueFd own_devnull;
+  int devnull = devnull_;
+  if (devnull < 0) {
+    own_devnull = UniqueFd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (own_devnull.get() < 0) return MakeError("internal", "open /dev/null failed");
+    devnull = own_devnull.get();
+  }
   auto out = Pipe();
   if (!out.ok()) return out.error();
   auto err = Pipe();
   if (!err.ok()) return err.error();
-  auto report = Pipe();
-  if (!report.ok()) return report.error();
   wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (wake_.get() < 0) return MakeError("internal", "eventfd failed");
 
@@ -516,10 +544,11 @@ Status TaskRun::Spawn() {
   plan.envp = envp.data();
   plan.cwd = cwd.c_str();
   plan.parent = ::getpid();
-  plan.stdin_fd = devnull.get();
+  plan.stdin_fd = devnull;
   plan.stdout_fd = out->second.get();
   plan.stderr_fd = err->second.get();
-  plan.report_fd = report->second.get();
+  ChildReport shared_report;
+  plan.report = &shared_report;
   // Two plans: cloned straight into the v2 cgroup the child joins only the
   // v1 ones; after a plain fork it joins them all.
   std::vector<int> joins_v1, joins_all;
@@ -549,8 +578,7 @@ Status TaskRun::Spawn() {
     add_limit(RLIMIT_NPROC, static_cast<rlim_t>(lim.pids));
   }
   if (spec_.timeout.count() > 0) {
-    double cores = lim.cpus > 0 ? std::ceil(lim.cpus)
-                                : static_cast<double>(std::thread::hardware_concurrency());
+    double cores = lim.cpus > 0 ? std::ceil(lim.cpus) : static_cast<double>(HostCores());
     double secs = std::chrono::duration<double>(spec_.timeout).count() * std::max(cores, 1.0);
     add_limit(RLIMIT_CPU, static_cast<rlim_t>(std::ceil(secs)) + 5);
   }
@@ -567,65 +595,84 @@ Status TaskRun::Spawn() {
   start_ = Clock::now();
   int pidfd = -1;
   pid_t pid = -1;
-  if (v2_fd >= 0) {
-    clone_args args{};
-    args.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
-    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-    args.exit_signal = SIGCHLD;
-    args.cgroup = static_cast<uint64_t>(v2_fd);
-    long r = -1;
 #ifdef RUNNER_SHARED_SPAWN
-    if (options_.shared_memory_spawn) r = CloneSharingMemory(args, cloned_plan);
-#endif
-    if (r < 0 && !kTsan) {
-      // Raw clone3 skips glibc's fork handlers: the child only makes raw
-      // system calls until exec, like after vfork.
-      pidfd = -1;
-      r = ::syscall(SYS_clone3, &args, sizeof(args));
-      if (r == 0) ChildMain(cloned_plan);
-    }
-    pid = static_cast<pid_t>(r);  // -1: old kernel or unusable cgroup, fork below
-    if (r < 0) pidfd = -1;
-  }
-#ifdef RUNNER_SHARED_SPAWN
-  if (pid < 0 && options_.shared_memory_spawn) {
+  if (options_.shared_memory_spawn) {
     clone_args args{};
     args.flags = CLONE_PIDFD;
     args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
     args.exit_signal = SIGCHLD;
-    pid = static_cast<pid_t>(CloneSharingMemory(args, plan));
+    if (v2_fd >= 0) {
+      clone_args into = args;
+      into.flags |= CLONE_INTO_CGROUP;
+      into.cgroup = static_cast<uint64_t>(v2_fd);
+      pid = static_cast<pid_t>(CloneSharingMemory(into, cloned_plan));
+    }
+    if (pid < 0) {  // an old kernel or an unusable cgroup: join after the clone
+      pidfd = -1;
+      pid = static_cast<pid_t>(CloneSharingMemory(args, plan));
+    }
     if (pid < 0) pidfd = -1;
   }
 #endif
+  int spawn_errno = 0;
+  UniqueFd report_read;
   if (pid < 0) {
-    pid = ::fork();
-    if (pid == 0) ChildMain(plan);
-  }
+    // A copy of the runner reports through a pipe that closes on exec.
+    auto report = Pipe();
+    if (!report.ok()) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      return report.error();
+    }
+    report_read = std::move(report->first);
+    plan.report = cloned_plan.report = nullptr;
+    plan.report_fd = cloned_plan.report_fd = report->second.get();
+    if (v2_fd >= 0 && !kTsan) {
+      // Raw clone3 skips glibc's fork handlers: the child only makes raw
+      // system calls until exec, like after vfork.
+      clone_args args{};
+      args.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+      args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+      args.exit_signal = SIGCHLD;
+      args.cgroup = static_cast<uint64_t>(v2_fd);
+      long r = ::syscall(SYS_clone3, &args, sizeof(args));
+      if (r == 0) ChildMain(cloned_plan);
+      pid = static_cast<pid_t>(r);  // -1: old kernel or unusable cgroup, fork below
+      if (r < 0) pidfd = -1;
+    }
+    if (pid < 0) {
+      pid = ::fork();
+      if (pid == 0) ChildMain(plan);
+    }
+    spawn_errno = errno;
+  }  // the parent's end of the report pipe closes here
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) {
-    return MakeError("internal", std::string("fork: ") + std::strerror(errno) +
+    return MakeError("internal", std::string("fork: ") + std::strerror(spawn_errno) +
                                      " (the host is out of processes or memory)");
   }
   pid_ = pid;
   if (cgroup_) cgroup_->DoneJoining();
   out->second.Reset();
   err->second.Reset();
-  report->second.Reset();
   out_ = std::move(out->first);
   err_ = std::move(err->first);
 
-  // The report pipe closes on exec (O_CLOEXEC) or carries why it failed.
-  pollfd pfd{report->first.get(), POLLIN, 0};
-  if (::poll(&pfd, 1, static_cast<int>(kExecReportTimeout.count())) > 0) {
-    unsigned char msg[1 + sizeof(int)];
-    ssize_t n;
-    do {
-      n = ::read(report->first.get(), msg, sizeof(msg));
-    } while (n < 0 && errno == EINTR);
-    if (n == static_cast<ssize_t>(sizeof(msg))) {
-      exec_stage_ = static_cast<ChildStage>(msg[0]);
-      std::memcpy(&exec_errno_, msg + 1, sizeof(int));
+  if (report_read.get() >= 0) {
+    pollfd pfd{report_read.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(kExecReportTimeout.count())) > 0) {
+      unsigned char msg[1 + sizeof(int)];
+      ssize_t n;
+      do {
+        n = ::read(report_read.get(), msg, sizeof(msg));
+      } while (n < 0 && errno == EINTR);
+      if (n == static_cast<ssize_t>(sizeof(msg))) {
+        exec_stage_ = static_cast<ChildStage>(msg[0]);
+        std::memcpy(&exec_errno_, msg + 1, sizeof(int));
+      }
     }
+  } else if (shared_report.stage != 0) {
+    exec_stage_ = shared_report.stage;
+    exec_errno_ = shared_report.err;
   }
   pidfd_ = UniqueFd(pidfd >= 0 ? pidfd : static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0)));
   return {};
@@ -672,8 +719,7 @@ void TaskRun::CheckLimit(const std::string& resource, double value, double limit
                         std::to_string(static_cast<int>(options_.over_limit.soft_fraction * 100)) +
                         "% of its limit)";
   if (action == OverLimitAction::kThrottle) {
-    double from =
-        cpu_limit_ > 0 ? cpu_limit_ : static_cast<double>(std::thread::hardware_concurrency());
+    double from = cpu_limit_ > 0 ? cpu_limit_ : static_cast<double>(HostCores());
     double to = std::max(0.01, from / 2);
     if (cgroup_ && cgroup_->limits_cpu() && cgroup_->SetCpuLimit(to).ok()) {
       cpu_limit_ = to;
@@ -958,16 +1004,19 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
     cgroups_.RemoveStale();
   }
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
+  devnull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // -1: each task opens its own
   cgroup_spares_ = std::make_unique<CgroupSpares>();
   cleaner_ = std::make_unique<Cleaner>();
 }
 
-ProcessIsolator::~ProcessIsolator() = default;
+ProcessIsolator::~ProcessIsolator() {
+  if (devnull_ >= 0) ::close(devnull_);
+}
 
 void ProcessIsolator::WaitForCleanup() { cleaner_->Wait(); }
 
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
-  TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, spec, observer,
+  TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, devnull_, spec, observer,
               std::move(stop));
   return run.Run();
 }

@@ -107,6 +107,7 @@ class ProcessIsolator : public Isolator {
   CgroupHost cgroups_;
   std::unique_ptr<WorkRoot> work_root_;
   std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
+  int devnull_ = -1;                             // stdin of every task
   std::unique_ptr<Cleaner> cleaner_;             // last: drained first
 };
 

@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <mutex>
 #include <sstream>
@@ -260,6 +262,17 @@ TEST_CASE("a task starts the same whether its child shares the runner's memory o
   RunResult r = iso.Run(Spec({"no-such-command-rt"}), missing, {});
   CHECK(r.exit_code == 127);
   CHECK_THAT(missing.err(), Catch::Contains("command not found: no-such-command-rt"));
+  // An executable that the kernel cannot run: found, started, and the
+  // child's exec fails; what it reports reaches the result either way.
+  const fs::path bogus = dir.path() / "not-a-program";
+  { std::ofstream(bogus) << "neither ELF nor #!\n"; }
+  fs::permissions(bogus, fs::perms::owner_all);
+  Recorder unrunnable;
+  RunResult bad = iso.Run(Spec({bogus.string()}), unrunnable, {});
+  CHECK(bad.kind == Kind::kError);
+  CHECK(bad.error_code == "internal");
+  CHECK_THAT(bad.message, Catch::Contains("cannot run " + bogus.string()) &&
+                              Catch::Contains(std::strerror(ENOEXEC)));
   CHECK(NoChildren());
   CHECK(NoTaskDirs(iso, dir.path() / "work"));
 }
