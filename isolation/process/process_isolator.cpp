@@ -1004,9 +1004,11 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
     cgroups_.RemoveStale();
   }
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
-  devnull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // -1: each task opens its own
   cgroup_spares_ = std::make_unique<CgroupSpares>();
   cleaner_ = std::make_unique<Cleaner>();
+  // Last: nothing after it throws, so the destructor closes it. -1: each
+  // task opens its own.
+  devnull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
 ProcessIsolator::~ProcessIsolator() {

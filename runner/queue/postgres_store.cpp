@@ -177,6 +177,12 @@ std::string PgArray(const std::vector<std::string>& items) {
   return out;
 }
 
+// NULL for an empty list (the claims read it as "all queues", "skip none").
+std::optional<std::string> PgArrayOrNull(const std::vector<std::string>& items) {
+  if (items.empty()) return std::nullopt;
+  return PgArray(items);
+}
+
 std::string PgArrayNullable(const std::vector<std::optional<std::string>>& items) {
   std::string out = "{";
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -774,10 +780,8 @@ Result<LogPage> PostgresStore::Logs(std::string_view task_id, LogStream stream, 
 Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
   using R = Result<std::vector<Task>>;
   if (request.worker_ids.empty()) return std::vector<Task>{};
-  std::optional<std::string> queues;
-  if (!request.queues.empty()) queues = PgArray(request.queues);
-  std::optional<std::string> skip;
-  if (!request.skip_isolations.empty()) skip = PgArray(request.skip_isolations);
+  const auto queues = PgArrayOrNull(request.queues);
+  const auto skip = PgArrayOrNull(request.skip_isolations);
   return Execute<R>(*pool_, "claim", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);  // one statement: atomic on its own
     auto r = tx.exec_prepared(sql::kClaim.name, PgArray(request.worker_ids), request.node_id,
@@ -936,10 +940,8 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
   auto params = ToFinishParams(report);
   if (!params.ok()) return params.error();
   const FinishParams& p = *params;
-  std::optional<std::string> queues;
-  if (!next.queues.empty()) queues = PgArray(next.queues);
-  std::optional<std::string> skip;
-  if (!next.skip_isolations.empty()) skip = PgArray(next.skip_isolations);
+  const auto queues = PgArrayOrNull(next.queues);
+  const auto skip = PgArrayOrNull(next.skip_isolations);
   return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
     std::string tid(task_id);
     FinishAndNext out;

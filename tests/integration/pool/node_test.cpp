@@ -46,6 +46,14 @@ std::optional<runner::queue::Task> Final(Node& node, const std::string& id) {
   return std::nullopt;
 }
 
+// A node in auto mode whose Docker Engine is at `docker_host`.
+runner::Config AutoConfig(const TempDir& dir, int workers, const std::string& docker_host) {
+  auto config = NodeConfig(dir, workers);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = docker_host;
+  return config;
+}
+
 TaskState StateOf(Node& node, const std::string& id) {
   auto t = node.store().Get(id);
   return t.ok() ? t->state : TaskState::kQueued;
@@ -115,10 +123,7 @@ TEST_CASE("a docker task runs in a container on a node in auto mode", "[pool][no
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
-  auto config = NodeConfig(dir, 1);
-  config.mode = runner::isolation::IsolationMode::kAuto;
-  config.docker_host = runner::testing::DockerHost();
-  auto node = MakeNode(config, db, registry);
+  auto node = MakeNode(AutoConfig(dir, 1, runner::testing::DockerHost()), db, registry);
   REQUIRE(node->Start().ok());
   auto status = node->Status();
   CHECK(status.docker_available);
@@ -143,10 +148,7 @@ TEST_CASE("a node running a container and a process at once says its mode is mix
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
-  auto config = NodeConfig(dir, 2);
-  config.mode = runner::isolation::IsolationMode::kAuto;
-  config.docker_host = runner::testing::DockerHost();
-  auto node = MakeNode(config, db, registry);
+  auto node = MakeNode(AutoConfig(dir, 2, runner::testing::DockerHost()), db, registry);
   REQUIRE(node->Start().ok());
   REQUIRE(node->Status().mode == "docker");
 
@@ -176,10 +178,7 @@ TEST_CASE("when Docker goes away an auto node runs new tasks as processes and sa
                                      runner::testing::DockerSocketPath());
   proxy.Open();
   runner::metrics::Registry registry;
-  auto config = NodeConfig(dir, 1);
-  config.mode = runner::isolation::IsolationMode::kAuto;
-  config.docker_host = proxy.host();
-  auto node = MakeNode(config, db, registry);
+  auto node = MakeNode(AutoConfig(dir, 1, proxy.host()), db, registry);
   REQUIRE(node->Start().ok());
   REQUIRE(node->Status().docker_available);
 
