@@ -1,6 +1,6 @@
 #pragma once
 
-// Bearer-token checks and the listen-address policy of the API (API.md, Auth).
+// Bearer-token checks and the listen-address policy of the API (docs/api.md, Auth).
 // The token is compared in constant time so its bytes cannot be guessed from
 // response timings.
 //

@@ -1,6 +1,6 @@
 #pragma once
 
-// JSON mapping of the REST contract (API.md): request bodies in, tasks,
+// JSON mapping of the REST contract (docs/api.md, docs/openapi.yaml): request bodies in, tasks,
 // status, workers, nodes and events out. Parsing is strict: unknown fields,
 // wrong types and out-of-range values are `validation_failed` errors whose
 // message names the field; a body that is not JSON is `bad_request`. Times are

@@ -105,7 +105,7 @@ struct RunResult {
   };
   Kind kind = Kind::kError;
   int exit_code = -1;      // valid for kExited; the signal-derived code otherwise when known
-  std::string error_code;  // API.md error code when kind != kExited
+  std::string error_code;  // docs/api.md error code when kind != kExited
   std::string message;     // what happened, how to fix it
   Usage usage;
   std::string isolation;  // "docker" or "process": what actually ran it

@@ -2,8 +2,8 @@
 
 // Error values for expected failures (daemon down, database unreachable, bad
 // request, container exit). Exceptions are reserved for bugs and bad
-// configuration (STYLE.md). `Error::code` is one of the snake_case codes of
-// API.md (`not_found`, `validation_failed`, `image_not_found`, ...), so the API
+// configuration. `Error::code` is one of the snake_case codes of docs/api.md
+// (`not_found`, `validation_failed`, `image_not_found`, ...), so the API
 // layer can map it to HTTP without guessing; `message` says what happened and
 // how to fix it.
 //

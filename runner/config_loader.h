@@ -1,8 +1,8 @@
 #pragma once
 
 // Builds a Config from its sources with the precedence flags > RUNNER_*
-// environment > YAML file (--config) > defaults (DESIGN.md). Each setting has a
-// flag name (API.md's `runner serve` table), an environment name
+// environment > YAML file (--config) > defaults. Each setting has a
+// flag name (the README's `runner serve` table), an environment name
 // (RUNNER_ + the flag upper-cased with '-' as '_', e.g. RUNNER_MAX_WORKERS) and
 // a YAML key; the YAML keys follow seed 002's example where one fits:
 //

@@ -1,4 +1,4 @@
-// The `runner` binary: wiring only (STYLE.md). Parses the command line with
+// The `runner` binary: wiring only. Parses the command line with
 // CLI11 and hands over to api/serve.h (serve, migrate) and
 // api/client/commands.h (the client commands).
 #include <CLI/CLI.hpp>

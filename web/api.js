@@ -1,4 +1,4 @@
-// Talks to the runner's REST API (see shared/API.md). Keeps the bearer token in
+// Talks to the runner's REST API (see docs/api.md). Keeps the bearer token in
 // sessionStorage; asks for it (once, with a small dialog) when a call answers 401.
 
 const TOKEN_KEY = 'runner.token';

@@ -1,6 +1,6 @@
 #pragma once
 
-// A small HTTP client of the REST API (API.md) for the CLI. Server errors come
+// A small HTTP client of the REST API (docs/api.md) for the CLI. Server errors come
 // back as Error{code, message} exactly as the server sent them; a server that
 // cannot be reached is `unavailable` with a message naming the URL.
 //

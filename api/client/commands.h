@@ -1,6 +1,6 @@
 #pragma once
 
-// The client commands of `runner` (API.md, Command line): each talks to the
+// The client commands of `runner` (README, Client commands): each talks to the
 // server through ApiClient, prints a human table (or the API's JSON with
 // --json) on stdout, prints a server error as its message on stderr and
 // returns the process exit code (0 ok, 1 error, 2 bad usage; `submit --wait`

@@ -2,7 +2,7 @@
 
 // A small Prometheus registry: counters, gauges and histograms with fixed label
 // sets, rendered in text exposition format 0.0.4. Written by hand because no
-// Debian-packaged client library fits (DESIGN.md). Metric families are created
+// Debian-packaged client library fits. Metric families are created
 // once (at start) and updated lock-free afterwards.
 //
 // Thread-safety: Get*() and Render() take the registry mutex; updates to a

@@ -293,7 +293,7 @@ NodeStatus Node::Status() {
     s.docker_version = docker_version_;
   }
   s.pool = pool_->GetStatus();
-  // API.md's third mode: tasks in containers and as processes at once.
+  // docs/api.md's third mode: tasks in containers and as processes at once.
   if (s.pool.running_docker > 0 && s.pool.running_process > 0) s.mode = "mixed";
   s.resources = monitor_->Last();
   s.backpressure = pool_->Backpressure();

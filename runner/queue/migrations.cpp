@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
   applied_at timestamptz NOT NULL DEFAULT now()
 ))sql";
 
-// v1: the data model of DESIGN.md. Partial indexes keep the claim and the
+// v1: the data model of docs/architecture.md. Partial indexes keep the claim and the
 // live-state counts off the (large) history of finished tasks; finished-state
 // counts are kept in sharded counters maintained by a trigger, so Counts()
 // never scans the whole table. No index covers lease_expires_at, the log

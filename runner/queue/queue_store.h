@@ -10,7 +10,7 @@
 // change they describe.
 //
 // Thread-safety: all methods may be called concurrently from any thread.
-// Expected failures come back as Error values with API.md codes
+// Expected failures come back as Error values with docs/api.md codes
 // (`not_found`, `conflict`, `validation_failed`, `unavailable`, `internal`).
 
 #include <chrono>
@@ -140,7 +140,7 @@ struct WorkerInfo {
 struct Event {
   int64_t id = 0;
   TimePoint at{};
-  std::string kind;  // API.md event names: task.queued, worker.started, pool.throttled, ...
+  std::string kind;  // docs/api.md event names: task.queued, worker.started, pool.throttled, ...
   std::optional<std::string> task_id;
   std::optional<std::string> worker_id;
   std::string data_json = "{}";

@@ -1,7 +1,7 @@
 #pragma once
 
 // The task as the queue stores it and as every layer above passes it around.
-// Field names follow API.md; times are UTC.
+// Field names follow docs/api.md; times are UTC.
 //
 // Thread-safety: value types.
 
@@ -28,7 +28,7 @@ bool IsFinal(TaskState state);
 
 struct TaskError {
   std::string
-      code;  // API.md: oom_killed | timed_out | cancelled | nonzero_exit | image_not_found
+      code;  // docs/api.md: oom_killed | timed_out | cancelled | nonzero_exit | image_not_found
              // | isolation_unavailable | lease_lost | over_limit | dependency_failed | internal
   std::string message;
 };

@@ -14,7 +14,7 @@
 
 namespace runner::queue {
 
-// Bounds enforced on every submission (documented in API.md terms).
+// Bounds enforced on every submission (documented in docs/api.md).
 inline constexpr double kMaxCpus = 1024;
 inline constexpr int64_t kMinMemory = 4LL << 20;      // 4 MiB: less cannot start a process
 inline constexpr int64_t kMaxMemory = 1LL << 40;      // 1 TiB

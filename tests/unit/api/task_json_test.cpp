@@ -80,7 +80,7 @@ TEST_CASE("wrong types, unknown fields and out-of-range values name the field", 
             .rfind("limits.memory", 0) == 0);
 }
 
-TEST_CASE("a task is written with exactly the fields of API.md", "[api][json]") {
+TEST_CASE("a task is written with exactly the fields of docs/api.md", "[api][json]") {
   runner::queue::Task t;
   t.id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
   t.command = {"echo", "hi"};
@@ -116,7 +116,7 @@ TEST_CASE("a task is written with exactly the fields of API.md", "[api][json]") 
   CHECK(back->exit_code == 0);
 }
 
-TEST_CASE("status has every section of API.md with zero counts filled in", "[api][json]") {
+TEST_CASE("status has every section of docs/api.md with zero counts filled in", "[api][json]") {
   runner::NodeStatus s;
   s.node_id = "n";
   s.mode = "process";
