@@ -16,6 +16,7 @@
 #include "api/auth.h"
 #include "api/elastic_task_queue.h"
 #include "api/event_hub.h"
+#include "api/openapi.h"
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
@@ -70,7 +71,7 @@ Error ErrorForStatus(int status) {
     case 400:
       return MakeError("bad_request", "the request could not be parsed");
     case 404:
-      return MakeError("not_found", "no such endpoint; see API.md for the routes under /api/v1");
+      return MakeError("not_found", "no such endpoint; see docs/api.md for the routes under /api/v1");
     case 405:
       return MakeError("bad_request", "method not allowed on this endpoint");
     case 413:
@@ -732,6 +733,8 @@ void ApiServer::Routes() {
           }
           SendJson(res, 200, json::object{{"status", "ready"}});
         }));
+
+  s.Get("/api/v1/openapi.yaml", wrap(Access::kPublic, ServeOpenApi));
 
   // --- the dashboard ------------------------------------------------------------
   // Public: the files hold no data; the page asks for the token and sends it

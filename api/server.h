@@ -1,7 +1,8 @@
 #pragma once
 
-// The REST + SSE server of API.md (cpp-httplib): tasks, pool, workers, nodes,
-// events, /metrics, /healthz, /readyz and the embedded dashboard at `/`.
+// The REST + SSE server of docs/api.md (cpp-httplib): tasks, pool, workers, nodes,
+// events, /metrics, /healthz, /readyz, the contract (/api/v1/openapi.yaml) and
+// the embedded dashboard at `/`.
 //
 // Contract:
 // - Start() binds (port 0 picks a free port, see port()) and serves on a
@@ -10,7 +11,8 @@
 //   destructor.
 // - A listen address that is not loopback needs a token: Start() refuses with
 //   a `validation_failed` error otherwise.
-// - With a token every endpoint but /healthz, /readyz and /metrics needs
+// - With a token every endpoint but /healthz, /readyz, /metrics,
+//   /api/v1/openapi.yaml and the dashboard's files needs
 //   `Authorization: Bearer <token>` (401 `unauthorized`). Because browsers
 //   cannot set headers on EventSource, the two SSE endpoints (events, and logs
 //   with follow=1) also accept `?token=<token>`; nothing else does.
