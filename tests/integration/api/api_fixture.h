@@ -1,7 +1,8 @@
 #pragma once
 
 // A real node (PostgreSQL store, process isolation, real pool) behind the real
-// ApiServer on a free loopback port, for driving the API over HTTP.
+// ApiServer on a free loopback port, for driving the API over HTTP. Every
+// answer http() gets is checked against docs/openapi.yaml (ContractClient).
 
 #include <httplib.h>
 
@@ -14,6 +15,7 @@
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/node.h"
+#include "tests/support/contract_client.h"
 #include "tests/support/services.h"
 
 namespace runner::testing {
@@ -43,16 +45,16 @@ class ApiFixture {
     options.logs_poll = std::chrono::milliseconds(50);
     server_ = std::make_unique<api::ApiServer>(options, node_->store(), *node_, registry_);
     if (auto st = server_->Start(); !st) throw std::runtime_error("api: " + st.error().message);
-    client_ = std::make_unique<httplib::Client>("127.0.0.1", server_->port());
-    client_->set_read_timeout(std::chrono::seconds(30));
-    if (token) client_->set_bearer_token_auth(*token);
+    client_ = std::make_unique<ContractClient>("127.0.0.1", server_->port());
+    client_->raw().set_read_timeout(std::chrono::seconds(30));
+    if (token) client_->raw().set_bearer_token_auth(*token);
   }
   ~ApiFixture() {
     server_->Stop();
     node_->Shutdown(StopOptions{true, std::chrono::seconds(0)});
   }
 
-  httplib::Client& http() { return *client_; }
+  ContractClient& http() { return *client_; }
   int port() const { return server_->port(); }
   pool::Node& node() { return *node_; }
   std::string base() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
@@ -82,7 +84,7 @@ class ApiFixture {
   metrics::Registry registry_;
   std::unique_ptr<pool::Node> node_;
   std::unique_ptr<api::ApiServer> server_;
-  std::unique_ptr<httplib::Client> client_;
+  std::unique_ptr<ContractClient> client_;
 };
 
 }  // namespace runner::testing

@@ -11,10 +11,13 @@
 
 #include "api/client/api_client.h"
 #include "tests/integration/api/api_fixture.h"
+#include "tests/support/openapi_contract.h"
 
 namespace json = boost::json;
 using namespace std::chrono_literals;
 using runner::testing::ApiFixture;
+using runner::testing::ContractClient;
+using runner::testing::OpenApiContract;
 using runner::testing::WaitFor;
 
 TEST_CASE("a submitted task can be fetched, listed and runs to success", "[api][tasks]") {
@@ -75,7 +78,7 @@ TEST_CASE("listing pages with a cursor, newest first, filtered by queue", "[api]
   CHECK(page2.at("tasks").as_array()[1].at("id").as_string() == ids[0]);
 }
 
-TEST_CASE("bad requests get the error codes of API.md", "[api][errors]") {
+TEST_CASE("bad requests get the error codes of docs/api.md", "[api][errors]") {
   ApiFixture f;
   auto& h = f.http();
   auto malformed = h.Post("/api/v1/tasks", "{nope", "application/json");
@@ -153,6 +156,8 @@ TEST_CASE("following a task's logs streams its output from start to the end even
   auto st = client.Stream("/api/v1/tasks/" + id + "/logs?follow=1",
                           [&](const runner::api::SseMessage& m) {
                             auto v = json::parse(m.data);
+                            const char* schema = m.event == "log" ? "LogChunk" : "Task";
+                            CHECK(OpenApiContract::Project().CheckSchema(schema, v) == "");
                             if (m.event == "log") {
                               auto& s = v.at("stream").as_string();
                               (s == "stdout" ? out : err) += std::string(v.at("data").as_string());
@@ -221,6 +226,12 @@ TEST_CASE("the events stream sees a task's whole life", "[api][sse][events]") {
   std::lock_guard lock(reader.mu);
   for (std::size_t i = 1; i < reader.seen.size(); ++i) {
     CHECK(std::stoll(reader.seen[i].id) > std::stoll(reader.seen[i - 1].id));
+  }
+  for (const auto& m : reader.seen) {
+    auto data = json::parse(m.data);
+    CHECK(OpenApiContract::Project().CheckSchema("Event", data) == "");
+    CHECK(data.at("kind").as_string() == m.event);
+    CHECK(std::to_string(data.at("id").as_int64()) == m.id);
   }
 }
 
@@ -355,12 +366,12 @@ TEST_CASE("a POST without a body or Content-Length works, as `curl -X POST` send
 
 TEST_CASE("with a token, the API needs it but health and metrics do not", "[api][auth]") {
   ApiFixture f("s3cret");
-  httplib::Client anon("127.0.0.1", f.port());
+  ContractClient anon("127.0.0.1", f.port());
   auto denied = anon.Get("/api/v1/status");
   REQUIRE(denied->status == 401);
   CHECK(f.ErrorCode(denied) == "unauthorized");
-  httplib::Client wrong("127.0.0.1", f.port());
-  wrong.set_bearer_token_auth("s3creT");
+  ContractClient wrong("127.0.0.1", f.port());
+  wrong.raw().set_bearer_token_auth("s3creT");
   CHECK(wrong.Get("/api/v1/tasks")->status == 401);
   CHECK(f.http().Get("/api/v1/status")->status == 200);
   CHECK(anon.Get("/healthz")->status == 200);
@@ -438,8 +449,23 @@ TEST_CASE("the dashboard is served from the binary with content types and revali
   REQUIRE_FALSE(etag.empty());
   auto again = f.http().Get("/", httplib::Headers{{"If-None-Match", etag}});
   CHECK(again->status == 304);
+  // web/app.js is the dashboard's code: the page is dead without it.
   auto js = f.http().Get("/app.js");
-  if (js->status == 200)
-    CHECK(js->get_header_value("Content-Type").rfind("text/javascript", 0) == 0);
+  REQUIRE(js->status == 200);
+  CHECK(js->get_header_value("Content-Type").rfind("text/javascript", 0) == 0);
+  CHECK(js->body.find("/api/v1/") != std::string::npos);
   CHECK(f.http().Get("/no-such-file.js")->status == 404);
+}
+
+TEST_CASE("the contract is served as built, without a token, and it lints as the tests use it",
+          "[api][openapi]") {
+  ApiFixture f("s3cret");
+  ContractClient anon("127.0.0.1", f.port());
+  auto res = anon.Get("/api/v1/openapi.yaml");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK(res->get_header_value("Content-Type").rfind("application/yaml", 0) == 0);
+  // What the binary serves is the docs/openapi.yaml these tests check answers against.
+  CHECK(OpenApiContract(res->body).document() == OpenApiContract::Project().document());
+  CHECK(res->body.rfind("openapi: 3.1", 0) == 0);
 }
