@@ -71,7 +71,8 @@ Error ErrorForStatus(int status) {
     case 400:
       return MakeError("bad_request", "the request could not be parsed");
     case 404:
-      return MakeError("not_found", "no such endpoint; see docs/api.md for the routes under /api/v1");
+      return MakeError("not_found",
+                       "no such endpoint; see docs/api.md for the routes under /api/v1");
     case 405:
       return MakeError("bad_request", "method not allowed on this endpoint");
     case 413:

@@ -205,8 +205,8 @@ TEST_CASE(
   CHECK(unknown.status == 400);
   CHECK(att_health.failures == 0);
   CHECK(att_list.failures == 0);
-  CHECK(att_health.p50 < 250);
-  CHECK(att_list.p50 < 500);
+  // No speed is asserted here (a test never asserts a speed): the latency
+  // under attack is measured by bench/api, and reported in the table above.
   CHECK(!submitted.empty());
   CHECK(sse_ok + sse_refused == static_cast<int>(subscribers));
   // Bounded: one thread per open connection (streams + slow clients) plus the

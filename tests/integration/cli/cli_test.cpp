@@ -3,8 +3,10 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <pqxx/pqxx>
 #include <sstream>
 
+#include "runner/queue/migrations.h"
 #include "tests/integration/api/api_fixture.h"
 
 using namespace std::chrono_literals;
@@ -141,4 +143,19 @@ TEST_CASE("migrate applies the schema and exits", "[cli]") {
   auto r = Runner("http://127.0.0.1:1", "migrate --database-url '" + db.url() + "'");
   INFO(r.err);
   CHECK(r.code == 0);
+  // Every migration is recorded, and the queue's tables are there to use.
+  pqxx::connection conn(db.conninfo());
+  pqxx::work tx(conn);
+  std::vector<int> applied;
+  for (const auto& row : tx.exec("SELECT version FROM schema_migrations ORDER BY version")) {
+    applied.push_back(row[0].as<int>());
+  }
+  std::vector<int> expected;
+  for (const auto& m : runner::queue::Migrations()) expected.push_back(m.version);
+  CHECK(applied == expected);
+  for (const char* table : {"tasks", "task_logs", "nodes", "workers", "events"}) {
+    INFO(table);
+    CHECK(tx.exec_params1("SELECT to_regclass($1) IS NOT NULL", table)[0].as<bool>());
+  }
+  CHECK(tx.exec1("SELECT count(*) FROM tasks")[0].as<int>() == 0);
 }
