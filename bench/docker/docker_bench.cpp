@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/common/stats.h"
 #include "bench/docker/raw_engine_loop.h"
 #include "isolation/docker/docker_isolator.h"
 
@@ -42,19 +43,8 @@ std::string RandomHex(int n) {
   return s;
 }
 
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  auto idx = static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(idx, v.size() - 1)];
-}
+using runner::bench::Median;
+using runner::bench::Percentile;
 
 double LoadAverage() {
   std::ifstream f("/proc/loadavg");

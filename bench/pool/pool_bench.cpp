@@ -55,6 +55,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/common/stats.h"
 #include "bench/docker/raw_engine_loop.h"
 #include "isolation/docker/docker_isolator.h"
 #include "runner/config.h"
@@ -62,6 +63,7 @@
 #include "runner/pool/node.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/queue/queue_sql.h"
+#include "tests/support/services.h"
 
 namespace {
 
@@ -73,37 +75,9 @@ std::string Env(const char* name, const std::string& fallback = {}) {
   return v ? std::string(v) : fallback;
 }
 
-std::string AdminConninfo() {
-  return "host=" + Env("RUNNER_TEST_PGHOST", "/tmp/runner-dev/pgsock") +
-         " user=" + Env("RUNNER_TEST_PGUSER", "postgres") + " dbname=postgres";
-}
-
-// A fresh database for one measurement, dropped at the end.
-class ScratchDb {
- public:
-  ScratchDb() {
-    std::mt19937_64 rng{std::random_device{}()};
-    name_ = "bench_pool_" + std::to_string(rng() % 1000000000);
-    pqxx::connection admin(AdminConninfo());
-    pqxx::nontransaction tx(admin);
-    tx.exec("CREATE DATABASE " + tx.quote_name(name_));
-  }
-  ~ScratchDb() {
-    try {
-      pqxx::connection admin(AdminConninfo());
-      pqxx::nontransaction tx(admin);
-      tx.exec("DROP DATABASE IF EXISTS " + tx.quote_name(name_) + " WITH (FORCE)");
-    } catch (const std::exception&) {
-    }
-  }
-  std::string conninfo() const {
-    return "host=" + Env("RUNNER_TEST_PGHOST", "/tmp/runner-dev/pgsock") +
-           " user=" + Env("RUNNER_TEST_PGUSER", "postgres") + " dbname=" + name_;
-  }
-
- private:
-  std::string name_;
-};
+// A fresh database for one measurement, dropped at the end: the test
+// support's scratch database on the cluster of RUNNER_TEST_PGHOST.
+using ScratchDb = runner::testing::TestDatabase;
 
 // A node's data dir under the temp dir, removed on every path.
 class ScratchDir {
@@ -137,12 +111,8 @@ runner::Config BenchConfig(const ScratchDir& data, int workers,
   return config;
 }
 
-double Percentile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  auto idx = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(idx, v.size() - 1)];
-}
+using runner::bench::Median;
+using runner::bench::Percentile;
 
 // CPU spent during a burst, from /proc: the whole host (all cores; user,
 // system, irq, softirq, steal), this process (the node or the peer loop) and
@@ -479,8 +449,6 @@ std::string RandomHex(int n) {
 }
 
 double Ratio(double a, double b) { return b > 0 ? a / b : 0; }
-
-double Median(std::vector<double> v) { return Percentile(std::move(v), 0.5); }
 
 // The last non-empty line of `text`.
 std::string LastLine(const std::string& text) {

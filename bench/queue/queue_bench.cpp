@@ -1,10 +1,12 @@
 // Claim-and-finish throughput and claim latency of the queue, through
 // PostgresStore and through the same SQL run raw with libpqxx, at 1, 4 and 16
 // claimers, plus lease renewal (Heartbeat) for 100 running tasks. Works in a
-// private database it creates and drops. Prints a summary; writes JSON.
+// scratch database of the test cluster (tests/support's TestDatabase: made
+// on the cluster of RUNNER_TEST_PGHOST, dropped at the end). Prints a
+// summary; writes JSON.
 //
-//   queue_bench --admin "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres"
-//       --out bench/results/queue_runner.json [--tasks 3000]
+//   eval "$(scripts/services start)"
+//   queue_bench --out bench/results/queue_runner.json [--tasks 3000]
 
 #include <unistd.h>
 
@@ -21,9 +23,11 @@
 #include <thread>
 #include <vector>
 
+#include "bench/common/stats.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/queue/queue_sql.h"
 #include "runner/ulid.h"
+#include "tests/support/services.h"
 
 namespace {
 
@@ -40,12 +44,7 @@ struct RunStats {
   std::vector<double> finish_ms;
 };
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  auto idx = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1));
-  return v[idx];
-}
+using runner::bench::Percentile;
 
 void Reset(const std::string& conninfo) {
   pqxx::connection c(conninfo);
@@ -230,22 +229,18 @@ std::string Arg(int argc, char** argv, const std::string& name, const std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string admin =
-      Arg(argc, argv, "--admin", "host=/tmp/runner-dev/pgsock user=postgres dbname=postgres");
   std::string out = Arg(argc, argv, "--out", "bench/results/queue_runner.json");
   int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
   int rounds = std::stoi(Arg(argc, argv, "--rounds", "3"));
   int depth = std::stoi(Arg(argc, argv, "--depth", "100000"));
-  std::string db = "runner_bench_" + std::to_string(::getpid());
-  {
-    pqxx::connection c(admin);
-    pqxx::nontransaction tx(c);
-    tx.exec("CREATE DATABASE " + db);
+  std::optional<runner::testing::TestDatabase> db;
+  try {
+    db.emplace();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "queue_bench: no scratch database: %s\n", e.what());
+    return 1;
   }
-  std::string base = admin;
-  auto pos = base.find("dbname=");
-  if (pos != std::string::npos) base = base.substr(0, pos);
-  std::string conninfo = base + " dbname=" + db;
+  const std::string conninfo = db->conninfo();
   json::array results;
   json::object heartbeat;
   json::array deep;
@@ -335,11 +330,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "queue_bench failed: %s\n", e.what());
     code = 1;
   }
-  {
-    pqxx::connection c(admin);
-    pqxx::nontransaction tx(c);
-    tx.exec("DROP DATABASE IF EXISTS " + db + " WITH (FORCE)");
-  }
+  db.reset();  // dropped WITH (FORCE)
   if (code == 0) {
     json::object doc{{"tasks_per_run", tasks},
                      {"rounds", rounds},
