@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "runner/queue/postgres_store.h"
+#include "tests/support/contract_client.h"
 #include "tests/support/services.h"
 
 using namespace std::chrono_literals;
@@ -54,7 +55,8 @@ TEST_CASE("serve drains running tasks on SIGTERM, then stops the API and exits 0
   runner::testing::TestDatabase db;
   runner::testing::TempDir dir;
   const std::string bin = runner::testing::RunnerBinary();
-  const std::string listen = "127.0.0.1:" + std::to_string(FreePort());
+  const int port = FreePort();
+  const std::string listen = "127.0.0.1:" + std::to_string(port);
   const std::string url = db.url();
   const std::string data_dir = dir.path().string();
   // Host pressure would hold claims on a busy test machine: thresholds at 100%
@@ -72,8 +74,8 @@ TEST_CASE("serve drains running tasks on SIGTERM, then stops the API and exits 0
             static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  httplib::Client http("http://" + listen);
-  http.set_connection_timeout(1s);
+  runner::testing::ContractClient http("127.0.0.1", port);  // answers checked against the contract
+  http.raw().set_connection_timeout(1s);
   REQUIRE(WaitFor(
       [&] {
         auto r = http.Get("/healthz");
