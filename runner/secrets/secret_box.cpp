@@ -31,9 +31,7 @@ std::string Hex(const unsigned char* data, std::size_t n) {
   return out;
 }
 
-Error KeyError(std::string message) {
-  return MakeError("invalid_secret_key", std::move(message));
-}
+Error KeyError(std::string message) { return MakeError("invalid_secret_key", std::move(message)); }
 
 Error Unavailable(std::string message) {
   return MakeError("secrets_unavailable", std::move(message));
@@ -81,8 +79,8 @@ Result<SecretKey> SecretKey::Load(const std::filesystem::path& file) {
   }
   if ((st.st_mode & 077) != 0) {
     ::close(fd);
-    return KeyError("the secret key" + where +
-                    " is readable by group or others; run: chmod 600 " + file.string());
+    return KeyError("the secret key" + where + " is readable by group or others; run: chmod 600 " +
+                    file.string());
   }
   auto text = ReadSmallFile(fd, 2 * kKeyBytes + 2);
   ::close(fd);
@@ -128,8 +126,7 @@ Result<SecretKey> SecretKey::LoadOrCreate(const std::filesystem::path& file) {
     }
   } else if (errno != EEXIST) {
     sodium_memzero(hex.data(), hex.size());
-    return KeyError("cannot create the secret key " + file.string() + ": " +
-                    std::strerror(errno));
+    return KeyError("cannot create the secret key " + file.string() + ": " + std::strerror(errno));
   }
   return Load(file);
 }
@@ -154,7 +151,8 @@ std::string Seal(const SecretKey& key, std::string_view plaintext, std::string_v
 Result<std::string> Open(const SecretKey& key, std::string_view sealed,
                          std::string_view associated) {
   const auto* p = reinterpret_cast<const unsigned char*>(sealed.data());
-  if (sealed.size() < kHeaderBytes + crypto_aead_xchacha20poly1305_ietf_ABYTES || p[0] != kVersion) {
+  if (sealed.size() < kHeaderBytes + crypto_aead_xchacha20poly1305_ietf_ABYTES ||
+      p[0] != kVersion) {
     return Unavailable("the task's secrets are in a format this runner does not know");
   }
   if (std::memcmp(p + 1, key.raw_id().data(), kKeyIdBytes) != 0) {
@@ -162,8 +160,7 @@ Result<std::string> Open(const SecretKey& key, std::string_view sealed,
                        Hex(p + 1, kKeyIdBytes) + ", but this node's key is " + key.id() +
                        "; every node sharing a database needs the same --secret-key-file");
   }
-  std::string plain(sealed.size() - kHeaderBytes - crypto_aead_xchacha20poly1305_ietf_ABYTES,
-                    '\0');
+  std::string plain(sealed.size() - kHeaderBytes - crypto_aead_xchacha20poly1305_ietf_ABYTES, '\0');
   unsigned long long mlen = 0;
   if (crypto_aead_xchacha20poly1305_ietf_decrypt(
           reinterpret_cast<unsigned char*>(plain.data()), &mlen, nullptr, p + kHeaderBytes,

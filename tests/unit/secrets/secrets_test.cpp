@@ -146,7 +146,7 @@ TEST_CASE("masking is the same for every chunking of the output", "[secrets][mas
   const std::vector<std::string> values = {"p4ssw0rd", "p4ss", "token-XYZ", "zzzz"};
   std::string text;
   std::mt19937 rng(7);
-  const std::string pieces[] = {"p4ssw0rd", "p4ss", "p4s", "token-XYZ", "token-", "zzz",
+  const std::string pieces[] = {"p4ssw0rd", "p4ss", "p4s", "token-XYZ",  "token-", "zzz",
                                 "zzzzz",    " ",    "\n",  "plain text", "x"};
   for (int i = 0; i < 400; ++i) text += pieces[rng() % std::size(pieces)];
   OutputMasker whole(values);
