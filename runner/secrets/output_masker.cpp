@@ -1,0 +1,87 @@
+#include "runner/secrets/output_masker.h"
+
+#include <algorithm>
+
+namespace runner::secrets {
+
+OutputMasker::OutputMasker(std::vector<std::string> values) {
+  for (auto& v : values) {
+    if (v.size() >= kMinSecretLength) values_.push_back(std::move(v));
+  }
+  std::sort(values_.begin(), values_.end(),
+            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+  values_.erase(std::unique(values_.begin(), values_.end()), values_.end());
+  for (const auto& v : values_) first_byte_[static_cast<unsigned char>(v[0])] = true;
+}
+
+std::string OutputMasker::Feed(std::string_view chunk) {
+  if (values_.empty()) return std::string(chunk);
+  pending_.append(chunk);
+  return Scan(false);
+}
+
+std::string OutputMasker::Flush() {
+  if (values_.empty()) return {};
+  return Scan(true);
+}
+
+// Overlapping or touching-inside matches merge into one masked region, so
+// two overlapping values never leave the tail of one in the clear.
+std::string OutputMasker::Scan(bool final) {
+  const std::string buf = std::move(pending_);
+  pending_.clear();
+  const std::size_t n = buf.size();
+  std::string out;
+  out.reserve(n);
+  constexpr std::size_t kNone = std::string::npos;
+  std::size_t region_start = kNone;
+  std::size_t region_end = 0;
+  std::size_t i = 0;
+  while (i < n) {
+    if (region_start != kNone && i >= region_end) {
+      out += kMask;
+      region_start = kNone;
+    }
+    if (region_start == kNone && !first_byte_[static_cast<unsigned char>(buf[i])]) {
+      // A run that cannot start a value passes through in one append.
+      std::size_t j = i + 1;
+      while (j < n && !first_byte_[static_cast<unsigned char>(buf[j])]) ++j;
+      out.append(buf, i, j - i);
+      i = j;
+      continue;
+    }
+    std::size_t full = 0;
+    bool hold = false;
+    if (first_byte_[static_cast<unsigned char>(buf[i])]) {
+      const std::string_view rest(buf.data() + i, n - i);
+      for (const auto& v : values_) {  // longest first
+        if (rest.size() < v.size()) {
+          if (!final && std::string_view(v).substr(0, rest.size()) == rest) {
+            hold = true;  // a longer value may still complete with the next chunk
+            break;
+          }
+          continue;
+        }
+        if (rest.substr(0, v.size()) == v) {
+          full = v.size();
+          break;
+        }
+      }
+    }
+    if (hold) {
+      pending_ = buf.substr(region_start != kNone ? region_start : i);
+      return out;
+    }
+    if (full > 0) {
+      if (region_start == kNone) region_start = i;
+      region_end = std::max(region_end, i + full);
+    } else if (region_start == kNone) {
+      out += buf[i];
+    }
+    ++i;
+  }
+  if (region_start != kNone) out += kMask;
+  return out;
+}
+
+}  // namespace runner::secrets
