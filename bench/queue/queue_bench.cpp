@@ -21,9 +21,9 @@
 #include <thread>
 #include <vector>
 
+#include "base/ulid.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/queue/queue_sql.h"
-#include "runner/ulid.h"
 
 namespace {
 
