@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/queue/queue_store.h"
 
 namespace runner::api {

@@ -20,7 +20,8 @@
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
-#include "runner/ulid.h"
+#include "base/error_codes.h"
+#include "base/ulid.h"
 
 namespace runner::api {
 namespace {
@@ -46,17 +47,8 @@ using queue::QueueStore;
 
 constexpr const char* kJson = "application/json";
 
-int HttpStatusFor(const std::string& code) {
-  static const std::unordered_map<std::string, int> kStatus = {
-      {"bad_request", 400}, {"validation_failed", 400}, {"unauthorized", 401}, {"not_found", 404},
-      {"conflict", 409},    {"payload_too_large", 413}, {"unavailable", 503},  {"internal", 500},
-  };
-  auto it = kStatus.find(code);
-  return it == kStatus.end() ? 500 : it->second;
-}
-
 void SendError(Response& res, const Error& error) {
-  res.status = HttpStatusFor(error.code);
+  res.status = errc::HttpStatusFor(error.code);
   res.set_content(ErrorBody(error), kJson);
 }
 
@@ -306,7 +298,6 @@ void ApiServer::Routes() {
       }
     };
   };
-  (void)registry_;
 
   s.set_error_handler([](const Request&, Response& res) {
     if (!res.body.empty() || res.content_provider_) return;

@@ -41,9 +41,9 @@
 #include <string>
 #include <thread>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/metrics/registry.h"
-#include "runner/node_control.h"
+#include "runner/node/node_control.h"
 #include "runner/queue/queue_store.h"
 
 namespace httplib {

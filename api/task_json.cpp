@@ -7,7 +7,7 @@
 #include <initializer_list>
 #include <limits>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
 namespace runner::api {
 namespace {

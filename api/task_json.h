@@ -15,8 +15,8 @@
 #include <string_view>
 #include <vector>
 
-#include "isolation/result.h"
-#include "runner/node_control.h"
+#include "base/result.h"
+#include "runner/node/node_control.h"
 #include "runner/queue/queue_store.h"
 #include "runner/queue/task.h"
 

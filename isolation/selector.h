@@ -34,8 +34,8 @@
 #include <string>
 #include <vector>
 
+#include "base/result.h"
 #include "isolation/isolator.h"
-#include "isolation/result.h"
 
 namespace runner::isolation {
 

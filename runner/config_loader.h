@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/config.h"
 
 namespace runner {

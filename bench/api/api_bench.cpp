@@ -31,7 +31,7 @@
 #include "bench/common/stats.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
-#include "runner/pool/node.h"
+#include "runner/node/node.h"
 #include "tests/support/services.h"
 
 namespace {
@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     config.mode = runner::isolation::IsolationMode::kProcess;
     config.pressure = runner::PressureThresholds{100, 99, 100, 99, 100, 99};
     config.data_dir = dir.path().string();
-    auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
+    auto node = runner::node::Node::Create(config, db.conninfo(), registry);
     if (!node) throw std::runtime_error("node: " + node.error().message);
     if (auto st = (*node)->Start(); !st) throw std::runtime_error("start: " + st.error().message);
     runner::api::ApiOptions options;

@@ -60,7 +60,7 @@
 #include "isolation/docker/docker_isolator.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
-#include "runner/pool/node.h"
+#include "runner/node/node.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/queue/queue_sql.h"
 #include "tests/support/services.h"
@@ -286,7 +286,7 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   // with every claim going through the claimer's batch.
   config.claim_on_finish = Env("RUNNER_CLAIM_ON_FINISH", "true") != "false";
   runner::metrics::Registry registry;
-  auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
+  auto node = runner::node::Node::Create(config, db.conninfo(), registry);
   if (!node) throw std::runtime_error("node: " + node.error().message);
   if (auto st = (*node)->Start(); !st) throw std::runtime_error("start: " + st.error().message);
   auto deadline = Clock::now() + std::chrono::seconds(20);
@@ -409,7 +409,7 @@ json::object IdleCost(int workers, int seconds) {
   runner::Config config = BenchConfig(data, workers, runner::isolation::IsolationMode::kProcess);
   runner::metrics::Registry registry;
   const int64_t rss_before = RssBytes();
-  auto node = runner::pool::Node::Create(config, db.conninfo(), registry);
+  auto node = runner::node::Node::Create(config, db.conninfo(), registry);
   if (!node) throw std::runtime_error("node: " + node.error().message);
   if (auto st = (*node)->Start(); !st) throw std::runtime_error("start: " + st.error().message);
   std::this_thread::sleep_for(std::chrono::seconds(2));  // let start-up settle

@@ -23,10 +23,10 @@
 #include <thread>
 #include <vector>
 
+#include "base/ulid.h"
 #include "bench/common/stats.h"
 #include "runner/queue/postgres_store.h"
 #include "runner/queue/queue_sql.h"
-#include "runner/ulid.h"
 #include "tests/support/services.h"
 
 namespace {

@@ -12,7 +12,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::isolation::docker {
 

@@ -46,10 +46,10 @@
 #include <utility>
 #include <vector>
 
+#include "base/result.h"
 #include "isolation/cleanup_queue.h"
 #include "isolation/docker/engine_client.h"
 #include "isolation/isolator.h"
-#include "isolation/result.h"
 
 namespace runner::isolation::docker {
 

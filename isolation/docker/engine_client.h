@@ -36,9 +36,9 @@
 #include <string_view>
 #include <vector>
 
+#include "base/result.h"
 #include "isolation/docker/container_stats.h"
 #include "isolation/docker/log_frames.h"
-#include "isolation/result.h"
 
 namespace runner::isolation::docker {
 

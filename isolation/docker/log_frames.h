@@ -15,7 +15,7 @@
 #include <functional>
 #include <string_view>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::isolation::docker {
 

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::isolation::process {
 

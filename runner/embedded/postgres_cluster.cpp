@@ -153,9 +153,9 @@ Result<CommandResult> RunCommand(const std::vector<std::string>& argv,
     ::kill(-pid, SIGKILL);
     ::waitpid(pid, &status, 0);
     ::close(rfd);
-    return MakeError("timeout", argv[0] + " did not finish within " +
-                                    std::to_string(timeout.count() / 1000) +
-                                    " s; output: " + Trimmed(result.output));
+    return MakeError("timed_out", argv[0] + " did not finish within " +
+                                      std::to_string(timeout.count() / 1000) +
+                                      " s; output: " + Trimmed(result.output));
   }
   // Grandchildren (a postmaster) may hold the pipe: read what is there, no more.
   drain();

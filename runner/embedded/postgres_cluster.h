@@ -29,7 +29,7 @@
 #include <memory>
 #include <string>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::embedded {
 

@@ -6,8 +6,8 @@
 #include <boost/json.hpp>
 #include <utility>
 
+#include "base/ulid.h"
 #include "runner/pool/idle_backoff.h"
-#include "runner/ulid.h"
 
 namespace runner::pool {
 namespace {

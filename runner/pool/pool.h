@@ -37,10 +37,10 @@
 #include <thread>
 #include <vector>
 
+#include "base/result.h"
 #include "isolation/isolator.h"
-#include "isolation/result.h"
 #include "runner/metrics/registry.h"
-#include "runner/node_control.h"
+#include "runner/node/node_control.h"
 #include "runner/pool/task_log_sink.h"
 #include "runner/pool/task_outcome.h"
 #include "runner/queue/queue_store.h"

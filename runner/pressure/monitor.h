@@ -25,7 +25,7 @@
 
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
-#include "runner/node_control.h"
+#include "runner/node/node_control.h"
 #include "runner/pressure/resource_source.h"
 
 namespace runner::pressure {

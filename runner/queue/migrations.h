@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::queue {
 

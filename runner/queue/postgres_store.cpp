@@ -9,9 +9,9 @@
 #include <pqxx/pqxx>
 #include <set>
 
+#include "base/ulid.h"
 #include "runner/queue/queue_sql.h"
 #include "runner/queue/validation.h"
-#include "runner/ulid.h"
 
 namespace runner::queue {
 namespace json = boost::json;

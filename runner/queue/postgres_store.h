@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "base/result.h"
 #include "isolation/isolator.h"
-#include "isolation/result.h"
 #include "runner/queue/migrations.h"
 #include "runner/queue/queue_store.h"
 

@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/queue/task.h"
 
 namespace runner::queue {

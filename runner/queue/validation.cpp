@@ -4,7 +4,7 @@
 #include <set>
 #include <string>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
 namespace runner::queue {
 namespace {

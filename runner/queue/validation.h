@@ -9,7 +9,7 @@
 
 #include <optional>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/queue/task.h"
 
 namespace runner::queue {

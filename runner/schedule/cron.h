@@ -18,7 +18,7 @@
 #include <optional>
 #include <string>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/schedule/time_zone.h"
 
 namespace runner::schedule {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace runner::schedule {
 

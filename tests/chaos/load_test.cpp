@@ -7,7 +7,7 @@
 #include <pqxx/pqxx>
 #include <sstream>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 #include "tests/chaos/scenario.h"
 
 namespace runner::chaos {

@@ -14,7 +14,7 @@
 #include "api/server.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
-#include "runner/pool/node.h"
+#include "runner/node/node.h"
 #include "tests/support/contract_client.h"
 #include "tests/support/services.h"
 
@@ -33,7 +33,7 @@ class ApiFixture {
     // 100 disables the host pressure checks: other builds share this host.
     config.pressure = PressureThresholds{100, 99, 100, 99, 100, 99};
     config.data_dir = dir_.path().string();
-    auto node = pool::Node::Create(config, db_.conninfo(), registry_);
+    auto node = node::Node::Create(config, db_.conninfo(), registry_);
     if (!node) throw std::runtime_error("node: " + node.error().message);
     node_ = std::move(*node);
     if (auto st = node_->Start(); !st) throw std::runtime_error("start: " + st.error().message);
@@ -56,7 +56,7 @@ class ApiFixture {
 
   ContractClient& http() { return *client_; }
   int port() const { return server_->port(); }
-  pool::Node& node() { return *node_; }
+  node::Node& node() { return *node_; }
   std::string base() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
 
   boost::json::value Json(const httplib::Result& res) {
@@ -82,7 +82,7 @@ class ApiFixture {
   TempDir dir_;
   TestDatabase db_;
   metrics::Registry registry_;
-  std::unique_ptr<pool::Node> node_;
+  std::unique_ptr<node::Node> node_;
   std::unique_ptr<api::ApiServer> server_;
   std::unique_ptr<ContractClient> client_;
 };

@@ -9,7 +9,7 @@
 #include <mutex>
 #include <thread>
 
-#include "api/client/api_client.h"
+#include "app/client/api_client.h"
 #include "tests/integration/api/api_fixture.h"
 #include "tests/support/openapi_contract.h"
 
@@ -148,13 +148,13 @@ TEST_CASE("following a task's logs streams its output from start to the end even
   ApiFixture f;
   std::string id = f.Submit(
       R"({"command":["sh","-c","for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.2; done; exit 4"]})");
-  runner::api::ClientOptions opts;
+  runner::app::ClientOptions opts;
   opts.server = f.base();
-  runner::api::ApiClient client(opts);
+  runner::app::ApiClient client(opts);
   std::string out, err;
   std::optional<json::value> end;
   auto st = client.Stream("/api/v1/tasks/" + id + "/logs?follow=1",
-                          [&](const runner::api::SseMessage& m) {
+                          [&](const runner::app::SseMessage& m) {
                             auto v = json::parse(m.data);
                             const char* schema = m.event == "log" ? "LogChunk" : "Task";
                             CHECK(OpenApiContract::Project().CheckSchema(schema, v) == "");
@@ -178,7 +178,7 @@ namespace {
 // Reads the events stream on a thread until `stop` says so.
 struct EventReader {
   std::mutex mu;
-  std::vector<runner::api::SseMessage> seen;  // guarded by mu
+  std::vector<runner::app::SseMessage> seen;  // guarded by mu
   std::atomic<bool> done{false};
   std::atomic<bool> connected{false};  // the server subscribed us and said so
   std::thread thread;
@@ -186,12 +186,12 @@ struct EventReader {
     thread = std::thread([this, base, last_id] {
       httplib::Client c(base);
       c.set_read_timeout(std::chrono::seconds(10));
-      runner::api::SseParser parser;
+      runner::app::SseParser parser;
       httplib::Headers headers;
       if (!last_id.empty()) headers.emplace("Last-Event-ID", last_id);
       c.Get("/api/v1/events", headers, [&](const char* data, size_t len) {
         connected = true;
-        parser.Feed(std::string_view(data, len), [&](const runner::api::SseMessage& m) {
+        parser.Feed(std::string_view(data, len), [&](const runner::app::SseMessage& m) {
           std::lock_guard lock(mu);
           seen.push_back(m);
           return true;

@@ -3,8 +3,8 @@
 #include <set>
 #include <thread>
 
+#include "base/ulid.h"
 #include "runner/queue/notify_listener.h"
-#include "runner/ulid.h"
 #include "tests/integration/queue/queue_fixture.h"
 
 using namespace runner::queue;

@@ -2,8 +2,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "api/client/api_client.h"
 #include "api/sse.h"
+#include "app/client/api_client.h"
 
 using runner::api::EventSubscription;
 using runner::queue::Event;
@@ -41,11 +41,11 @@ TEST_CASE("SSE framing round-trips through the client's parser", "[api][sse]") {
   std::string wire = runner::api::SseRetry(3000) + runner::api::SseComment("ping") +
                      runner::api::SseEvent(7, "task.queued", "{\"a\":1}") +
                      runner::api::SseEvent(std::nullopt, "end", "line1\nline2");
-  std::vector<runner::api::SseMessage> got;
-  runner::api::SseParser parser;
+  std::vector<runner::app::SseMessage> got;
+  runner::app::SseParser parser;
   // Feed in awkward pieces, as TCP may deliver them.
   for (std::size_t i = 0; i < wire.size(); i += 5) {
-    parser.Feed(std::string_view(wire).substr(i, 5), [&](const runner::api::SseMessage& m) {
+    parser.Feed(std::string_view(wire).substr(i, 5), [&](const runner::app::SseMessage& m) {
       got.push_back(m);
       return true;
     });

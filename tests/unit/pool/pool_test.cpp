@@ -11,10 +11,10 @@
 #include <sstream>
 #include <thread>
 
+#include "base/ulid.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/idle_backoff.h"
 #include "runner/pressure/monitor.h"
-#include "runner/ulid.h"
 #include "tests/support/services.h"
 #include "tests/unit/pool/isolator_fake.h"
 #include "tests/unit/pool/queue_store_fake.h"

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
 namespace runner::pool::testing {
 

@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
 using runner::queue::NewTask;
 using runner::queue::ValidateNewTask;

@@ -1,4 +1,4 @@
-#include "runner/node_control.h"
+#include "runner/node/node_control.h"
 
 namespace runner {
 

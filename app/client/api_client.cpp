@@ -1,8 +1,8 @@
-#include "api/client/api_client.h"
+#include "app/client/api_client.h"
 
 #include <httplib.h>
 
-namespace runner::api {
+namespace runner::app {
 namespace {
 
 namespace json = boost::json;
@@ -158,4 +158,4 @@ bool SseParser::Feed(std::string_view bytes,
   return true;
 }
 
-}  // namespace runner::api
+}  // namespace runner::app

@@ -13,13 +13,13 @@
 #include <optional>
 #include <string>
 
-#include "isolation/result.h"
+#include "base/result.h"
 
 namespace httplib {
 class Client;
 }
 
-namespace runner::api {
+namespace runner::app {
 
 struct ClientOptions {
   std::string server = "http://127.0.0.1:8080";  // --server, RUNNER_SERVER
@@ -69,4 +69,4 @@ class SseParser {
   bool has_data_ = false;
 };
 
-}  // namespace runner::api
+}  // namespace runner::app

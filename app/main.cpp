@@ -1,6 +1,6 @@
 // The `runner` binary: wiring only. Parses the command line with
-// CLI11 and hands over to api/serve.h (serve, migrate) and
-// api/client/commands.h (the client commands).
+// CLI11 and hands over to app/serve.h (serve, migrate) and
+// app/client/commands.h (the client commands).
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -8,8 +8,8 @@
 #include <optional>
 #include <string>
 
-#include "api/client/commands.h"
-#include "api/serve.h"
+#include "app/client/commands.h"
+#include "app/serve.h"
 #include "runner/config_loader.h"
 
 namespace {
@@ -21,7 +21,7 @@ std::optional<std::string> Env(const char* name) {
 }
 
 // --server/--token/--json on a client command.
-void AddClientOptions(CLI::App* cmd, runner::api::CommandContext& ctx, std::string& token) {
+void AddClientOptions(CLI::App* cmd, runner::app::CommandContext& ctx, std::string& token) {
   cmd->add_option("--server", ctx.client.server, "server URL")
       ->envname("RUNNER_SERVER")
       ->capture_default_str();
@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   CLI::App app{"runner: a job runner appliance (REST API, CLI, dashboard)", "runner"};
   app.require_subcommand(1);
 
-  runner::api::CommandContext ctx;
+  runner::app::CommandContext ctx;
   std::string token;
 
   // serve and migrate: the node's configuration.
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
   auto* migrate = app.add_subcommand("migrate", "apply the database schema and exit");
   add_config(migrate, false);
 
-  runner::api::SubmitArgs submit_args;
+  runner::app::SubmitArgs submit_args;
   auto* submit = app.add_subcommand("submit", "submit a task: runner submit [opts] -- CMD ARGS...");
   AddClientOptions(submit, ctx, token);
   submit->add_option("command", submit_args.command, "the command and its arguments, after --")
@@ -156,16 +156,16 @@ int main(int argc, char** argv) {
       std::cerr << "runner " << cmd->get_name() << ": " << config.error().message << "\n";
       return 2;
     }
-    return serve->parsed() ? runner::api::RunServe(*config) : runner::api::RunMigrate(*config);
+    return serve->parsed() ? runner::app::RunServe(*config) : runner::app::RunMigrate(*config);
   }
-  if (submit->parsed()) return runner::api::RunSubmit(ctx, submit_args);
-  if (status->parsed()) return runner::api::RunStatus(ctx);
-  if (list->parsed()) return runner::api::RunList(ctx, list_state, list_queue, list_limit);
-  if (workers->parsed()) return runner::api::RunWorkers(ctx);
-  if (scale->parsed()) return runner::api::RunScale(ctx, scale_count);
-  if (stop->parsed()) return runner::api::RunStop(ctx, stop_force, stop_drain);
-  if (start->parsed()) return runner::api::RunStart(ctx);
-  if (logs->parsed()) return runner::api::RunLogs(ctx, logs_id, logs_follow, logs_stream);
-  if (cancel->parsed()) return runner::api::RunCancel(ctx, cancel_id);
+  if (submit->parsed()) return runner::app::RunSubmit(ctx, submit_args);
+  if (status->parsed()) return runner::app::RunStatus(ctx);
+  if (list->parsed()) return runner::app::RunList(ctx, list_state, list_queue, list_limit);
+  if (workers->parsed()) return runner::app::RunWorkers(ctx);
+  if (scale->parsed()) return runner::app::RunScale(ctx, scale_count);
+  if (stop->parsed()) return runner::app::RunStop(ctx, stop_force, stop_drain);
+  if (start->parsed()) return runner::app::RunStart(ctx);
+  if (logs->parsed()) return runner::app::RunLogs(ctx, logs_id, logs_follow, logs_stream);
+  if (cancel->parsed()) return runner::app::RunCancel(ctx, cancel_id);
   return 2;
 }

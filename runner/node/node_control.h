@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "isolation/result.h"
+#include "base/result.h"
 #include "runner/queue/queue_store.h"
 
 namespace runner {

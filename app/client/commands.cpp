@@ -1,4 +1,4 @@
-#include "api/client/commands.h"
+#include "app/client/commands.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <iostream>
 #include <thread>
 
-namespace runner::api {
+namespace runner::app {
 namespace {
 
 namespace json = boost::json;
@@ -411,4 +411,4 @@ int RunCancel(const CommandContext& ctx, const std::string& id) {
   return 0;
 }
 
-}  // namespace runner::api
+}  // namespace runner::app

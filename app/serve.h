@@ -13,10 +13,10 @@
 
 #include "runner/config.h"
 
-namespace runner::api {
+namespace runner::app {
 
 // Returns the process exit code; problems are printed to stderr.
 int RunServe(const Config& config);
 int RunMigrate(const Config& config);
 
-}  // namespace runner::api
+}  // namespace runner::app

@@ -1,4 +1,4 @@
-#include "api/serve.h"
+#include "app/serve.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -14,13 +14,10 @@
 #include "api/server.h"
 #include "runner/embedded/postgres_cluster.h"
 #include "runner/metrics/registry.h"
+#include "runner/node/node.h"
 #include "runner/queue/migrations.h"
-#if __has_include("runner/pool/node.h")
-#include "runner/pool/node.h"
-#define RUNNER_HAVE_NODE 1
-#endif
 
-namespace runner::api {
+namespace runner::app {
 namespace {
 
 // The database of this node: the configured URL, or the embedded cluster.
@@ -61,8 +58,7 @@ sigset_t StopSignals() {
 }
 
 // Waits for SIGINT/SIGTERM up to `timeout` (forever when nullopt).
-[[maybe_unused]] std::optional<int> WaitSignal(const sigset_t& set,
-                                               std::optional<std::chrono::seconds> timeout) {
+std::optional<int> WaitSignal(const sigset_t& set, std::optional<std::chrono::seconds> timeout) {
   for (;;) {
     int sig = 0;
     if (!timeout) {
@@ -100,24 +96,19 @@ int RunServe(const Config& config) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  ApiOptions api_options;
+  api::ApiOptions api_options;
   api_options.listen = config.listen;
   api_options.api_token = config.api_token;
   api_options.default_drain_timeout =
       std::chrono::seconds(static_cast<int64_t>(config.drain_timeout));
 
-#ifndef RUNNER_HAVE_NODE
-  (void)api_options;
-  std::cerr << "runner serve: this build has no worker pool (runner/pool/node.h is missing)\n";
-  return 1;
-#else
   auto db = OpenDatabase(config);
   if (!db) {
     std::cerr << "runner serve: " << db.error().message << "\n";
     return 1;
   }
   metrics::Registry registry;
-  auto node = pool::Node::Create(config, db->conninfo, registry);
+  auto node = node::Node::Create(config, db->conninfo, registry);
   if (!node) {
     std::cerr << "runner serve: " << node.error().message << "\n";
     return 1;
@@ -126,7 +117,7 @@ int RunServe(const Config& config) {
     std::cerr << "runner serve: " << st.error().message << "\n";
     return 1;
   }
-  auto server = std::make_unique<ApiServer>(api_options, (*node)->store(), **node, registry);
+  auto server = std::make_unique<api::ApiServer>(api_options, (*node)->store(), **node, registry);
   if (auto st = server->Start(); !st) {
     std::cerr << "runner serve: " << st.error().message << "\n";
     (*node)->Shutdown(StopOptions{true, std::chrono::seconds(0)});
@@ -166,7 +157,6 @@ int RunServe(const Config& config) {
   db->embedded.reset();
   spdlog::info("serve: stopped");
   return 0;
-#endif
 }
 
-}  // namespace runner::api
+}  // namespace runner::app

@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "api/client/api_client.h"
+#include "app/client/api_client.h"
 
-namespace runner::api {
+namespace runner::app {
 
 struct CommandContext {
   ClientOptions client;
@@ -49,4 +49,4 @@ int RunCancel(const CommandContext& ctx, const std::string& id);
 // "512M", "1G", "1.5Gi", "1048576" -> bytes; nullopt when malformed.
 std::optional<int64_t> ParseBytes(const std::string& text);
 
-}  // namespace runner::api
+}  // namespace runner::app

@@ -1,4 +1,4 @@
-#include "runner/pool/node.h"
+#include "runner/node/node.h"
 
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -8,9 +8,9 @@
 #include <filesystem>
 #include <utility>
 
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
-namespace runner::pool {
+namespace runner::node {
 namespace {
 
 std::chrono::milliseconds Ms(double seconds) {
@@ -131,7 +131,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     node->RefreshDockerVersion();
   }
 
-  PoolOptions po;
+  pool::PoolOptions po;
   po.node_id = node->node_id_;
   po.host = HostName();
   po.pid = static_cast<int64_t>(::getpid());
@@ -158,7 +158,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       std::chrono::seconds(static_cast<int64_t>(config.event_retention));
   if (hooks.tune) hooks.tune(po);
 
-  IsolatorPicker picker;
+  pool::IsolatorPicker picker;
   if (node->override_ != nullptr) {
     isolation::Isolator* iso = node->override_;
     picker = [iso](isolation::IsolationMode) -> Result<isolation::Isolator*> { return iso; };
@@ -166,7 +166,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     isolation::IsolationSelector* sel = node->selector_.get();
     picker = [sel](isolation::IsolationMode mode) { return sel->Pick(mode); };
   }
-  node->pool_ = std::make_unique<Pool>(*node->store_, std::move(picker), po, metrics);
+  node->pool_ = std::make_unique<pool::Pool>(*node->store_, std::move(picker), po, metrics);
   if (node->selector_) {
     node->pool_->SetUnavailableIsolations(
         UnrunnableIsolations(node->selector_->docker_available(), config.mode));
@@ -373,4 +373,4 @@ void Node::RefreshDockerVersion() {
   docker_version_ = v.ok() ? v->version : std::string();
 }
 
-}  // namespace runner::pool
+}  // namespace runner::node

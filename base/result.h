@@ -2,10 +2,10 @@
 
 // Error values for expected failures (daemon down, database unreachable, bad
 // request, container exit). Exceptions are reserved for bugs and bad
-// configuration. `Error::code` is one of the snake_case codes of docs/api.md
-// (`not_found`, `validation_failed`, `image_not_found`, ...), so the API
-// layer can map it to HTTP without guessing; `message` says what happened and
-// how to fix it.
+// configuration. `Error::code` is one of the snake_case codes of
+// base/error_codes.h (`not_found`, `validation_failed`, `image_not_found`, ...),
+// so the API layer maps it to HTTP without guessing; `message` says what
+// happened and how to fix it.
 //
 // Thread-safety: value types, no shared state.
 

@@ -1,4 +1,4 @@
-#include "runner/pool/node.h"
+#include "runner/node/node.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,17 +11,17 @@
 #include <pqxx/pqxx>
 #include <thread>
 
+#include "base/ulid.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/pool.h"
 #include "runner/queue/postgres_store.h"
-#include "runner/ulid.h"
-#include "tests/integration/pool/pool_fixture.h"
+#include "tests/integration/node/node_fixture.h"
 #include "tests/support/services.h"
 #include "tests/support/socket_proxy.h"
 
 using namespace std::chrono_literals;
-using runner::pool::Node;
-using runner::pool::NodeHooks;
+using runner::node::Node;
+using runner::node::NodeHooks;
 using runner::pool::testing::Command;
 using runner::pool::testing::Count;
 using runner::pool::testing::NodeConfig;

@@ -7,7 +7,7 @@
 // monitor and the worker pool. It is the NodeControl the API serves.
 //
 //   metrics::Registry registry;
-//   auto node = runner::pool::Node::Create(config, conninfo, registry);
+//   auto node = runner::node::Node::Create(config, conninfo, registry);
 //   if (!node) { ...node.error()... }
 //   (*node)->Start();                        // registers the node, starts workers
 //   ApiServer server(options, (*node)->store(), **node, registry);
@@ -28,19 +28,19 @@
 #include <string>
 #include <thread>
 
+#include "base/result.h"
 #include "isolation/docker/docker_isolator.h"
 #include "isolation/process/process_isolator.h"
-#include "isolation/result.h"
 #include "isolation/selector.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
-#include "runner/node_control.h"
+#include "runner/node/node_control.h"
 #include "runner/pool/pool.h"
 #include "runner/pressure/monitor.h"
 #include "runner/queue/notify_listener.h"
 #include "runner/queue/postgres_store.h"
 
-namespace runner::pool {
+namespace runner::node {
 
 // Test seams; production uses the defaults.
 struct NodeHooks {
@@ -49,7 +49,7 @@ struct NodeHooks {
   // Replaces the isolators (e.g. a cheap fake for queue throughput tests).
   isolation::Isolator* isolator_override = nullptr;
   // Tweaks the pool's options after they were derived from the Config.
-  std::function<void(PoolOptions&)> tune;
+  std::function<void(pool::PoolOptions&)> tune;
 };
 
 class Node : public NodeControl {
@@ -69,7 +69,7 @@ class Node : public NodeControl {
 
   queue::QueueStore& store();
   queue::PostgresStore& postgres() { return *store_; }
-  Pool& pool() { return *pool_; }
+  pool::Pool& pool() { return *pool_; }
   const std::string& node_id() const { return node_id_; }
   // True while the LISTEN connection is up.
   bool Listening() const;
@@ -101,7 +101,7 @@ class Node : public NodeControl {
   std::unique_ptr<isolation::docker::DockerIsolator> docker_;
   std::unique_ptr<isolation::IsolationSelector> selector_;
   isolation::Isolator* override_ = nullptr;
-  std::unique_ptr<Pool> pool_;
+  std::unique_ptr<pool::Pool> pool_;
   std::unique_ptr<pressure::Monitor> monitor_;
 
   mutable std::mutex listener_mu_;
@@ -119,4 +119,4 @@ class Node : public NodeControl {
   bool started_ = false;    // guarded by shutdown_mu_
 };
 
-}  // namespace runner::pool
+}  // namespace runner::node

@@ -1,4 +1,4 @@
-#include "runner/ulid.h"
+#include "base/ulid.h"
 
 #include <array>
 #include <cstdint>
