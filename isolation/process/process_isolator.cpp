@@ -285,6 +285,12 @@ long CloneSharingMemory(clone_args args, const ChildPlan& plan) {
 }
 #endif
 
+// "SIGKILL", or "signal 42" for one without a name.
+std::string SignalName(int sig) {
+  const char* abbrev = ::sigabbrev_np(sig);
+  return abbrev != nullptr ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
 // Null-terminated array of C strings pointing into `storage`.
 std::vector<char*> CStrings(std::vector<std::string>& storage) {
   std::vector<char*> out;
@@ -925,6 +931,7 @@ RunResult TaskRun::Finish() {
   }
   r.kind = RunResult::Kind::kExited;
   if (code != 0) r.error_code = "nonzero_exit";
+  if (signaled) r.message = "the task was killed by " + SignalName(WTERMSIG(status_));
   return r;
 }
 

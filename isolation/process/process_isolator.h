@@ -25,10 +25,10 @@
 //     recycles) them while the worker reports the result: Run() returns once
 //     nothing of the task runs any more, not once its sandbox is cleared.
 //     WaitForCleanup() waits for that; the destructor does too.
-// Results: kExited (exit_code; 128+signal when killed by a signal; 127 when
-// the command is not found), kTimedOut, kStopped, kOomKilled (the memory
-// cgroup recorded an OOM kill), kOverLimit (the work dir filled up to
-// limits.disk, or the policy action `kill`), kError (could not set up).
+// Results: kExited (exit_code; 128+signal and a message "killed by SIGKILL" when
+// killed by a signal; 127 when the command is not found), kTimedOut, kStopped, kOomKilled (the
+// memory cgroup recorded an OOM kill), kOverLimit (the work dir filled up to limits.disk, or the
+// policy action `kill`), kError (could not set up).
 //
 // Over-limit policy: a resource (memory, disk, pids vs their limits, cpu
 // usage vs limits.cpus) crossing soft_fraction of its limit triggers the
