@@ -426,12 +426,17 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 struct Leftover {
   std::unique_ptr<TaskCgroup> cgroup;
   std::unique_ptr<WorkDir> dir;
-  Leftover(std::unique_ptr<TaskCgroup> c, std::unique_ptr<WorkDir> d)
-      : cgroup(std::move(c)), dir(std::move(d)) {}
+  // The sandbox's mount namespace: its last reference goes here, so the
+  // unmounting of its tree (an RCU grace period, milliseconds on a busy
+  // host) happens on the cleaner's thread, not when the task's init exits.
+  UniqueFd mount_ns;
+  Leftover(std::unique_ptr<TaskCgroup> c, std::unique_ptr<WorkDir> d, UniqueFd ns)
+      : cgroup(std::move(c)), dir(std::move(d)), mount_ns(std::move(ns)) {}
   Leftover(Leftover&&) noexcept = default;
   Leftover& operator=(Leftover&&) noexcept = default;
   ~Leftover() {
     cgroup.reset();
+    mount_ns.Reset();
     dir.reset();
   }
 };
@@ -514,6 +519,7 @@ class TaskRun {
   int exec_errno_ = 0;
   ChildStage exec_stage_{};
   UniqueFd status_read_;          // the sandbox init's reports (StatusRecord)
+  UniqueFd mount_ns_;             // the sandbox's mount namespace (see Leftover)
   SandboxReport sandbox_report_;  // read once the init has exited
 
   // Sampling state.
@@ -761,6 +767,11 @@ Status TaskRun::Spawn() {
   }
   pid_ = pid;
   status_write.Reset();  // the init holds the only write end now: EOF once it is gone
+  if (sandbox_ != nullptr) {
+    // The init is alive (it has just exec'd), so this is its new namespace.
+    mount_ns_ = UniqueFd(
+        ::open(("/proc/" + std::to_string(pid) + "/ns/mnt").c_str(), O_RDONLY | O_CLOEXEC));
+  }
   if (cgroup_) cgroup_->DoneJoining();
   out->second.Reset();
   err->second.Reset();
@@ -1137,7 +1148,7 @@ RunResult TaskRun::Run() {
                 spec_.task_id, spec_.worker_id, r.exit_code, r.error_code);
   // Reaped, and what it left in its cgroup killed (OnExit): the rest of the
   // tear-down need not hold up the report.
-  cleaner_.Take(Leftover(std::move(cgroup_), std::move(work_dir_)));
+  cleaner_.Take(Leftover(std::move(cgroup_), std::move(work_dir_), std::move(mount_ns_)));
   return r;
 }
 

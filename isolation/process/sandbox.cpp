@@ -35,13 +35,13 @@ std::string ProbeNamespaces(bool user_namespace) {
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
-  return std::string("unshare: ") +
-         std::strerror(WIFEXITED(status) ? WEXITSTATUS(status) : EPERM);
+  return std::string("unshare: ") + std::strerror(WIFEXITED(status) ? WEXITSTATUS(status) : EPERM);
 }
 
 int LoadInit(std::string& error) {
   int fd = ::memfd_create("runner-task-init", MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_EXEC);
-  if (fd < 0 && errno == EINVAL) fd = ::memfd_create("runner-task-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 && errno == EINVAL)
+    fd = ::memfd_create("runner-task-init", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) {
     error = std::string("memfd_create: ") + std::strerror(errno);
     return -1;
@@ -135,7 +135,8 @@ std::vector<std::string> SandboxInitArgs(const Sandbox& sandbox, bool loopback_u
   if (sandbox.options().trace_phases) flags += "t";
   std::string path = exe;
   const std::string prefix = work_dir.string() + "/";
-  if (path.rfind(prefix, 0) == 0) path = std::string(kSandboxWorkDir) + "/" + path.substr(prefix.size());
+  if (path.rfind(prefix, 0) == 0)
+    path = std::string(kSandboxWorkDir) + "/" + path.substr(prefix.size());
   std::vector<std::string> args = {"runner-task-init",
                                    flags,
                                    std::to_string(sandbox.options().uid),

@@ -39,7 +39,7 @@
 namespace runner::isolation::process {
 
 struct SandboxOptions {
-  bool enabled = true;  // --process-sandbox on|off
+  bool enabled = true;   // --process-sandbox on|off
   uint32_t uid = 65534;  // --process-user UID:GID
   uint32_t gid = 65534;
   bool allow_network = false;  // --allow-network: keep the host's network

@@ -148,9 +148,9 @@ void TopLevel(const char* name) {
 void BuildRoot() {
   // Nothing of what follows may reach the host's mount table.
   Check(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0, "make / private");
-  Check(mount("tmpfs", kRoot, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=0755") ==
-            0,
-        "mount the root tmpfs");
+  Check(
+      mount("tmpfs", kRoot, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=0755") == 0,
+      "mount the root tmpfs");
   char p[64];
   BindReadOnly("/usr", Join(p, sizeof(p), kRoot, "usr"), true);
   BindReadOnly("/etc", Join(p, sizeof(p), kRoot, "etc"), true);

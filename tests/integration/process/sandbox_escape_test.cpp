@@ -8,9 +8,9 @@
 //   setpriv --reuid=nobody --regid=nogroup --clear-groups build/asan/tests/it_process "[escape]"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -119,8 +119,9 @@ struct UnixListener {
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     std::memcpy(a.sun_path + (abstract ? 1 : 0), path.data(), path.size());
-    ::bind(fd, reinterpret_cast<sockaddr*>(&a),
-           static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 1 : 0)));
+    ::bind(
+        fd, reinterpret_cast<sockaddr*>(&a),
+        static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstract ? 1 : 0)));
     ::listen(fd, 8);
   }
   ~UnixListener() { ::close(fd); }
@@ -150,14 +151,17 @@ TEST_CASE("a process task cannot read secrets or write the system", "[process][s
   testing::TempDir dir;
   ProcessIsolator iso(Options(dir));
   const std::string data = (dir.path() / "data").string();
-  std::string out = Attempt(
-      iso, "cat /etc/shadow >/dev/null 2>&1 && echo shadow-read; "
-           "touch /usr/local/bin/evil 2>/dev/null && echo usr-written; "
-           "touch /etc/evil 2>/dev/null && echo etc-written; "
-           "ls " + data + " >/dev/null 2>&1 && echo datadir-listed; "
-           "ls /root /home /var /run 2>/dev/null | grep -q . && echo host-dirs-seen; "
-           "test -e /var/run/docker.sock && echo docker-sock; "
-           "echo done");
+  std::string out =
+      Attempt(iso,
+              "cat /etc/shadow >/dev/null 2>&1 && echo shadow-read; "
+              "touch /usr/local/bin/evil 2>/dev/null && echo usr-written; "
+              "touch /etc/evil 2>/dev/null && echo etc-written; "
+              "ls " +
+                  data +
+                  " >/dev/null 2>&1 && echo datadir-listed; "
+                  "ls /root /home /var /run 2>/dev/null | grep -q . && echo host-dirs-seen; "
+                  "test -e /var/run/docker.sock && echo docker-sock; "
+                  "echo done");
   CHECK(out == "done\n");
   CHECK_FALSE(fs::exists("/usr/local/bin/evil"));
   CHECK_FALSE(fs::exists("/etc/evil"));
@@ -199,15 +203,20 @@ TEST_CASE("a process task sees only its own processes and cannot touch the runne
   testing::TempDir dir;
   ProcessIsolator iso(Options(dir));
   const std::string me = std::to_string(::getpid());
-  std::string out = Attempt(
-      iso, "ls -d /proc/[0-9]* | wc -l | tr -d ' '; "
-           "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q 'it_[p]rocess' && "
-           "echo runner-visible; "
-           "kill -0 " + me + " 2>/dev/null && echo kill0; "
-           "kill -STOP " + me + " 2>/dev/null && echo stopped; "
-           // pid 1 (the init) ignores what comes from inside: the task lives on.
-           "kill -KILL 1 2>/dev/null; kill -TERM 1 2>/dev/null; sleep 0.2; "
-           "echo done");
+  std::string out =
+      Attempt(iso,
+              "ls -d /proc/[0-9]* | wc -l | tr -d ' '; "
+              "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q 'it_[p]rocess' && "
+              "echo runner-visible; "
+              "kill -0 " +
+                  me +
+                  " 2>/dev/null && echo kill0; "
+                  "kill -STOP " +
+                  me +
+                  " 2>/dev/null && echo stopped; "
+                  // pid 1 (the init) ignores what comes from inside: the task lives on.
+                  "kill -KILL 1 2>/dev/null; kill -TERM 1 2>/dev/null; sleep 0.2; "
+                  "echo done");
   // sh, ls (or wc), and the init: a handful, not the host's hundreds.
   CHECK(std::stoi(out) <= 6);
   CHECK_THAT(out, Catch::EndsWith("done\n"));
@@ -218,7 +227,9 @@ TEST_CASE("a process task sees only its own processes and cannot touch the runne
   std::string script =
       "import ctypes, os\n"
       "libc = ctypes.CDLL(None, use_errno=True)\n"
-      "for pid in (" + me + ", 1):\n"
+      "for pid in (" +
+      me +
+      ", 1):\n"
       "  r = libc.ptrace(16, pid, 0, 0)\n"  // PTRACE_ATTACH
       "  print('ptrace', 'ok' if r == 0 else os.strerror(ctypes.get_errno()))\n";
   TaskSpec spec = Shell("");
@@ -261,9 +272,9 @@ TEST_CASE("a process task sees neither another task's work dir nor its environme
       },
       10s));
   std::string out = Attempt(iso, "cat " + victim_dir.string() +
-                                      "/secret.txt 2>/dev/null; "
-                                      "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep "
-                                      "VICTIM_TOKEN; ls /work/.. ; echo done");
+                                     "/secret.txt 2>/dev/null; "
+                                     "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep "
+                                     "VICTIM_TOKEN; ls /work/.. ; echo done");
   stop_victim.request_stop();
   CHECK_THAT(out, !Catch::Contains("topsecret"));
   CHECK_THAT(out, !Catch::Contains("tok-98122"));
@@ -306,11 +317,12 @@ TEST_CASE("ordinary shell work runs in the sandbox and orphans are reaped",
   testing::TempDir dir;
   ProcessIsolator iso(Options(dir));
   std::string out = Attempt(
-      iso, "cd /tmp && echo hello world | tr a-z A-Z > up.txt && cat up.txt | wc -w | tr -d ' '; "
-           "pwd; cd; pwd; echo $HOME $TMPDIR; "
-           // Three orphans exit at once; pid 1 must reap them.
-           "(true &); (true &); (true &); sleep 0.3; "
-           "grep -h '^State:' /proc/[0-9]*/status | grep -c zombie");
+      iso,
+      "cd /tmp && echo hello world | tr a-z A-Z > up.txt && cat up.txt | wc -w | tr -d ' '; "
+      "pwd; cd; pwd; echo $HOME $TMPDIR; "
+      // Three orphans exit at once; pid 1 must reap them.
+      "(true &); (true &); (true &); sleep 0.3; "
+      "grep -h '^State:' /proc/[0-9]*/status | grep -c zombie");
   CHECK(out == "2\n/tmp\n/work\n/work /tmp\n0\n");
 }
 
@@ -349,8 +361,9 @@ TEST_CASE("with --process-sandbox off a task runs bare, as the runner's user, an
   CHECK_THAT(logged, Catch::Contains("sandbox is OFF"));
   CHECK_FALSE(iso.sandbox().enabled());
   CHECK(iso.sandbox().Describe() == "off");
-  std::string out = Attempt(iso, "id -u; test -d /proc/1/ && cat /proc/1/cmdline | head -c 64 | "
-                                 "tr '\\0' ' ' | grep -qv runner-task-init && echo host-pid1");
+  std::string out = Attempt(iso,
+                            "id -u; test -d /proc/1/ && cat /proc/1/cmdline | head -c 64 | "
+                            "tr '\\0' ' ' | grep -qv runner-task-init && echo host-pid1");
   CHECK_THAT(out, Catch::StartsWith(std::to_string(::geteuid()) + "\n"));
   CHECK_THAT(out, Catch::Contains("host-pid1"));
 }
