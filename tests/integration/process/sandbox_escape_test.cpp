@@ -8,15 +8,18 @@
 //   setpriv --reuid=nobody --regid=nogroup --clear-groups build/asan/tests/it_process "[escape]"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <csignal>
 #include <fstream>
 #include <mutex>
 #include <stop_token>
@@ -203,20 +206,36 @@ TEST_CASE("a process task sees only its own processes and cannot touch the runne
   testing::TempDir dir;
   ProcessIsolator iso(Options(dir));
   const std::string me = std::to_string(::getpid());
-  std::string out =
-      Attempt(iso,
-              "ls -d /proc/[0-9]* | wc -l | tr -d ' '; "
-              "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | grep -q 'it_[p]rocess' && "
-              "echo runner-visible; "
-              "kill -0 " +
-                  me +
-                  " 2>/dev/null && echo kill0; "
-                  "kill -STOP " +
-                  me +
-                  " 2>/dev/null && echo stopped; "
-                  // pid 1 (the init) ignores what comes from inside: the task lives on.
-                  "kill -KILL 1 2>/dev/null; kill -TERM 1 2>/dev/null; sleep 0.2; "
-                  "echo done");
+  // A stand-in for the runner to SIGSTOP: were the sandbox broken, the test
+  // must not stop itself (nor signal the host's pid 1).
+  pid_t helper = ::fork();
+  REQUIRE(helper >= 0);
+  if (helper == 0) {
+    ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{helper};
+  const std::string other = std::to_string(helper);
+  std::string out = Attempt(iso,
+                            "ls -d /proc/[0-9]* | wc -l | tr -d ' '; "
+                            "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' ' | "
+                            "grep -q 'it_[p]rocess' && echo runner-visible; "
+                            "kill -0 " +
+                                me +
+                                " 2>/dev/null && echo kill0; "
+                                "kill -STOP " +
+                                other +
+                                " 2>/dev/null && echo stopped; "
+                                "echo done");
+  std::ifstream stat("/proc/" + other + "/stat");
+  std::string helper_stat((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  CHECK(helper_stat.find(") T ") == std::string::npos);
   // sh, ls (or wc), and the init: a handful, not the host's hundreds.
   CHECK(std::stoi(out) <= 6);
   CHECK_THAT(out, Catch::EndsWith("done\n"));
@@ -336,13 +355,14 @@ TEST_CASE("a task killed by its timeout takes its whole process tree with it in 
   CHECK(ran.result.kind == Kind::kTimedOut);
   // Nothing of it is left on the host.
   std::string ps;
-  {
-    std::ifstream in;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-      std::ifstream cmd(e.path() / "cmdline");
-      std::string line((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
-      if (line.find("97600") != std::string::npos) ps += line + "\n";
-    }
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    int fd = ::open((e.path() / "cmdline").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[512];
+    ssize_t n = ::read(fd, buf, sizeof(buf));  // fails for a process that just left
+    ::close(fd);
+    std::string line(buf, n > 0 ? static_cast<size_t>(n) : 0);
+    if (line.find("97600") != std::string::npos) ps += line + "\n";
   }
   CHECK(ps.empty());
 }
