@@ -389,3 +389,40 @@ TEST_CASE("with --process-sandbox off a task runs bare, as the runner's user, an
 }
 
 }  // namespace runner::isolation::process
+
+namespace runner::isolation::process {
+
+// ThreadSanitizer builds start every task with fork() (no clone3): the child
+// then creates the namespaces itself and runs the init as its own child.
+TEST_CASE("the sandbox is the same when the task is started by a plain fork",
+          "[process][sandbox][fork]") {
+  testing::TempDir dir;
+  ProcessIsolatorOptions o = Options(dir);
+  o.use_cgroups = false;  // no cgroup to clone into, no shared memory: fork()
+  o.shared_memory_spawn = false;
+  ProcessIsolator iso(o);
+  std::string out = Attempt(iso,
+                            "id -u; hostname; grep -c . /proc/net/dev; "
+                            "grep '^Seccomp:' /proc/self/status; ls -d /proc/[0-9]* | wc -l");
+  // Two header lines and lo in /proc/net/dev; a handful of processes.
+  CHECK_THAT(out, Catch::StartsWith("65534\nrunner-task\n3\nSeccomp:\t2\n"));
+  CHECK(std::stoi(out.substr(out.rfind('\n', out.size() - 2) + 1)) <= 6);
+  TaskSpec spec = Shell("(trap '' TERM; sleep 976101) & sleep 976102");
+  spec.timeout = 300ms;
+  Ran ran = RunTask(iso, spec);
+  CHECK(ran.result.kind == Kind::kTimedOut);
+  bool left = false;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    int fd = ::open((e.path() / "cmdline").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[256];
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    ::close(fd);
+    if (n > 0 && std::string(buf, static_cast<size_t>(n)).find("97610") != std::string::npos) {
+      left = true;
+    }
+  }
+  CHECK_FALSE(left);
+}
+
+}  // namespace runner::isolation::process
