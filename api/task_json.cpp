@@ -503,6 +503,9 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
     docker["version"] = node.docker_version;
   }
   o["docker"] = std::move(docker);
+  o["process_sandbox"] = json::object{{"enabled", node.process_sandbox.enabled},
+                                      {"user", node.process_sandbox.user},
+                                      {"network", node.process_sandbox.network}};
   o["pool"] = json::object{{"state", std::string(ToString(node.pool.state))},
                            {"target", node.pool.target},
                            {"active", node.pool.active},

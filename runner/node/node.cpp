@@ -95,6 +95,10 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     isolation::process::ProcessIsolatorOptions po;
     po.work_root = data_dir / "work";
     po.over_limit = config.over_limit;
+    po.sandbox.enabled = config.process_sandbox;
+    po.sandbox.uid = config.process_uid;
+    po.sandbox.gid = config.process_gid;
+    po.sandbox.allow_network = config.allow_network;
     node->process_ = std::make_unique<isolation::process::ProcessIsolator>(po);
     if (config.mode != isolation::IsolationMode::kProcess) {
       isolation::docker::DockerIsolatorOptions dopt;
@@ -306,6 +310,12 @@ NodeStatus Node::Status() {
   s.resources = monitor_->Last();
   s.backpressure = pool_->Backpressure();
   s.backpressure_reason = pool_->BackpressureReason();
+  if (process_) {
+    const auto& so = process_->sandbox().options();
+    s.process_sandbox.enabled = so.enabled;
+    s.process_sandbox.user = std::to_string(so.uid) + ":" + std::to_string(so.gid);
+    s.process_sandbox.network = !so.enabled || so.allow_network;
+  }
   return s;
 }
 
