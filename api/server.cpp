@@ -17,6 +17,7 @@
 #include "api/elastic_task_queue.h"
 #include "api/event_hub.h"
 #include "api/openapi.h"
+#include "api/routes_schedules.h"
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
@@ -311,6 +312,10 @@ void ApiServer::Routes() {
     spdlog::debug("api: request method={} path={} status={}", req.method, req.path, res.status);
   });
 
+  ScheduleRoutes(
+      s, [&](httplib::Server::Handler fn) { return wrap(Access::kToken, std::move(fn)); },
+      schedules_, store_);
+
   // --- tasks ------------------------------------------------------------------
   s.Post("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
            auto task = ParseNewTask(req.body);
@@ -323,10 +328,11 @@ void ApiServer::Routes() {
   s.Get("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
           queue::TaskFilter filter;
           for (const auto& [key, value] : req.params) {
-            if (key != "state" && key != "queue" && key != "limit" && key != "cursor") {
+            if (key != "state" && key != "queue" && key != "limit" && key != "cursor" &&
+                key != "schedule") {
               return SendError(res, MakeError("validation_failed",
                                               key + ": unknown query parameter (allowed: state, "
-                                                    "queue, limit, cursor)"));
+                                                    "queue, schedule, limit, cursor)"));
             }
           }
           if (req.has_param("state") && !req.get_param_value("state").empty()) {
@@ -340,6 +346,9 @@ void ApiServer::Routes() {
           }
           if (req.has_param("queue") && !req.get_param_value("queue").empty()) {
             filter.queue = req.get_param_value("queue");
+          }
+          if (req.has_param("schedule") && !req.get_param_value("schedule").empty()) {
+            filter.schedule = req.get_param_value("schedule");
           }
           if (req.has_param("limit")) {
             auto n = ParseInt64(req.get_param_value("limit"));

@@ -431,6 +431,8 @@ json::object TaskToJson(const queue::Task& task) {
   o["started_at"] = OptTime(task.started_at);
   o["finished_at"] = OptTime(task.finished_at);
   o["cancel_requested"] = task.cancel_requested;
+  o["schedule"] = OptString(task.schedule);
+  o["scheduled_for"] = OptTime(task.scheduled_for);
   return o;
 }
 
@@ -483,6 +485,8 @@ Result<queue::Task> TaskFromJson(const json::value& value) {
   if (auto s = str("created_at")) t.created_at = ParseTime(*s).value_or(queue::TimePoint{});
   if (auto s = str("started_at")) t.started_at = ParseTime(*s);
   if (auto s = str("finished_at")) t.finished_at = ParseTime(*s);
+  t.schedule = str("schedule");
+  if (auto s = str("scheduled_for")) t.scheduled_for = ParseTime(*s);
   return t;
 }
 

@@ -4,6 +4,7 @@
 
 import { api, ApiError, sseUrl } from './api.js';
 import { LiveChart } from './chart.js';
+import { loadSchedules, setupSchedules } from './schedules.js';
 
 const POLL_MS = 2000;
 const TASK_PAGE = 20;
@@ -674,7 +675,8 @@ function setupSubmit() {
 const EVENTS = [
   'task.queued', 'task.started', 'task.succeeded', 'task.failed', 'task.cancelled',
   'task.timed_out', 'task.retrying', 'worker.started', 'worker.stopped', 'worker.failed',
-  'pool.scaled', 'pool.throttled', 'pool.resumed',
+  'pool.scaled', 'pool.throttled', 'pool.resumed', 'schedule.created', 'schedule.updated',
+  'schedule.deleted', 'schedule.fired', 'schedule.skipped',
 ];
 
 let events = null;
@@ -695,6 +697,7 @@ function onEvent(name, ev) {
     if (selected.id && (!id || id === selected.id)) refreshSelected();
     schedulePoll();
   } else {
+    if (name.startsWith('schedule.')) loadSchedules();
     schedulePoll();
   }
 }
@@ -748,6 +751,7 @@ async function main() {
   setupTasks();
   setupTaskPanel();
   setupSubmit();
+  setupSchedules();
   chart.draw();
   await poll();  // asks for the token first if the server wants one
   connectEvents();

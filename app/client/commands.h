@@ -34,7 +34,21 @@ struct SubmitArgs {
   bool wait = false;
 };
 
+struct ScheduleArgs {
+  std::string name;
+  std::optional<std::string> cron, timezone, overlap, catch_up;
+  std::optional<double> every;  // seconds
+  bool paused = false;
+  SubmitArgs task;  // the task options (wait and idempotency_key unused)
+};
+
 int RunSubmit(const CommandContext& ctx, const SubmitArgs& args);
+// runner schedules; runner schedule add|rm|pause|resume|trigger.
+int RunSchedules(const CommandContext& ctx);
+int RunScheduleAdd(const CommandContext& ctx, const ScheduleArgs& args);
+// action: rm, pause, resume or trigger.
+int RunScheduleAction(const CommandContext& ctx, const std::string& action,
+                      const std::string& name);
 int RunStatus(const CommandContext& ctx);
 int RunList(const CommandContext& ctx, const std::optional<std::string>& state,
             const std::optional<std::string>& queue, int limit);

@@ -79,6 +79,12 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
                      "cannot open the queue database: " + store.error().message);
   }
   node->store_ = std::move(*store);
+  auto schedules = schedule::ScheduleStore::Open(so);
+  if (!schedules) return schedules.error();
+  node->schedules_ = std::move(*schedules);
+  node->scheduler_ =
+      std::make_unique<schedule::Scheduler>(*node->schedules_, SystemClock(), node->metrics_);
+  node->schedules_->OnChange([s = node->scheduler_.get()] { s->Poke(); });
 
   const std::filesystem::path data_dir(config.data_dir);
   std::error_code ec;
@@ -239,6 +245,7 @@ runner::Status Node::Start() {
     monitor_->Stop();
     return st;
   }
+  scheduler_->Start();
   started_ = true;
   return {};
 }
@@ -251,6 +258,7 @@ void Node::Shutdown(const StopOptions& options) {
   if (options.force && pool_) pool_->Stop(true);
   std::lock_guard lock(shutdown_mu_);
   if (shut_down_) return;
+  if (scheduler_) scheduler_->Stop();  // a stopping node makes no new tasks
   std::jthread control;
   {
     std::lock_guard l(control_mu_);

@@ -338,6 +338,8 @@ Task RowToTask(const pqxx::row& r) {
   t.stdout_tail = r[28].as<std::string>();
   t.stderr_tail = r[29].as<std::string>();
   t.logs_truncated = r[30].as<bool>();
+  t.schedule = OptString(r[31]);
+  t.scheduled_for = OptMicros(r[32]);
   return t;
 }
 
@@ -490,24 +492,9 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
     const NewTask& nt = tasks[i];
     if (nt.idempotency_key && !first_with_key.emplace(*nt.idempotency_key, i).second) continue;
     ids[i] = NewUlid();
-    json::array command(nt.command.begin(), nt.command.end());
-    rows.push_back(json::object{
-        {"id", ids[i]},
-        {"queue", nt.queue},
-        {"priority", nt.priority},
-        {"delay", nt.delay},
-        {"max_attempts", nt.max_attempts},
-        {"backoff", nt.backoff.value_or(opts.default_backoff)},
-        {"isolation", isolation::ToString(nt.isolation)},
-        {"image", nt.image.value_or(opts.default_image)},
-        {"command", std::move(command)},
-        {"env", MapObject(nt.env)},
-        {"limits", LimitsObject(WithDefaults(nt.limits, opts))},
-        {"timeout", nt.timeout.value_or(opts.default_timeout)},
-        {"idempotency_key",
-         nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
-        {"labels", MapObject(nt.labels)},
-    });
+    json::object row = TaskInsertRecord(nt, opts);
+    row["id"] = ids[i];
+    rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(c);
   std::map<std::string, Task> inserted;
@@ -551,6 +538,26 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
 }
 
 }  // namespace
+
+json::object TaskInsertRecord(const NewTask& nt, const StoreOptions& opts) {
+  json::array command(nt.command.begin(), nt.command.end());
+  return json::object{
+      {"queue", nt.queue},
+      {"priority", nt.priority},
+      {"delay", nt.delay},
+      {"max_attempts", nt.max_attempts},
+      {"backoff", nt.backoff.value_or(opts.default_backoff)},
+      {"isolation", isolation::ToString(nt.isolation)},
+      {"image", nt.image.value_or(opts.default_image)},
+      {"command", std::move(command)},
+      {"env", MapObject(nt.env)},
+      {"limits", LimitsObject(WithDefaults(nt.limits, opts))},
+      {"timeout", nt.timeout.value_or(opts.default_timeout)},
+      {"idempotency_key",
+       nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
+      {"labels", MapObject(nt.labels)},
+  };
+}
 
 // ---------------------------------------------------------------------------
 
@@ -661,6 +668,10 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
   if (filter.queue) {
     params.push_back(*filter.queue);
     where("t.queue = $" + std::to_string(params.size()));
+  }
+  if (filter.schedule) {
+    params.push_back(*filter.schedule);
+    where("t.schedule = $" + std::to_string(params.size()));
   }
   if (cursor_micros) {
     params.push_back(*cursor_micros);

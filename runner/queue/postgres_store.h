@@ -16,6 +16,7 @@
 //
 // Thread-safety: every method may be called concurrently from any thread.
 
+#include <boost/json.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -45,6 +46,10 @@ struct StoreOptions {
   std::chrono::milliseconds counts_cache{1000};        // Counts() freshness
   bool migrate = true;                                 // apply migrations in Open()
 };
+
+// A task as a record of the columns kInsertTasks takes (without "id"), the
+// store's defaults applied; schedules keep it to insert their tasks.
+boost::json::object TaskInsertRecord(const NewTask& task, const StoreOptions& options);
 
 // Bytes kept of each stream's tail on the task row.
 inline constexpr std::size_t kTailBytes = 4096;

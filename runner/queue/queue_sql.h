@@ -47,7 +47,8 @@ inline constexpr std::string_view kSessionPlanSettings =
   RUNNER_US("t.created_at") ", " RUNNER_US("t.run_at") ", "                             \
   RUNNER_US("t.started_at") ", " RUNNER_US("t.finished_at") ", "                        \
   RUNNER_US("t.lease_expires_at") ", "                                                  \
-  "t.cancel_requested, t.stdout_tail, t.stderr_tail, t.logs_truncated"
+  "t.cancel_requested, t.stdout_tail, t.stderr_tail, t.logs_truncated, "                \
+  "t.schedule, " RUNNER_US("t.scheduled_for")
 // clang-format on
 
 inline constexpr std::string_view kTaskColumns = RUNNER_TASK_COLUMNS;

@@ -35,8 +35,9 @@ struct SubmitOutcome {
 struct TaskFilter {
   std::optional<TaskState> state;
   std::optional<std::string> queue;
-  int limit = 50;                     // 1..1000
-  std::optional<std::string> cursor;  // opaque, from TaskPage::next_cursor
+  std::optional<std::string> schedule;  // tasks created by this schedule
+  int limit = 50;                       // 1..1000
+  std::optional<std::string> cursor;    // opaque, from TaskPage::next_cursor
 };
 
 struct TaskPage {

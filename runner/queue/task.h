@@ -83,7 +83,9 @@ struct Task {
   bool cancel_requested = false;
   std::string stdout_tail;
   std::string stderr_tail;
-  bool logs_truncated = false;  // stored logs hit the per-task cap
+  bool logs_truncated = false;             // stored logs hit the per-task cap
+  std::optional<std::string> schedule;     // the schedule that created it
+  std::optional<TimePoint> scheduled_for;  // and the slot it was created for
 };
 
 }  // namespace runner::queue
