@@ -323,10 +323,11 @@ void ApiServer::Routes() {
   s.Get("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
           queue::TaskFilter filter;
           for (const auto& [key, value] : req.params) {
-            if (key != "state" && key != "queue" && key != "limit" && key != "cursor") {
+            if (key != "state" && key != "queue" && key != "group" && key != "limit" &&
+                key != "cursor") {
               return SendError(res, MakeError("validation_failed",
                                               key + ": unknown query parameter (allowed: state, "
-                                                    "queue, limit, cursor)"));
+                                                    "queue, group, limit, cursor)"));
             }
           }
           if (req.has_param("state") && !req.get_param_value("state").empty()) {
@@ -340,6 +341,9 @@ void ApiServer::Routes() {
           }
           if (req.has_param("queue") && !req.get_param_value("queue").empty()) {
             filter.queue = req.get_param_value("queue");
+          }
+          if (req.has_param("group") && !req.get_param_value("group").empty()) {
+            filter.group = req.get_param_value("group");
           }
           if (req.has_param("limit")) {
             auto n = ParseInt64(req.get_param_value("limit"));

@@ -4,6 +4,8 @@
 
 #include <pqxx/pqxx>
 
+#include "runner/queue/queue_policy_schema.h"
+
 namespace runner::queue {
 namespace {
 
@@ -141,6 +143,7 @@ CREATE INDEX events_at_idx ON events (at);
 
 const std::vector<Migration> kMigrations = {
     {1, "queue schema", kV1Schema},
+    {2, "task groups and queue policies", kV2QueuePolicies},
 };
 
 }  // namespace

@@ -49,7 +49,8 @@ struct NewTask {
   std::vector<std::string> depends_on;
   std::optional<std::string> idempotency_key;
   std::map<std::string, std::string> labels;
-  std::optional<double> backoff;  // base seconds of the exponential retry backoff
+  std::optional<double> backoff;     // base seconds of the exponential retry backoff
+  std::optional<std::string> group;  // fair share within the queue; none: the unnamed group
 };
 
 struct Task {
@@ -84,6 +85,7 @@ struct Task {
   std::string stdout_tail;
   std::string stderr_tail;
   bool logs_truncated = false;  // stored logs hit the per-task cap
+  std::optional<std::string> group;
 };
 
 }  // namespace runner::queue
