@@ -17,6 +17,7 @@
 #include "api/elastic_task_queue.h"
 #include "api/event_hub.h"
 #include "api/openapi.h"
+#include "api/routes_queues.h"
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
@@ -310,6 +311,9 @@ void ApiServer::Routes() {
         .Inc();
     spdlog::debug("api: request method={} path={} status={}", req.method, req.path, res.status);
   });
+
+  QueueRoutes(
+      s, [&](httplib::Server::Handler h) { return wrap(Access::kToken, std::move(h)); }, store_);
 
   // --- tasks ------------------------------------------------------------------
   s.Post("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
@@ -707,6 +711,7 @@ void ApiServer::Routes() {
                   .Set(static_cast<double>(n));
             }
           }
+          QueueMetrics(store_, registry_);
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
           res.status = 200;

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   submit->add_option("--delay", submit_args.delay, "seconds before it may run");
   submit->add_option("--priority", submit_args.priority, "higher runs first");
   submit->add_option("--queue", submit_args.queue, "queue name (default: default)");
+  submit->add_option("--group", submit_args.group, "group: claims rotate between a queue's groups");
   submit->add_option("--max-attempts", submit_args.max_attempts, "attempts before it fails");
   submit->add_option("--env,-e", submit_args.env, "KEY=VALUE (repeatable)")
       ->allow_extra_args(false);
@@ -124,6 +125,27 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"stdout", "stderr", "all"}))
       ->capture_default_str();
 
+  auto* queues = app.add_subcommand("queues", "list queues: counts, policy, throttle state");
+  AddClientOptions(queues, ctx, token);
+  auto* queue_cmd = app.add_subcommand("queue", "set, pause or resume a queue's policy");
+  queue_cmd->require_subcommand(1);
+  runner::app::QueueSetArgs queue_set;
+  auto* queue_set_cmd = queue_cmd->add_subcommand("set", "replace a queue's policy");
+  AddClientOptions(queue_set_cmd, ctx, token);
+  queue_set_cmd->add_option("name", queue_set.name, "queue name")->required();
+  queue_set_cmd->add_option("--max-running", queue_set.max_running, "tasks running at once");
+  queue_set_cmd->add_option("--max-running-per-group", queue_set.max_running_per_group,
+                            "tasks running at once per group");
+  queue_set_cmd->add_option("--rate", queue_set.rate, "COUNT/SECONDS: starts per window");
+  queue_set_cmd->add_flag("--paused", queue_set.paused, "start nothing of this queue");
+  std::string queue_name;
+  auto* queue_pause = queue_cmd->add_subcommand("pause", "start no task of the queue");
+  AddClientOptions(queue_pause, ctx, token);
+  queue_pause->add_option("name", queue_name, "queue name")->required();
+  auto* queue_resume = queue_cmd->add_subcommand("resume", "start its tasks again");
+  AddClientOptions(queue_resume, ctx, token);
+  queue_resume->add_option("name", queue_name, "queue name")->required();
+
   std::string cancel_id;
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   AddClientOptions(cancel, ctx, token);
@@ -167,5 +189,9 @@ int main(int argc, char** argv) {
   if (start->parsed()) return runner::app::RunStart(ctx);
   if (logs->parsed()) return runner::app::RunLogs(ctx, logs_id, logs_follow, logs_stream);
   if (cancel->parsed()) return runner::app::RunCancel(ctx, cancel_id);
+  if (queues->parsed()) return runner::app::RunQueues(ctx);
+  if (queue_set_cmd->parsed()) return runner::app::RunQueueSet(ctx, queue_set);
+  if (queue_pause->parsed()) return runner::app::RunQueuePause(ctx, queue_name, true);
+  if (queue_resume->parsed()) return runner::app::RunQueuePause(ctx, queue_name, false);
   return 2;
 }

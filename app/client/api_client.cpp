@@ -75,6 +75,13 @@ Result<json::value> ApiClient::PostJson(const std::string& path, const json::val
   return ParseJsonBody(*res);
 }
 
+Result<json::value> ApiClient::PutJson(const std::string& path, const json::value& body) {
+  auto res = http_->Put(path.c_str(), json::serialize(body), "application/json");
+  if (!res) return Unreachable(path, httplib::to_string(res.error()));
+  if (res->status >= 400) return FromResponse(*res);
+  return ParseJsonBody(*res);
+}
+
 Result<std::string> ApiClient::GetText(const std::string& path) {
   auto res = http_->Get(path.c_str());
   if (!res) return Unreachable(path, httplib::to_string(res.error()));

@@ -18,8 +18,8 @@
 namespace runner::queue {
 
 struct RateLimit {
-  int count = 0;    // at most this many starts...
-  double per = 0;   // ...in any window of this many seconds
+  int count = 0;   // at most this many starts...
+  double per = 0;  // ...in any window of this many seconds
 };
 
 // PUT replaces the whole policy: an absent field is no limit.

@@ -121,7 +121,8 @@ std::string PolicyJson(std::string_view queue, const std::optional<QueuePolicy>&
     pol["max_running_per_group"] =
         p->max_running_per_group ? json::value(*p->max_running_per_group) : json::value(nullptr);
     if (p->rate_limit) {
-      pol["rate_limit"] = json::object{{"count", p->rate_limit->count}, {"per", p->rate_limit->per}};
+      pol["rate_limit"] =
+          json::object{{"count", p->rate_limit->count}, {"per", p->rate_limit->per}};
     } else {
       pol["rate_limit"] = nullptr;
     }
@@ -167,16 +168,14 @@ std::optional<Error> ValidateQueuePolicy(const QueuePolicy& p) {
     if (p.rate_limit->count < 1 || p.rate_limit->count > kMaxCap) {
       return bad("rate_limit.count", "must be a positive integer (at most 1000000)");
     }
-    if (!std::isfinite(p.rate_limit->per) || p.rate_limit->per <= 0 ||
-        p.rate_limit->per > 86400) {
+    if (!std::isfinite(p.rate_limit->per) || p.rate_limit->per <= 0 || p.rate_limit->per > 86400) {
       return bad("rate_limit.per", "must be a number of seconds > 0 (at most 86400)");
     }
   }
   return std::nullopt;
 }
 
-Result<QueueInfo> PostgresStore::SetQueuePolicy(std::string_view queue,
-                                                const QueuePolicy& policy) {
+Result<QueueInfo> PostgresStore::SetQueuePolicy(std::string_view queue, const QueuePolicy& policy) {
   if (!IsValidQueueName(queue)) {
     return Error{"validation_failed", "queue: must be 1..64 characters of A-Z a-z 0-9 _ . -"};
   }

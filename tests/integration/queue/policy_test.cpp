@@ -39,11 +39,12 @@ QueuePolicy Caps(std::optional<int> max_running, std::optional<int> per_group) {
 int64_t MaxOverlap(const TestDatabase& db, const std::string& queue, bool by_group) {
   const std::string same = by_group ? " AND o.\"group\" IS NOT DISTINCT FROM t.\"group\"" : "";
   return std::stoll(Scalar(
-      db, "SELECT coalesce(max(n), 0) FROM (SELECT (SELECT count(*) FROM tasks o WHERE o.queue = "
-          "t.queue AND o.started_at <= t.started_at AND (o.finished_at IS NULL OR o.finished_at > "
-          "t.started_at)" +
-              same + ") AS n FROM tasks t WHERE t.queue = '" + queue +
-              "' AND t.started_at IS NOT NULL) x"));
+      db,
+      "SELECT coalesce(max(n), 0) FROM (SELECT (SELECT count(*) FROM tasks o WHERE o.queue = "
+      "t.queue AND o.started_at <= t.started_at AND (o.finished_at IS NULL OR o.finished_at > "
+      "t.started_at)" +
+          same + ") AS n FROM tasks t WHERE t.queue = '" + queue +
+          "' AND t.started_at IS NOT NULL) x"));
 }
 
 }  // namespace
@@ -97,7 +98,7 @@ TEST_CASE("caps hold with eight claimers on two nodes, checked at every claim",
           continue;
         }
         std::this_thread::sleep_for(2ms);  // the task's work
-        track(*held, -1);  // before the finish commits: never a false alarm
+        track(*held, -1);                  // before the finish commits: never a false alarm
         const Task finished = *held;
         held.reset();
         if (c % 4 < 2) {
@@ -297,8 +298,8 @@ TEST_CASE("a capped queue's backlog does not slow the claims of another queue",
     for (int i = 0; i < n; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       auto r = store->Claim(ClaimFor({"w"}));
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-                       .count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
       REQUIRE((r.ok() && r->size() == 1));
       CHECK(r->front().queue == "free");
       REQUIRE(store->Finish(r->front().id, "w", Report(TaskState::kSucceeded)).ok());
