@@ -18,6 +18,7 @@
 #include "api/event_hub.h"
 #include "api/openapi.h"
 #include "api/routes_schedules.h"
+#include "api/routes_queues.h"
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
@@ -315,6 +316,8 @@ void ApiServer::Routes() {
   ScheduleRoutes(
       s, [&](httplib::Server::Handler fn) { return wrap(Access::kToken, std::move(fn)); },
       schedules_, store_);
+  QueueRoutes(
+      s, [&](httplib::Server::Handler h) { return wrap(Access::kToken, std::move(h)); }, store_);
 
   // --- tasks ------------------------------------------------------------------
   s.Post("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
@@ -328,11 +331,11 @@ void ApiServer::Routes() {
   s.Get("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
           queue::TaskFilter filter;
           for (const auto& [key, value] : req.params) {
-            if (key != "state" && key != "queue" && key != "limit" && key != "cursor" &&
-                key != "schedule") {
+            if (key != "state" && key != "queue" && key != "group" && key != "limit" &&
+                key != "cursor" && key != "schedule") {
               return SendError(res, MakeError("validation_failed",
                                               key + ": unknown query parameter (allowed: state, "
-                                                    "queue, schedule, limit, cursor)"));
+                                                    "queue, group, schedule, limit, cursor)"));
             }
           }
           if (req.has_param("state") && !req.get_param_value("state").empty()) {
@@ -349,6 +352,9 @@ void ApiServer::Routes() {
           }
           if (req.has_param("schedule") && !req.get_param_value("schedule").empty()) {
             filter.schedule = req.get_param_value("schedule");
+          }
+          if (req.has_param("group") && !req.get_param_value("group").empty()) {
+            filter.group = req.get_param_value("group");
           }
           if (req.has_param("limit")) {
             auto n = ParseInt64(req.get_param_value("limit"));
@@ -712,6 +718,7 @@ void ApiServer::Routes() {
                   .Set(static_cast<double>(n));
             }
           }
+          QueueMetrics(store_, registry_);
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
           res.status = 200;

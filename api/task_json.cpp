@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "base/ulid.h"
+#include "runner/queue/validation.h"
 
 namespace runner::api {
 namespace {
@@ -207,10 +208,10 @@ Result<NewTask> ParseNewTask(std::string_view body) {
   auto parsed = ParseObject(body, false);
   if (!parsed) return parsed.error();
   const json::object& obj = *parsed;
-  if (auto e = CheckKnown(
-          obj, "",
-          {"command", "image", "isolation", "env", "limits", "timeout", "priority", "queue",
-           "max_attempts", "delay", "depends_on", "idempotency_key", "labels", "backoff"})) {
+  if (auto e = CheckKnown(obj, "",
+                          {"command", "image", "isolation", "env", "limits", "timeout", "priority",
+                           "queue", "max_attempts", "delay", "depends_on", "idempotency_key",
+                           "labels", "backoff", "group"})) {
     return *e;
   }
   NewTask task;
@@ -281,6 +282,13 @@ Result<NewTask> ParseNewTask(std::string_view body) {
       if (!err && !ValidName(task.queue)) {
         err = Invalid(key, "may only contain letters, digits and _ - . : /");
       }
+    } else if (key == "group") {
+      std::string g;
+      err = ReadString(v, key, queue::kMaxGroupName, false, g);
+      if (!err && !queue::IsValidGroupName(g)) {
+        err = Invalid(key, "must be 1..128 characters of A-Z a-z 0-9 _ . -");
+      }
+      task.group = g;
     } else if (key == "idempotency_key") {
       std::string k;
       err = ReadString(v, key, kMaxKeyLength, false, k);
@@ -392,6 +400,7 @@ json::object TaskToJson(const queue::Task& task) {
   o["id"] = task.id;
   o["state"] = std::string(queue::ToString(task.state));
   o["queue"] = task.queue;
+  o["group"] = OptString(task.group);
   o["priority"] = task.priority;
   o["command"] = StringArray(task.command);
   o["image"] = task.image;
@@ -455,6 +464,7 @@ Result<queue::Task> TaskFromJson(const json::value& value) {
   if (auto s = str("state"))
     t.state = queue::ParseTaskState(*s).value_or(queue::TaskState::kQueued);
   t.queue = str("queue").value_or("default");
+  t.group = str("group");
   t.priority = static_cast<int>(num("priority").value_or(0));
   if (const auto* c = o.if_contains("command"); c != nullptr && c->is_array()) {
     for (const auto& a : c->get_array()) {

@@ -39,6 +39,7 @@ void AddTaskOptions(CLI::App* cmd, runner::app::SubmitArgs& args) {
   cmd->add_option("--memory", args.memory, "memory limit: bytes or 256M, 1G");
   cmd->add_option("--disk", args.disk, "disk limit: bytes or 100M, 1G");
   cmd->add_option("--pids", args.pids, "process/thread limit");
+  cmd->add_option("--group", args.group, "group: claims rotate between a queue's groups");
   cmd->add_option("--timeout", args.timeout, "seconds (0 = none)");
   cmd->add_option("--delay", args.delay, "seconds before it may run");
   cmd->add_option("--priority", args.priority, "higher runs first");
@@ -126,6 +127,27 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"stdout", "stderr", "all"}))
       ->capture_default_str();
 
+  auto* queues = app.add_subcommand("queues", "list queues: counts, policy, throttle state");
+  AddClientOptions(queues, ctx, token);
+  auto* queue_cmd = app.add_subcommand("queue", "set, pause or resume a queue's policy");
+  queue_cmd->require_subcommand(1);
+  runner::app::QueueSetArgs queue_set;
+  auto* queue_set_cmd = queue_cmd->add_subcommand("set", "replace a queue's policy");
+  AddClientOptions(queue_set_cmd, ctx, token);
+  queue_set_cmd->add_option("name", queue_set.name, "queue name")->required();
+  queue_set_cmd->add_option("--max-running", queue_set.max_running, "tasks running at once");
+  queue_set_cmd->add_option("--max-running-per-group", queue_set.max_running_per_group,
+                            "tasks running at once per group");
+  queue_set_cmd->add_option("--rate", queue_set.rate, "COUNT/SECONDS: starts per window");
+  queue_set_cmd->add_flag("--paused", queue_set.paused, "start nothing of this queue");
+  std::string queue_name;
+  auto* queue_pause = queue_cmd->add_subcommand("pause", "start no task of the queue");
+  AddClientOptions(queue_pause, ctx, token);
+  queue_pause->add_option("name", queue_name, "queue name")->required();
+  auto* queue_resume = queue_cmd->add_subcommand("resume", "start its tasks again");
+  AddClientOptions(queue_resume, ctx, token);
+  queue_resume->add_option("name", queue_name, "queue name")->required();
+
   std::string cancel_id;
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   AddClientOptions(cancel, ctx, token);
@@ -204,5 +226,9 @@ int main(int argc, char** argv) {
   for (const auto& [action, cmd] : schedule_actions) {
     if (cmd->parsed()) return runner::app::RunScheduleAction(ctx, action, schedule_name);
   }
+  if (queues->parsed()) return runner::app::RunQueues(ctx);
+  if (queue_set_cmd->parsed()) return runner::app::RunQueueSet(ctx, queue_set);
+  if (queue_pause->parsed()) return runner::app::RunQueuePause(ctx, queue_name, true);
+  if (queue_resume->parsed()) return runner::app::RunQueuePause(ctx, queue_name, false);
   return 2;
 }

@@ -146,6 +146,7 @@ std::optional<json::object> TaskBody(const SubmitArgs& a, const std::string& who
   if (a.image) body["image"] = *a.image;
   if (a.isolation) body["isolation"] = *a.isolation;
   if (a.queue) body["queue"] = *a.queue;
+  if (a.group) body["group"] = *a.group;
   if (a.idempotency_key) body["idempotency_key"] = *a.idempotency_key;
   if (a.timeout) body["timeout"] = *a.timeout;
   if (a.delay) body["delay"] = *a.delay;

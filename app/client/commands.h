@@ -24,7 +24,7 @@ struct CommandContext {
 
 struct SubmitArgs {
   std::vector<std::string> command;
-  std::optional<std::string> image, isolation, queue, idempotency_key;
+  std::optional<std::string> image, isolation, queue, group, idempotency_key;
   std::optional<std::string> cpus, memory, disk;  // memory/disk accept 512M, 1G, bytes
   std::optional<int64_t> pids;
   std::optional<double> timeout, delay;
@@ -59,6 +59,18 @@ int RunStart(const CommandContext& ctx);
 int RunLogs(const CommandContext& ctx, const std::string& id, bool follow,
             const std::string& stream);
 int RunCancel(const CommandContext& ctx, const std::string& id);
+
+// Queue policies (queue_commands.cpp).
+struct QueueSetArgs {
+  std::string name;
+  std::optional<int> max_running, max_running_per_group;
+  std::optional<std::string> rate;  // COUNT/SECONDS
+  bool paused = false;
+};
+int RunQueues(const CommandContext& ctx);
+int RunQueueSet(const CommandContext& ctx, const QueueSetArgs& args);
+// pause (true) or resume (false), keeping the rest of the policy.
+int RunQueuePause(const CommandContext& ctx, const std::string& name, bool paused);
 
 // "512M", "1G", "1.5Gi", "1048576" -> bytes; nullopt when malformed.
 std::optional<int64_t> ParseBytes(const std::string& text);

@@ -4,6 +4,8 @@
 
 #include <pqxx/pqxx>
 
+#include "runner/queue/queue_policy_schema.h"
+
 namespace runner::queue {
 namespace {
 
@@ -173,6 +175,7 @@ CREATE INDEX tasks_schedule_live_idx ON tasks (schedule)
 const std::vector<Migration> kMigrations = {
     {1, "queue schema", kV1Schema},
     {2, "schedules", kV2Schedules},
+    {3, "task groups and queue policies", kV2QueuePolicies},
 };
 
 }  // namespace

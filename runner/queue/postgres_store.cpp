@@ -340,6 +340,7 @@ Task RowToTask(const pqxx::row& r) {
   t.logs_truncated = r[30].as<bool>();
   t.schedule = OptString(r[31]);
   t.scheduled_for = OptMicros(r[32]);
+  t.group = OptString(r[33]);
   return t;
 }
 
@@ -455,7 +456,7 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
       nt.image.value_or(opts.default_image), PgArray(nt.command), MapJson(nt.env),
       LimitsJson(WithDefaults(nt.limits, opts)), nt.timeout.value_or(opts.default_timeout),
       PgArray(nt.depends_on), NullableCStr(nt.idempotency_key), MapJson(nt.labels),
-      NullableCStr(err));
+      NullableCStr(err), NullableCStr(nt.group));
   if (r.empty()) {
     // Lost an insert race on the idempotency key: the winner has committed.
     auto existing = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
@@ -556,6 +557,7 @@ json::object TaskInsertRecord(const NewTask& nt, const StoreOptions& opts) {
       {"idempotency_key",
        nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
       {"labels", MapObject(nt.labels)},
+      {"group", nt.group ? json::value(*nt.group) : json::value(nullptr)},
   };
 }
 
@@ -672,6 +674,10 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
   if (filter.schedule) {
     params.push_back(*filter.schedule);
     where("t.schedule = $" + std::to_string(params.size()));
+  }
+  if (filter.group) {
+    params.push_back(*filter.group);
+    where("t.\"group\" = $" + std::to_string(params.size()));
   }
   if (cursor_micros) {
     params.push_back(*cursor_micros);
@@ -803,6 +809,11 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
     for (const auto& row : r) out.push_back(RowToTask(row));
     return out;
   });
+}
+
+Status PostgresStore::WithConnection(std::string_view op,
+                                     const std::function<Status(pqxx::connection_base&)>& f) {
+  return Execute<Status>(*pool_, op, [&](pqxx::connection& c) -> Status { return f(c); });
 }
 
 Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& request) {

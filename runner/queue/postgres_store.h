@@ -20,6 +20,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -29,7 +30,12 @@
 #include "base/result.h"
 #include "isolation/isolator.h"
 #include "runner/queue/migrations.h"
+#include "runner/queue/queue_policy.h"
 #include "runner/queue/queue_store.h"
+
+namespace pqxx {
+class connection_base;
+}
 
 namespace runner::queue {
 
@@ -56,7 +62,7 @@ inline constexpr std::size_t kTailBytes = 4096;
 // Retry backoff cap.
 inline constexpr double kMaxRetryDelaySeconds = 3600;
 
-class PostgresStore final : public QueueStore {
+class PostgresStore final : public QueueStore, public QueuePolicyStore {
  public:
   // Connects (one connection, to fail fast on a bad conninfo) and migrates.
   static Result<std::unique_ptr<PostgresStore>> Open(const StoreOptions& options);
@@ -101,6 +107,17 @@ class PostgresStore final : public QueueStore {
 
   Result<ReapReport> Reap(const ReapPolicy& policy) override;
   Status Ping() override;
+
+  // Queue policies (queue_policy_store.cpp).
+  Result<QueueInfo> SetQueuePolicy(std::string_view queue, const QueuePolicy& policy) override;
+  Result<QueueInfo> GetQueue(std::string_view queue) override;
+  Status DeleteQueuePolicy(std::string_view queue) override;
+  Result<std::vector<QueueInfo>> ListQueues() override;
+  std::optional<std::chrono::milliseconds> NextRateOpening(const ClaimRequest& request) override;
+
+  // Runs f on a pooled connection with the store's error mapping.
+  Status WithConnection(std::string_view op,
+                        const std::function<Status(pqxx::connection_base&)>& f);
 
   const StoreOptions& options() const { return options_; }
 

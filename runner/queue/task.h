@@ -49,7 +49,8 @@ struct NewTask {
   std::vector<std::string> depends_on;
   std::optional<std::string> idempotency_key;
   std::map<std::string, std::string> labels;
-  std::optional<double> backoff;  // base seconds of the exponential retry backoff
+  std::optional<double> backoff;     // base seconds of the exponential retry backoff
+  std::optional<std::string> group;  // fair share within the queue; none: the unnamed group
 };
 
 struct Task {
@@ -86,6 +87,7 @@ struct Task {
   bool logs_truncated = false;             // stored logs hit the per-task cap
   std::optional<std::string> schedule;     // the schedule that created it
   std::optional<TimePoint> scheduled_for;  // and the slot it was created for
+  std::optional<std::string> group;
 };
 
 }  // namespace runner::queue
