@@ -5,6 +5,7 @@
 import { api, ApiError, sseUrl } from './api.js';
 import { LiveChart } from './chart.js';
 import { loadSchedules, setupSchedules } from './schedules.js';
+import { loadQueues, setupQueues } from './queues.js';
 
 const POLL_MS = 2000;
 const TASK_PAGE = 20;
@@ -680,7 +681,7 @@ const EVENTS = [
   'task.queued', 'task.started', 'task.succeeded', 'task.failed', 'task.cancelled',
   'task.timed_out', 'task.retrying', 'worker.started', 'worker.stopped', 'worker.failed',
   'pool.scaled', 'pool.throttled', 'pool.resumed', 'schedule.created', 'schedule.updated',
-  'schedule.deleted', 'schedule.fired', 'schedule.skipped',
+  'schedule.deleted', 'schedule.fired', 'schedule.skipped', 'queue.updated',
 ];
 
 let events = null;
@@ -702,6 +703,7 @@ function onEvent(name, ev) {
     schedulePoll();
   } else {
     if (name.startsWith('schedule.')) loadSchedules();
+    if (name === 'queue.updated') loadQueues();
     schedulePoll();
   }
 }
@@ -756,6 +758,7 @@ async function main() {
   setupTaskPanel();
   setupSubmit();
   setupSchedules();
+  setupQueues();
   chart.draw();
   await poll();  // asks for the token first if the server wants one
   connectEvents();

@@ -190,6 +190,24 @@ describe('dashboard against a runner', () => {
     await runner.api('/api/v1/schedules/browser-nightly', { method: 'DELETE' });
   });
 
+  it('shows a queue policy, pauses and resumes it from the Queues panel', async () => {
+    const { page } = tab;
+    const made = await runner.api('/api/v1/queues/browser-q', { method: 'PUT', body: { max_running: 3 } });
+    assert.equal(made.status, 200);
+    const row = '#queue-table tr[data-queue="browser-q"]';
+    await page.waitForSelector(row, { timeout: 20000 });
+    await page.click(`${row} [data-testid="queue-pause"]`);
+    await waitFor(async () => (await runner.api('/api/v1/queues/browser-q')).json.paused === true,
+      { timeout: 15000, what: 'the queue paused' });
+    const paused = (await runner.api('/api/v1/queues/browser-q')).json;
+    assert.equal(paused.max_running, 3);  // pause keeps the rest of the policy
+    await page.waitForSelector(`${row} [data-testid="queue-resume"]`, { timeout: 15000 });
+    await page.click(`${row} [data-testid="queue-resume"]`);
+    await waitFor(async () => (await runner.api('/api/v1/queues/browser-q')).json.paused === false,
+      { timeout: 15000, what: 'the queue resumed' });
+    await runner.api('/api/v1/queues/browser-q', { method: 'DELETE' });
+  });
+
   it('asks before a force stop and keeps the pool when the operator declines', async () => {
     const { page } = tab;
     await page.click('#pool-force-stop');
