@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "app/client/commands.h"
 #include "app/serve.h"
@@ -28,6 +29,33 @@ void AddClientOptions(CLI::App* cmd, runner::app::CommandContext& ctx, std::stri
   cmd->add_option("--token", token, "API token (Authorization: Bearer)")
       ->envname("RUNNER_API_TOKEN");
   cmd->add_flag("--json", ctx.json, "print the API's JSON instead of a table");
+}
+
+// The client flags may come before the subcommand too (`runner --server URL
+// status`): they are moved to just after it, where the subcommand's own
+// options take them, so both spellings mean the same.
+std::vector<std::string> ClientFlagsAfterSubcommand(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<std::string> moved;
+  std::size_t i = 1;
+  while (i < args.size()) {
+    const std::string& a = args[i];
+    if ((a == "--server" || a == "--token") && i + 1 < args.size()) {
+      moved.push_back(a);
+      moved.push_back(args[i + 1]);
+      i += 2;
+    } else if (a == "--json" || a.rfind("--server=", 0) == 0 || a.rfind("--token=", 0) == 0) {
+      moved.push_back(a);
+      i += 1;
+    } else {
+      break;
+    }
+  }
+  if (moved.empty() || i >= args.size()) return args;
+  std::vector<std::string> out{args[0], args[i]};
+  out.insert(out.end(), moved.begin(), moved.end());
+  out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
+  return out;
 }
 
 }  // namespace
@@ -72,6 +100,11 @@ int main(int argc, char** argv) {
   submit->add_option("--queue", submit_args.queue, "queue name (default: default)");
   submit->add_option("--max-attempts", submit_args.max_attempts, "attempts before it fails");
   submit->add_option("--env,-e", submit_args.env, "KEY=VALUE (repeatable)")
+      ->allow_extra_args(false);
+  submit
+      ->add_option("--secret,-s", submit_args.secrets,
+                   "NAME=VALUE, or NAME to take the value from the environment (repeatable); "
+                   "never shown back, masked in output")
       ->allow_extra_args(false);
   submit->add_option("--label,-l", submit_args.labels, "KEY=VALUE (repeatable)")
       ->allow_extra_args(false);
@@ -129,8 +162,11 @@ int main(int argc, char** argv) {
   AddClientOptions(cancel, ctx, token);
   cancel->add_option("id", cancel_id, "task id")->required();
 
+  std::vector<std::string> args = ClientFlagsAfterSubcommand(argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (auto& a : args) arg_ptrs.push_back(a.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

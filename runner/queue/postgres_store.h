@@ -29,6 +29,7 @@
 #include "isolation/isolator.h"
 #include "runner/queue/migrations.h"
 #include "runner/queue/queue_store.h"
+#include "runner/secrets/secret_box.h"
 
 namespace runner::queue {
 
@@ -44,6 +45,9 @@ struct StoreOptions {
   std::chrono::milliseconds statement_timeout{15000};  // per statement, server side
   std::chrono::milliseconds counts_cache{1000};        // Counts() freshness
   bool migrate = true;                                 // apply migrations in Open()
+  // Seals task secrets at submit and opens them at claim. Null: a submission
+  // with secrets is refused. Nodes sharing a database need the same key.
+  std::shared_ptr<const secrets::SecretKey> secret_key;
 };
 
 // Bytes kept of each stream's tail on the task row.
