@@ -170,6 +170,8 @@ CREATE INDEX tasks_schedule_list_idx ON tasks (schedule, created_at DESC, id DES
   WHERE schedule IS NOT NULL;
 CREATE INDEX tasks_schedule_live_idx ON tasks (schedule)
   WHERE schedule IS NOT NULL AND state IN ('queued', 'running');
+)sql";
+
 // Task secrets: the names (returned by the API) and the sealed values
 // (runner/secrets: XChaCha20-Poly1305 under the node key, the task id as
 // associated data). A trigger, not each statement that ends a task, drops the
