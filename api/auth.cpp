@@ -80,4 +80,17 @@ bool IsLoopback(std::string_view host) {
   return false;
 }
 
+Status CheckListen(std::string_view listen, const std::optional<std::string>& api_token) {
+  auto addr = ParseListen(listen);
+  if (!addr) return addr.error();
+  if (!IsLoopback(addr->host) && (!api_token || api_token->empty())) {
+    return MakeError("validation_failed",
+                     "refusing to listen on " + std::string(listen) +
+                         " without an API token: anyone who can reach it could run commands. "
+                         "Set --api-token-file (RUNNER_API_TOKEN_FILE), --api-token "
+                         "(RUNNER_API_TOKEN) or listen on 127.0.0.1");
+  }
+  return {};
+}
+
 }  // namespace runner::api

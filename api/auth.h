@@ -32,4 +32,9 @@ Result<ListenAddress> ParseListen(std::string_view listen);
 // 127.0.0.0/8, ::1 and "localhost".
 bool IsLoopback(std::string_view host);
 
+// A listen address the server may bind: well formed, and loopback unless a
+// token is set. validation_failed saying how to fix it otherwise. Checked at
+// start before anything else is created, and again by ApiServer::Start.
+Status CheckListen(std::string_view listen, const std::optional<std::string>& api_token);
+
 }  // namespace runner::api

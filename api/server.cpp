@@ -5,17 +5,21 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <initializer_list>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <unordered_map>
 
 #include "api/auth.h"
 #include "api/elastic_task_queue.h"
 #include "api/event_hub.h"
+#include "api/json_text.h"
 #include "api/openapi.h"
 #include "api/routes_queues.h"
 #include "api/routes_schedules.h"
@@ -54,9 +58,22 @@ void SendError(Response& res, const Error& error) {
   res.set_content(ErrorBody(error), kJson);
 }
 
+// docs/api.md: an unknown query parameter is a 400, like an unknown field.
+std::optional<Error> UnknownParam(const Request& req,
+                                  std::initializer_list<std::string_view> allowed) {
+  for (const auto& [key, value] : req.params) {
+    if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
+    std::string list;
+    for (auto a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+    return MakeError("validation_failed", key + ": unknown query parameter (allowed: " +
+                                              (list.empty() ? std::string("none") : list) + ")");
+  }
+  return std::nullopt;
+}
+
 void SendJson(Response& res, int status, const json::value& value) {
   res.status = status;
-  res.set_content(json::serialize(value), kJson);
+  res.set_content(WriteJson(value), kJson);
 }
 
 // For statuses httplib produces itself (no route, body too large, bad request line).
@@ -178,12 +195,7 @@ Status ApiServer::Start() {
   auto addr = ParseListen(options_.listen);
   if (!addr) return addr.error();
   if (options_.api_token && options_.api_token->empty()) options_.api_token.reset();
-  if (!IsLoopback(addr->host) && !options_.api_token) {
-    return MakeError("validation_failed",
-                     "refusing to listen on " + options_.listen +
-                         " without an API token: anyone who can reach it could run commands. "
-                         "Set --api-token (RUNNER_API_TOKEN) or listen on 127.0.0.1");
-  }
+  if (auto st = CheckListen(options_.listen, options_.api_token); !st) return st;
   if (options_.max_streams == 0 || options_.http_threads == 0) {
     return MakeError("validation_failed", "http_threads and max_streams must be at least 1");
   }
@@ -207,11 +219,32 @@ Status ApiServer::Start() {
   // such a request has no body, and `curl -X POST URL` sends exactly that, so
   // it gets the Content-Length: 0 it means. (The handler runs before the body
   // is read; the request is the server's own, not a const object.)
-  http_->set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+  //
+  // A bogus Content-Length (not a number, negative, or over the body limit)
+  // is answered at once, before any body is read: cpp-httplib would parse
+  // "-1" as 2^64-1 and hold the connection trying to skip that many bytes.
+  const std::size_t max_body = options_.max_body_bytes;
+  http_->set_pre_routing_handler([max_body](const httplib::Request& req, httplib::Response& res) {
     if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
       const_cast<httplib::Request&>(req).headers.emplace("Content-Length", "0");
+      return httplib::Server::HandlerResponse::Unhandled;
     }
-    return httplib::Server::HandlerResponse::Unhandled;
+    if (!req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string length = req.get_header_value("Content-Length");
+    uint64_t n = 0;
+    auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
+    std::optional<Error> bad;
+    if (length.empty() || ec != std::errc() || end != length.data() + length.size()) {
+      bad = MakeError("bad_request", "Content-Length: must be a whole number of bytes, got '" +
+                                         length.substr(0, 32) + "'");
+    } else if (n > max_body) {
+      bad = MakeError("payload_too_large", "the body is over " + std::to_string(max_body) +
+                                               " bytes (Content-Length: " + length + ")");
+    }
+    if (!bad) return httplib::Server::HandlerResponse::Unhandled;
+    res.set_header("Connection", "close");
+    SendError(res, *bad);
+    return httplib::Server::HandlerResponse::Handled;
   });
 
   EventHubOptions hub_options;
@@ -407,6 +440,7 @@ void ApiServer::Routes() {
       R"(/api/v1/tasks/([^/]+)/logs)",
       wrap(Access::kTokenOrQuery, [this, token, task_not_found](const Request& req, Response& res) {
         std::string id = req.matches[1];
+        if (auto e = UnknownParam(req, {"stream", "follow", "token"})) return SendError(res, *e);
         bool follow = req.has_param("follow") && req.get_param_value("follow") != "0" &&
                       req.get_param_value("follow") != "false";
         if (token && !follow && !BearerMatches(req.get_header_value("Authorization"), *token)) {
@@ -496,14 +530,13 @@ void ApiServer::Routes() {
                           {"stream",
                            c.stream == isolation::OutputStream::kStdout ? "stdout" : "stderr"},
                           {"data", c.data}};
-                      out += SseEvent(c.seq, "log", json::serialize(data));
+                      out += SseEvent(c.seq, "log", WriteJson(data));
                       st->after = c.seq;
                     }
                     return write(out);
                   }
                   if (queue::IsFinal(current->state)) {
-                    bool ok =
-                        write(SseEvent(std::nullopt, "end", json::serialize(TaskToJson(*current))));
+                    bool ok = write(SseEvent(std::nullopt, "end", WriteJson(TaskToJson(*current))));
                     sink.done();
                     return ok;
                   }
@@ -617,6 +650,7 @@ void ApiServer::Routes() {
 
   // --- events -----------------------------------------------------------------
   s.Get("/api/v1/events", wrap(Access::kTokenOrQuery, [this](const Request& req, Response& res) {
+          if (auto e = UnknownParam(req, {"last_event_id", "token"})) return SendError(res, *e);
           std::optional<int64_t> resume;
           std::string last = req.get_header_value("Last-Event-ID");
           if (last.empty() && req.has_param("last_event_id")) {
@@ -661,7 +695,7 @@ void ApiServer::Routes() {
                     std::string out;
                     for (const auto& e : events) {
                       if (e.id <= st->last_sent) continue;  // replay and live overlap
-                      out += SseEvent(e.id, e.kind, json::serialize(EventToJson(e)));
+                      out += SseEvent(e.id, e.kind, WriteJson(EventToJson(e)));
                       st->last_sent = e.id;
                     }
                     return out.empty() || sink.write(out.data(), out.size());

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <limits>
 
+#include "api/json_text.h"
 #include "base/ulid.h"
 #include "runner/queue/validation.h"
 
@@ -211,7 +212,7 @@ Result<NewTask> ParseNewTask(std::string_view body) {
   if (auto e = CheckKnown(obj, "",
                           {"command", "image", "isolation", "env", "limits", "timeout", "priority",
                            "queue", "max_attempts", "delay", "depends_on", "idempotency_key",
-                           "labels", "backoff", "group"})) {
+                           "labels", "backoff", "group", "secrets"})) {
     return *e;
   }
   NewTask task;
@@ -255,6 +256,8 @@ Result<NewTask> ParseNewTask(std::string_view body) {
       }
     } else if (key == "env") {
       err = ReadStringMap(v, key, true, task.env);
+    } else if (key == "secrets") {
+      err = ReadStringMap(v, key, true, task.secrets);
     } else if (key == "labels") {
       err = ReadStringMap(v, key, false, task.labels);
     } else if (key == "limits") {
@@ -407,6 +410,8 @@ json::object TaskToJson(const queue::Task& task) {
   o["isolation"] = std::string(isolation::ToString(task.isolation));
   o["isolation_used"] = OptString(task.isolation_used);
   o["env"] = StringMap(task.env);
+  // Names only: the values never leave the node that runs the task.
+  o["secrets"] = StringArray(task.secret_names);
   o["limits"] = json::object{{"cpus", Num(task.limits.cpus)},
                              {"memory", task.limits.memory},
                              {"disk", task.limits.disk},
@@ -576,7 +581,7 @@ json::object EventToJson(const queue::Event& event) {
 }
 
 std::string ErrorBody(const Error& error) {
-  return json::serialize(
+  return WriteJson(
       json::object{{"error", json::object{{"code", error.code}, {"message", error.message}}}});
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "app/client/commands.h"
 #include "app/serve.h"
@@ -46,10 +47,41 @@ void AddTaskOptions(CLI::App* cmd, runner::app::SubmitArgs& args) {
   cmd->add_option("--queue", args.queue, "queue name (default: default)");
   cmd->add_option("--max-attempts", args.max_attempts, "attempts before it fails");
   cmd->add_option("--env,-e", args.env, "KEY=VALUE (repeatable)")->allow_extra_args(false);
+  cmd->add_option("--secret,-s", args.secrets,
+                  "NAME=VALUE, or NAME to take the value from the environment (repeatable); "
+                  "never shown back, masked in output")
+      ->allow_extra_args(false);
   cmd->add_option("--label,-l", args.labels, "KEY=VALUE (repeatable)")->allow_extra_args(false);
   cmd->add_option("--depends-on", args.depends_on, "task id (repeatable)")->allow_extra_args(false);
   cmd->add_option("--idempotency-key", args.idempotency_key,
                   "same key -> the same task, never a second one");
+}
+
+// The client flags may come before the subcommand too (`runner --server URL
+// status`): they are moved to just after it, where the subcommand's own
+// options take them, so both spellings mean the same.
+std::vector<std::string> ClientFlagsAfterSubcommand(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  std::vector<std::string> moved;
+  std::size_t i = 1;
+  while (i < args.size()) {
+    const std::string& a = args[i];
+    if ((a == "--server" || a == "--token") && i + 1 < args.size()) {
+      moved.push_back(a);
+      moved.push_back(args[i + 1]);
+      i += 2;
+    } else if (a == "--json" || a.rfind("--server=", 0) == 0 || a.rfind("--token=", 0) == 0) {
+      moved.push_back(a);
+      i += 1;
+    } else {
+      break;
+    }
+  }
+  if (moved.empty() || i >= args.size()) return args;
+  std::vector<std::string> out{args[0], args[i]};
+  out.insert(out.end(), moved.begin(), moved.end());
+  out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
+  return out;
 }
 
 }  // namespace
@@ -183,8 +215,11 @@ int main(int argc, char** argv) {
     schedule_actions.emplace_back(action, cmd);
   }
 
+  std::vector<std::string> args = ClientFlagsAfterSubcommand(argc, argv);
+  std::vector<char*> arg_ptrs;
+  for (auto& a : args) arg_ptrs.push_back(a.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <thread>
 
+#include "api/auth.h"
 #include "api/server.h"
 #include "runner/embedded/postgres_cluster.h"
 #include "runner/metrics/registry.h"
@@ -102,6 +103,13 @@ int RunServe(const Config& config) {
   api_options.default_drain_timeout =
       std::chrono::seconds(static_cast<int64_t>(config.drain_timeout));
 
+  // Every check of the configuration comes before anything is created: a
+  // refused start leaves the data dir, the database and the queue untouched
+  // (a node that claimed tasks before refusing would strand them).
+  if (auto st = api::CheckListen(api_options.listen, api_options.api_token); !st) {
+    std::cerr << "runner serve: " << st.error().message << "\n";
+    return 1;
+  }
   auto db = OpenDatabase(config);
   if (!db) {
     std::cerr << "runner serve: " << db.error().message << "\n";

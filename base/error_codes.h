@@ -33,6 +33,9 @@ inline constexpr char kIsolationUnavailable[] = "isolation_unavailable";
 inline constexpr char kLeaseLost[] = "lease_lost";
 inline constexpr char kOverLimit[] = "over_limit";
 inline constexpr char kDependencyFailed[] = "dependency_failed";
+// The node's secret key cannot open the task's secrets (another key sealed
+// them, or the blob was altered): the task fails rather than run without them.
+inline constexpr char kSecretsUnavailable[] = "secrets_unavailable";
 
 struct ErrorCodeInfo {
   std::string_view code;
@@ -48,7 +51,7 @@ inline constexpr std::array kErrorCodes = {
     ErrorCodeInfo{kTimedOut, 0},         ErrorCodeInfo{kCancelled, 0},
     ErrorCodeInfo{kImageNotFound, 0},    ErrorCodeInfo{kIsolationUnavailable, 0},
     ErrorCodeInfo{kLeaseLost, 0},        ErrorCodeInfo{kOverLimit, 0},
-    ErrorCodeInfo{kDependencyFailed, 0},
+    ErrorCodeInfo{kDependencyFailed, 0}, ErrorCodeInfo{kSecretsUnavailable, 0},
 };
 
 // The HTTP status a request error with `code` answers with: 500 for a code

@@ -36,7 +36,13 @@ struct Config {
   double idle_backoff_max = 30;
   double lease = 30;          // seconds; renewed every third of it
   double drain_timeout = 60;  // seconds
+  // At timeout or cancel a task gets SIGTERM, then SIGKILL after this many
+  // seconds; the same in both isolations.
+  double kill_grace = 5;
   std::optional<std::string> api_token;
+  // Seals task secrets at rest; none: <data_dir>/secret.key, created 0600 at
+  // first start. Nodes sharing a database need the same key.
+  std::optional<std::string> secret_key_file;
   std::vector<std::string> queues;  // empty: all queues
   bool claim_on_finish = true;      // a busy worker claims its next task as it reports
 

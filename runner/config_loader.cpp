@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 namespace runner {
@@ -151,6 +152,36 @@ const std::vector<Setting>& Settings() {
            c.api_token.reset();
          } else {
            c.api_token = v;
+         }
+         return std::nullopt;
+       }},
+      {"kill-grace", "workers.killGraceSeconds",
+       "seconds between SIGTERM and SIGKILL when a task times out or is cancelled",
+       SecondsIn(&Config::kill_grace, 0, 3600)},
+      {"api-token-file", "api.tokenFile",
+       "file holding the bearer token (not visible in ps, unlike --api-token)",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         if (v.empty()) return std::nullopt;
+         std::ifstream in(v);
+         if (!in) return "cannot be read: give a readable file holding the token";
+         std::stringstream text;
+         text << in.rdbuf();
+         std::string token = text.str();
+         while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) {
+           token.pop_back();
+         }
+         if (token.empty()) return "is empty: write the token into it";
+         c.api_token = token;
+         return std::nullopt;
+       }},
+      {"secret-key-file", "secrets.keyFile",
+       "key sealing task secrets (default <data-dir>/secret.key, made 0600 at first start); "
+       "every node sharing the database needs the same key",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         if (v.empty()) {
+           c.secret_key_file.reset();
+         } else {
+           c.secret_key_file = v;
          }
          return std::nullopt;
        }},

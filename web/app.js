@@ -408,6 +408,7 @@ function renderTask(t) {
   const labels = t.labels && Object.keys(t.labels).length ? Object.entries(t.labels).map(([k, v]) => `${k}=${v}`).join(', ') : null;
   fact(dl, 'Labels', labels).classList.add('wrap');
   if (t.env && Object.keys(t.env).length) fact(dl, 'Env', Object.keys(t.env).join(', ')).classList.add('wrap');
+  if (t.secrets && t.secrets.length) fact(dl, 'Secrets', t.secrets.join(', ')).classList.add('wrap');
   if (t.depends_on && t.depends_on.length) fact(dl, 'Depends on', t.depends_on.join(', ')).classList.add('mono', 'wrap');
   if (t.cancel_requested && !FINISHED.has(t.state)) fact(dl, 'Cancel', 'requested');
   const err = $('task-error');

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <thread>
+
+#include "api/json_text.h"
 
 namespace runner::app {
 namespace {
@@ -25,7 +28,7 @@ std::string Str(const json::value* v) {
     std::snprintf(buf, sizeof buf, "%.1f", v->get_double());
     return buf;
   }
-  return json::serialize(*v);
+  return api::WriteJson(*v);
 }
 
 std::string Field(const json::object& o, std::string_view key) { return Str(o.if_contains(key)); }
@@ -55,7 +58,7 @@ std::string Join(const json::value* v) {
   std::string out;
   for (const auto& a : v->get_array()) {
     if (!out.empty()) out += ' ';
-    out += a.is_string() ? std::string(a.get_string()) : json::serialize(a);
+    out += a.is_string() ? std::string(a.get_string()) : api::WriteJson(a);
   }
   return out;
 }
@@ -186,6 +189,29 @@ std::optional<json::object> TaskBody(const SubmitArgs& a, const std::string& who
     }
     body[name] = std::move(m);
   }
+  if (!a.secrets.empty()) {
+    json::object m;
+    for (const auto& item : a.secrets) {
+      std::string k, v;
+      if (!SplitKv(item, k, v)) {
+        if (item.find('=') != std::string::npos) {
+          // Never echo it: the text may be the value.
+          std::cerr << "runner submit: a --secret is not NAME=VALUE (the name is empty)\n";
+          return 2;
+        }
+        const char* from_env = std::getenv(item.c_str());
+        if (from_env == nullptr) {
+          std::cerr << "runner submit: --secret " << item
+                    << ": no such environment variable; export it or give NAME=VALUE\n";
+          return 2;
+        }
+        k = item;
+        v = from_env;
+      }
+      m[k] = v;
+    }
+    body["secrets"] = std::move(m);
+  }
   if (!a.depends_on.empty()) {
     json::array deps;
     for (const auto& d : a.depends_on) deps.emplace_back(d);
@@ -211,7 +237,7 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
   std::string id = Field(res->get_object(), "id");
   if (!a.wait) {
     if (ctx.json) {
-      std::cout << json::serialize(*res) << "\n";
+      std::cout << api::WriteJson(*res) << "\n";
     } else {
       std::cout << id << "\n";
     }
@@ -226,7 +252,7 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
     const auto& t = task->get_object();
     std::string state = Field(t, "state");
     if (IsFinalState(state)) {
-      if (ctx.json) std::cout << json::serialize(*task) << "\n";
+      if (ctx.json) std::cout << api::WriteJson(*task) << "\n";
       int code = ExitCodeOf(t);
       if (state != "succeeded") {
         std::cerr << "runner: task " << id << " " << state;
@@ -247,7 +273,7 @@ int RunStatus(const CommandContext& ctx) {
   auto res = client.GetJson("/api/v1/status");
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   const auto& s = res->get_object();
@@ -295,7 +321,7 @@ int RunList(const CommandContext& ctx, const std::optional<std::string>& state,
   auto res = client.GetJson(path);
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   std::vector<std::vector<std::string>> rows = {
@@ -316,7 +342,7 @@ int RunWorkers(const CommandContext& ctx) {
   auto res = client.GetJson("/api/v1/workers");
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   std::vector<std::vector<std::string>> rows = {
@@ -339,7 +365,7 @@ int PoolAction(const CommandContext& ctx, const std::string& path, const json::o
   auto res = client.PostJson(path, body);
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   json::object pool;
@@ -411,7 +437,7 @@ int RunCancel(const CommandContext& ctx, const std::string& id) {
   auto res = client.PostJson("/api/v1/tasks/" + Encode(id) + "/cancel", json::object{});
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   const auto& t = res->get_object();

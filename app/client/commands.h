@@ -30,6 +30,9 @@ struct SubmitArgs {
   std::optional<double> timeout, delay;
   std::optional<int> priority, max_attempts;
   std::vector<std::string> env, labels;  // KEY=VALUE
+  // NAME=VALUE, or NAME alone: the value of the environment variable NAME
+  // (kept out of `ps` and the shell history).
+  std::vector<std::string> secrets;
   std::vector<std::string> depends_on;
   bool wait = false;
 };

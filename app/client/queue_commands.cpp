@@ -35,10 +35,9 @@ int PrintQueue(const CommandContext& ctx, const json::value& q) {
     return 0;
   }
   const auto& o = q.as_object();
-  std::cout << Cell(o, "name") << ": max_running " << Cell(o, "max_running")
-            << ", per group " << Cell(o, "max_running_per_group") << ", rate "
-            << Cell(o, "rate_limit") << ", paused " << Cell(o, "paused") << ", throttled "
-            << Cell(o, "throttled") << "\n";
+  std::cout << Cell(o, "name") << ": max_running " << Cell(o, "max_running") << ", per group "
+            << Cell(o, "max_running_per_group") << ", rate " << Cell(o, "rate_limit") << ", paused "
+            << Cell(o, "paused") << ", throttled " << Cell(o, "throttled") << "\n";
   return 0;
 }
 
@@ -52,14 +51,13 @@ int RunQueues(const CommandContext& ctx) {
     std::cout << json::serialize(*res) << "\n";
     return 0;
   }
-  std::vector<std::vector<std::string>> rows = {{"NAME", "QUEUED", "RUNNING", "GROUPS",
-                                                 "MAX", "PER GROUP", "RATE", "PAUSED",
-                                                 "THROTTLED"}};
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "QUEUED", "RUNNING", "GROUPS", "MAX", "PER GROUP", "RATE", "PAUSED", "THROTTLED"}};
   for (const auto& q : res->at("queues").as_array()) {
     const auto& o = q.as_object();
     rows.push_back({Cell(o, "name"), Cell(o, "queued"), Cell(o, "running"), Cell(o, "groups"),
-                    Cell(o, "max_running"), Cell(o, "max_running_per_group"),
-                    Cell(o, "rate_limit"), Cell(o, "paused"), Cell(o, "throttled")});
+                    Cell(o, "max_running"), Cell(o, "max_running_per_group"), Cell(o, "rate_limit"),
+                    Cell(o, "paused"), Cell(o, "throttled")});
   }
   std::vector<std::size_t> width(rows[0].size(), 0);
   for (const auto& r : rows) {

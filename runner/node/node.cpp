@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cmath>
 #include <filesystem>
+#include <future>
 #include <utility>
 
 #include "base/ulid.h"
+#include "runner/secrets/secret_box.h"
 
 namespace runner::node {
 namespace {
@@ -63,8 +66,20 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   workers = std::clamp(workers, 1, config.max_workers);
 
+  const std::filesystem::path key_file =
+      config.secret_key_file ? std::filesystem::path(*config.secret_key_file)
+                             : std::filesystem::path(config.data_dir) / "secret.key";
+  if (key_file.has_parent_path()) {
+    std::error_code key_ec;
+    std::filesystem::create_directories(key_file.parent_path(), key_ec);
+  }
+  auto key = secrets::SecretKey::LoadOrCreate(key_file);
+  if (!key) return key.error();
+  spdlog::info("secret key loaded key_id={} file={}", key->id(), key_file.string());
+
   queue::StoreOptions so;
   so.conninfo = node->conninfo_;
+  so.secret_key = std::make_shared<const secrets::SecretKey>(*key);
   // Workers report concurrently (finish, logs); the claimer, heartbeat, cancel
   // watcher, reaper and the API need theirs too. Bounded: connections are a
   // shared resource of the database.
@@ -99,12 +114,15 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     po.sandbox.uid = config.process_uid;
     po.sandbox.gid = config.process_gid;
     po.sandbox.allow_network = config.allow_network;
+    po.stop_grace = Ms(config.kill_grace);
     node->process_ = std::make_unique<isolation::process::ProcessIsolator>(po);
     if (config.mode != isolation::IsolationMode::kProcess) {
       isolation::docker::DockerIsolatorOptions dopt;
       dopt.docker_host = config.docker_host;
       dopt.allow_network = config.allow_network;
       dopt.over_limit = config.over_limit;
+      // Docker's stop API takes whole seconds.
+      dopt.stop_grace = std::chrono::seconds(static_cast<int64_t>(std::ceil(config.kill_grace)));
       node->docker_ = std::make_unique<isolation::docker::DockerIsolator>(dopt);
     }
     node->selector_ = std::make_unique<isolation::IsolationSelector>(
@@ -155,6 +173,8 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   po.idle_backoff_max = std::max(Ms(config.idle_backoff_max), po.poll_interval);
   po.lease = std::max(Ms(config.lease), std::chrono::milliseconds(300));
   po.drain_timeout = Ms(config.drain_timeout);
+  // A stopped task may take the kill grace to die: wait for its worker longer.
+  po.stop_grace = std::max(po.stop_grace, Ms(config.kill_grace) + std::chrono::seconds(10));
   po.default_image = config.task_image;
   po.default_limits = config.default_limits;
   po.default_timeout = Ms(config.default_timeout);
@@ -325,6 +345,10 @@ void Node::StopPool(const StopOptions& options) {
   const bool force = options.force;
   const auto drain = std::chrono::duration_cast<std::chrono::milliseconds>(options.drain_timeout);
   if (force) {
+    {
+      std::lock_guard l(control_mu_);
+      last_force_stop_seq_ = ++control_seq_;
+    }
     // Interrupt a drain in progress without waiting behind it.
     auto interrupt = std::make_shared<std::jthread>([this] { pool_->Stop(true); });
     Control([interrupt] {
@@ -336,8 +360,17 @@ void Node::StopPool(const StopOptions& options) {
 }
 
 void Node::StartPool() {
-  Control([this] {
+  uint64_t seq = 0;
+  {
+    std::lock_guard l(control_mu_);
+    seq = ++control_seq_;
+  }
+  Control([this, seq] {
     if (shutting_down_) return;
+    if (last_force_stop_seq_.load() > seq) {
+      spdlog::info("pool start dropped: a later force stop supersedes it node_id={}", node_id_);
+      return;
+    }
     runner::Status st = pool_->Start();
     if (!st.ok()) {
       spdlog::error("pool start failed node_id={} error={}", node_id_, st.error().message);
@@ -346,6 +379,13 @@ void Node::StartPool() {
 }
 
 bool Node::Running() { return pool_->Running(); }
+
+bool Node::AwaitControl(std::chrono::milliseconds timeout) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto applied = done->get_future();
+  Control([done] { done->set_value(); });
+  return applied.wait_for(timeout) == std::future_status::ready;
+}
 
 void Node::Control(std::function<void()> op) {
   std::lock_guard l(control_mu_);

@@ -83,6 +83,9 @@ class Node : public NodeControl {
   void StartPool() override;
   bool Running() override;
   std::vector<queue::WorkerInfo> LiveWorkers() override;
+  // Waits until every pool command given so far has been applied (tests, and
+  // anyone who must read the outcome of a command). False after `timeout`.
+  bool AwaitControl(std::chrono::milliseconds timeout);
 
  private:
   Node(const Config& config, std::string conninfo, metrics::Registry& metrics);
@@ -116,6 +119,11 @@ class Node : public NodeControl {
 
   std::mutex control_mu_;
   std::jthread control_;  // guarded by control_mu_; the latest control op
+  // Pool commands apply in the order given. A force stop acts at once (it must
+  // interrupt a drain), so a start given before it but not yet applied is
+  // dropped: it would otherwise run after the stop and leave the pool running.
+  uint64_t control_seq_ = 0;  // guarded by control_mu_
+  std::atomic<uint64_t> last_force_stop_seq_{0};
 
   std::mutex shutdown_mu_;
   std::atomic<bool> shutting_down_{false};

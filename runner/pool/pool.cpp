@@ -550,6 +550,8 @@ isolation::TaskSpec Pool::BuildSpec(const Worker& w, const queue::Task& task) co
   spec.command = task.command;
   spec.image = task.image.empty() ? options_.default_image : task.image;
   spec.env = task.env;
+  // Validation keeps the names of env and secrets apart.
+  for (const auto& [name, value] : task.secrets) spec.env[name] = value;
   spec.limits = task.limits;
   const auto& d = options_.default_limits;
   if (spec.limits.cpus <= 0) spec.limits.cpus = d.cpus;
@@ -613,6 +615,20 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   }
   const std::string task_id = task.id;
   const std::string worker_id = w->id;
+  if (task.secrets_error) {
+    // Running it without its secrets would be wrong in ways the task cannot
+    // see; another attempt on this node would fail the same way.
+    spdlog::error("task secrets cannot be opened task_id={} worker_id={} error=\"{}\"", task.id,
+                  w->id, task.secrets_error->message);
+    TaskOutcome out;
+    out.report.state = queue::TaskState::kFailed;
+    out.report.error = task.secrets_error;
+    out.report.retryable = false;
+    return ReportOutcome(w, task, out, started, /*may_claim_next=*/true);
+  }
+  std::vector<std::string> secret_values;
+  secret_values.reserve(task.secrets.size());
+  for (const auto& [name, value] : task.secrets) secret_values.push_back(value);
   auto sink = std::make_shared<TaskLogSink>(
       store_, task.id, options_.logs,
       [this, task_id, worker_id](std::string_view resource, isolation::OverLimitAction action,
@@ -626,7 +642,8 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
                   boost::json::serialize(boost::json::object{
                       {"resource", resource}, {"action", act}, {"message", message}}),
                   worker_id);
-      });
+      },
+      std::move(secret_values));
   RegisterSink(sink);
   spdlog::info("task running task_id={} worker_id={} attempt={} isolation={}", task.id, w->id,
                task.attempt, isolation::ToString(task.isolation));
@@ -650,6 +667,7 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   try {
     result = iso->Run(spec, *sink, token);
   } catch (const std::exception& e) {
+    sink->EndOfOutput();
     (void)sink->Flush();
     UnregisterSink(sink);
     TaskOutcome out;
@@ -662,6 +680,7 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
     ReportOutcome(w, task, out, started);
     throw;  // the worker is replaced
   }
+  sink->EndOfOutput();
   (void)sink->Flush();
   UnregisterSink(sink);
   // Docker went away before the task started (create or start could not reach

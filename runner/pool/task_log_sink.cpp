@@ -7,15 +7,32 @@
 namespace runner::pool {
 
 TaskLogSink::TaskLogSink(queue::QueueStore& store, std::string task_id, LogSinkOptions options,
-                         OverLimitHook on_over_limit)
+                         OverLimitHook on_over_limit, std::vector<std::string> secret_values)
     : store_(store),
       task_id_(std::move(task_id)),
       options_(options),
-      on_over_limit_(std::move(on_over_limit)) {}
+      on_over_limit_(std::move(on_over_limit)),
+      stdout_masker_(secret_values),
+      stderr_masker_(std::move(secret_values)) {}
 
 void TaskLogSink::OnStarted(std::string_view isolation, std::string_view handle) {
   std::lock_guard lock(mu_);
   handle_ = std::string(isolation) + ":" + std::string(handle);
+}
+
+void TaskLogSink::AppendLocked(isolation::OutputStream stream, std::string_view data) {
+  if (data.empty()) return;
+  if (pending_.empty()) oldest_pending_ = std::chrono::steady_clock::now();
+  if (!pending_.empty() && pending_.back().stream == stream) {
+    pending_.back().data.append(data);
+  } else {
+    queue::LogChunk chunk;
+    chunk.seq = next_seq_++;
+    chunk.stream = stream;
+    chunk.data = std::string(data);
+    pending_.push_back(std::move(chunk));
+  }
+  pending_bytes_ += data.size();
 }
 
 void TaskLogSink::OnOutput(isolation::OutputStream stream, std::string_view data) {
@@ -23,22 +40,23 @@ void TaskLogSink::OnOutput(isolation::OutputStream stream, std::string_view data
   bool full = false;
   {
     std::lock_guard lock(mu_);
-    if (pending_.empty()) oldest_pending_ = std::chrono::steady_clock::now();
-    if (!pending_.empty() && pending_.back().stream == stream) {
-      pending_.back().data.append(data);
+    auto& masker = stream == isolation::OutputStream::kStderr ? stderr_masker_ : stdout_masker_;
+    if (masker.empty()) {
+      AppendLocked(stream, data);
     } else {
-      queue::LogChunk chunk;
-      chunk.seq = next_seq_++;
-      chunk.stream = stream;
-      chunk.data = std::string(data);
-      pending_.push_back(std::move(chunk));
+      AppendLocked(stream, masker.Feed(data));
     }
-    pending_bytes_ += data.size();
     full = pending_bytes_ >= options_.flush_bytes;
   }
   // Written from the isolator's output thread: a task that prints faster than
   // the database takes it is slowed down, the buffer does not grow.
   if (full) (void)Flush();
+}
+
+void TaskLogSink::EndOfOutput() {
+  std::lock_guard lock(mu_);
+  AppendLocked(isolation::OutputStream::kStdout, stdout_masker_.Flush());
+  AppendLocked(isolation::OutputStream::kStderr, stderr_masker_.Flush());
 }
 
 void TaskLogSink::OnUsage(const isolation::UsageSample& sample) {

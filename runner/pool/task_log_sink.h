@@ -6,6 +6,10 @@
 // holds `flush_bytes` the isolator's output thread writes it out itself, which
 // slows a chatty task down instead of growing memory. A pool thread calls
 // FlushIfDue() every `flush_interval` so followers see output promptly.
+// The task's secret values are masked (`***`) per stream before anything is
+// buffered: nothing unmasked reaches the store, the tails or a follower. A
+// tail that may still become a secret is held until the next chunk or
+// EndOfOutput().
 //
 // Thread-safety: all methods may be called from any thread; flushes are
 // serialised so chunks reach the store in order.
@@ -21,6 +25,7 @@
 
 #include "isolation/isolator.h"
 #include "runner/queue/queue_store.h"
+#include "runner/secrets/output_masker.h"
 
 namespace runner::pool {
 
@@ -35,7 +40,7 @@ class TaskLogSink : public isolation::Observer {
       std::string_view resource, isolation::OverLimitAction action, std::string_view message)>;
 
   TaskLogSink(queue::QueueStore& store, std::string task_id, LogSinkOptions options,
-              OverLimitHook on_over_limit = {});
+              OverLimitHook on_over_limit = {}, std::vector<std::string> secret_values = {});
 
   void OnStarted(std::string_view isolation, std::string_view handle) override;
   void OnOutput(isolation::OutputStream stream, std::string_view data) override;
@@ -43,6 +48,9 @@ class TaskLogSink : public isolation::Observer {
   void OnOverLimit(std::string_view resource, isolation::OverLimitAction action,
                    std::string_view message) override;
 
+  // The task's output has ended: releases what the maskers held back (masked
+  // where it matched). Call before the last Flush.
+  void EndOfOutput();
   // Writes whatever is buffered. Returns the store's status of the last write.
   Status Flush();
   // Flushes when something has waited `flush_interval`.
@@ -59,6 +67,8 @@ class TaskLogSink : public isolation::Observer {
   const LogSinkOptions options_;
   OverLimitHook on_over_limit_;
 
+  void AppendLocked(isolation::OutputStream stream, std::string_view data);
+
   std::mutex flush_mu_;  // held across a write so chunks stay in order
   mutable std::mutex mu_;
   std::vector<queue::LogChunk> pending_;                    // guarded by mu_
@@ -68,6 +78,8 @@ class TaskLogSink : public isolation::Observer {
   std::optional<isolation::UsageSample> last_usage_;        // guarded by mu_
   int64_t peak_memory_ = 0;                                 // guarded by mu_
   std::string handle_;                                      // guarded by mu_
+  secrets::OutputMasker stdout_masker_;                     // guarded by mu_
+  secrets::OutputMasker stderr_masker_;                     // guarded by mu_
 };
 
 }  // namespace runner::pool

@@ -172,10 +172,31 @@ CREATE INDEX tasks_schedule_live_idx ON tasks (schedule)
   WHERE schedule IS NOT NULL AND state IN ('queued', 'running');
 )sql";
 
+// v4: task secrets: the names (returned by the API) and the sealed values
+// (runner/secrets: XChaCha20-Poly1305 under the node key, the task id as
+// associated data). A trigger, not each statement that ends a task, drops the
+// ciphertext once the task is final: every path to a final state (finish,
+// cancel, dependency failure, the reaper) is covered by one rule.
+constexpr std::string_view kV4Secrets = R"sql(
+ALTER TABLE tasks ADD COLUMN secret_names text[] NOT NULL DEFAULT '{}';
+ALTER TABLE tasks ADD COLUMN secrets_sealed bytea;
+CREATE FUNCTION tasks_drop_final_secrets() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.secrets_sealed := NULL;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER tasks_drop_final_secrets BEFORE INSERT OR UPDATE ON tasks
+  FOR EACH ROW
+  WHEN (NEW.secrets_sealed IS NOT NULL
+        AND NEW.state IN ('succeeded', 'failed', 'cancelled', 'timed_out'))
+  EXECUTE FUNCTION tasks_drop_final_secrets();
+)sql";
+
 const std::vector<Migration> kMigrations = {
     {1, "queue schema", kV1Schema},
     {2, "schedules", kV2Schedules},
     {3, "task groups and queue policies", kV2QueuePolicies},
+    {4, "task secrets", kV4Secrets},
 };
 
 }  // namespace

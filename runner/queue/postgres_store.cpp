@@ -9,6 +9,7 @@
 #include <pqxx/pqxx>
 #include <set>
 
+#include "base/error_codes.h"
 #include "base/ulid.h"
 #include "runner/queue/queue_sql.h"
 #include "runner/queue/validation.h"
@@ -249,6 +250,81 @@ const json::value* Field(const json::object& o, std::string_view key) {
   return it == o.end() ? nullptr : &it->value();
 }
 
+std::string ToHex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    auto u = static_cast<unsigned char>(c);
+    out += kDigits[u >> 4];
+    out += kDigits[u & 0xf];
+  }
+  return out;
+}
+
+std::string FromHex(std::string_view hex) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return 0;
+  };
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out += static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1]));
+  }
+  return out;
+}
+
+std::vector<std::string> SecretNames(const std::map<std::string, std::string>& secrets) {
+  std::vector<std::string> names;
+  names.reserve(secrets.size());
+  for (const auto& [name, value] : secrets) names.push_back(name);
+  return names;
+}
+
+// The task's secrets sealed for row `id`, as hex; nullopt when it has none.
+// Without a key the submission is refused: storing them in the clear, or
+// dropping them, would both be worse.
+Result<std::optional<std::string>> SealSecrets(const StoreOptions& opts, const NewTask& nt,
+                                               const std::string& id) {
+  if (nt.secrets.empty()) return std::optional<std::string>();
+  if (!opts.secret_key) {
+    return Error{"internal",
+                 "secrets: this node has no secret key to seal them with; start it with "
+                 "--secret-key-file"};
+  }
+  return std::optional<std::string>(
+      ToHex(secrets::Seal(*opts.secret_key, MapJson(nt.secrets), id)));
+}
+
+// Opens the sealed secrets a claim returned (hex, or NULL) into t.secrets, or
+// sets t.secrets_error when this node cannot: the worker then fails the task.
+void OpenClaimedSecrets(const StoreOptions& opts, const pqxx::field& sealed_hex, Task& t) {
+  if (sealed_hex.is_null()) return;
+  if (!opts.secret_key) {
+    t.secrets_error = TaskError{errc::kSecretsUnavailable,
+                                "the task has secrets but this node has no secret key; start "
+                                "every node sharing the database with the same --secret-key-file"};
+    return;
+  }
+  auto opened = secrets::Open(*opts.secret_key, FromHex(sealed_hex.c_str()), t.id);
+  if (!opened.ok()) {
+    t.secrets_error = TaskError{opened.error().code, opened.error().message};
+    return;
+  }
+  try {
+    for (const auto& [k, v] : json::parse(*opened).as_object()) {
+      if (v.is_string()) t.secrets.emplace(std::string(k), std::string(v.get_string()));
+    }
+  } catch (const std::exception&) {
+    // Never include the text: it is the plaintext.
+    t.secrets_error = TaskError{errc::kSecretsUnavailable,
+                                "the task's secrets opened but are not a JSON object of strings"};
+  }
+}
+
 std::vector<std::string> ParseStringArray(const pqxx::field& f) {
   std::vector<std::string> out;
   if (f.is_null()) return out;
@@ -283,6 +359,9 @@ std::optional<std::string> OptString(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
   return f.as<std::string>();
 }
+
+// Where the claims put RUNNER_SEALED_SECRETS_COLUMN: right after the task's.
+constexpr int kSealedSecretsColumn = 35;
 
 // Column order of sql::kTaskColumns.
 Task RowToTask(const pqxx::row& r) {
@@ -341,6 +420,7 @@ Task RowToTask(const pqxx::row& r) {
   t.schedule = OptString(r[31]);
   t.scheduled_for = OptMicros(r[32]);
   t.group = OptString(r[33]);
+  t.secret_names = ParseStringArray(r[34]);
   return t;
 }
 
@@ -449,6 +529,11 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
     if (dep_error) state = "failed";
   }
   std::string id = NewUlid();
+  auto sealed = SealSecrets(opts, nt, id);
+  if (!sealed.ok()) {
+    error = sealed.error();
+    return {};
+  }
   auto err = ErrorJson(dep_error);
   auto r = tx.exec_prepared(
       sql::kInsertTask.name, id, nt.queue, state, nt.priority, nt.delay, nt.max_attempts,
@@ -456,7 +541,8 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
       nt.image.value_or(opts.default_image), PgArray(nt.command), MapJson(nt.env),
       LimitsJson(WithDefaults(nt.limits, opts)), nt.timeout.value_or(opts.default_timeout),
       PgArray(nt.depends_on), NullableCStr(nt.idempotency_key), MapJson(nt.labels),
-      NullableCStr(err), NullableCStr(nt.group));
+      NullableCStr(err), NullableCStr(nt.group), PgArray(SecretNames(nt.secrets)),
+      NullableCStr(*sealed));
   if (r.empty()) {
     // Lost an insert race on the idempotency key: the winner has committed.
     auto existing = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
@@ -493,8 +579,13 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
     const NewTask& nt = tasks[i];
     if (nt.idempotency_key && !first_with_key.emplace(*nt.idempotency_key, i).second) continue;
     ids[i] = NewUlid();
+    auto sealed = SealSecrets(opts, nt, ids[i]);
+    if (!sealed.ok()) return sealed.error();
+    auto names = SecretNames(nt.secrets);
     json::object row = TaskInsertRecord(nt, opts);
     row["id"] = ids[i];
+    row["secret_names"] = json::array(names.begin(), names.end());
+    row["secrets_sealed"] = *sealed ? json::value(**sealed) : json::value(nullptr);
     rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(c);
@@ -806,7 +897,10 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
                               static_cast<int64_t>(request.worker_ids.size()), NullableCStr(skip));
     std::vector<Task> out;
     out.reserve(r.size());
-    for (const auto& row : r) out.push_back(RowToTask(row));
+    for (const auto& row : r) {
+      out.push_back(RowToTask(row));
+      OpenClaimedSecrets(options_, row[kSealedSecretsColumn], out.back());
+    }
     return out;
   });
 }
@@ -985,7 +1079,10 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
         out.outcome = FinishOutcome::kFinished;
         settle = row[n - 2].as<bool>();
       }
-      if (!row[0].is_null()) out.next = RowToTask(row);
+      if (!row[0].is_null()) {
+        out.next = RowToTask(row);
+        OpenClaimedSecrets(options_, row[kSealedSecretsColumn], *out.next);
+      }
     }
     if (settle) SettleDependents(c, tid, report, p.state);
     return out;

@@ -32,6 +32,7 @@
 #include "runner/queue/migrations.h"
 #include "runner/queue/queue_policy.h"
 #include "runner/queue/queue_store.h"
+#include "runner/secrets/secret_box.h"
 
 namespace pqxx {
 class connection_base;
@@ -51,6 +52,9 @@ struct StoreOptions {
   std::chrono::milliseconds statement_timeout{15000};  // per statement, server side
   std::chrono::milliseconds counts_cache{1000};        // Counts() freshness
   bool migrate = true;                                 // apply migrations in Open()
+  // Seals task secrets at submit and opens them at claim. Null: a submission
+  // with secrets is refused. Nodes sharing a database need the same key.
+  std::shared_ptr<const secrets::SecretKey> secret_key;
 };
 
 // A task as a record of the columns kInsertTasks takes (without "id"), the

@@ -48,7 +48,10 @@ inline constexpr std::string_view kSessionPlanSettings =
   RUNNER_US("t.started_at") ", " RUNNER_US("t.finished_at") ", "                        \
   RUNNER_US("t.lease_expires_at") ", "                                                  \
   "t.cancel_requested, t.stdout_tail, t.stderr_tail, t.logs_truncated, "                \
-  "t.schedule, " RUNNER_US("t.scheduled_for") ", t.\"group\""
+  "t.schedule, " RUNNER_US("t.scheduled_for") ", t.\"group\", to_jsonb(t.secret_names)::text"
+// The sealed secrets, as hex, after RUNNER_TASK_COLUMNS in the claims only: no
+// other read carries them out of the database.
+#define RUNNER_SEALED_SECRETS_COLUMN "encode(t.secrets_sealed, 'hex')"
 // clang-format on
 
 inline constexpr std::string_view kTaskColumns = RUNNER_TASK_COLUMNS;
@@ -69,10 +72,11 @@ inline constexpr Statement kInsertTask{
     "insert_task",
     "INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
     "isolation, image, command, env, limits, timeout, depends_on, idempotency_key, labels, "
-    "error, finished_at, \"group\") VALUES ($1, $2, $3::text, $4, "
+    "error, finished_at, \"group\", secret_names, secrets_sealed) VALUES ($1, $2, $3::text, $4, "
     "now() + $5::float8 * interval '1 second', "
     "$6, $7, $8, $9, $10::text[], $11::jsonb, $12::jsonb, $13, $14::text[], $15, $16::jsonb, "
-    "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $18) "
+    "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $18, $19::text[], "
+    "decode($20, 'hex')) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING " RUNNER_TASK_COLUMNS};
 
 // Submit of tasks without dependencies, any number, in one statement (one
@@ -87,15 +91,18 @@ inline constexpr Statement kInsertTasks{
     "  SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, queue text, priority integer,"
     "    delay float8, max_attempts integer, backoff float8, isolation text, image text,"
     "    command jsonb, env jsonb, limits jsonb, timeout float8, idempotency_key text, labels "
-    "jsonb, \"group\" text)"
+    "jsonb, \"group\" text, secret_names jsonb, secrets_sealed text)"
     "), ins AS ("
     "  INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
-    "    isolation, image, command, env, limits, timeout, idempotency_key, labels, \"group\")"
+    "    isolation, image, command, env, limits, timeout, idempotency_key, labels, \"group\", "
+    "    secret_names, secrets_sealed)"
     "  SELECT id, queue, 'queued', priority, now() + delay * interval '1 second', max_attempts,"
     "    backoff, isolation, image,"
     "    ARRAY(SELECT a.e FROM jsonb_array_elements_text(command) WITH ORDINALITY AS a(e, n)"
     "          ORDER BY a.n),"
-    "    env, limits, timeout, idempotency_key, labels, \"group\""
+    "    env, limits, timeout, idempotency_key, labels, \"group\","
+    "    ARRAY(SELECT jsonb_array_elements_text(coalesce(secret_names, '[]'))),"
+    "    decode(secrets_sealed, 'hex')"
     "  FROM input"
     "  ON CONFLICT (idempotency_key) DO NOTHING RETURNING t.*"
     "), ev AS ("
@@ -171,7 +178,7 @@ inline constexpr Statement kClaim{
     "  WHERE t.id = p.id"
     "  RETURNING t.*"
     "), ev AS (" RUNNER_STARTED_EVENTS
-    ") SELECT " RUNNER_TASK_COLUMNS
+    ") SELECT " RUNNER_TASK_COLUMNS ", " RUNNER_SEALED_SECRETS_COLUMN
     " FROM claimed t ORDER BY t.priority DESC, t.fair_seq, t.run_at, t.id"};
 
 // Lookups of running tasks by id lock the rows by primary key alone in a
@@ -269,7 +276,7 @@ inline constexpr Statement kFinishAndClaim{
     "  FROM picked p WHERE t.id = p.id"
     "  RETURNING t.*"
     "), cev AS (" RUNNER_STARTED_EVENTS
-    ") SELECT " RUNNER_TASK_COLUMNS
+    ") SELECT " RUNNER_TASK_COLUMNS ", " RUNNER_SEALED_SECRETS_COLUMN
     ", f.retry, f.has_dependents, f.id IS NOT NULL"
     "  FROM (SELECT 1) one LEFT JOIN u f ON true LEFT JOIN claimed t ON true"};
 

@@ -40,6 +40,9 @@ struct NewTask {
   std::optional<std::string> image;
   isolation::IsolationMode isolation = isolation::IsolationMode::kAuto;
   std::map<std::string, std::string> env;
+  // Given to the task as environment variables like env, but never returned:
+  // sealed at rest (runner/secrets), masked in output, deleted once final.
+  std::map<std::string, std::string> secrets;
   isolation::Limits limits;
   std::optional<double> timeout;  // seconds
   int priority = 0;               // higher runs first
@@ -63,6 +66,12 @@ struct Task {
   isolation::IsolationMode isolation = isolation::IsolationMode::kAuto;
   std::optional<std::string> isolation_used;
   std::map<std::string, std::string> env;
+  std::vector<std::string> secret_names;  // sorted; the only part of secrets ever returned
+  // Filled by a claim only (opened with the node's key), for the worker that
+  // runs the task; empty on every other read. secrets_error instead when the
+  // node could not open them: the task must fail, never run without them.
+  std::map<std::string, std::string> secrets;
+  std::optional<TaskError> secrets_error;
   isolation::Limits limits;
   double timeout = 0;  // seconds, 0 = none
   int attempt = 0;     // attempts started so far

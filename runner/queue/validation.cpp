@@ -63,6 +63,27 @@ std::optional<Error> ValidateLimits(const isolation::Limits& l) {
   return std::nullopt;
 }
 
+std::optional<Error> ValidateSecrets(const NewTask& t) {
+  if (t.secrets.size() > kMaxSecrets) return Invalid("secrets", "at most 64 secrets");
+  std::size_t bytes = 0;
+  for (const auto& [k, v] : t.secrets) {
+    // Messages name the secret, never its value.
+    if (!IsEnvKey(k)) {
+      return Invalid("secrets", "key '" + k.substr(0, 64) +
+                                    "' is not a valid name ([A-Za-z_][A-Za-z0-9_]*, at most 256)");
+    }
+    if (v.find('\0') != std::string::npos) {
+      return Invalid("secrets." + k, "must not contain NUL bytes");
+    }
+    if (t.env.contains(k)) {
+      return Invalid("secrets." + k, "is also in env: give each variable in one of them only");
+    }
+    bytes += k.size() + v.size();
+  }
+  if (bytes > kMaxSecretsBytes) return Invalid("secrets", "at most 65536 bytes in total");
+  return std::nullopt;
+}
+
 }  // namespace
 
 bool IsValidQueueName(std::string_view name) {
@@ -117,6 +138,8 @@ std::optional<Error> ValidateNewTask(const NewTask& t) {
     env_bytes += k.size() + v.size();
   }
   if (env_bytes > kMaxEnvBytes) return Invalid("env", "at most 131072 bytes in total");
+
+  if (auto e = ValidateSecrets(t)) return e;
 
   if (auto e = ValidateLimits(t.limits)) return e;
 

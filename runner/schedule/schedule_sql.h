@@ -24,15 +24,15 @@ namespace runner::schedule::sql {
 #define RUNNER_INSERT_SCHEDULED(id, key, slot) \
   "INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff," \
   "  isolation, image, command, env, limits, timeout, idempotency_key, labels, schedule," \
-  "  scheduled_for)" \
+  "  scheduled_for, \"group\")" \
   " SELECT " id ", x.queue, 'queued', x.priority, now() + x.delay * interval '1 second'," \
   "  x.max_attempts, x.backoff, x.isolation, x.image," \
   "  ARRAY(SELECT a.e FROM jsonb_array_elements_text(x.command) WITH ORDINALITY AS a(e, n)" \
   "        ORDER BY a.n)," \
-  "  x.env, x.limits, x.timeout, " key ", x.labels, s.name, " slot \
+  "  x.env, x.limits, x.timeout, " key ", x.labels, s.name, " slot ", x.\"group\"" \
   " FROM s, jsonb_to_record(s.task_row) AS x(queue text, priority integer, delay float8," \
   "  max_attempts integer, backoff float8, isolation text, image text, command jsonb," \
-  "  env jsonb, limits jsonb, timeout float8, labels jsonb)"
+  "  env jsonb, limits jsonb, timeout float8, labels jsonb, \"group\" text)"
 
 // Whether a fire step makes its task: a slot, not paused, and for overlap
 // `skip` no live task of the schedule (CTE "live").

@@ -103,6 +103,9 @@ TEST_CASE("a bad schedule is refused with a message naming the field", "[api][sc
       {R"({"name":"x","every":5,"overlap":"sometimes","task":{"command":["true"]}})", "overlap"},
       {R"({"name":"x","every":5,"catch_up":"some","task":{"command":["true"]}})", "catch_up"},
       {R"({"name":"x","every":5,"colour":"red","task":{"command":["true"]}})", "colour"},
+      // Secrets would be stored and returned in plaintext with the schedule.
+      {R"({"name":"x","every":5,"task":{"command":["true"],"secrets":{"TOKEN":"hunter2-x"}}})",
+       "task.secrets"},
   };
   for (const auto& c : cases) {
     INFO(c.body);

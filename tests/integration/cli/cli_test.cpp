@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <pqxx/pqxx>
 #include <sstream>
@@ -199,4 +200,51 @@ TEST_CASE("schedule add, schedules, pause, resume, trigger and rm drive a schedu
   auto gone = Runner(f.base(), "schedule rm nightly");
   CHECK(gone.code == 1);
   CHECK(gone.err.find("no schedule named nightly") != std::string::npos);
+}
+
+TEST_CASE("a refused start creates nothing: no data dir, no database, no pool", "[cli][auth]") {
+  runner::testing::TempDir dir;
+  const auto data_dir = dir.path() / "fresh";
+  auto r = Runner("http://127.0.0.1:1",
+                  "serve --listen 0.0.0.0:0 --mode process --data-dir " + data_dir.string());
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--api-token") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(data_dir));
+  // An empty token file is refused as bad configuration, before anything starts.
+  std::ofstream(dir.path() / "token") << "\n";
+  auto empty =
+      Runner("http://127.0.0.1:1", "serve --listen 127.0.0.1:0 --data-dir " + data_dir.string() +
+                                       " --api-token-file " + (dir.path() / "token").string());
+  CHECK(empty.code == 2);
+  CHECK(empty.err.find("empty") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(data_dir));
+}
+
+TEST_CASE("--server, --token and --json work before the subcommand too", "[cli]") {
+  ApiFixture f("tok");
+  auto r = Runner("http://127.0.0.1:1", "--server " + f.base() + " --token tok --json status");
+  INFO(r.err);
+  CHECK(r.code == 0);
+  CHECK(r.out.rfind("{", 0) == 0);
+  auto after = Runner("http://127.0.0.1:1", "status --server " + f.base() + " --token=tok");
+  CHECK(after.code == 0);
+}
+
+TEST_CASE("submit --secret takes NAME=VALUE or the value of an environment variable",
+          "[cli][secrets]") {
+  ApiFixture f;
+  auto r = Runner(f.base(),
+                  "submit --wait --json --secret A=hunter2-alpha --secret B -- sh -c "
+                  "'echo \"$A $B\"'",
+                  "");
+  // B comes from the CLI's own environment.
+  auto with_env = Runner(f.base(),
+                         "submit --wait --json --secret A=hunter2-alpha --secret HOME -- sh -c "
+                         "'echo \"$A\"; test -n \"$HOME\"'");
+  INFO(with_env.err);
+  CHECK(with_env.code == 0);
+  CHECK(with_env.out.find("hunter2-alpha") == std::string::npos);
+  CHECK(with_env.out.find("\"secrets\":[\"A\",\"HOME\"]") != std::string::npos);
+  CHECK(r.code == 2);  // B is not set in the CLI's environment
+  CHECK(r.err.find("--secret B") != std::string::npos);
 }

@@ -102,6 +102,23 @@ TEST_CASE("an every schedule makes one task per slot at created_at + k * every",
   CHECK(Count(f.db, "SELECT count(*) FROM events WHERE kind = 'schedule.fired'") == 5);
 }
 
+TEST_CASE("a schedule's tasks keep the task's queue, group and labels", "[schedule]") {
+  Fixture f;
+  ScheduleSpec spec;
+  spec.name = "grouped";
+  spec.every = 1;
+  spec.task.command = {"sh", "-c", "echo a b"};
+  spec.task.queue = "reports";
+  spec.task.group = "team-a";
+  spec.task.labels = {{"k", "v"}};
+  REQUIRE(f.store->Create(spec, f.clock.SystemNow()).ok());
+  f.clock.Advance(1s);
+  CHECK(f.Pass().fired == 1);
+  CHECK(Scalar(f.db,
+               "SELECT queue || ' ' || \"group\" || ' ' || (labels->>'k') || ' ' || "
+               "array_to_string(command, '|') FROM tasks") == "reports team-a v sh|-c|echo a b");
+}
+
 TEST_CASE("two nodes firing the same schedules make exactly one task per slot", "[schedule]") {
   Fixture a;
   auto b_store = ScheduleStore::Open(a.options);

@@ -111,3 +111,29 @@ TEST_CASE("process tasks are sandboxed as nobody unless the operator says otherw
   REQUIRE_FALSE(root.ok());
   CHECK_THAT(root.error().message, Catch::Contains("UID:GID"));
 }
+
+TEST_CASE("the API token and the secret key file can come from files, not the command line",
+          "[api][config]") {
+  runner::testing::TempDir dir;
+  auto token_file = (dir.path() / "token").string();
+  std::ofstream(token_file) << "from-a-file\n";
+  auto c = LoadConfig(With({{"api-token-file", token_file}}, {}));
+  REQUIRE(c.ok());
+  CHECK(c->api_token == "from-a-file");
+  c = LoadConfig(With({}, {{"RUNNER_API_TOKEN_FILE", token_file}}));
+  REQUIRE(c.ok());
+  CHECK(c->api_token == "from-a-file");
+
+  auto missing = LoadConfig(With({{"api-token-file", (dir.path() / "nope").string()}}, {}));
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message.find("--api-token-file") != std::string::npos);
+  auto empty_file = (dir.path() / "empty").string();
+  std::ofstream(empty_file) << "\n";
+  auto empty = LoadConfig(With({{"api-token-file", empty_file}}, {}));
+  REQUIRE_FALSE(empty.ok());
+  CHECK(empty.error().message.find("empty") != std::string::npos);
+
+  auto key = LoadConfig(With({}, {{"RUNNER_SECRET_KEY_FILE", "/etc/runner/secret.key"}}));
+  REQUIRE(key.ok());
+  CHECK(key->secret_key_file == "/etc/runner/secret.key");
+}

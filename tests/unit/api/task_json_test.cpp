@@ -89,15 +89,15 @@ TEST_CASE("a task is written with exactly the fields of docs/api.md", "[api][jso
   t.usage = runner::isolation::Usage{0.01, 1048576, 0.42};
   auto o = runner::api::TaskToJson(t);
   for (const char* key :
-       {"id",       "state",        "queue",          "priority",    "command",
-        "image",    "isolation",    "isolation_used", "env",         "limits",
-        "timeout",  "attempt",      "max_attempts",   "depends_on",  "idempotency_key",
-        "labels",   "worker_id",    "node_id",        "exit_code",   "error",
-        "usage",    "created_at",   "started_at",     "finished_at", "cancel_requested",
-        "schedule", "scheduled_for"}) {
+       {"id",       "state",         "queue",          "priority",    "command",
+        "image",    "isolation",     "isolation_used", "env",         "limits",
+        "timeout",  "attempt",       "max_attempts",   "depends_on",  "idempotency_key",
+        "labels",   "worker_id",     "node_id",        "exit_code",   "error",
+        "usage",    "created_at",    "started_at",     "finished_at", "cancel_requested",
+        "schedule", "scheduled_for", "group",          "secrets"}) {
     CHECK(o.contains(key));
   }
-  CHECK(o.size() == 27);
+  CHECK(o.size() == 29);
   CHECK(o.at("created_at").as_string() == "2023-11-14T22:13:20.123Z");
   CHECK(o.at("isolation_used").is_null());
   CHECK(o.at("error").is_null());
@@ -141,4 +141,21 @@ TEST_CASE("pool bodies are strict too", "[api][json]") {
   CHECK_FALSE(stop->force);
   CHECK(runner::api::ParseStopRequest(R"({"force":true,"drain_timeout":5})")->drain_timeout == 5);
   CHECK(runner::api::ParseStopRequest(R"({"force":1})").error().code == "validation_failed");
+}
+
+TEST_CASE("secrets are parsed like env and written back as their names only", "[api][json]") {
+  auto r = ParseNewTask(R"({"command":["true"],"secrets":{"TOKEN":"hunter2-swordfish"}})");
+  REQUIRE(r.ok());
+  CHECK(r->secrets.at("TOKEN") == "hunter2-swordfish");
+  CHECK(CodeOf(R"({"command":["true"],"secrets":["TOKEN"]})") == "validation_failed");
+  CHECK(MessageOf(R"({"command":["true"],"secrets":{"A=B":"hunter2"}})").find("hunter2") ==
+        std::string::npos);
+
+  runner::queue::Task t;
+  t.id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+  t.secret_names = {"TOKEN"};
+  t.secrets = {{"TOKEN", "hunter2-swordfish"}};  // as a claim fills it: still never written
+  auto text = json::serialize(runner::api::TaskToJson(t));
+  CHECK(text.find("hunter2") == std::string::npos);
+  CHECK(json::parse(text).at("secrets").as_array() == json::array{"TOKEN"});
 }

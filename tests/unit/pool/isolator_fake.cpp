@@ -34,7 +34,18 @@ isolation::RunResult FakeIsolator::Run(const isolation::TaskSpec& spec,
   };
   if (what == "throw") throw std::runtime_error("fake isolator exploded");
   if (what == "ok" || what == "print") {
-    if (what == "print") observer.OnOutput(isolation::OutputStream::kStdout, spec.command.at(1));
+    // Each argument is one chunk of output; one that starts with "env:" prints
+    // that variable of the task's environment.
+    for (std::size_t i = 1; what == "print" && i < spec.command.size(); ++i) {
+      const std::string& arg = spec.command[i];
+      if (arg.rfind("env:", 0) == 0) {
+        auto it = spec.env.find(arg.substr(4));
+        observer.OnOutput(isolation::OutputStream::kStdout,
+                          it == spec.env.end() ? std::string("<unset>") : it->second);
+      } else {
+        observer.OnOutput(isolation::OutputStream::kStdout, arg);
+      }
+    }
     r.kind = isolation::RunResult::Kind::kExited;
     r.exit_code = 0;
     return r;

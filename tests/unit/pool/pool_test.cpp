@@ -503,6 +503,35 @@ TEST_CASE("task output reaches the store's logs", "[pool][logs]") {
   h.pool->Stop(false);
 }
 
+TEST_CASE("secrets reach the task's env and are masked in its output, split chunks included",
+          "[pool][logs][secrets]") {
+  Harness h(FastOptions(1));
+  std::string id =
+      h.store.AddTask({"print", "whole=", "env:TOKEN", " split=x-hunt", "er2-sword", "fish-y\n"});
+  h.store.SetClaimedSecrets(id, {{"TOKEN", "hunter2-swordfish"}}, std::nullopt);
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  CHECK(h.store.LogsOf(id) == "whole=*** split=x-***-y\n");
+  h.pool->Stop(false);
+}
+
+TEST_CASE("a task whose secrets cannot be opened fails and never runs", "[pool][secrets]") {
+  Harness h(FastOptions(1));
+  std::string id = h.store.AddTask({"print", "ran\n"});
+  h.store.SetClaimedSecrets(
+      id, {},
+      runner::queue::TaskError{"secrets_unavailable", "sealed with key aa, this node has bb"});
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kFailed; }, 5s));
+  auto t = h.store.TaskById(id);
+  REQUIRE(t.error.has_value());
+  CHECK(t.error->code == "secrets_unavailable");
+  CHECK(t.error->message.find("key aa") != std::string::npos);
+  CHECK(h.iso.RunsByTask().count(id) == 0);
+  CHECK(h.store.LogsOf(id).empty());
+  h.pool->Stop(false);
+}
+
 TEST_CASE("backpressure stops claiming and resuming picks up the backlog", "[pool][pressure]") {
   Harness h(FastOptions(2));
   REQUIRE(h.pool->Start().ok());

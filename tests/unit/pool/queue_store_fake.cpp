@@ -23,6 +23,14 @@ void FakeQueueStore::AddTasks(int n, const std::vector<std::string>& command) {
   for (int i = 0; i < n; ++i) AddTask(command);
 }
 
+void FakeQueueStore::SetClaimedSecrets(const std::string& id,
+                                       std::map<std::string, std::string> secrets,
+                                       std::optional<queue::TaskError> error) {
+  std::lock_guard lock(mu_);
+  tasks_[id].secrets = std::move(secrets);
+  tasks_[id].secrets_error = std::move(error);
+}
+
 void FakeQueueStore::RequestCancel(const std::string& id) {
   std::lock_guard lock(mu_);
   tasks_[id].cancel_requested = true;

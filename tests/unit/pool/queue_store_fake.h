@@ -26,6 +26,9 @@ class FakeQueueStore : public queue::QueueStore {
   // Adds a queued task running `command`; returns its id.
   std::string AddTask(std::vector<std::string> command, double timeout = 0);
   void AddTasks(int n, const std::vector<std::string>& command);
+  // What a claim of this task carries: opened secrets, or why they could not be.
+  void SetClaimedSecrets(const std::string& id, std::map<std::string, std::string> secrets,
+                         std::optional<queue::TaskError> error);
   // Marks a task cancel_requested (what Cancel does for a running task).
   void RequestCancel(const std::string& id);
   // Next Heartbeat reports these tasks' leases lost.

@@ -154,3 +154,24 @@ TEST_CASE("an image name with spaces is refused", "[queue][validation]") {
   t.image = "bad image";
   ExpectInvalid(t, "image");
 }
+
+TEST_CASE("secrets take env names, stay apart from env and are capped in size",
+          "[queue][validation][secrets]") {
+  NewTask t = Good();
+  t.secrets = {{"DEPLOY_TOKEN", "hunter2-swordfish"}};
+  CHECK_FALSE(ValidateNewTask(t).has_value());
+  t.secrets = {{"9LIVES", "hunter2-swordfish"}};
+  ExpectInvalid(t, "secrets");
+  CHECK(ValidateNewTask(t)->message.find("hunter2") == std::string::npos);
+  t.secrets = {{"NUL", std::string("a\0b", 3)}};
+  ExpectInvalid(t, "secrets.NUL");
+  t.env = {{"SAME", "x"}};
+  t.secrets = {{"SAME", "hunter2-swordfish"}};
+  ExpectInvalid(t, "secrets.SAME");
+  t.env.clear();
+  t.secrets = {{"BIG", std::string(kMaxSecretsBytes, 'x')}};
+  ExpectInvalid(t, "secrets");
+  t.secrets.clear();
+  for (std::size_t i = 0; i <= kMaxSecrets; ++i) t.secrets["S" + std::to_string(i)] = "v";
+  ExpectInvalid(t, "secrets");
+}

@@ -69,6 +69,9 @@ TEST_CASE("a schedule's validation names the field and what is wrong", "[schedul
   s.task.depends_on = {"01JD0000000000000000000000"};
   CHECK(Why(s).rfind("task.depends_on", 0) == 0);
   s = Spec();
+  s.task.secrets = {{"TOKEN", "hunter2"}};
+  CHECK(Why(s).rfind("task.secrets", 0) == 0);
+  s = Spec();
   s.task.idempotency_key = "k";
   CHECK(Why(s).rfind("task.idempotency_key", 0) == 0);
 }

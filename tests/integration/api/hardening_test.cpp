@@ -1,0 +1,117 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <regex>
+
+#include "api/json_text.h"
+#include "tests/integration/api/api_fixture.h"
+
+namespace json = boost::json;
+using namespace std::chrono_literals;
+using runner::testing::ApiFixture;
+using runner::testing::WaitFor;
+
+namespace {
+
+// Sends `request` on a fresh loopback connection and reads the answer's
+// status line (at most 5 s). Returns the status line and how long it took.
+std::pair<std::string, std::chrono::milliseconds> RawRequest(int port, const std::string& request) {
+  const auto t0 = std::chrono::steady_clock::now();
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    (void)::send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+    char buf[512];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) got.assign(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return {got.substr(0, got.find("\r\n")), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                               std::chrono::steady_clock::now() - t0)};
+}
+
+}  // namespace
+
+TEST_CASE("a bogus Content-Length is answered at once, not held", "[api][errors]") {
+  ApiFixture f;
+  const std::string head =
+      "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: ";
+  auto [huge, huge_ms] = RawRequest(f.port(), head + "99999999999999\r\n\r\n{");
+  CHECK(huge == "HTTP/1.1 413 Payload Too Large");
+  CHECK(huge_ms < std::chrono::milliseconds(2000));
+  auto [negative, negative_ms] = RawRequest(f.port(), head + "-1\r\n\r\n{");
+  CHECK(negative == "HTTP/1.1 400 Bad Request");
+  CHECK(negative_ms < std::chrono::milliseconds(2000));
+  auto [junk, junk_ms] = RawRequest(f.port(), head + "12abc\r\n\r\n{");
+  CHECK(junk == "HTTP/1.1 400 Bad Request");
+  CHECK(junk_ms < std::chrono::milliseconds(2000));
+}
+
+TEST_CASE("unknown query parameters are a 400 on every route that reads them", "[api][errors]") {
+  ApiFixture f;
+  auto events = f.http().Get("/api/v1/events?last_event=3");
+  REQUIRE(events->status == 400);
+  CHECK(f.ErrorCode(events) == "validation_failed");
+  CHECK(f.Json(events).at("error").at("message").as_string().find("last_event") == 0);
+  std::string id = f.Submit(R"({"command":["true"]})");
+  auto logs = f.http().Get(("/api/v1/tasks/" + id + "/logs?strem=stdout").c_str());
+  REQUIRE(logs->status == 400);
+  CHECK(f.ErrorCode(logs) == "validation_failed");
+  CHECK(f.http().Get(("/api/v1/tasks/" + id + "/logs?stream=stdout").c_str())->status == 200);
+}
+
+TEST_CASE("JSON numbers are written as plain decimals, never 5E-1", "[api][json]") {
+  CHECK(runner::api::WriteJson(json::value(0.5)) == "0.5");
+  CHECK(runner::api::WriteJson(json::value(2.006296383)) == "2.006296383");
+  CHECK(runner::api::WriteJson(json::value(600.0)) == "600");
+  CHECK(runner::api::WriteJson(json::parse(R"({"a":[1,0.25,"x\"y"],"b":null})")) ==
+        R"({"a":[1,0.25,"x\"y"],"b":null})");
+
+  ApiFixture f;
+  auto res = f.http().Post("/api/v1/tasks", R"({"command":["true"],"limits":{"cpus":0.5}})",
+                           "application/json");
+  REQUIRE(res->status == 201);
+  CHECK(res->body.find("\"cpus\":0.5") != std::string::npos);
+  std::string id(f.Json(res).at("id").as_string());
+  REQUIRE(WaitFor([&] { return f.StateOf(id) == "succeeded"; }, 20s));
+  for (const std::string path :
+       {"/api/v1/tasks/" + id, std::string("/api/v1/tasks"), std::string("/api/v1/status")}) {
+    auto body = f.http().Get(path.c_str())->body;
+    INFO(path << ": " << body);
+    // A number token (after ':', ',' or '[', not inside a string) with an exponent.
+    CHECK_FALSE(std::regex_search(body, std::regex(R"([:,\[]-?[0-9][0-9.]*[eE])")));
+  }
+}
+
+TEST_CASE("pool commands apply in the order given: a force stop after a held start wins",
+          "[api][pool]") {
+  ApiFixture f;
+  std::string id = f.Submit(R"({"command":["sleep","30"]})");
+  REQUIRE(WaitFor([&] { return f.StateOf(id) == "running"; }, 20s));
+  // A graceful stop drains the running task; the start is held behind it.
+  REQUIRE(
+      f.http().Post("/api/v1/pool/stop", R"({"drain_timeout":60})", "application/json")->status ==
+      202);
+  REQUIRE(f.http().Post("/api/v1/pool/start", "", "application/json")->status == 202);
+  REQUIRE(f.http().Post("/api/v1/pool/stop", R"({"force":true})", "application/json")->status ==
+          202);
+  REQUIRE(f.node().AwaitControl(30s));
+  auto status = f.Json(f.http().Get("/api/v1/status"));
+  CHECK(status.at("pool").at("state").as_string() == "stopped");
+  // And a start given after the force stop applies.
+  REQUIRE(f.http().Post("/api/v1/pool/start", "", "application/json")->status == 202);
+  REQUIRE(f.node().AwaitControl(30s));
+  CHECK(f.Json(f.http().Get("/api/v1/status")).at("pool").at("state").as_string() == "running");
+}

@@ -1,0 +1,92 @@
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <memory>
+
+#include "runner/metrics/registry.h"
+#include "runner/node/node.h"
+#include "tests/integration/node/node_fixture.h"
+#include "tests/support/services.h"
+
+using namespace std::chrono_literals;
+using runner::node::Node;
+using runner::pool::testing::Command;
+using runner::pool::testing::NodeConfig;
+using runner::queue::TaskState;
+using runner::testing::TempDir;
+using runner::testing::TestDatabase;
+using runner::testing::WaitFor;
+
+namespace {
+
+std::unique_ptr<Node> AutoNode(const runner::Config& config, const TestDatabase& db,
+                               runner::metrics::Registry& registry) {
+  auto node = Node::Create(config, db.conninfo(), registry);
+  if (!node.ok()) throw std::runtime_error("cannot create the node: " + node.error().message);
+  return std::move(node.value());
+}
+
+runner::queue::Task RunToEnd(Node& node, runner::queue::NewTask task) {
+  auto sub = node.store().Submit(task);
+  if (!sub.ok()) throw std::runtime_error("submit: " + sub.error().message);
+  std::optional<runner::queue::Task> done;
+  WaitFor(
+      [&] {
+        auto t = node.store().Get(sub->task.id);
+        if (t.ok() && runner::queue::IsFinal(t->state)) done = *t;
+        return done.has_value();
+      },
+      90s);
+  if (!done) throw std::runtime_error("the task did not end in 90 s");
+  return *done;
+}
+
+}  // namespace
+
+TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both isolations",
+          "[node][kill_grace][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.kill_grace = 1;
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  for (auto mode :
+       {runner::isolation::IsolationMode::kProcess, runner::isolation::IsolationMode::kDocker}) {
+    INFO(runner::isolation::ToString(mode));
+    auto t = Command({"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"});
+    t.isolation = mode;
+    t.timeout = 1;
+    auto done = RunToEnd(*node, t);
+    CHECK(done.state == TaskState::kTimedOut);
+    REQUIRE(done.usage.has_value());
+    // 1 s of timeout, then 1 s of grace (the task ignores SIGTERM), then SIGKILL.
+    // Docker's default grace was 10 s, the old process default 5 s.
+    CHECK(done.usage->duration >= 1.8);
+    CHECK(done.usage->duration < 4.5);
+  }
+  node->Shutdown(runner::StopOptions{true, 0s});
+}
+
+TEST_CASE("a docker task gets its secrets as env and its output is masked",
+          "[node][secrets][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  auto t = Command({"sh", "-c", "echo \"a:$TOKEN\"; test \"$TOKEN\" = hunter2-docker-value"});
+  t.isolation = runner::isolation::IsolationMode::kDocker;
+  t.secrets = {{"TOKEN", "hunter2-docker-value"}};
+  auto done = RunToEnd(*node, t);
+  CHECK(done.state == TaskState::kSucceeded);
+  CHECK(done.isolation_used == std::string("docker"));
+  CHECK(done.stdout_tail == "a:***\n");
+  CHECK(done.secret_names == std::vector<std::string>{"TOKEN"});
+  node->Shutdown(runner::StopOptions{true, 0s});
+}
