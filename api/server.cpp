@@ -21,6 +21,8 @@
 #include "api/event_hub.h"
 #include "api/json_text.h"
 #include "api/openapi.h"
+#include "api/routes_schedules.h"
+#include "api/routes_queues.h"
 #include "api/sse.h"
 #include "api/task_json.h"
 #include "api/web_assets.h"
@@ -344,6 +346,12 @@ void ApiServer::Routes() {
     spdlog::debug("api: request method={} path={} status={}", req.method, req.path, res.status);
   });
 
+  ScheduleRoutes(
+      s, [&](httplib::Server::Handler fn) { return wrap(Access::kToken, std::move(fn)); },
+      schedules_, store_);
+  QueueRoutes(
+      s, [&](httplib::Server::Handler h) { return wrap(Access::kToken, std::move(h)); }, store_);
+
   // --- tasks ------------------------------------------------------------------
   s.Post("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
            auto task = ParseNewTask(req.body);
@@ -356,10 +364,11 @@ void ApiServer::Routes() {
   s.Get("/api/v1/tasks", wrap(Access::kToken, [this](const Request& req, Response& res) {
           queue::TaskFilter filter;
           for (const auto& [key, value] : req.params) {
-            if (key != "state" && key != "queue" && key != "limit" && key != "cursor") {
+            if (key != "state" && key != "queue" && key != "group" && key != "limit" &&
+                key != "cursor" && key != "schedule") {
               return SendError(res, MakeError("validation_failed",
                                               key + ": unknown query parameter (allowed: state, "
-                                                    "queue, limit, cursor)"));
+                                                    "queue, group, schedule, limit, cursor)"));
             }
           }
           if (req.has_param("state") && !req.get_param_value("state").empty()) {
@@ -373,6 +382,12 @@ void ApiServer::Routes() {
           }
           if (req.has_param("queue") && !req.get_param_value("queue").empty()) {
             filter.queue = req.get_param_value("queue");
+          }
+          if (req.has_param("schedule") && !req.get_param_value("schedule").empty()) {
+            filter.schedule = req.get_param_value("schedule");
+          }
+          if (req.has_param("group") && !req.get_param_value("group").empty()) {
+            filter.group = req.get_param_value("group");
           }
           if (req.has_param("limit")) {
             auto n = ParseInt64(req.get_param_value("limit"));
@@ -737,6 +752,7 @@ void ApiServer::Routes() {
                   .Set(static_cast<double>(n));
             }
           }
+          QueueMetrics(store_, registry_);
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
           res.status = 200;

@@ -45,6 +45,7 @@
 #include "runner/metrics/registry.h"
 #include "runner/node/node_control.h"
 #include "runner/queue/queue_store.h"
+#include "runner/schedule/schedule_store.h"
 
 namespace httplib {
 class Server;
@@ -80,6 +81,9 @@ class ApiServer {
   ApiServer(const ApiServer&) = delete;
   ApiServer& operator=(const ApiServer&) = delete;
 
+  // The schedules served under /api/v1/schedules (set before Start()).
+  void SetSchedules(schedule::ScheduleStore* schedules) { schedules_ = schedules; }
+
   Status Start();
   void Stop();
   // The bound port (after Start()).
@@ -96,6 +100,7 @@ class ApiServer {
   queue::QueueStore& store_;
   NodeControl& node_;
   metrics::Registry& registry_;
+  schedule::ScheduleStore* schedules_ = nullptr;
   std::unique_ptr<httplib::Server> http_;
   std::unique_ptr<EventHub> hub_;
   std::atomic<bool> stopping_{false};

@@ -9,6 +9,7 @@
 
 #include "api/json_text.h"
 #include "base/ulid.h"
+#include "runner/queue/validation.h"
 
 namespace runner::api {
 namespace {
@@ -211,7 +212,7 @@ Result<NewTask> ParseNewTask(std::string_view body) {
   if (auto e = CheckKnown(obj, "",
                           {"command", "image", "isolation", "env", "limits", "timeout", "priority",
                            "queue", "max_attempts", "delay", "depends_on", "idempotency_key",
-                           "labels", "backoff", "secrets"})) {
+                           "labels", "backoff", "group", "secrets"})) {
     return *e;
   }
   NewTask task;
@@ -284,6 +285,13 @@ Result<NewTask> ParseNewTask(std::string_view body) {
       if (!err && !ValidName(task.queue)) {
         err = Invalid(key, "may only contain letters, digits and _ - . : /");
       }
+    } else if (key == "group") {
+      std::string g;
+      err = ReadString(v, key, queue::kMaxGroupName, false, g);
+      if (!err && !queue::IsValidGroupName(g)) {
+        err = Invalid(key, "must be 1..128 characters of A-Z a-z 0-9 _ . -");
+      }
+      task.group = g;
     } else if (key == "idempotency_key") {
       std::string k;
       err = ReadString(v, key, kMaxKeyLength, false, k);
@@ -395,6 +403,7 @@ json::object TaskToJson(const queue::Task& task) {
   o["id"] = task.id;
   o["state"] = std::string(queue::ToString(task.state));
   o["queue"] = task.queue;
+  o["group"] = OptString(task.group);
   o["priority"] = task.priority;
   o["command"] = StringArray(task.command);
   o["image"] = task.image;
@@ -436,6 +445,8 @@ json::object TaskToJson(const queue::Task& task) {
   o["started_at"] = OptTime(task.started_at);
   o["finished_at"] = OptTime(task.finished_at);
   o["cancel_requested"] = task.cancel_requested;
+  o["schedule"] = OptString(task.schedule);
+  o["scheduled_for"] = OptTime(task.scheduled_for);
   return o;
 }
 
@@ -458,6 +469,7 @@ Result<queue::Task> TaskFromJson(const json::value& value) {
   if (auto s = str("state"))
     t.state = queue::ParseTaskState(*s).value_or(queue::TaskState::kQueued);
   t.queue = str("queue").value_or("default");
+  t.group = str("group");
   t.priority = static_cast<int>(num("priority").value_or(0));
   if (const auto* c = o.if_contains("command"); c != nullptr && c->is_array()) {
     for (const auto& a : c->get_array()) {
@@ -488,6 +500,8 @@ Result<queue::Task> TaskFromJson(const json::value& value) {
   if (auto s = str("created_at")) t.created_at = ParseTime(*s).value_or(queue::TimePoint{});
   if (auto s = str("started_at")) t.started_at = ParseTime(*s);
   if (auto s = str("finished_at")) t.finished_at = ParseTime(*s);
+  t.schedule = str("schedule");
+  if (auto s = str("scheduled_for")) t.scheduled_for = ParseTime(*s);
   return t;
 }
 
@@ -504,6 +518,9 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
     docker["version"] = node.docker_version;
   }
   o["docker"] = std::move(docker);
+  o["process_sandbox"] = json::object{{"enabled", node.process_sandbox.enabled},
+                                      {"user", node.process_sandbox.user},
+                                      {"network", node.process_sandbox.network}};
   o["pool"] = json::object{{"state", std::string(ToString(node.pool.state))},
                            {"target", node.pool.target},
                            {"active", node.pool.active},

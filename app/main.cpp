@@ -31,6 +31,32 @@ void AddClientOptions(CLI::App* cmd, runner::app::CommandContext& ctx, std::stri
   cmd->add_flag("--json", ctx.json, "print the API's JSON instead of a table");
 }
 
+// The task options of submit and schedule add.
+void AddTaskOptions(CLI::App* cmd, runner::app::SubmitArgs& args) {
+  cmd->add_option("--image", args.image, "Docker image (default: the server's)");
+  cmd->add_option("--isolation", args.isolation, "auto, docker or process")
+      ->check(CLI::IsMember({"auto", "docker", "process"}));
+  cmd->add_option("--cpus", args.cpus, "CPU cores, e.g. 0.5");
+  cmd->add_option("--memory", args.memory, "memory limit: bytes or 256M, 1G");
+  cmd->add_option("--disk", args.disk, "disk limit: bytes or 100M, 1G");
+  cmd->add_option("--pids", args.pids, "process/thread limit");
+  cmd->add_option("--group", args.group, "group: claims rotate between a queue's groups");
+  cmd->add_option("--timeout", args.timeout, "seconds (0 = none)");
+  cmd->add_option("--delay", args.delay, "seconds before it may run");
+  cmd->add_option("--priority", args.priority, "higher runs first");
+  cmd->add_option("--queue", args.queue, "queue name (default: default)");
+  cmd->add_option("--max-attempts", args.max_attempts, "attempts before it fails");
+  cmd->add_option("--env,-e", args.env, "KEY=VALUE (repeatable)")->allow_extra_args(false);
+  cmd->add_option("--secret,-s", args.secrets,
+                  "NAME=VALUE, or NAME to take the value from the environment (repeatable); "
+                  "never shown back, masked in output")
+      ->allow_extra_args(false);
+  cmd->add_option("--label,-l", args.labels, "KEY=VALUE (repeatable)")->allow_extra_args(false);
+  cmd->add_option("--depends-on", args.depends_on, "task id (repeatable)")->allow_extra_args(false);
+  cmd->add_option("--idempotency-key", args.idempotency_key,
+                  "same key -> the same task, never a second one");
+}
+
 // The client flags may come before the subcommand too (`runner --server URL
 // status`): they are moved to just after it, where the subcommand's own
 // options take them, so both spellings mean the same.
@@ -87,31 +113,7 @@ int main(int argc, char** argv) {
   AddClientOptions(submit, ctx, token);
   submit->add_option("command", submit_args.command, "the command and its arguments, after --")
       ->required();
-  submit->add_option("--image", submit_args.image, "Docker image (default: the server's)");
-  submit->add_option("--isolation", submit_args.isolation, "auto, docker or process")
-      ->check(CLI::IsMember({"auto", "docker", "process"}));
-  submit->add_option("--cpus", submit_args.cpus, "CPU cores, e.g. 0.5");
-  submit->add_option("--memory", submit_args.memory, "memory limit: bytes or 256M, 1G");
-  submit->add_option("--disk", submit_args.disk, "disk limit: bytes or 100M, 1G");
-  submit->add_option("--pids", submit_args.pids, "process/thread limit");
-  submit->add_option("--timeout", submit_args.timeout, "seconds (0 = none)");
-  submit->add_option("--delay", submit_args.delay, "seconds before it may run");
-  submit->add_option("--priority", submit_args.priority, "higher runs first");
-  submit->add_option("--queue", submit_args.queue, "queue name (default: default)");
-  submit->add_option("--max-attempts", submit_args.max_attempts, "attempts before it fails");
-  submit->add_option("--env,-e", submit_args.env, "KEY=VALUE (repeatable)")
-      ->allow_extra_args(false);
-  submit
-      ->add_option("--secret,-s", submit_args.secrets,
-                   "NAME=VALUE, or NAME to take the value from the environment (repeatable); "
-                   "never shown back, masked in output")
-      ->allow_extra_args(false);
-  submit->add_option("--label,-l", submit_args.labels, "KEY=VALUE (repeatable)")
-      ->allow_extra_args(false);
-  submit->add_option("--depends-on", submit_args.depends_on, "task id (repeatable)")
-      ->allow_extra_args(false);
-  submit->add_option("--idempotency-key", submit_args.idempotency_key,
-                     "same key -> the same task, never a second one");
+  AddTaskOptions(submit, submit_args);
   submit->add_flag("--wait,-w", submit_args.wait, "wait and exit with the task's exit code");
 
   auto* status = app.add_subcommand("status", "show the pool, queue and host");
@@ -157,10 +159,61 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"stdout", "stderr", "all"}))
       ->capture_default_str();
 
+  auto* queues = app.add_subcommand("queues", "list queues: counts, policy, throttle state");
+  AddClientOptions(queues, ctx, token);
+  auto* queue_cmd = app.add_subcommand("queue", "set, pause or resume a queue's policy");
+  queue_cmd->require_subcommand(1);
+  runner::app::QueueSetArgs queue_set;
+  auto* queue_set_cmd = queue_cmd->add_subcommand("set", "replace a queue's policy");
+  AddClientOptions(queue_set_cmd, ctx, token);
+  queue_set_cmd->add_option("name", queue_set.name, "queue name")->required();
+  queue_set_cmd->add_option("--max-running", queue_set.max_running, "tasks running at once");
+  queue_set_cmd->add_option("--max-running-per-group", queue_set.max_running_per_group,
+                            "tasks running at once per group");
+  queue_set_cmd->add_option("--rate", queue_set.rate, "COUNT/SECONDS: starts per window");
+  queue_set_cmd->add_flag("--paused", queue_set.paused, "start nothing of this queue");
+  std::string queue_name;
+  auto* queue_pause = queue_cmd->add_subcommand("pause", "start no task of the queue");
+  AddClientOptions(queue_pause, ctx, token);
+  queue_pause->add_option("name", queue_name, "queue name")->required();
+  auto* queue_resume = queue_cmd->add_subcommand("resume", "start its tasks again");
+  AddClientOptions(queue_resume, ctx, token);
+  queue_resume->add_option("name", queue_name, "queue name")->required();
+
   std::string cancel_id;
   auto* cancel = app.add_subcommand("cancel", "cancel a task");
   AddClientOptions(cancel, ctx, token);
   cancel->add_option("id", cancel_id, "task id")->required();
+
+  auto* schedules = app.add_subcommand("schedules", "list the schedules");
+  AddClientOptions(schedules, ctx, token);
+  auto* schedule =
+      app.add_subcommand("schedule", "add, remove, pause, resume or trigger a schedule");
+  schedule->require_subcommand(1);
+  runner::app::ScheduleArgs schedule_args;
+  auto* schedule_add = schedule->add_subcommand(
+      "add", "runner schedule add NAME (--cron EXPR [--timezone TZ] | --every S) [opts] -- CMD...");
+  AddClientOptions(schedule_add, ctx, token);
+  schedule_add->add_option("name", schedule_args.name, "the schedule's name")->required();
+  schedule_add->add_option("command", schedule_args.task.command, "the command, after --")
+      ->required();
+  schedule_add->add_option("--cron", schedule_args.cron, "cron expression, e.g. '30 3 * * *'");
+  schedule_add->add_option("--timezone", schedule_args.timezone, "IANA zone of --cron (UTC)");
+  schedule_add->add_option("--every", schedule_args.every, "seconds between runs (>= 1)");
+  schedule_add->add_option("--overlap", schedule_args.overlap, "skip, allow or cancel_previous")
+      ->check(CLI::IsMember({"skip", "allow", "cancel_previous"}));
+  schedule_add->add_option("--catch-up", schedule_args.catch_up, "none, latest or all")
+      ->check(CLI::IsMember({"none", "latest", "all"}));
+  schedule_add->add_flag("--paused", schedule_args.paused, "create it paused");
+  AddTaskOptions(schedule_add, schedule_args.task);
+  std::string schedule_name;
+  std::vector<std::pair<std::string, CLI::App*>> schedule_actions;
+  for (const char* action : {"rm", "pause", "resume", "trigger"}) {
+    auto* cmd = schedule->add_subcommand(action, std::string(action) + " a schedule");
+    AddClientOptions(cmd, ctx, token);
+    cmd->add_option("name", schedule_name, "the schedule's name")->required();
+    schedule_actions.emplace_back(action, cmd);
+  }
 
   std::vector<std::string> args = ClientFlagsAfterSubcommand(argc, argv);
   std::vector<char*> arg_ptrs;
@@ -203,5 +256,14 @@ int main(int argc, char** argv) {
   if (start->parsed()) return runner::app::RunStart(ctx);
   if (logs->parsed()) return runner::app::RunLogs(ctx, logs_id, logs_follow, logs_stream);
   if (cancel->parsed()) return runner::app::RunCancel(ctx, cancel_id);
+  if (schedules->parsed()) return runner::app::RunSchedules(ctx);
+  if (schedule_add->parsed()) return runner::app::RunScheduleAdd(ctx, schedule_args);
+  for (const auto& [action, cmd] : schedule_actions) {
+    if (cmd->parsed()) return runner::app::RunScheduleAction(ctx, action, schedule_name);
+  }
+  if (queues->parsed()) return runner::app::RunQueues(ctx);
+  if (queue_set_cmd->parsed()) return runner::app::RunQueueSet(ctx, queue_set);
+  if (queue_pause->parsed()) return runner::app::RunQueuePause(ctx, queue_name, true);
+  if (queue_resume->parsed()) return runner::app::RunQueuePause(ctx, queue_name, false);
   return 2;
 }

@@ -126,6 +126,7 @@ int RunServe(const Config& config) {
     return 1;
   }
   auto server = std::make_unique<api::ApiServer>(api_options, (*node)->store(), **node, registry);
+  server->SetSchedules(&(*node)->schedules());
   if (auto st = server->Start(); !st) {
     std::cerr << "runner serve: " << st.error().message << "\n";
     (*node)->Shutdown(StopOptions{true, std::chrono::seconds(0)});

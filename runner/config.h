@@ -50,7 +50,10 @@ struct Config {
   double default_timeout = 3600;     // seconds, for tasks that name none
   isolation::Limits default_limits;  // for tasks that name none (0 = unlimited)
   isolation::OverLimitPolicy over_limit;
-  bool allow_network = false;   // operator may allow a bridge network for Docker tasks
+  bool allow_network = false;   // operator may allow a network (Docker: bridge; process: host)
+  bool process_sandbox = true;  // process tasks in namespaces + seccomp as process_uid:gid
+  uint32_t process_uid = 65534;
+  uint32_t process_gid = 65534;
   int64_t log_cap = 1 << 20;    // bytes stored per task
   double node_dead_after = 90;  // seconds without a node heartbeat
   double finished_retention = 7 * 24 * 3600;

@@ -234,7 +234,29 @@ const std::vector<Setting>& Settings() {
       {"default-timeout", "tasks.defaultTimeoutSeconds",
        "timeout in seconds for tasks that name none (0 = none)",
        SecondsIn(&Config::default_timeout, 0, 366.0 * 24 * 3600)},
-      {"allow-network", "tasks.allowNetwork", "give Docker tasks a bridge network",
+      {"process-sandbox", "tasks.processSandbox",
+       "on: process tasks run in a sandbox (namespaces, seccomp, unprivileged user); off: bare",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         if (v != "on" && v != "off") return "must be on or off";
+         c.process_sandbox = v == "on";
+         return std::nullopt;
+       }},
+      {"process-user", "tasks.processUser", "UID:GID process tasks run as (default 65534:65534)",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         const std::string kHow = "must be UID:GID with numbers other than 0, like 65534:65534";
+         auto colon = v.find(':');
+         if (colon == std::string::npos) return kHow;
+         auto uid = ToInt(v.substr(0, colon));
+         auto gid = ToInt(v.substr(colon + 1));
+         if (!uid || !gid || *uid <= 0 || *gid <= 0 || *uid > 0xfffffffe || *gid > 0xfffffffe) {
+           return kHow;
+         }
+         c.process_uid = static_cast<uint32_t>(*uid);
+         c.process_gid = static_cast<uint32_t>(*gid);
+         return std::nullopt;
+       }},
+      {"allow-network", "tasks.allowNetwork",
+       "give tasks a network (Docker: the bridge; process: the host's)",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          if (!ParseBool(v, c.allow_network)) return "must be true or false";
          return std::nullopt;

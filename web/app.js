@@ -4,6 +4,7 @@
 
 import { api, ApiError, sseUrl } from './api.js';
 import { LiveChart } from './chart.js';
+import { loadSchedules, setupSchedules } from './schedules.js';
 
 const POLL_MS = 2000;
 const TASK_PAGE = 20;
@@ -262,13 +263,14 @@ function setupPool() {
 
 // ---------------------------------------------------------------- task table
 
-const tasks = { state: '', queue: '', cursors: [null], page: 0, next: null, loading: false, again: false };
+const tasks = { state: '', queue: '', group: '', cursors: [null], page: 0, next: null, loading: false, again: false };
 
 // The query the table should show now: filters and page.
 function taskQuery() {
   const params = new URLSearchParams({ limit: String(TASK_PAGE) });
   if (tasks.state) params.set('state', tasks.state);
   if (tasks.queue) params.set('queue', tasks.queue);
+  if (tasks.group) params.set('group', tasks.group);
   const cursor = tasks.cursors[tasks.page];
   if (cursor) params.set('cursor', cursor);
   return params.toString();
@@ -319,6 +321,7 @@ function renderTasks(list) {
     cmd.title = fmtCommand(t.command);
     tr.appendChild(cmd);
     tr.appendChild(make('td', { cls: 'opt', text: t.queue }));
+    tr.appendChild(make('td', { cls: 'opt', text: t.group ?? '—' }));
     tr.appendChild(make('td', { cls: 'opt num', text: t.priority ?? 0 }));
     tr.appendChild(make('td', { cls: 'opt', text: fmtTime(t.created_at) }));
     tr.appendChild(make('td', { cls: 'opt num', text: fmtSeconds(taskDuration(t)) }));
@@ -335,6 +338,7 @@ function setupTasks() {
     ev.preventDefault();
     tasks.state = $('filter-state').value;
     tasks.queue = $('filter-queue').value.trim();
+    tasks.group = $('filter-group').value.trim();
     tasks.cursors = [null];
     tasks.page = 0;
     loadTasks();
@@ -378,6 +382,7 @@ function renderTask(t) {
   cmd.classList.add('mono', 'wrap');
   cmd.id = 'task-detail-command';
   fact(dl, 'Queue', t.queue);
+  fact(dl, 'Group', t.group ?? '—');
   fact(dl, 'Priority', t.priority);
   fact(dl, 'Image', t.image);
   fact(dl, 'Isolation', t.isolation_used ? `${t.isolation} → ${t.isolation_used}` : t.isolation);
@@ -675,7 +680,8 @@ function setupSubmit() {
 const EVENTS = [
   'task.queued', 'task.started', 'task.succeeded', 'task.failed', 'task.cancelled',
   'task.timed_out', 'task.retrying', 'worker.started', 'worker.stopped', 'worker.failed',
-  'pool.scaled', 'pool.throttled', 'pool.resumed',
+  'pool.scaled', 'pool.throttled', 'pool.resumed', 'schedule.created', 'schedule.updated',
+  'schedule.deleted', 'schedule.fired', 'schedule.skipped',
 ];
 
 let events = null;
@@ -696,6 +702,7 @@ function onEvent(name, ev) {
     if (selected.id && (!id || id === selected.id)) refreshSelected();
     schedulePoll();
   } else {
+    if (name.startsWith('schedule.')) loadSchedules();
     schedulePoll();
   }
 }
@@ -749,6 +756,7 @@ async function main() {
   setupTasks();
   setupTaskPanel();
   setupSubmit();
+  setupSchedules();
   chart.draw();
   await poll();  // asks for the token first if the server wants one
   connectEvents();

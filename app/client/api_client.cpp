@@ -75,6 +75,20 @@ Result<json::value> ApiClient::PostJson(const std::string& path, const json::val
   return ParseJsonBody(*res);
 }
 
+Result<json::value> ApiClient::PutJson(const std::string& path, const json::value& body) {
+  auto res = http_->Put(path.c_str(), json::serialize(body), "application/json");
+  if (!res) return Unreachable(path, httplib::to_string(res.error()));
+  if (res->status >= 400) return FromResponse(*res);
+  return ParseJsonBody(*res);
+}
+
+Status ApiClient::Delete(const std::string& path) {
+  auto res = http_->Delete(path.c_str());
+  if (!res) return Unreachable(path, httplib::to_string(res.error()));
+  if (res->status >= 400) return FromResponse(*res);
+  return {};
+}
+
 Result<std::string> ApiClient::GetText(const std::string& path) {
   auto res = http_->Get(path.c_str());
   if (!res) return Unreachable(path, httplib::to_string(res.error()));

@@ -46,7 +46,11 @@ class ApiClient {
   // Also returns the HTTP status (201 vs 200 on submit).
   Result<boost::json::value> PostJson(const std::string& path, const boost::json::value& body,
                                       int& status);
+  Result<boost::json::value> PutJson(const std::string& path, const boost::json::value& body);
+  // DELETE; the answer has no body.
+  Status Delete(const std::string& path);
   Result<std::string> GetText(const std::string& path);
+  Result<boost::json::value> PutJson(const std::string& path, const boost::json::value& body);
   // Reads an SSE stream until it ends or on_message returns false.
   Status Stream(const std::string& path, const std::function<bool(const SseMessage&)>& on_message);
 

@@ -137,12 +137,11 @@ std::optional<int64_t> ParseBytes(const std::string& text) {
   return static_cast<int64_t>(bytes);
 }
 
-int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
-  if (a.command.empty()) {
-    std::cerr << "runner submit: give the command after --, e.g. runner submit -- sh -c 'echo "
-                 "hi'\n";
-    return 2;
-  }
+namespace {
+
+// The body of POST /api/v1/tasks from the task options; nullopt (after a
+// message naming `who`) when an option is malformed.
+std::optional<json::object> TaskBody(const SubmitArgs& a, const std::string& who) {
   json::object body;
   json::array cmd;
   for (const auto& c : a.command) cmd.emplace_back(c);
@@ -150,6 +149,7 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
   if (a.image) body["image"] = *a.image;
   if (a.isolation) body["isolation"] = *a.isolation;
   if (a.queue) body["queue"] = *a.queue;
+  if (a.group) body["group"] = *a.group;
   if (a.idempotency_key) body["idempotency_key"] = *a.idempotency_key;
   if (a.timeout) body["timeout"] = *a.timeout;
   if (a.delay) body["delay"] = *a.delay;
@@ -160,17 +160,17 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
     try {
       limits["cpus"] = std::stod(*a.cpus);
     } catch (const std::exception&) {
-      std::cerr << "runner submit: --cpus '" << *a.cpus << "' is not a number (e.g. 0.5)\n";
-      return 2;
+      std::cerr << who << ": --cpus '" << *a.cpus << "' is not a number (e.g. 0.5)\n";
+      return std::nullopt;
     }
   }
   for (auto [name, value] : {std::pair{"memory", &a.memory}, std::pair{"disk", &a.disk}}) {
     if (!*value) continue;
     auto bytes = ParseBytes(**value);
     if (!bytes) {
-      std::cerr << "runner submit: --" << name << " '" << **value
+      std::cerr << who << ": --" << name << " '" << **value
                 << "' is not a size (e.g. 268435456, 256M, 1G)\n";
-      return 2;
+      return std::nullopt;
     }
     limits[name] = *bytes;
   }
@@ -182,8 +182,8 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
     for (const auto& kv : *list) {
       std::string k, v;
       if (!SplitKv(kv, k, v)) {
-        std::cerr << "runner submit: '" << kv << "' is not KEY=VALUE\n";
-        return 2;
+        std::cerr << who << ": '" << kv << "' is not KEY=VALUE\n";
+        return std::nullopt;
       }
       m[k] = v;
     }
@@ -217,9 +217,21 @@ int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
     for (const auto& d : a.depends_on) deps.emplace_back(d);
     body["depends_on"] = std::move(deps);
   }
+  return body;
+}
 
+}  // namespace
+
+int RunSubmit(const CommandContext& ctx, const SubmitArgs& a) {
+  if (a.command.empty()) {
+    std::cerr << "runner submit: give the command after --, e.g. runner submit -- sh -c 'echo "
+                 "hi'\n";
+    return 2;
+  }
+  auto body = TaskBody(a, "runner submit");
+  if (!body) return 2;
   ApiClient client(ctx.client);
-  auto res = client.PostJson("/api/v1/tasks", body);
+  auto res = client.PostJson("/api/v1/tasks", *body);
   if (!res) return Fail(res.error());
   if (!res->is_object()) return Fail(MakeError("internal", "the server sent no task"));
   std::string id = Field(res->get_object(), "id");
@@ -434,6 +446,95 @@ int RunCancel(const CommandContext& ctx, const std::string& id) {
                     ? " (cancel requested)"
                     : "")
             << "\n";
+  return 0;
+}
+
+// --- schedules ---------------------------------------------------------------
+
+int RunSchedules(const CommandContext& ctx) {
+  ApiClient client(ctx.client);
+  auto res = client.GetJson("/api/v1/schedules");
+  if (!res) return Fail(res.error());
+  if (ctx.json) {
+    std::cout << json::serialize(*res) << "\n";
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows = {
+      {"NAME", "WHEN", "TIMEZONE", "OVERLAP", "CATCH_UP", "PAUSED", "NEXT_RUN_AT", "LAST_TASK"}};
+  for (const auto& v : res->at("schedules").as_array()) {
+    const auto& o = v.as_object();
+    std::string when = Field(o, "cron");
+    if (when == "-") when = "every " + Field(o, "every") + "s";
+    rows.push_back({Field(o, "name"), when, Field(o, "timezone"), Field(o, "overlap"),
+                    Field(o, "catch_up"), Field(o, "paused"), Field(o, "next_run_at"),
+                    Field(o, "last_task_id")});
+  }
+  PrintTable(rows);
+  return 0;
+}
+
+int RunScheduleAdd(const CommandContext& ctx, const ScheduleArgs& a) {
+  if (a.task.command.empty()) {
+    std::cerr << "runner schedule add: give the command after --, e.g. runner schedule add "
+                 "nightly --cron '30 3 * * *' -- sh -c 'make report'\n";
+    return 2;
+  }
+  if (a.cron.has_value() == a.every.has_value()) {
+    std::cerr << "runner schedule add: give exactly one of --cron EXPR and --every SECONDS\n";
+    return 2;
+  }
+  auto task = TaskBody(a.task, "runner schedule add");
+  if (!task) return 2;
+  json::object body{{"name", a.name}, {"task", std::move(*task)}};
+  if (a.cron) body["cron"] = *a.cron;
+  if (a.every) body["every"] = *a.every;
+  if (a.timezone) body["timezone"] = *a.timezone;
+  if (a.overlap) body["overlap"] = *a.overlap;
+  if (a.catch_up) body["catch_up"] = *a.catch_up;
+  if (a.paused) body["paused"] = true;
+  ApiClient client(ctx.client);
+  auto res = client.PostJson("/api/v1/schedules", body);
+  if (!res) return Fail(res.error());
+  if (ctx.json) {
+    std::cout << json::serialize(*res) << "\n";
+  } else {
+    std::cout << a.name << ": next run " << Field(res->as_object(), "next_run_at") << "\n";
+  }
+  return 0;
+}
+
+int RunScheduleAction(const CommandContext& ctx, const std::string& action,
+                      const std::string& name) {
+  ApiClient client(ctx.client);
+  const std::string path = "/api/v1/schedules/" + Encode(name);
+  if (action == "rm") {
+    auto res = client.Delete(path);
+    if (!res) return Fail(res.error());
+    if (!ctx.json) std::cout << name << ": deleted\n";
+    return 0;
+  }
+  if (action == "trigger") {
+    auto res = client.PostJson(path + "/trigger", json::object{});
+    if (!res) return Fail(res.error());
+    std::cout << (ctx.json ? json::serialize(*res) : Field(res->as_object(), "id")) << "\n";
+    return 0;
+  }
+  // pause, resume: the schedule as it is, with `paused` changed.
+  auto got = client.GetJson(path);
+  if (!got) return Fail(got.error());
+  json::object body;
+  for (const char* key : {"cron", "every", "timezone", "task", "overlap", "catch_up"}) {
+    if (const auto* v = got->as_object().if_contains(key)) body[key] = *v;
+  }
+  body["paused"] = action == "pause";
+  auto res = client.PutJson(path, body);
+  if (!res) return Fail(res.error());
+  if (ctx.json) {
+    std::cout << json::serialize(*res) << "\n";
+  } else {
+    std::cout << name << ": " << (action == "pause" ? "paused" : "resumed") << ", next run "
+              << Field(res->as_object(), "next_run_at") << "\n";
+  }
   return 0;
 }
 

@@ -24,7 +24,7 @@ struct CommandContext {
 
 struct SubmitArgs {
   std::vector<std::string> command;
-  std::optional<std::string> image, isolation, queue, idempotency_key;
+  std::optional<std::string> image, isolation, queue, group, idempotency_key;
   std::optional<std::string> cpus, memory, disk;  // memory/disk accept 512M, 1G, bytes
   std::optional<int64_t> pids;
   std::optional<double> timeout, delay;
@@ -37,7 +37,21 @@ struct SubmitArgs {
   bool wait = false;
 };
 
+struct ScheduleArgs {
+  std::string name;
+  std::optional<std::string> cron, timezone, overlap, catch_up;
+  std::optional<double> every;  // seconds
+  bool paused = false;
+  SubmitArgs task;  // the task options (wait and idempotency_key unused)
+};
+
 int RunSubmit(const CommandContext& ctx, const SubmitArgs& args);
+// runner schedules; runner schedule add|rm|pause|resume|trigger.
+int RunSchedules(const CommandContext& ctx);
+int RunScheduleAdd(const CommandContext& ctx, const ScheduleArgs& args);
+// action: rm, pause, resume or trigger.
+int RunScheduleAction(const CommandContext& ctx, const std::string& action,
+                      const std::string& name);
 int RunStatus(const CommandContext& ctx);
 int RunList(const CommandContext& ctx, const std::optional<std::string>& state,
             const std::optional<std::string>& queue, int limit);
@@ -48,6 +62,18 @@ int RunStart(const CommandContext& ctx);
 int RunLogs(const CommandContext& ctx, const std::string& id, bool follow,
             const std::string& stream);
 int RunCancel(const CommandContext& ctx, const std::string& id);
+
+// Queue policies (queue_commands.cpp).
+struct QueueSetArgs {
+  std::string name;
+  std::optional<int> max_running, max_running_per_group;
+  std::optional<std::string> rate;  // COUNT/SECONDS
+  bool paused = false;
+};
+int RunQueues(const CommandContext& ctx);
+int RunQueueSet(const CommandContext& ctx, const QueueSetArgs& args);
+// pause (true) or resume (false), keeping the rest of the policy.
+int RunQueuePause(const CommandContext& ctx, const std::string& name, bool paused);
 
 // "512M", "1G", "1.5Gi", "1048576" -> bytes; nullopt when malformed.
 std::optional<int64_t> ParseBytes(const std::string& text);

@@ -15,7 +15,8 @@
 // Each runner figure gets its ratios to those; a summary ends the output.
 //
 //   bench/pool/run [--tasks N] [--docker-tasks N] [--latency N] [--workers 1,4,16]
-//                  [--modes process,docker] [--peers on|off] [--idle on|off] [--rounds N]
+//                  [--modes process,process-bare,docker] [--peers on|off] [--idle on|off] [--rounds
+//                  N]
 // --rounds N repeats every setting N times, the runner and its peers
 // alternated (odd rounds run the peers first), and the summary reports the
 // median of each round's ratio and of each round's wake-up p50 and p99.
@@ -281,6 +282,8 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
                   mode == "docker" ? runner::isolation::IsolationMode::kDocker
                                    : runner::isolation::IsolationMode::kProcess);
   config.docker_host = Env("RUNNER_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
+  // "process" runs sandboxed (the default); "process-bare" with --process-sandbox off.
+  config.process_sandbox = mode != "process-bare";
   config.poll_interval = 1;
   // As the runner reads it: RUNNER_CLAIM_ON_FINISH=false measures the pool
   // with every claim going through the claimer's batch.
@@ -643,7 +646,7 @@ struct Options {
   int latency = 50;
   int rounds = 1;  // alternated runner/peer rounds per setting; medians reported
   std::string workers = "1,4,16";
-  std::string modes = "process,docker";
+  std::string modes = "process,process-bare,docker";
   bool peers = true;
   bool idle = true;
   std::string graphile_script = "bench/pool/graphile_spawn.js";

@@ -1,8 +1,10 @@
 // Tasks per second for no-op tasks (/bin/true) through ProcessIsolator::Run,
-// against a bare fork/exec/wait loop of /bin/true in the same run: serial and
-// 2-way parallel, several interleaved rounds, medians. Also the isolator with
-// every limit set (memory, cpu and pids cgroups plus a tmpfs work dir), to show
-// what limits cost. Writes JSON (--out). Not a test: nothing here asserts.
+// with the sandbox on (the default) and off, against a bare fork/exec/wait
+// loop of /bin/true in the same run: 1 and 4 threads, several interleaved
+// rounds, medians. Also the sandboxed isolator with every limit set (memory,
+// cpu and pids cgroups plus a tmpfs work dir), to show what limits cost, and
+// where a sandboxed start's time goes (the init's phase timestamps). Writes
+// JSON (--out). Not a test: nothing here asserts.
 //
 //   process_bench [--rounds 15] [--tasks 40] [--out bench/results/process.json]
 // (--tasks is the block size: tasks per measured block.)
@@ -41,6 +43,20 @@ class NullObserver : public Observer {
  public:
   void OnOutput(OutputStream, std::string_view) override {}
 };
+
+class StderrObserver : public Observer {
+ public:
+  void OnOutput(OutputStream stream, std::string_view data) override {
+    if (stream == OutputStream::kStderr) err.append(data);
+  }
+  std::string err;
+};
+
+double NowNs() {
+  return static_cast<double>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+          .count());
+}
 
 extern "C" char** environ;
 
@@ -99,6 +115,62 @@ std::string Json(const std::vector<double>& v) {
   return s + "]";
 }
 
+// Where a sandboxed start's time goes: serial tasks with the init's phase
+// timestamps, medians of each step in microseconds.
+std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOptions options,
+                           int tasks) {
+  options.work_root = root / "work-trace";
+  options.sandbox.trace_phases = true;
+  ProcessIsolator traced(options);
+  const std::vector<std::string> phases = {"init_started", "root_built",         "network_ready",
+                                           "task_forked",  "privileges_dropped", "seccomp_loaded"};
+  const std::vector<std::string> steps = {
+      "runner: work dir, cgroup, clone3 with namespaces, exec of the init",
+      "init: mounts and pivot_root (the new root)",
+      "init: hostname (and loopback when no pre-made netns)",
+      "init: fork of the task",
+      "task: drop uid/gid, capabilities, no_new_privs",
+      "task: load the seccomp filter",
+      "task: exec /bin/true, exit, namespace teardown, reap, report"};
+  std::vector<std::vector<double>> us(steps.size());
+  for (int i = 0; i < tasks; ++i) {
+    TaskSpec spec;
+    spec.task_id = "trace-" + std::to_string(i);
+    spec.worker_id = "bench";
+    spec.command = {"/bin/true"};
+    StderrObserver obs;
+    double t0 = NowNs();
+    RunResult r = traced.Run(spec, obs, {});
+    double t_end = NowNs();
+    if (r.kind != RunResult::Kind::kExited || r.exit_code != 0) std::abort();
+    std::vector<double> at = {t0};
+    for (const std::string& phase : phases) {
+      auto pos = obs.err.find("runner-task-init phase " + phase + " ");
+      if (pos == std::string::npos) std::abort();
+      at.push_back(std::stod(obs.err.substr(pos + 24 + phase.size())));
+    }
+    at.push_back(t_end);
+    for (size_t s = 0; s < steps.size(); ++s) us[s].push_back((at[s + 1] - at[s]) / 1000);
+  }
+  std::string json = "  \"sandboxed_start_breakdown_us\": {\n";
+  double total = 0;
+  std::printf("where a sandboxed no-op task's time goes (median of %d serial tasks):\n", tasks);
+  for (size_t s = 0; s < steps.size(); ++s) {
+    double m = Median(us[s]);
+    total += m;
+    std::printf("  %7.0f us  %s\n", m, steps[s].c_str());
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), "    \"%s\": %.0f,\n", steps[s].c_str(), m);
+    json += buf;
+  }
+  std::printf("  %7.0f us  total\n", total);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "    \"total\": %.0f\n  },\n", total);
+  json += buf;
+  traced.WaitForCleanup();
+  return json;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -116,9 +188,18 @@ int main(int argc, char** argv) {
   ProcessIsolatorOptions options;
   options.work_root = root / "work";
   options.cgroup_parent = "runner-bench";
-  ProcessIsolator iso(options);
+  ProcessIsolator iso(options);  // sandbox on
+  ProcessIsolatorOptions off_options = options;
+  off_options.work_root = root / "work-off";
+  off_options.sandbox.enabled = false;
+  ProcessIsolator iso_off(off_options);
+  if (!iso.sandbox().usable()) {
+    std::fprintf(stderr, "the sandbox is unavailable: %s\n",
+                 iso.sandbox().unavailable_reason().c_str());
+    return 1;
+  }
 
-  auto run = [&](bool limited) {
+  auto run_on = [&](ProcessIsolator& which, bool limited) {
     return [&, limited](int i) {
       TaskSpec spec;
       spec.task_id = "bench-" + std::to_string(i) + (limited ? "-l" : "");
@@ -131,7 +212,7 @@ int main(int argc, char** argv) {
         spec.limits.disk = 16 << 20;
       }
       NullObserver obs;
-      RunResult r = iso.Run(spec, obs, {});
+      RunResult r = which.Run(spec, obs, {});
       if (r.kind != RunResult::Kind::kExited || r.exit_code != 0) {
         std::fprintf(stderr, "task failed: %s\n", r.message.c_str());
         std::abort();
@@ -149,12 +230,15 @@ int main(int argc, char** argv) {
   json += "  \"rounds\": " + std::to_string(rounds) + ",\n";
   json += "  \"tasks_per_block\": " + std::to_string(tasks) + ",\n";
   json += "  \"cgroups\": \"" + iso.cgroups().Describe() + "\",\n";
-  json += "  \"target\": \"isolator (no limits) within 20% of the bare loop\",\n";
-  for (int threads : {1, 2}) {
-    std::vector<double> bare, isolator, limited, ratio, ratio_limited;
-    std::vector<double> cpu_bare, cpu_iso, cpu_lim;
+  json += "  \"sandbox\": \"" + iso.sandbox().Describe() + "\",\n";
+  json += "  \"target\": \"sandboxed isolator >= 70% of the unsandboxed one at 1 thread\",\n";
+  for (int threads : {1, 4}) {
+    std::vector<double> bare, isolator, off, limited, ratio, ratio_off, ratio_limited, on_vs_off;
+    std::vector<double> cpu_bare, cpu_iso, cpu_off, cpu_lim;
+    auto run = [&](bool limited_run) { return run_on(iso, limited_run); };
     Rate(20, threads, [](int) { BareTrue(); });  // warm-up
     Rate(20, threads, run(false));
+    Rate(20, threads, run_on(iso_off, false));
     Rate(20, threads, run(true));
     auto measure = [&](const std::function<void(int)>& one, std::vector<double>& rates,
                        std::vector<double>& cpu) {
@@ -164,34 +248,44 @@ int main(int argc, char** argv) {
     };
     for (int r = 0; r < rounds; ++r) {
       measure([](int) { BareTrue(); }, bare, cpu_bare);
+      measure(run_on(iso_off, false), off, cpu_off);
       measure(run(false), isolator, cpu_iso);
       measure(run(true), limited, cpu_lim);
       ratio.push_back(isolator.back() / bare.back());
+      ratio_off.push_back(off.back() / bare.back());
       ratio_limited.push_back(limited.back() / bare.back());
+      on_vs_off.push_back(isolator.back() / off.back());
     }
-    double b = Median(bare), s = Median(isolator), l = Median(limited);
-    double q = Median(ratio), ql = Median(ratio_limited);
+    double b = Median(bare), s = Median(isolator), l = Median(limited), o = Median(off);
+    double q = Median(ratio), ql = Median(ratio_limited), qo = Median(on_vs_off);
     std::printf(
-        "%s: bare %.0f tasks/s (%.2f cpu ms/task), isolator %.0f tasks/s (%.2f cpu ms), "
-        "median ratio %.0f%%; with all limits %.0f tasks/s (%.2f cpu ms), ratio %.0f%%\n",
-        threads == 1 ? "serial" : "2-way parallel", b, Median(cpu_bare), s, Median(cpu_iso),
-        100 * q, l, Median(cpu_lim), 100 * ql);
+        "%d thread(s): bare %.0f tasks/s (%.2f cpu ms/task); sandbox off %.0f tasks/s (%.2f cpu "
+        "ms); sandbox on %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of pairs); on with "
+        "all limits %.0f tasks/s (%.2f cpu ms)\n",
+        threads, b, Median(cpu_bare), o, Median(cpu_off), s, Median(cpu_iso), 100 * qo, l,
+        Median(cpu_lim));
     char buf[1024];
     std::snprintf(buf, sizeof(buf),
                   "  \"%s\": {\n    \"bare_tasks_per_s\": %.1f,\n"
+                  "    \"sandbox_off_tasks_per_s\": %.1f,\n"
+                  "    \"sandbox_on_vs_off\": %.3f,\n"
+                  "    \"sandbox_off_vs_bare\": %.3f,\n"
+                  "    \"sandbox_off_cpu_ms_per_task\": %.3f,\n"
                   "    \"isolator_tasks_per_s\": %.1f,\n    \"isolator_vs_bare\": %.3f,\n"
                   "    \"isolator_all_limits_tasks_per_s\": %.1f,\n"
                   "    \"isolator_all_limits_vs_bare\": %.3f,\n"
                   "    \"bare_cpu_ms_per_task\": %.3f,\n"
                   "    \"isolator_cpu_ms_per_task\": %.3f,\n"
                   "    \"isolator_all_limits_cpu_ms_per_task\": %.3f,\n",
-                  threads == 1 ? "serial" : "parallel_2", b, s, q, l, ql, Median(cpu_bare),
-                  Median(cpu_iso), Median(cpu_lim));
+                  threads == 1 ? "serial" : "parallel_4", b, o, qo, Median(ratio_off),
+                  Median(cpu_off), s, q, l, ql, Median(cpu_bare), Median(cpu_iso), Median(cpu_lim));
     json += buf;
     json += "    \"blocks_bare\": " + Json(bare) + ",\n";
+    json += "    \"blocks_sandbox_off\": " + Json(off) + ",\n";
     json += "    \"blocks_isolator\": " + Json(isolator) + ",\n";
     json += "    \"blocks_isolator_all_limits\": " + Json(limited) + "\n  },\n";
   }
+  json += StartBreakdown(root, options, tasks * 2);
   std::time_t now = std::time(nullptr);
   char when[64];
   std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));

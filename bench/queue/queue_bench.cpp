@@ -167,7 +167,7 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks, bool combi
         auto t0 = Steady::now();
         pqxx::nontransaction tx(c);
         auto r = tx.exec_prepared(sql::kClaim.name, workers, "bench", int64_t{30000}, nullptr,
-                                  int64_t{1});
+                                  int64_t{1}, nullptr);
         my_lat.push_back(ms(t0));
         if (r.empty()) return std::nullopt;
         return r[0][0].as<std::string>();
@@ -177,9 +177,9 @@ RunStats RunRaw(const std::string& conninfo, int claimers, int tasks, bool combi
         auto t0 = Steady::now();
         if (combined) {
           pqxx::nontransaction tx(c);
-          auto f =
-              tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", "0", nullptr,
-                               usage, "process", true, 3600.0, "bench", int64_t{30000}, nullptr);
+          auto f = tx.exec_prepared(sql::kFinishAndClaim.name, *id, worker, "succeeded", "0",
+                                    nullptr, usage, "process", true, 3600.0, "bench",
+                                    int64_t{30000}, nullptr, nullptr);
           my_lat.push_back(ms(t0));
           const auto row = f[0];
           if (!row[row.size() - 1].as<bool>()) throw std::runtime_error("raw lease lost");

@@ -445,8 +445,13 @@ std::unique_ptr<TaskCgroup> TaskCgroup::Adopt(const CgroupHost& host, const std:
 }
 
 TaskCgroup::~TaskCgroup() {
+  // A cgroup that cgroup.kill was written to is never reused: the kernel
+  // (seen on 6.18) SIGKILLs every child later cloned into it with
+  // CLONE_INTO_CGROUP, because clone3 compares the target's kill counter
+  // with the one of the parent's own cgroup. Reusing it made every later
+  // task of the node die at once with 137.
   if (spares_ != nullptr && LimitFree() && join_fds_.size() == dirs_.size() && KillAll() &&
-      spares_->Keep(*this)) {
+      !kill_file_used_ && spares_->Keep(*this)) {
     return;
   }
   CloseJoinFds();
@@ -521,6 +526,7 @@ bool TaskCgroup::KillAll(int deadline_ms) const {
     if (std::chrono::steady_clock::now() > deadline) return false;
     if (!kill_file) kill_file = v2_dir_ && Exists(*v2_dir_ / "cgroup.kill");
     if (*kill_file) {
+      kill_file_used_ = true;
       (void)WriteFile(*v2_dir_ / "cgroup.kill", "1");
     } else if (freezer_dir_) {
       // Frozen processes cannot fork, so one pass over cgroup.procs gets all.

@@ -29,8 +29,10 @@
 //
 // Limit-free task cgroups (only the accounting and kill hierarchies, the
 // default for a task without limits) are reused through CgroupSpares: making
-// and removing the directories was most of a short task's cgroup cost. A
-// reused cgroup is empty and thawed, its join descriptors stay open, and its
+// and removing the directories was most of a short task's cgroup cost. One
+// that had to be emptied with cgroup.kill is not reused (a kernel bug kills
+// whatever is cloned into it afterwards, see ~TaskCgroup). A reused cgroup
+// is empty and thawed, its join descriptors stay open, and its
 // CPU counter is read as a difference from where it stood at hand-out.
 //
 // Thread-safety: CgroupHost is immutable after Detect() and shared by all
@@ -201,6 +203,9 @@ class TaskCgroup {
   int v2_dir_fd_ = -1;
   CgroupSpares* spares_ = nullptr;  // where it goes back to, if anywhere
   double cpu_base_ = 0;             // CPU seconds already counted at hand-out
+  // Set once cgroup.kill was written: such a cgroup is not reused (see the
+  // destructor). Mutable: KillAll() is const for its callers.
+  mutable bool kill_file_used_ = false;
 };
 
 }  // namespace runner::isolation::process

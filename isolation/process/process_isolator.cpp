@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -28,6 +29,7 @@
 #include <thread>
 
 #include "isolation/cleanup_queue.h"
+#include "isolation/process/sandbox.h"
 #include "isolation/process/work_dir.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
@@ -156,7 +158,7 @@ Result<std::pair<UniqueFd, UniqueFd>> Pipe() {
   return std::make_pair(UniqueFd(fds[0]), UniqueFd(fds[1]));
 }
 
-enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec };
+enum ChildStage : uint8_t { kJoinCgroup = 1, kSetLimits, kChdir, kExec, kNamespaces };
 
 // Why a child could not exec: the step that failed and its errno.
 struct ChildReport {
@@ -186,8 +188,28 @@ struct ChildPlan {
   };
   Limit limits[8]{};
   size_t limit_count = 0;
-  pid_t parent = 0;  // the runner; the task dies with it
+  pid_t parent = 0;  // the runner; the task dies with it; 0: in a new pid namespace
+  // Sandbox (exec_fd >= 0): exec the init from this memfd (argv and envp are
+  // the init's), after joining netns_fd and writing our own user namespace
+  // maps (uid_map set: the runner is not root); keep_fds survive the exec.
+  int exec_fd = -1;
+  int netns_fd = -1;
+  const char* uid_map = nullptr;
+  const char* gid_map = nullptr;
+  int keep_fds[2] = {-1, -1};
+  // After a plain fork: create these namespaces here, and (CLONE_NEWPID) run
+  // the init as our child, which is pid 1 of the new namespace.
+  int unshare_flags = 0;
 };
+
+RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
+  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  size_t n = std::strlen(text);
+  bool ok = ::write(fd, text, n) == static_cast<ssize_t>(n);
+  ::close(fd);
+  return ok;
+}
 
 [[noreturn]] RUNNER_CHILD_CODE void ReportAndExit(const ChildPlan& p, ChildStage stage) {
   int err = errno;
@@ -210,9 +232,16 @@ struct ChildPlan {
   // node re-runs it once the lease expires. The fork happens on the worker
   // thread that waits for the task, so the thread-scoped signal is safe.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() != p.parent) ::_exit(127);
+  if (p.parent != 0 && ::getppid() != p.parent) ::_exit(127);
   for (size_t i = 0; i < p.join_count; ++i) {
     if (::write(p.join_fds[i], "0", 1) != 1) ReportAndExit(p, kJoinCgroup);
+  }
+  if (p.unshare_flags != 0 && ::unshare(p.unshare_flags) != 0) ReportAndExit(p, kNamespaces);
+  if (p.netns_fd >= 0 && ::setns(p.netns_fd, CLONE_NEWNET) != 0) ReportAndExit(p, kNamespaces);
+  if (p.uid_map != nullptr &&
+      (!WriteAll("/proc/self/setgroups", "deny") || !WriteAll("/proc/self/uid_map", p.uid_map) ||
+       !WriteAll("/proc/self/gid_map", p.gid_map))) {
+    ReportAndExit(p, kNamespaces);
   }
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
@@ -234,7 +263,26 @@ struct ChildPlan {
   // Descriptors other threads of the runner opened without O_CLOEXEC must not
   // reach the task.
   ::syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-  ::execve(p.path, p.argv, p.envp);
+  if (p.exec_fd < 0) {
+    ::execve(p.path, p.argv, p.envp);
+    ReportAndExit(p, kExec);
+  }
+  for (int fd : p.keep_fds) ::fcntl(fd, F_SETFD, 0);
+  if (p.unshare_flags & CLONE_NEWPID) {
+    // A fork (ThreadSanitizer builds): our child is pid 1 of the namespace;
+    // we wait for it and leave with its exit code (the task's status comes
+    // through the status pipe).
+    pid_t init = ::fork();
+    if (init < 0) ReportAndExit(p, kNamespaces);
+    if (init > 0) {
+      int status = 0;
+      while (::waitpid(init, &status, 0) < 0 && errno == EINTR) {
+      }
+      ::_exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    }
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  }
+  ::syscall(SYS_execveat, p.exec_fd, "", p.argv, p.envp, AT_EMPTY_PATH);
   ReportAndExit(p, kExec);
 }
 
@@ -284,6 +332,12 @@ long CloneSharingMemory(clone_args args, const ChildPlan& plan) {
   return r;
 }
 #endif
+
+// "SIGKILL", or "signal 42" for one without a name.
+std::string SignalName(int sig) {
+  const char* abbrev = ::sigabbrev_np(sig);
+  return abbrev != nullptr ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
 
 // Null-terminated array of C strings pointing into `storage`.
 std::vector<char*> CStrings(std::vector<std::string>& storage) {
@@ -372,12 +426,17 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
 struct Leftover {
   std::unique_ptr<TaskCgroup> cgroup;
   std::unique_ptr<WorkDir> dir;
-  Leftover(std::unique_ptr<TaskCgroup> c, std::unique_ptr<WorkDir> d)
-      : cgroup(std::move(c)), dir(std::move(d)) {}
+  // The sandbox's mount namespace: its last reference goes here, so the
+  // unmounting of its tree (an RCU grace period, milliseconds on a busy
+  // host) happens on the cleaner's thread, not when the task's init exits.
+  UniqueFd mount_ns;
+  Leftover(std::unique_ptr<TaskCgroup> c, std::unique_ptr<WorkDir> d, UniqueFd ns)
+      : cgroup(std::move(c)), dir(std::move(d)), mount_ns(std::move(ns)) {}
   Leftover(Leftover&&) noexcept = default;
   Leftover& operator=(Leftover&&) noexcept = default;
   ~Leftover() {
     cgroup.reset();
+    mount_ns.Reset();
     dir.reset();
   }
 };
@@ -391,14 +450,15 @@ namespace {
 class TaskRun {
  public:
   TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, CgroupSpares& spares,
-          ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, int devnull, const TaskSpec& spec,
-          Observer& observer, std::stop_token stop)
+          ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, int devnull, Sandbox* sandbox,
+          const TaskSpec& spec, Observer& observer, std::stop_token stop)
       : options_(options),
         host_(cgroups),
         spares_(spares),
         cleaner_(cleaner),
         work_root_(work_root),
         devnull_(devnull),
+        sandbox_(sandbox),
         spec_(spec),
         observer_(observer),
         stop_(stop) {}
@@ -425,13 +485,17 @@ class TaskRun {
   void CheckLimit(const std::string& resource, double value, double limit, const std::string& what);
   void OnExit();
   RunResult Finish();
+  // The process whose /proc figures stand for the task without cgroups:
+  // the task's first process, or (in the sandbox) the init's child.
+  pid_t UsagePid() const;
 
   const ProcessIsolatorOptions& options_;
   const CgroupHost& host_;
   CgroupSpares& spares_;
   ProcessIsolator::Cleaner& cleaner_;
   WorkRoot& work_root_;
-  const int devnull_;  // the tasks' stdin, or -1: open one
+  const int devnull_;       // the tasks' stdin, or -1: open one
+  Sandbox* const sandbox_;  // null: the task runs bare (--process-sandbox off)
   const TaskSpec& spec_;
   Observer& observer_;
   std::stop_token stop_;
@@ -454,6 +518,9 @@ class TaskRun {
   std::string ending_message_;
   int exec_errno_ = 0;
   ChildStage exec_stage_{};
+  UniqueFd status_read_;          // the sandbox init's reports (StatusRecord)
+  UniqueFd mount_ns_;             // the sandbox's mount namespace (see Leftover)
+  SandboxReport sandbox_report_;  // read once the init has exited
 
   // Sampling state.
   Clock::time_point last_sample_at_;
@@ -479,6 +546,15 @@ Status TaskRun::Prepare() {
       break;
     }
     if (dir.error().code != "exists" || n >= 100) return dir.error();
+  }
+  if (sandbox_ != nullptr && !sandbox_->user_namespace()) {
+    // The task's user owns its work dir (a user namespace maps the runner's own uid to it).
+    const SandboxOptions& so = sandbox_->options();
+    for (const fs::path& d : {work_dir_->path(), work_dir_->tmp()}) {
+      if (::chown(d.c_str(), so.uid, so.gid) != 0) {
+        return MakeError("internal", "chown " + d.string() + ": " + std::strerror(errno));
+      }
+    }
   }
   if (options_.use_cgroups && !host_.empty()) {
     // Unique per process and run: two isolators (or nodes) may share the parent.
@@ -514,12 +590,41 @@ Status TaskRun::Spawn() {
   std::vector<std::string> argv_storage = spec_.command;
   std::map<std::string, std::string> env = {
       {"PATH", kDefaultPath},
-      {"HOME", work_dir_->path().string()},
-      {"TMPDIR", work_dir_->tmp().string()},
+      {"HOME", sandbox_ ? std::string(kSandboxWorkDir) : work_dir_->path().string()},
+      {"TMPDIR", sandbox_ ? std::string("/tmp") : work_dir_->tmp().string()},
   };
   for (const auto& [k, v] : spec_.env) env[k] = v;
   std::vector<std::string> env_storage;
   for (const auto& [k, v] : env) env_storage.push_back(k + "=" + v);
+  UniqueFd status_write;
+  int netns_fd = -1;
+  UniqueFd netns;
+  int ns_flags = 0;
+  std::string uid_map, gid_map;
+  if (sandbox_ != nullptr) {
+    auto status = Pipe();
+    if (!status.ok()) return status.error();
+    status_read_ = std::move(status->first);
+    status_write = std::move(status->second);
+    ns_flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
+    const SandboxOptions& so = sandbox_->options();
+    bool lo_up = false;
+    if (!so.allow_network) {
+      netns = UniqueFd(sandbox_->TakeNetns());
+      netns_fd = netns.get();
+      if (netns_fd < 0) {
+        ns_flags |= CLONE_NEWNET;
+        lo_up = true;
+      }
+    }
+    if (sandbox_->user_namespace()) {
+      ns_flags |= CLONE_NEWUSER;
+      uid_map = "0 " + std::to_string(::geteuid()) + " 1\n";
+      gid_map = "0 " + std::to_string(::getegid()) + " 1\n";
+    }
+    argv_storage = SandboxInitArgs(*sandbox_, lo_up, sandbox_->filter_fd(), status_write.get(),
+                                   exe_, work_dir_->path(), spec_.command);
+  }
   std::vector<char*> argv = CStrings(argv_storage);
   std::vector<char*> envp = CStrings(env_storage);
   std::string cwd = work_dir_->path().string();
@@ -544,6 +649,15 @@ Status TaskRun::Spawn() {
   plan.envp = envp.data();
   plan.cwd = cwd.c_str();
   plan.parent = ::getpid();
+  if (sandbox_ != nullptr) {
+    plan.parent = 0;  // getppid() is 0 in a new pid namespace
+    plan.exec_fd = sandbox_->init_fd();
+    plan.netns_fd = netns_fd;
+    plan.uid_map = uid_map.empty() ? nullptr : uid_map.c_str();
+    plan.gid_map = gid_map.empty() ? nullptr : gid_map.c_str();
+    plan.keep_fds[0] = sandbox_->filter_fd();
+    plan.keep_fds[1] = status_write.get();
+  }
   plan.stdin_fd = devnull;
   plan.stdout_fd = out->second.get();
   plan.stderr_fd = err->second.get();
@@ -598,7 +712,7 @@ Status TaskRun::Spawn() {
 #ifdef RUNNER_SHARED_SPAWN
   if (options_.shared_memory_spawn) {
     clone_args args{};
-    args.flags = CLONE_PIDFD;
+    args.flags = CLONE_PIDFD | static_cast<uint64_t>(ns_flags);
     args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
     args.exit_signal = SIGCHLD;
     if (v2_fd >= 0) {
@@ -630,7 +744,7 @@ Status TaskRun::Spawn() {
       // Raw clone3 skips glibc's fork handlers: the child only makes raw
       // system calls until exec, like after vfork.
       clone_args args{};
-      args.flags = CLONE_INTO_CGROUP | CLONE_PIDFD;
+      args.flags = CLONE_INTO_CGROUP | CLONE_PIDFD | static_cast<uint64_t>(ns_flags);
       args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
       args.exit_signal = SIGCHLD;
       args.cgroup = static_cast<uint64_t>(v2_fd);
@@ -640,6 +754,7 @@ Status TaskRun::Spawn() {
       if (r < 0) pidfd = -1;
     }
     if (pid < 0) {
+      plan.unshare_flags = ns_flags;  // the fork makes its child pid 1 of the new namespace
       pid = ::fork();
       if (pid == 0) ChildMain(plan);
     }
@@ -651,6 +766,12 @@ Status TaskRun::Spawn() {
                                      " (the host is out of processes or memory)");
   }
   pid_ = pid;
+  status_write.Reset();  // the init holds the only write end now: EOF once it is gone
+  if (sandbox_ != nullptr) {
+    // The init is alive (it has just exec'd), so this is its new namespace.
+    mount_ns_ = UniqueFd(
+        ::open(("/proc/" + std::to_string(pid) + "/ns/mnt").c_str(), O_RDONLY | O_CLOEXEC));
+  }
   if (cgroup_) cgroup_->DoneJoining();
   out->second.Reset();
   err->second.Reset();
@@ -743,8 +864,8 @@ void TaskRun::Sample() {
   Clock::time_point now = Clock::now();
   UsageSample s;
   CgroupStats stats = cgroup_ ? cgroup_->Stats() : CgroupStats{};
-  auto [proc_cpu, proc_rss] =
-      (stats.cpu_seconds && stats.memory) ? std::pair<double, int64_t>{0, 0} : ProcUsage(pid_);
+  auto [proc_cpu, proc_rss] = (stats.cpu_seconds && stats.memory) ? std::pair<double, int64_t>{0, 0}
+                                                                  : ProcUsage(UsagePid());
   s.cpu_seconds = stats.cpu_seconds.value_or(proc_cpu);
   s.memory = stats.memory.value_or(proc_rss);
   s.pids = stats.pids.value_or(1);
@@ -774,6 +895,13 @@ void TaskRun::Sample() {
   CheckLimit("cpu", s.cpu_percent, lim.cpus * 100, cpu_text);
 }
 
+pid_t TaskRun::UsagePid() const {
+  if (sandbox_ == nullptr) return pid_;
+  std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+  pid_t child = 0;
+  return (in >> child) && child > 0 ? child : pid_;
+}
+
 void TaskRun::OnExit() {
   // The leader is a zombie now: kill what it left behind while its pid still
   // pins the process group id, read the final counters, then reap it.
@@ -785,6 +913,11 @@ void TaskRun::OnExit() {
     r = ::wait4(pid_, &status_, 0, &rusage_);
   } while (r < 0 && errno == EINTR);
   reaped_ = true;
+  if (status_read_.get() >= 0) {
+    sandbox_report_ = ReadSandboxReport(status_read_.get());
+    if (sandbox_report_.task_status) status_ = *sandbox_report_.task_status;
+    status_read_.Reset();
+  }
   drain_until_ = Clock::now() + kDrainAfterExit;
 }
 
@@ -875,6 +1008,23 @@ void TaskRun::Loop() {
 RunResult TaskRun::Finish() {
   RunResult r;
   r.isolation = "process";
+  if (!sandbox_report_.setup_error.empty() && ending_ == Ending::kNone) {
+    r.kind = RunResult::Kind::kError;
+    r.error_code = "isolation_unavailable";
+    r.message = "cannot build the process sandbox: " + sandbox_report_.setup_error +
+                " (check the runner's log at start; --process-sandbox off runs tasks bare)";
+    return r;
+  }
+  if (sandbox_report_.exec_errno != 0 && ending_ == Ending::kNone) {
+    int e = sandbox_report_.exec_errno;
+    r.kind = RunResult::Kind::kExited;
+    r.exit_code = e == ENOENT ? 127 : 126;
+    r.error_code = "nonzero_exit";
+    r.message = e == ENOENT ? "command not found in the sandbox: " + spec_.command[0]
+                            : "cannot run " + spec_.command[0] + ": " + std::strerror(e);
+    observer_.OnOutput(OutputStream::kStderr, "runner: " + r.message + "\n");
+    return r;
+  }
   r.usage.duration = Seconds(end_ - start_);
   double ru_cpu = Seconds(std::chrono::seconds(rusage_.ru_utime.tv_sec) +
                           std::chrono::microseconds(rusage_.ru_utime.tv_usec) +
@@ -925,6 +1075,7 @@ RunResult TaskRun::Finish() {
   }
   r.kind = RunResult::Kind::kExited;
   if (code != 0) r.error_code = "nonzero_exit";
+  if (signaled) r.message = "the task was killed by " + SignalName(WTERMSIG(status_));
   return r;
 }
 
@@ -934,6 +1085,12 @@ RunResult TaskRun::Run() {
   if (spec_.command.empty() || spec_.command[0].empty()) {
     failed.error_code = "validation_failed";
     failed.message = "the task has no command";
+    return failed;
+  }
+  if (sandbox_ != nullptr && !sandbox_->usable()) {
+    failed.error_code = "isolation_unavailable";
+    failed.message = "process tasks must run in the sandbox, which this host cannot build: " +
+                     sandbox_->unavailable_reason();
     return failed;
   }
   if (Status st = Prepare(); !st.ok()) {
@@ -954,12 +1111,16 @@ RunResult TaskRun::Run() {
       ::waitpid(pid_, nullptr, 0);
       reaped_ = true;
     }
-    std::string what = exec_stage_ == kExec        ? "cannot run " + spec_.command[0]
+    std::string what = exec_stage_ == kNamespaces ? "cannot enter the sandbox's namespaces"
+                       : sandbox_ != nullptr && exec_stage_ == kExec
+                           ? "cannot start the sandbox init"
+                       : exec_stage_ == kExec      ? "cannot run " + spec_.command[0]
                        : exec_stage_ == kChdir     ? "cannot enter the work dir"
                        : exec_stage_ == kSetLimits ? "cannot set resource limits"
                                                    : "cannot join the task cgroup";
     std::string message = what + ": " + std::strerror(exec_errno_);
-    if (exec_stage_ == kExec && (exec_errno_ == ENOENT || exec_errno_ == EACCES)) {
+    if (exec_stage_ == kExec && (sandbox_ == nullptr || exe_.empty()) &&
+        (exec_errno_ == ENOENT || exec_errno_ == EACCES)) {
       // What a shell does: the task ran and failed with 127/126.
       RunResult r;
       r.isolation = "process";
@@ -987,7 +1148,7 @@ RunResult TaskRun::Run() {
                 spec_.task_id, spec_.worker_id, r.exit_code, r.error_code);
   // Reaped, and what it left in its cgroup killed (OnExit): the rest of the
   // tear-down need not hold up the report.
-  cleaner_.Take(Leftover(std::move(cgroup_), std::move(work_dir_)));
+  cleaner_.Take(Leftover(std::move(cgroup_), std::move(work_dir_), std::move(mount_ns_)));
   return r;
 }
 
@@ -1005,6 +1166,7 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   }
   work_root_ = std::make_unique<WorkRoot>(options_.work_root);
   cgroup_spares_ = std::make_unique<CgroupSpares>();
+  sandbox_ = std::make_unique<Sandbox>(options_.sandbox);
   cleaner_ = std::make_unique<Cleaner>();
   // Last: nothing after it throws, so the destructor closes it. -1: each
   // task opens its own.
@@ -1018,8 +1180,8 @@ ProcessIsolator::~ProcessIsolator() {
 void ProcessIsolator::WaitForCleanup() { cleaner_->Wait(); }
 
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
-  TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, devnull_, spec, observer,
-              std::move(stop));
+  TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, devnull_,
+              sandbox_->enabled() ? sandbox_.get() : nullptr, spec, observer, std::move(stop));
   return run.Run();
 }
 

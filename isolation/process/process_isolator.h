@@ -1,7 +1,9 @@
 #pragma once
 
-// Runs a task as a plain process tree on this host, for nodes without Docker
-// (or tasks that ask for `process`). Each Run():
+// Runs a task as a process tree on this host, for nodes without Docker (or
+// tasks that ask for `process`), in a sandbox of namespaces, an unprivileged
+// user and a seccomp filter (sandbox.h; --process-sandbox off runs it bare).
+// Each Run():
 //   - makes a private work dir `<work_root>/<task id>-<attempt>` (a tmpfs of
 //     limits.disk bytes when running as root with use_tmpfs), with `tmp/`
 //     (emptied dirs are recycled, see work_dir.h);
@@ -25,10 +27,10 @@
 //     recycles) them while the worker reports the result: Run() returns once
 //     nothing of the task runs any more, not once its sandbox is cleared.
 //     WaitForCleanup() waits for that; the destructor does too.
-// Results: kExited (exit_code; 128+signal when killed by a signal; 127 when
-// the command is not found), kTimedOut, kStopped, kOomKilled (the memory
-// cgroup recorded an OOM kill), kOverLimit (the work dir filled up to
-// limits.disk, or the policy action `kill`), kError (could not set up).
+// Results: kExited (exit_code; 128+signal and a message "killed by SIGKILL" when
+// killed by a signal; 127 when the command is not found), kTimedOut, kStopped, kOomKilled (the
+// memory cgroup recorded an OOM kill), kOverLimit (the work dir filled up to limits.disk, or the
+// policy action `kill`), kError (could not set up).
 //
 // Over-limit policy: a resource (memory, disk, pids vs their limits, cpu
 // usage vs limits.cpus) crossing soft_fraction of its limit triggers the
@@ -56,6 +58,7 @@
 
 #include "isolation/isolator.h"
 #include "isolation/process/cgroup.h"
+#include "isolation/process/sandbox.h"
 #include "isolation/process/work_dir.h"
 
 namespace runner::isolation::process {
@@ -79,6 +82,9 @@ struct ProcessIsolatorOptions {
   // with the runner's size. x86-64 only, and not under ThreadSanitizer; off
   // (or unavailable) means a copying clone3/fork. Tests compare both.
   bool shared_memory_spawn = true;
+  // The sandbox of every task (sandbox.h): on by default; off runs tasks
+  // bare, as the runner's user with its view of the host.
+  SandboxOptions sandbox;
 };
 
 class ProcessIsolator : public Isolator {
@@ -97,6 +103,8 @@ class ProcessIsolator : public Isolator {
   // What this host's cgroups provide (for logs, status and tests).
   const CgroupHost& cgroups() const { return cgroups_; }
   const ProcessIsolatorOptions& options() const { return options_; }
+  // What the sandbox is (enabled, usable, why not, its user): for status and logs.
+  const Sandbox& sandbox() const { return *sandbox_; }
   // Blocks until the cgroups and work dirs of every finished Run() are gone.
   void WaitForCleanup();
 
@@ -107,8 +115,9 @@ class ProcessIsolator : public Isolator {
   CgroupHost cgroups_;
   std::unique_ptr<WorkRoot> work_root_;
   std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
-  int devnull_ = -1;                             // stdin of every task
-  std::unique_ptr<Cleaner> cleaner_;             // last: drained first
+  std::unique_ptr<Sandbox> sandbox_;
+  int devnull_ = -1;                  // stdin of every task
+  std::unique_ptr<Cleaner> cleaner_;  // last: drained first
 };
 
 }  // namespace runner::isolation::process

@@ -94,6 +94,12 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
                      "cannot open the queue database: " + store.error().message);
   }
   node->store_ = std::move(*store);
+  auto schedules = schedule::ScheduleStore::Open(so);
+  if (!schedules) return schedules.error();
+  node->schedules_ = std::move(*schedules);
+  node->scheduler_ =
+      std::make_unique<schedule::Scheduler>(*node->schedules_, SystemClock(), node->metrics_);
+  node->schedules_->OnChange([s = node->scheduler_.get()] { s->Poke(); });
 
   const std::filesystem::path data_dir(config.data_dir);
   std::error_code ec;
@@ -104,6 +110,10 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     isolation::process::ProcessIsolatorOptions po;
     po.work_root = data_dir / "work";
     po.over_limit = config.over_limit;
+    po.sandbox.enabled = config.process_sandbox;
+    po.sandbox.uid = config.process_uid;
+    po.sandbox.gid = config.process_gid;
+    po.sandbox.allow_network = config.allow_network;
     po.stop_grace = Ms(config.kill_grace);
     node->process_ = std::make_unique<isolation::process::ProcessIsolator>(po);
     if (config.mode != isolation::IsolationMode::kProcess) {
@@ -255,6 +265,7 @@ runner::Status Node::Start() {
     monitor_->Stop();
     return st;
   }
+  scheduler_->Start();
   started_ = true;
   return {};
 }
@@ -267,6 +278,7 @@ void Node::Shutdown(const StopOptions& options) {
   if (options.force && pool_) pool_->Stop(true);
   std::lock_guard lock(shutdown_mu_);
   if (shut_down_) return;
+  if (scheduler_) scheduler_->Stop();  // a stopping node makes no new tasks
   std::jthread control;
   {
     std::lock_guard l(control_mu_);
@@ -318,6 +330,12 @@ NodeStatus Node::Status() {
   s.resources = monitor_->Last();
   s.backpressure = pool_->Backpressure();
   s.backpressure_reason = pool_->BackpressureReason();
+  if (process_) {
+    const auto& so = process_->sandbox().options();
+    s.process_sandbox.enabled = so.enabled;
+    s.process_sandbox.user = std::to_string(so.uid) + ":" + std::to_string(so.gid);
+    s.process_sandbox.network = !so.enabled || so.allow_network;
+  }
   return s;
 }
 

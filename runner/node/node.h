@@ -39,6 +39,7 @@
 #include "runner/pressure/monitor.h"
 #include "runner/queue/notify_listener.h"
 #include "runner/queue/postgres_store.h"
+#include "runner/schedule/scheduler.h"
 
 namespace runner::node {
 
@@ -70,6 +71,7 @@ class Node : public NodeControl {
   queue::QueueStore& store();
   queue::PostgresStore& postgres() { return *store_; }
   pool::Pool& pool() { return *pool_; }
+  schedule::ScheduleStore& schedules() { return *schedules_; }
   const std::string& node_id() const { return node_id_; }
   // True while the LISTEN connection is up.
   bool Listening() const;
@@ -105,6 +107,8 @@ class Node : public NodeControl {
   std::unique_ptr<isolation::IsolationSelector> selector_;
   isolation::Isolator* override_ = nullptr;
   std::unique_ptr<pool::Pool> pool_;
+  std::unique_ptr<schedule::ScheduleStore> schedules_;
+  std::unique_ptr<schedule::Scheduler> scheduler_;  // fires due schedules
   std::unique_ptr<pressure::Monitor> monitor_;
 
   mutable std::mutex listener_mu_;

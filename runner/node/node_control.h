@@ -51,6 +51,12 @@ struct NodeStatus {
   ResourceSample resources;
   bool backpressure = false;
   std::optional<std::string> backpressure_reason;
+  // The process tasks' sandbox (isolation/process/sandbox.h).
+  struct ProcessSandbox {
+    bool enabled = false;
+    std::string user;  // "65534:65534"
+    bool network = false;
+  } process_sandbox;
 };
 
 struct StopOptions {

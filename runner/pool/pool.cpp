@@ -863,6 +863,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
     metrics_->claim_duration.Observe(Seconds(t1 - t0));
 
     std::vector<std::pair<std::string, std::string>> to_release;  // task id, worker id
+    bool rate_check = false;
     {
       std::lock_guard lock(mu_);
       for (const auto& id : ids) {
@@ -908,7 +909,16 @@ void Pool::ClaimLoop(std::stop_token stop) {
       if (got > 0) backoff.Reset();
       next_poll = t1 + backoff.Next();
       if (truncated && backlog_possible_) next_poll = t1;  // more idle workers, more tasks
+      if (got < ids.size()) rate_check = true;
       UpdateWorkerGaugesLocked();
+    }
+    if (rate_check) {
+      // A task held back by its queue's rate limit starts when its window
+      // opens, not at the idle poll.
+      if (auto opens = store_.NextRateOpening(req)) {
+        std::lock_guard lock(mu_);
+        next_poll = std::min(next_poll, SteadyClock::now() + *opens + milliseconds(1));
+      }
     }
     for (auto& [task_id, worker_id] : to_release) {
       Status st = store_.Release(task_id, worker_id);

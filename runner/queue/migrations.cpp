@@ -4,6 +4,8 @@
 
 #include <pqxx/pqxx>
 
+#include "runner/queue/queue_policy_schema.h"
+
 namespace runner::queue {
 namespace {
 
@@ -139,6 +141,35 @@ CREATE TABLE events (
 CREATE INDEX events_at_idx ON events (at);
 )sql";
 
+// v2: schedules (runner/schedule/schedule_store.h). A schedule's slot is
+// claimed and its task inserted in one statement, guarded by next_run_at, so
+// each slot makes at most one task across nodes. `task` is the task body as
+// the client sent it; `task_row` the insert record with the defaults applied.
+// The partial index serves the overlap check (a live task of this schedule).
+constexpr std::string_view kV2Schedules = R"sql(
+CREATE TABLE schedules (
+  name         text PRIMARY KEY,
+  cron         text,
+  timezone     text NOT NULL DEFAULT 'UTC',
+  every_us     bigint,
+  task         jsonb NOT NULL,
+  task_row     jsonb NOT NULL,
+  overlap      text NOT NULL CHECK (overlap IN ('skip','allow','cancel_previous')),
+  catch_up     text NOT NULL CHECK (catch_up IN ('none','latest','all')),
+  paused       boolean NOT NULL DEFAULT false,
+  next_run_at  timestamptz,
+  last_run_at  timestamptz,
+  last_task_id text,
+  created_at   timestamptz NOT NULL,
+  updated_at   timestamptz NOT NULL DEFAULT now(),
+  CHECK ((cron IS NULL) <> (every_us IS NULL))
+);
+CREATE INDEX schedules_next_idx ON schedules (next_run_at);
+ALTER TABLE tasks ADD COLUMN schedule text, ADD COLUMN scheduled_for timestamptz;
+CREATE INDEX tasks_schedule_list_idx ON tasks (schedule, created_at DESC, id DESC)
+  WHERE schedule IS NOT NULL;
+CREATE INDEX tasks_schedule_live_idx ON tasks (schedule)
+  WHERE schedule IS NOT NULL AND state IN ('queued', 'running');
 // Task secrets: the names (returned by the API) and the sealed values
 // (runner/secrets: XChaCha20-Poly1305 under the node key, the task id as
 // associated data). A trigger, not each statement that ends a task, drops the
@@ -161,7 +192,9 @@ CREATE TRIGGER tasks_drop_final_secrets BEFORE INSERT OR UPDATE ON tasks
 
 const std::vector<Migration> kMigrations = {
     {1, "queue schema", kV1Schema},
-    {2, "task secrets", kV2Secrets},
+    {2, "schedules", kV2Schedules},
+    {3, "task groups and queue policies", kV2QueuePolicies},
+    {4, "task secrets", kV2Secrets},
 };
 
 }  // namespace

@@ -362,7 +362,7 @@ std::optional<std::string> OptString(const pqxx::field& f) {
 }
 
 // Where the claims put RUNNER_SEALED_SECRETS_COLUMN: right after the task's.
-constexpr int kSealedSecretsColumn = 32;
+constexpr int kSealedSecretsColumn = 35;
 
 // Column order of sql::kTaskColumns.
 Task RowToTask(const pqxx::row& r) {
@@ -418,7 +418,10 @@ Task RowToTask(const pqxx::row& r) {
   t.stdout_tail = r[28].as<std::string>();
   t.stderr_tail = r[29].as<std::string>();
   t.logs_truncated = r[30].as<bool>();
-  t.secret_names = ParseStringArray(r[31]);
+  t.schedule = OptString(r[31]);
+  t.scheduled_for = OptMicros(r[32]);
+  t.group = OptString(r[33]);
+  t.secret_names = ParseStringArray(r[34]);
   return t;
 }
 
@@ -539,7 +542,8 @@ SubmitOutcome InsertTask(pqxx::work& tx, const StoreOptions& opts, const NewTask
       nt.image.value_or(opts.default_image), PgArray(nt.command), MapJson(nt.env),
       LimitsJson(WithDefaults(nt.limits, opts)), nt.timeout.value_or(opts.default_timeout),
       PgArray(nt.depends_on), NullableCStr(nt.idempotency_key), MapJson(nt.labels),
-      NullableCStr(err), PgArray(SecretNames(nt.secrets)), NullableCStr(*sealed));
+      NullableCStr(err), NullableCStr(nt.group), PgArray(SecretNames(nt.secrets)),
+      NullableCStr(*sealed));
   if (r.empty()) {
     // Lost an insert race on the idempotency key: the winner has committed.
     auto existing = tx.exec_prepared(sql::kTaskByKey.name, *nt.idempotency_key);
@@ -579,26 +583,11 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
     auto sealed = SealSecrets(opts, nt, ids[i]);
     if (!sealed.ok()) return sealed.error();
     auto names = SecretNames(nt.secrets);
-    json::array command(nt.command.begin(), nt.command.end());
-    rows.push_back(json::object{
-        {"id", ids[i]},
-        {"queue", nt.queue},
-        {"priority", nt.priority},
-        {"delay", nt.delay},
-        {"max_attempts", nt.max_attempts},
-        {"backoff", nt.backoff.value_or(opts.default_backoff)},
-        {"isolation", isolation::ToString(nt.isolation)},
-        {"image", nt.image.value_or(opts.default_image)},
-        {"command", std::move(command)},
-        {"env", MapObject(nt.env)},
-        {"limits", LimitsObject(WithDefaults(nt.limits, opts))},
-        {"timeout", nt.timeout.value_or(opts.default_timeout)},
-        {"idempotency_key",
-         nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
-        {"labels", MapObject(nt.labels)},
-        {"secret_names", json::array(names.begin(), names.end())},
-        {"secrets_sealed", *sealed ? json::value(**sealed) : json::value(nullptr)},
-    });
+    json::object row = TaskInsertRecord(nt, opts);
+    row["id"] = ids[i];
+    row["secret_names"] = json::array(names.begin(), names.end());
+    row["secrets_sealed"] = *sealed ? json::value(**sealed) : json::value(nullptr);
+    rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(c);
   std::map<std::string, Task> inserted;
@@ -642,6 +631,27 @@ Result<std::vector<SubmitOutcome>> InsertIndependentTasks(pqxx::connection& c,
 }
 
 }  // namespace
+
+json::object TaskInsertRecord(const NewTask& nt, const StoreOptions& opts) {
+  json::array command(nt.command.begin(), nt.command.end());
+  return json::object{
+      {"queue", nt.queue},
+      {"priority", nt.priority},
+      {"delay", nt.delay},
+      {"max_attempts", nt.max_attempts},
+      {"backoff", nt.backoff.value_or(opts.default_backoff)},
+      {"isolation", isolation::ToString(nt.isolation)},
+      {"image", nt.image.value_or(opts.default_image)},
+      {"command", std::move(command)},
+      {"env", MapObject(nt.env)},
+      {"limits", LimitsObject(WithDefaults(nt.limits, opts))},
+      {"timeout", nt.timeout.value_or(opts.default_timeout)},
+      {"idempotency_key",
+       nt.idempotency_key ? json::value(*nt.idempotency_key) : json::value(nullptr)},
+      {"labels", MapObject(nt.labels)},
+      {"group", nt.group ? json::value(*nt.group) : json::value(nullptr)},
+  };
+}
 
 // ---------------------------------------------------------------------------
 
@@ -752,6 +762,14 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
   if (filter.queue) {
     params.push_back(*filter.queue);
     where("t.queue = $" + std::to_string(params.size()));
+  }
+  if (filter.schedule) {
+    params.push_back(*filter.schedule);
+    where("t.schedule = $" + std::to_string(params.size()));
+  }
+  if (filter.group) {
+    params.push_back(*filter.group);
+    where("t.\"group\" = $" + std::to_string(params.size()));
   }
   if (cursor_micros) {
     params.push_back(*cursor_micros);
@@ -886,6 +904,11 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
     }
     return out;
   });
+}
+
+Status PostgresStore::WithConnection(std::string_view op,
+                                     const std::function<Status(pqxx::connection_base&)>& f) {
+  return Execute<Status>(*pool_, op, [&](pqxx::connection& c) -> Status { return f(c); });
 }
 
 Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& request) {

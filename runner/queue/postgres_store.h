@@ -16,9 +16,11 @@
 //
 // Thread-safety: every method may be called concurrently from any thread.
 
+#include <boost/json.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -28,8 +30,13 @@
 #include "base/result.h"
 #include "isolation/isolator.h"
 #include "runner/queue/migrations.h"
+#include "runner/queue/queue_policy.h"
 #include "runner/queue/queue_store.h"
 #include "runner/secrets/secret_box.h"
+
+namespace pqxx {
+class connection_base;
+}
 
 namespace runner::queue {
 
@@ -50,12 +57,16 @@ struct StoreOptions {
   std::shared_ptr<const secrets::SecretKey> secret_key;
 };
 
+// A task as a record of the columns kInsertTasks takes (without "id"), the
+// store's defaults applied; schedules keep it to insert their tasks.
+boost::json::object TaskInsertRecord(const NewTask& task, const StoreOptions& options);
+
 // Bytes kept of each stream's tail on the task row.
 inline constexpr std::size_t kTailBytes = 4096;
 // Retry backoff cap.
 inline constexpr double kMaxRetryDelaySeconds = 3600;
 
-class PostgresStore final : public QueueStore {
+class PostgresStore final : public QueueStore, public QueuePolicyStore {
  public:
   // Connects (one connection, to fail fast on a bad conninfo) and migrates.
   static Result<std::unique_ptr<PostgresStore>> Open(const StoreOptions& options);
@@ -100,6 +111,17 @@ class PostgresStore final : public QueueStore {
 
   Result<ReapReport> Reap(const ReapPolicy& policy) override;
   Status Ping() override;
+
+  // Queue policies (queue_policy_store.cpp).
+  Result<QueueInfo> SetQueuePolicy(std::string_view queue, const QueuePolicy& policy) override;
+  Result<QueueInfo> GetQueue(std::string_view queue) override;
+  Status DeleteQueuePolicy(std::string_view queue) override;
+  Result<std::vector<QueueInfo>> ListQueues() override;
+  std::optional<std::chrono::milliseconds> NextRateOpening(const ClaimRequest& request) override;
+
+  // Runs f on a pooled connection with the store's error mapping.
+  Status WithConnection(std::string_view op,
+                        const std::function<Status(pqxx::connection_base&)>& f);
 
   const StoreOptions& options() const { return options_; }
 

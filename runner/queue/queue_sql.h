@@ -48,7 +48,7 @@ inline constexpr std::string_view kSessionPlanSettings =
   RUNNER_US("t.started_at") ", " RUNNER_US("t.finished_at") ", "                        \
   RUNNER_US("t.lease_expires_at") ", "                                                  \
   "t.cancel_requested, t.stdout_tail, t.stderr_tail, t.logs_truncated, "                \
-  "to_jsonb(t.secret_names)::text"
+  "t.schedule, " RUNNER_US("t.scheduled_for") ", t.\"group\", to_jsonb(t.secret_names)::text"
 // The sealed secrets, as hex, after RUNNER_TASK_COLUMNS in the claims only: no
 // other read carries them out of the database.
 #define RUNNER_SEALED_SECRETS_COLUMN "encode(t.secrets_sealed, 'hex')"
@@ -72,11 +72,11 @@ inline constexpr Statement kInsertTask{
     "insert_task",
     "INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
     "isolation, image, command, env, limits, timeout, depends_on, idempotency_key, labels, "
-    "error, finished_at, secret_names, secrets_sealed) VALUES ($1, $2, $3::text, $4, "
+    "error, finished_at, \"group\", secret_names, secrets_sealed) VALUES ($1, $2, $3::text, $4, "
     "now() + $5::float8 * interval '1 second', "
     "$6, $7, $8, $9, $10::text[], $11::jsonb, $12::jsonb, $13, $14::text[], $15, $16::jsonb, "
-    "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $18::text[], "
-    "decode($19, 'hex')) "
+    "$17::jsonb, CASE WHEN $3::text = 'queued' THEN NULL ELSE now() END, $18, $19::text[], "
+    "decode($20, 'hex')) "
     "ON CONFLICT (idempotency_key) DO NOTHING RETURNING " RUNNER_TASK_COLUMNS};
 
 // Submit of tasks without dependencies, any number, in one statement (one
@@ -91,16 +91,16 @@ inline constexpr Statement kInsertTasks{
     "  SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(id text, queue text, priority integer,"
     "    delay float8, max_attempts integer, backoff float8, isolation text, image text,"
     "    command jsonb, env jsonb, limits jsonb, timeout float8, idempotency_key text, labels "
-    "jsonb, secret_names jsonb, secrets_sealed text)"
+    "jsonb, \"group\" text, secret_names jsonb, secrets_sealed text)"
     "), ins AS ("
     "  INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff, "
-    "    isolation, image, command, env, limits, timeout, idempotency_key, labels, "
+    "    isolation, image, command, env, limits, timeout, idempotency_key, labels, \"group\", "
     "    secret_names, secrets_sealed)"
     "  SELECT id, queue, 'queued', priority, now() + delay * interval '1 second', max_attempts,"
     "    backoff, isolation, image,"
     "    ARRAY(SELECT a.e FROM jsonb_array_elements_text(command) WITH ORDINALITY AS a(e, n)"
     "          ORDER BY a.n),"
-    "    env, limits, timeout, idempotency_key, labels,"
+    "    env, limits, timeout, idempotency_key, labels, \"group\","
     "    ARRAY(SELECT jsonb_array_elements_text(coalesce(secret_names, '[]'))),"
     "    decode(secrets_sealed, 'hex')"
     "  FROM input"
@@ -134,20 +134,31 @@ inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runne
   "SELECT " columns " FROM tasks q" \
   "  WHERE q.state = 'queued' AND q.run_at <= now()" \
   "    AND (" queues "::text[] IS NULL OR q.queue = ANY(" queues "::text[]))" \
-  "    AND q.isolation <> ALL(coalesce(" skip "::text[], '{}'))" \
+  "    AND NOT q.capped AND q.isolation <> ALL(coalesce(" skip "::text[], '{}'))" \
   "    AND (q.depends_on = '{}' OR NOT EXISTS (" \
   "          SELECT 1 FROM tasks d WHERE d.id = ANY(q.depends_on)" \
   "          AND d.state <> 'succeeded'))" \
-  "  ORDER BY q.priority DESC, q.run_at, q.id" \
+  "  ORDER BY q.priority DESC, q.fair_seq, q.run_at, q.id" \
   "  LIMIT " limit " FOR UPDATE OF q SKIP LOCKED"
-#define RUNNER_CLAIM_SET(owner, node, lease_ms) \
+#define RUNNER_CLAIM_SET(owner, node, lease_ms, started) \
   "state = 'running', attempt = t.attempt + 1, lease_owner = " owner ", node_id = " node "," \
   "  lease_expires_at = now() + " lease_ms "::bigint * interval '1 millisecond'," \
-  "  started_at = now()"
+  "  started_at = " started
 #define RUNNER_STARTED_EVENTS \
   "INSERT INTO events (kind, task_id, worker_id, data)" \
   "  SELECT 'task.started', t.id, t.lease_owner," \
-  "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
+  "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t" \
+  "), starts AS (" \
+  "  INSERT INTO queue_starts (queue, at) SELECT t.queue, t.started_at FROM claimed t" \
+  "  WHERE t.capped"
+// The claim candidates: the fast path (tasks_claim_idx, uncapped queues) and
+// the capped queues' (runner_claim_capped, only called when some queue has a
+// policy), as (id, priority, fair_seq, run_at, started).
+#define RUNNER_CANDIDATES(queues, limit, skip, exclude) \
+  "SELECT * FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.fair_seq, q.run_at," \
+                                      " NULL::timestamptz AS started", queues, limit, skip) ") f" \
+  " UNION ALL SELECT * FROM runner_claim_capped(" queues "::text[], " skip "::text[], " \
+  limit "::integer, " exclude ") WHERE EXISTS (SELECT 1 FROM queue_policies)"
 // clang-format on
 
 // Batch claim: the idle workers are numbered, the runnable tasks are numbered
@@ -158,16 +169,17 @@ inline constexpr Statement kClaim{
     "WITH w AS ("
     "  SELECT wid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(wid, ord)"
     "), picked AS ("
-    "  SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS ord"
-    "  FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.run_at", "$4", "$5", "$6") ") c"
+    "  SELECT c.id, c.started,"
+    "    row_number() OVER (ORDER BY c.priority DESC, c.fair_seq, c.run_at, c.id) AS ord"
+    "  FROM (" RUNNER_CANDIDATES("$4", "$5", "$6", "NULL") ") c"
     "), claimed AS ("
-    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3")
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3", "coalesce(p.started, now())")
     "  FROM picked p JOIN w ON w.ord = p.ord"
     "  WHERE t.id = p.id"
     "  RETURNING t.*"
     "), ev AS (" RUNNER_STARTED_EVENTS
     ") SELECT " RUNNER_TASK_COLUMNS ", " RUNNER_SEALED_SECRETS_COLUMN
-    " FROM claimed t ORDER BY t.priority DESC, t.run_at, t.id"};
+    " FROM claimed t ORDER BY t.priority DESC, t.fair_seq, t.run_at, t.id"};
 
 // Lookups of running tasks by id lock the rows by primary key alone in a
 // MATERIALIZED "lk" step and check state and lease owner on what it returns.
@@ -239,8 +251,13 @@ inline constexpr Statement kHeartbeat{
 // No row back: the lease was not held and nothing was written.
 // $1 id, $2 worker, $3 state, $4 exit_code, $5 error, $6 usage, $7 isolation_used,
 // $8 retryable, $9 max delay.
-inline constexpr Statement kFinish{"finish",
-                                   RUNNER_FINISH_CTES ") SELECT u.retry, u.has_dependents FROM u"};
+// A capped queue's task ended: wake the claimers (its slot is free now).
+inline constexpr Statement kFinish{
+    "finish", RUNNER_FINISH_CTES
+    "), nt AS MATERIALIZED ("
+    "  SELECT count(pg_notify('runner_tasks', t.queue)) AS n FROM tasks t JOIN u ON u.id = t.id"
+    "  WHERE t.capped"
+    ") SELECT u.retry, u.has_dependents, nt.n FROM u, nt"};
 
 // kFinish, then the claim of one task for the same worker ($2), in one
 // statement: $10 node, $11 lease ms, $12 queues (NULL: all), $13 isolations
@@ -251,9 +268,11 @@ inline constexpr Statement kFinish{"finish",
 // task being finished, nor a dependent this finish unblocks.
 inline constexpr Statement kFinishAndClaim{
     "finish_and_claim", RUNNER_FINISH_CTES
-    "), picked AS (" RUNNER_CLAIMABLE("q.id", "$12", "1", "$13")
+    "), picked AS ("
+    "  SELECT c.id, c.started FROM (" RUNNER_CANDIDATES("$12", "1", "$13", "$1") ") c"
+    "  ORDER BY c.priority DESC, c.fair_seq, c.run_at, c.id LIMIT 1"
     "), claimed AS ("
-    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11")
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11", "coalesce(p.started, now())")
     "  FROM picked p WHERE t.id = p.id"
     "  RETURNING t.*"
     "), cev AS (" RUNNER_STARTED_EVENTS
@@ -489,6 +508,7 @@ inline constexpr std::array kPrepared = {
     kDeleteOldTasks, kDeleteOldEvents};
 
 #undef RUNNER_CLAIMABLE
+#undef RUNNER_CANDIDATES
 #undef RUNNER_CLAIM_SET
 #undef RUNNER_STARTED_EVENTS
 #undef RUNNER_FINISH_CTES

@@ -35,8 +35,10 @@ struct SubmitOutcome {
 struct TaskFilter {
   std::optional<TaskState> state;
   std::optional<std::string> queue;
-  int limit = 50;                     // 1..1000
-  std::optional<std::string> cursor;  // opaque, from TaskPage::next_cursor
+  std::optional<std::string> schedule;  // tasks created by this schedule
+  std::optional<std::string> group;
+  int limit = 50;                       // 1..1000
+  std::optional<std::string> cursor;    // opaque, from TaskPage::next_cursor
 };
 
 struct TaskPage {
@@ -214,6 +216,12 @@ class QueueStore {
     auto claimed = Claim(one);
     if (claimed.ok() && !claimed->empty()) out.next = std::move(claimed->front());
     return out;
+  }
+  // How long until a task held back by its queue's rate limit (one of
+  // request.queues) may start; nullopt when none is held back by one.
+  virtual std::optional<std::chrono::milliseconds> NextRateOpening(const ClaimRequest& request) {
+    (void)request;
+    return std::nullopt;
   }
   // Back to the queue without using up an attempt (drain timeout, shutdown).
   virtual Status Release(std::string_view task_id, std::string_view worker_id) = 0;

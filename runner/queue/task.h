@@ -52,7 +52,8 @@ struct NewTask {
   std::vector<std::string> depends_on;
   std::optional<std::string> idempotency_key;
   std::map<std::string, std::string> labels;
-  std::optional<double> backoff;  // base seconds of the exponential retry backoff
+  std::optional<double> backoff;     // base seconds of the exponential retry backoff
+  std::optional<std::string> group;  // fair share within the queue; none: the unnamed group
 };
 
 struct Task {
@@ -92,7 +93,10 @@ struct Task {
   bool cancel_requested = false;
   std::string stdout_tail;
   std::string stderr_tail;
-  bool logs_truncated = false;  // stored logs hit the per-task cap
+  bool logs_truncated = false;             // stored logs hit the per-task cap
+  std::optional<std::string> schedule;     // the schedule that created it
+  std::optional<TimePoint> scheduled_for;  // and the slot it was created for
+  std::optional<std::string> group;
 };
 
 }  // namespace runner::queue

@@ -87,7 +87,11 @@ std::optional<Error> ValidateSecrets(const NewTask& t) {
 }  // namespace
 
 bool IsValidQueueName(std::string_view name) {
-  if (name.empty() || name.size() > kMaxQueueName) return false;
+  return name.size() <= kMaxQueueName && IsValidGroupName(name);
+}
+
+bool IsValidGroupName(std::string_view name) {
+  if (name.empty() || name.size() > kMaxGroupName) return false;
   for (char c : name) {
     bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
               c == '_' || c == '-' || c == '.';
@@ -151,6 +155,9 @@ std::optional<Error> ValidateNewTask(const NewTask& t) {
   }
   if (!IsValidQueueName(t.queue)) {
     return Invalid("queue", "must be 1..64 characters of A-Z a-z 0-9 _ . -");
+  }
+  if (t.group && !IsValidGroupName(*t.group)) {
+    return Invalid("group", "must be 1..128 characters of A-Z a-z 0-9 _ . -");
   }
   if (t.max_attempts < 1 || t.max_attempts > kMaxAttempts) {
     return Invalid("max_attempts", "must be between 1 and 100");

@@ -28,6 +28,7 @@ inline constexpr int kMinPriority = -1000;
 inline constexpr int kMaxPriority = 1000;
 inline constexpr int kMaxAttempts = 100;
 inline constexpr std::size_t kMaxQueueName = 64;
+inline constexpr std::size_t kMaxGroupName = 128;
 inline constexpr std::size_t kMaxCommandArgs = 4096;
 inline constexpr std::size_t kMaxCommandBytes = 128 * 1024;
 inline constexpr std::size_t kMaxEnvEntries = 256;
@@ -46,5 +47,7 @@ std::optional<Error> ValidateNewTask(const NewTask& task);
 
 // Queue names: 1..64 of [A-Za-z0-9_.-].
 bool IsValidQueueName(std::string_view name);
+// A task group: the characters of a queue name, at most kMaxGroupName bytes.
+bool IsValidGroupName(std::string_view name);
 
 }  // namespace runner::queue

@@ -46,8 +46,9 @@ Result<int> Value(const Field& f, const std::string& text) {
       if (l == f.names[i]) return f.lo + i;
     }
   }
-  if (text.empty() || text.size() > 3 ||
-      !std::all_of(text.begin(), text.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+  if (text.empty() || text.size() > 3 || !std::all_of(text.begin(), text.end(), [](char c) {
+        return std::isdigit(static_cast<unsigned char>(c));
+      })) {
     return Bad(f, "'" + text + "' is not a number" + (f.names ? " or a name" : std::string()));
   }
   const int v = std::stoi(text);
@@ -64,12 +65,14 @@ Result<void> ParseItem(const Field& f, const std::string& item, std::vector<bool
   if (const auto slash = item.find('/'); slash != std::string::npos) {
     range = item.substr(0, slash);
     const std::string s = item.substr(slash + 1);
-    if (s.empty() || s.size() > 3 ||
-        !std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
+    if (s.empty() || s.size() > 3 || !std::all_of(s.begin(), s.end(), [](char c) {
+          return std::isdigit(static_cast<unsigned char>(c));
+        })) {
       return Bad(f, "step '" + s + "' is not a number");
     }
     step = std::stoi(s);
-    if (step < 1 || step > f.hi) return Bad(f, "step " + s + " is out of range 1-" + std::to_string(f.hi));
+    if (step < 1 || step > f.hi)
+      return Bad(f, "step " + s + " is out of range 1-" + std::to_string(f.hi));
   }
   int lo = f.lo;
   int hi = f.hi;
@@ -97,7 +100,8 @@ Result<std::vector<bool>> ParseField(const Field& f, const std::string& text) {
   std::size_t start = 0;
   while (true) {
     const auto comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     if (item.empty()) return Bad(f, "empty list item in '" + text + "'");
     if (auto r = ParseItem(f, item, bits); !r) return r.error();
     if (comma == std::string::npos) break;
@@ -130,9 +134,10 @@ bool DayMatches(const CronExpr& e, const chr::year_month_day& ymd, const chr::we
 Result<CronExpr> ParseCron(const std::string& input) {
   const std::string text = ExpandMacro(input);
   if (!text.empty() && text[0] == '@') {
-    return MakeError("validation_failed",
-                     "cron: unknown macro '" + text +
-                         "' (use @hourly, @daily, @midnight, @weekly, @monthly, @yearly or @annually)");
+    return MakeError(
+        "validation_failed",
+        "cron: unknown macro '" + text +
+            "' (use @hourly, @daily, @midnight, @weekly, @monthly, @yearly or @annually)");
   }
   std::istringstream in(text);
   std::vector<std::string> parts;

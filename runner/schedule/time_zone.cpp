@@ -58,8 +58,8 @@ bool ReadHeader(Reader& r, char& version, Counts& c) {
   version = static_cast<char>(r.Byte());
   r.Skip(15);
   c = {r.Int(4), r.Int(4), r.Int(4), r.Int(4), r.Int(4), r.Int(4)};
-  return c.isut >= 0 && c.isstd >= 0 && c.leap >= 0 && c.time >= 0 && c.type > 0 &&
-         c.chars >= 0 && c.type < 256;
+  return c.isut >= 0 && c.isstd >= 0 && c.leap >= 0 && c.time >= 0 && c.type > 0 && c.chars >= 0 &&
+         c.type < 256;
 }
 
 std::size_t BlockSize(const Counts& c, std::size_t time_width) {
@@ -82,8 +82,8 @@ std::int64_t RuleDay(const TimeZone::Rule::When& w, int y) {
   const auto first = DaysOf(y, static_cast<unsigned>(w.a), 1);
   const int first_wd = static_cast<int>(chr::weekday{first}.c_encoding());
   int day = 1 + (w.c - first_wd + 7) % 7 + (w.b - 1) * 7;
-  const auto last = static_cast<int>(
-      static_cast<unsigned>((chr::year{y} / chr::month{static_cast<unsigned>(w.a)} / chr::last).day()));
+  const auto last = static_cast<int>(static_cast<unsigned>(
+      (chr::year{y} / chr::month{static_cast<unsigned>(w.a)} / chr::last).day()));
   while (day > last) day -= 7;
   return first.time_since_epoch().count() + day - 1;
 }
@@ -288,7 +288,8 @@ std::int32_t TimeZone::OffsetAt(UnixSeconds t) const {
 std::vector<UnixSeconds> TimeZone::Resolve(UnixSeconds local) const {
   // Offsets around `local`: transitions are months apart, so the offsets a
   // day either side (and at it) are every offset that can apply.
-  std::set<std::int32_t> offsets = {OffsetAt(local - kDay), OffsetAt(local), OffsetAt(local + kDay)};
+  std::set<std::int32_t> offsets = {OffsetAt(local - kDay), OffsetAt(local),
+                                    OffsetAt(local + kDay)};
   std::vector<UnixSeconds> out;
   for (const auto o : offsets) {
     const UnixSeconds u = local - o;

@@ -58,9 +58,9 @@ class TimeZone {
 
  private:
   std::string name_;
-  std::vector<UnixSeconds> transitions_;   // ascending
-  std::vector<std::int32_t> offsets_;      // offset in force from transitions_[i]
-  std::int32_t initial_offset_ = 0;        // before the first transition
+  std::vector<UnixSeconds> transitions_;  // ascending
+  std::vector<std::int32_t> offsets_;     // offset in force from transitions_[i]
+  std::int32_t initial_offset_ = 0;       // before the first transition
   bool has_rule_ = false;
   Rule rule_;
 };

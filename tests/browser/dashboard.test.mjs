@@ -166,6 +166,30 @@ describe('dashboard against a runner', () => {
     assert.equal((await runner.api('/api/v1/status')).json.pool.target, 3);
   });
 
+  it('shows schedules and pauses, resumes and triggers one from the Schedules panel', async () => {
+    const { page } = tab;
+    const made = await runner.api('/api/v1/schedules', { method: 'POST', body: {
+      name: 'browser-nightly', cron: '30 3 * * *', timezone: 'Europe/Berlin',
+      task: { command: ['true'], isolation: 'process' } } });
+    assert.equal(made.status, 201);
+    const row = '#schedule-table tr[data-schedule="browser-nightly"]';
+    await page.waitForSelector(row, { timeout: 20000 });
+    assert.match(await page.textContent(row), /30 3 \* \* \* \(Europe\/Berlin\)/);
+    await page.click(`${row} [data-testid="schedule-pause"]`);
+    await waitFor(async () => (await runner.api('/api/v1/schedules/browser-nightly')).json.paused === true,
+      { timeout: 15000, what: 'the schedule paused' });
+    await page.click(`${row} [data-testid="schedule-resume"]`);
+    await waitFor(async () => (await runner.api('/api/v1/schedules/browser-nightly')).json.paused === false,
+      { timeout: 15000, what: 'the schedule resumed' });
+    await page.click(`${row} [data-testid="schedule-trigger"]`);
+    await page.waitForFunction(() => /task [0-9A-Z]{26} created/.test(document.querySelector('#schedule-message').textContent));
+    // the last task links to its task page
+    const link = await page.waitForSelector(`${row} a[href^="#/tasks/"]`, { timeout: 15000 });
+    await link.click();
+    await page.waitForFunction(() => document.querySelector('#task-detail-id').textContent.length > 0);
+    await runner.api('/api/v1/schedules/browser-nightly', { method: 'DELETE' });
+  });
+
   it('asks before a force stop and keeps the pool when the operator declines', async () => {
     const { page } = tab;
     await page.click('#pool-force-stop');

@@ -10,11 +10,44 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
 export const artifacts = path.join(here, 'artifacts');
+
+// What this suite runs on, for the message when it cannot run: Node.js, the
+// playwright-core found (and the Node.js versions it accepts), Chromium.
+export function versions() {
+  let pw = 'not installed';
+  try {
+    const pkg = JSON.parse(fs.readFileSync(path.join(here, 'node_modules/playwright-core/package.json'), 'utf8'));
+    pw = `${pkg.version} (engines: node ${pkg.engines ? pkg.engines.node : '?'})`;
+  } catch { /* not installed */ }
+  const bin = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+  let browser = `not found at ${bin}`;
+  try {
+    browser = execFileSync(bin, ['--version'], { timeout: 20000, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  } catch (e) { if (fs.existsSync(bin)) browser = `${bin} --version failed: ${e.message}`; }
+  return `node ${process.version}, playwright-core ${pw}, chromium: ${browser}`;
+}
+const howToFix = 'run scripts/setup test (installs Debian\'s chromium and nodejs, and the playwright-core of '
+  + 'tests/browser/package-lock.json, which runs on Node.js 18)';
+
+// playwright-core, loaded here so that a failure says what was found. Its
+// engines field is checked first: a newer release may load on an older Node.js
+// and fail later in ways that do not name the cause.
+let chromium;
+try {
+  const pkg = JSON.parse(fs.readFileSync(path.join(here, 'node_modules/playwright-core/package.json'), 'utf8'));
+  const min = /^>=\s*(\d+)/.exec((pkg.engines && pkg.engines.node) || '');
+  if (min && Number(process.versions.node.split('.')[0]) < Number(min[1])) {
+    throw new Error(`playwright-core ${pkg.version} needs Node.js ${pkg.engines.node}`);
+  }
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  throw new Error(`browser tests cannot run: playwright-core does not load (${e.message}).\n`
+    + `Found: ${versions()}.\nFix: ${howToFix}`);
+}
 fs.mkdirSync(artifacts, { recursive: true });
 
 export function runnerBin() {
@@ -187,14 +220,21 @@ export async function startRunner(name, { args = [], env = {}, ready = '/readyz'
 // playwright as launchPersistentContext's directory); never a downloaded browser.
 export async function launchBrowser() {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'runner-chromium-'));
-  const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
-    headless: true,
-    timeout: 60000,
-    viewport: { width: 1280, height: 900 },
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--no-first-run', '--disable-sync'],
-  });
+  let context;
+  try {
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
+      headless: true,
+      timeout: 60000,
+      viewport: { width: 1280, height: 900 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+        '--disable-component-update', '--no-first-run', '--disable-sync'],
+    });
+  } catch (e) {
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+    throw new Error(`browser tests cannot run: Chromium does not start (${e.message}).\n`
+      + `Found: ${versions()}.\nFix: ${howToFix}`);
+  }
   for (const p of context.pages()) await p.close().catch(() => {});
   return {
     context,

@@ -22,6 +22,15 @@ httplib::Result ContractClient::Post(const std::string& path, const httplib::Hea
   return Checked("POST", path, client_.Post(path, headers, body, content_type));
 }
 
+httplib::Result ContractClient::Put(const std::string& path, const std::string& body,
+                                    const std::string& content_type) {
+  return Checked("PUT", path, client_.Put(path, body, content_type));
+}
+
+httplib::Result ContractClient::Delete(const std::string& path) {
+  return Checked("DELETE", path, client_.Delete(path));
+}
+
 httplib::Result ContractClient::Checked(const char* method, const std::string& path,
                                         httplib::Result res) {
   if (!res) return res;  // no answer: nothing to check; the test sees the error

@@ -24,6 +24,10 @@ class ContractClient {
   httplib::Result Post(const std::string& path, const httplib::Headers& headers,
                        const std::string& body, const std::string& content_type);
 
+  httplib::Result Put(const std::string& path, const std::string& body,
+                      const std::string& content_type);
+  httplib::Result Delete(const std::string& path);
+
   httplib::Client& raw() { return client_; }
 
  private:

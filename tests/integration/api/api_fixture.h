@@ -44,6 +44,7 @@ class ApiFixture {
     options.events_poll = std::chrono::milliseconds(50);
     options.logs_poll = std::chrono::milliseconds(50);
     server_ = std::make_unique<api::ApiServer>(options, node_->store(), *node_, registry_);
+    server_->SetSchedules(&node_->schedules());
     if (auto st = server_->Start(); !st) throw std::runtime_error("api: " + st.error().message);
     client_ = std::make_unique<ContractClient>("127.0.0.1", server_->port());
     client_->raw().set_read_timeout(std::chrono::seconds(30));

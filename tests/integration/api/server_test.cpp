@@ -267,6 +267,11 @@ TEST_CASE("status, workers and nodes describe the live node", "[api][pool]") {
   CHECK(s.at("nodes").as_int64() == 1);
   CHECK(s.at("queue").as_object().contains("timed_out"));
   CHECK(s.at("resources").as_object().at("memory_total").as_int64() > 0);
+  // Process tasks run sandboxed by default: as nobody, without a network.
+  auto sandbox = s.at("process_sandbox").as_object();
+  CHECK(sandbox.at("enabled").as_bool());
+  CHECK(sandbox.at("user").as_string() == "65534:65534");
+  CHECK_FALSE(sandbox.at("network").as_bool());
   // The workers table follows the pool's registrations a moment later.
   json::array workers;
   CHECK(WaitFor(

@@ -161,6 +161,47 @@ TEST_CASE("migrate applies the schema and exits", "[cli]") {
   CHECK(tx.exec1("SELECT count(*) FROM tasks")[0].as<int>() == 0);
 }
 
+TEST_CASE("schedule add, schedules, pause, resume, trigger and rm drive a schedule", "[cli]") {
+  ApiFixture f;
+  auto add = Runner(f.base(),
+                    "schedule add nightly --cron '30 3 * * *' --timezone Europe/Berlin "
+                    "--queue reports -- sh -c 'echo report'");
+  INFO(add.err);
+  REQUIRE(add.code == 0);
+  CHECK(add.out.find("nightly: next run 20") == 0);
+  auto list = Runner(f.base(), "schedules");
+  CHECK(list.code == 0);
+  CHECK(list.out.find("30 3 * * *") != std::string::npos);
+  CHECK(list.out.find("Europe/Berlin") != std::string::npos);
+
+  auto pause = Runner(f.base(), "schedule pause nightly");
+  CHECK(pause.code == 0);
+  auto got = f.Json(f.http().Get("/api/v1/schedules/nightly"));
+  CHECK(got.at("paused").as_bool());
+  CHECK(got.at("task").at("queue").as_string() == "reports");
+  CHECK(Runner(f.base(), "schedule resume nightly").code == 0);
+  CHECK_FALSE(f.Json(f.http().Get("/api/v1/schedules/nightly")).at("paused").as_bool());
+
+  auto trigger = Runner(f.base(), "schedule trigger nightly");
+  CHECK(trigger.code == 0);
+  const std::string id = Trim(trigger.out);
+  REQUIRE(id.size() == 26);
+  auto task = f.Json(f.http().Get(("/api/v1/tasks/" + id).c_str()));
+  CHECK(task.at("schedule").as_string() == "nightly");
+
+  auto both = Runner(f.base(), "schedule add x --cron '@daily' --every 5 -- true");
+  CHECK(both.code == 2);
+  CHECK(both.err.find("exactly one of --cron") != std::string::npos);
+  auto bad = Runner(f.base(), "schedule add x --cron '61 * * * *' -- true");
+  CHECK(bad.code == 1);
+  CHECK(bad.err.find("cron: minute") != std::string::npos);
+
+  CHECK(Runner(f.base(), "schedule rm nightly").code == 0);
+  auto gone = Runner(f.base(), "schedule rm nightly");
+  CHECK(gone.code == 1);
+  CHECK(gone.err.find("no schedule named nightly") != std::string::npos);
+}
+
 TEST_CASE("a refused start creates nothing: no data dir, no database, no pool", "[cli][auth]") {
   runner::testing::TempDir dir;
   const auto data_dir = dir.path() / "fresh";

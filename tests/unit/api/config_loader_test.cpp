@@ -89,6 +89,29 @@ TEST_CASE("bad values stop with a message naming the setting and the fix", "[api
   CHECK(above.error().message.find("--max-workers") != std::string::npos);
 }
 
+TEST_CASE("process tasks are sandboxed as nobody unless the operator says otherwise",
+          "[api][config][sandbox]") {
+  auto d = LoadConfig(With({}, {}));
+  REQUIRE(d.ok());
+  CHECK(d->process_sandbox);
+  CHECK(d->process_uid == 65534);
+  CHECK(d->process_gid == 65534);
+  auto c = LoadConfig(With({{"process-sandbox", "off"}, {"process-user", "1000:1001"}}, {}));
+  REQUIRE(c.ok());
+  CHECK_FALSE(c->process_sandbox);
+  CHECK(c->process_uid == 1000);
+  CHECK(c->process_gid == 1001);
+  auto env = LoadConfig(With({}, {{"RUNNER_PROCESS_SANDBOX", "off"}}));
+  REQUIRE(env.ok());
+  CHECK_FALSE(env->process_sandbox);
+  auto bad = LoadConfig(With({{"process-sandbox", "maybe"}}, {}));
+  REQUIRE_FALSE(bad.ok());
+  CHECK_THAT(bad.error().message, Catch::Contains("on or off"));
+  auto root = LoadConfig(With({{"process-user", "0:0"}}, {}));
+  REQUIRE_FALSE(root.ok());
+  CHECK_THAT(root.error().message, Catch::Contains("UID:GID"));
+}
+
 TEST_CASE("the API token and the secret key file can come from files, not the command line",
           "[api][config]") {
   runner::testing::TempDir dir;

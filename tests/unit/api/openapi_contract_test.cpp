@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "api/openapi.h"
+#include "api/schedule_json.h"
 #include "api/task_json.h"
 
 namespace json = boost::json;
@@ -111,6 +112,33 @@ TEST_CASE("status, workers, nodes and events as written match the contract", "[a
   e.kind = "task.exploded";  // a kind the contract does not list
   CHECK_THAT(Contract().CheckSchema("Event", runner::api::EventToJson(e)),
              Catch::Contains("$.kind"));
+}
+
+TEST_CASE("schedules and their tasks as written match the contract", "[api][openapi]") {
+  runner::schedule::Schedule s;
+  s.spec.name = "nightly";
+  s.spec.cron = "30 3 * * *";
+  s.spec.timezone = "Europe/Berlin";
+  s.spec.task_json = R"({"command":["true"]})";
+  s.created_at = runner::queue::TimePoint(std::chrono::seconds(1700000000));
+  s.next_run_at = s.created_at + std::chrono::hours(1);
+  CHECK(Contract().CheckSchema("Schedule", runner::api::ScheduleToJson(s)) == "");
+  s.spec.cron.reset();
+  s.spec.every = 2.5;
+  s.spec.paused = true;
+  s.last_run_at = s.created_at;
+  s.last_task_id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+  CHECK(Contract().CheckSchema("Schedule", runner::api::ScheduleToJson(s)) == "");
+  runner::queue::Task t;
+  t.id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+  t.schedule = "nightly";
+  t.scheduled_for = s.created_at;
+  CHECK(Contract().CheckSchema("Task", runner::api::TaskToJson(t)) == "");
+  runner::queue::Event e;
+  e.id = 8;
+  e.kind = "schedule.skipped";
+  e.data_json = R"({"schedule":"nightly","reason":"overlap"})";
+  CHECK(Contract().CheckSchema("Event", runner::api::EventToJson(e)) == "");
 }
 
 TEST_CASE("answers are checked by route, status and content type", "[api][openapi]") {

@@ -1,8 +1,9 @@
+#include "runner/schedule/cron.h"
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <string>
 
-#include "runner/schedule/cron.h"
 #include "runner/schedule/time_zone.h"
 
 using runner::schedule::CronExpr;
@@ -110,10 +111,8 @@ TEST_CASE("a local time that spring-forward skips fires once, at the end of the 
   CHECK(Next("30 2 * * *", "Europe/Berlin", "2026-03-28 12:00") == Utc("2026-03-29 01:00"));
   CHECK(Next("30 2 * * *", "Europe/Berlin", "2026-03-29 01:00") == Utc("2026-03-30 00:30"));
   // Every slot of the skipped hour maps to one instant: one task, not four.
-  CHECK(Next("0,15,30,45 2 * * *", "Europe/Berlin", "2026-03-28 12:00") ==
-        Utc("2026-03-29 01:00"));
-  CHECK(Next("0,15,30,45 2 * * *", "Europe/Berlin", "2026-03-29 01:00") ==
-        Utc("2026-03-30 00:00"));
+  CHECK(Next("0,15,30,45 2 * * *", "Europe/Berlin", "2026-03-28 12:00") == Utc("2026-03-29 01:00"));
+  CHECK(Next("0,15,30,45 2 * * *", "Europe/Berlin", "2026-03-29 01:00") == Utc("2026-03-30 00:00"));
   // America/New_York 2026-03-08: 02:00 EST becomes 03:00 EDT (07:00 UTC).
   CHECK(Next("30 2 * * *", "America/New_York", "2026-03-07 12:00") == Utc("2026-03-08 07:00"));
   // Slots around the gap keep their local times.
@@ -176,8 +175,8 @@ TEST_CASE("unknown and hostile zone names are refused", "[cron][tz]") {
   auto mars = TimeZone::Load("Mars/Olympus_Mons");
   REQUIRE_FALSE(mars.ok());
   CHECK_THAT(mars.error().message, Catch::Contains("unknown time zone"));
-  for (const char* name : {"../../etc/passwd", "/etc/passwd", "Europe/../../../etc/shadow", "",
-                           "Europe/Berlin\n"}) {
+  for (const char* name :
+       {"../../etc/passwd", "/etc/passwd", "Europe/../../../etc/shadow", "", "Europe/Berlin\n"}) {
     INFO(name);
     auto bad = TimeZone::Load(name);
     REQUIRE_FALSE(bad.ok());

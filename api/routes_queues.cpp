@@ -1,0 +1,184 @@
+#include "api/routes_queues.h"
+
+#include <boost/json.hpp>
+#include <cmath>
+#include <string>
+
+#include "api/task_json.h"
+#include "base/error_codes.h"
+#include "runner/queue/queue_policy.h"
+#include "runner/queue/validation.h"
+
+namespace runner::api {
+namespace {
+
+namespace json = boost::json;
+using httplib::Request;
+using httplib::Response;
+
+void Send(Response& res, int status, const json::value& v) {
+  res.status = status;
+  res.set_content(json::serialize(v), "application/json");
+}
+
+void Fail(Response& res, const Error& e) {
+  res.status = errc::HttpStatusFor(e.code);
+  res.set_content(ErrorBody(e), "application/json");
+}
+
+Error Invalid(const std::string& field, const std::string& why) {
+  return MakeError("validation_failed", field + ": " + why);
+}
+
+json::value OptInt(const std::optional<int>& v) { return v ? json::value(*v) : json::value(); }
+
+json::object QueueJson(const queue::QueueInfo& q) {
+  json::object o{{"name", q.name},
+                 {"queued", q.queued},
+                 {"running", q.running},
+                 {"groups", q.groups},
+                 {"max_running", OptInt(q.policy.max_running)},
+                 {"max_running_per_group", OptInt(q.policy.max_running_per_group)},
+                 {"paused", q.policy.paused}};
+  if (q.policy.rate_limit) {
+    o["rate_limit"] =
+        json::object{{"count", q.policy.rate_limit->count}, {"per", q.policy.rate_limit->per}};
+  } else {
+    o["rate_limit"] = nullptr;
+  }
+  o["throttled"] = q.throttled ? json::value(*q.throttled) : json::value();
+  return o;
+}
+
+Result<int> PositiveInt(const json::value& v, const std::string& field) {
+  if (v.is_int64() && v.as_int64() >= 1 && v.as_int64() <= 1000000) {
+    return static_cast<int>(v.as_int64());
+  }
+  if (v.is_uint64() && v.as_uint64() >= 1 && v.as_uint64() <= 1000000) {
+    return static_cast<int>(v.as_uint64());
+  }
+  return Invalid(field, "must be a positive integer (at most 1000000), or null for no limit");
+}
+
+// The PUT body: the whole policy; an absent or null field is no limit.
+Result<queue::QueuePolicy> ParsePolicy(const std::string& body) {
+  json::error_code ec;
+  json::value v = json::parse(body, ec);
+  if (ec || !v.is_object()) {
+    return MakeError("validation_failed", "body: must be a JSON object such as "
+                                          "{\"max_running\": 8, \"rate_limit\": {\"count\": 10, "
+                                          "\"per\": 1.0}}");
+  }
+  queue::QueuePolicy p;
+  for (const auto& kv : v.as_object()) {
+    const std::string key(kv.key());
+    const json::value& f = kv.value();
+    if (key == "max_running" || key == "max_running_per_group") {
+      if (f.is_null()) continue;
+      auto n = PositiveInt(f, key);
+      if (!n) return n.error();
+      (key == "max_running" ? p.max_running : p.max_running_per_group) = *n;
+    } else if (key == "paused") {
+      if (f.is_null()) continue;
+      if (!f.is_bool()) return Invalid(key, "must be true or false");
+      p.paused = f.as_bool();
+    } else if (key == "rate_limit") {
+      if (f.is_null()) continue;
+      if (!f.is_object()) return Invalid(key, "must be {\"count\": N, \"per\": SECONDS} or null");
+      queue::RateLimit rate;
+      const auto& o = f.as_object();
+      for (const auto& rk : o) {
+        if (rk.key() != "count" && rk.key() != "per") {
+          return Invalid("rate_limit." + std::string(rk.key()), "unknown field (count, per)");
+        }
+      }
+      const json::value* count = o.if_contains("count");
+      if (count == nullptr) return Invalid("rate_limit.count", "required: a positive integer");
+      auto n = PositiveInt(*count, "rate_limit.count");
+      if (!n) return n.error();
+      rate.count = *n;
+      const json::value* per = o.if_contains("per");
+      if (per == nullptr || !per->is_number()) {
+        return Invalid("rate_limit.per", "required: a number of seconds > 0");
+      }
+      rate.per = per->to_number<double>();
+      p.rate_limit = rate;
+    } else {
+      return Invalid(key,
+                     "unknown field (max_running, max_running_per_group, rate_limit, paused)");
+    }
+  }
+  if (auto e = queue::ValidateQueuePolicy(p)) return *e;
+  return p;
+}
+
+}  // namespace
+
+void QueueRoutes(httplib::Server& s, const Guard& guard, queue::QueueStore& store) {
+  auto* policies = dynamic_cast<queue::QueuePolicyStore*>(&store);
+  auto no_policies = [](Response& res) {
+    Fail(res, MakeError("unavailable", "this store keeps no queue policies"));
+  };
+  auto name_ok = [](const std::string& name, Response& res) {
+    if (queue::IsValidQueueName(name)) return true;
+    Fail(res, Invalid("name", "a queue name is 1..64 characters of A-Z a-z 0-9 _ . -"));
+    return false;
+  };
+  s.Get("/api/v1/queues", guard([=](const Request&, Response& res) {
+          if (policies == nullptr) return no_policies(res);
+          auto list = policies->ListQueues();
+          if (!list) return Fail(res, list.error());
+          json::array a;
+          for (const auto& q : *list) a.emplace_back(QueueJson(q));
+          Send(res, 200, json::object{{"queues", std::move(a)}});
+        }));
+  s.Get(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
+          if (policies == nullptr) return no_policies(res);
+          const std::string name = req.matches[1];
+          if (!name_ok(name, res)) return;
+          auto q = policies->GetQueue(name);
+          if (!q) return Fail(res, q.error());
+          Send(res, 200, QueueJson(*q));
+        }));
+  s.Put(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
+          if (policies == nullptr) return no_policies(res);
+          const std::string name = req.matches[1];
+          if (!name_ok(name, res)) return;
+          auto policy = ParsePolicy(req.body);
+          if (!policy) return Fail(res, policy.error());
+          auto q = policies->SetQueuePolicy(name, *policy);
+          if (!q) return Fail(res, q.error());
+          Send(res, 200, QueueJson(*q));
+        }));
+  s.Delete(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
+             if (policies == nullptr) return no_policies(res);
+             const std::string name = req.matches[1];
+             if (!name_ok(name, res)) return;
+             auto st = policies->DeleteQueuePolicy(name);
+             if (!st) return Fail(res, st.error());
+             res.status = 204;
+           }));
+}
+
+void QueueMetrics(queue::QueueStore& store, metrics::Registry& registry) {
+  auto* policies = dynamic_cast<queue::QueuePolicyStore*>(&store);
+  if (policies == nullptr) return;
+  auto list = policies->ListQueues();
+  if (!list) return;
+  for (const auto& q : *list) {
+    for (const auto& [state, n] : {std::pair{"queued", q.queued}, {"running", q.running}}) {
+      registry
+          .GetGauge("runner_queue_tasks", "Tasks of a queue by state",
+                    {{"queue", q.name}, {"state", state}})
+          .Set(static_cast<double>(n));
+    }
+    for (const char* reason : {"paused", "max_running", "rate_limit"}) {
+      registry
+          .GetGauge("runner_queue_throttled", "1 while the queue's tasks are held back, by reason",
+                    {{"queue", q.name}, {"reason", reason}})
+          .Set(q.throttled == reason ? 1 : 0);
+    }
+  }
+}
+
+}  // namespace runner::api

@@ -1,0 +1,271 @@
+#include "runner/schedule/schedule_store.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/json.hpp>
+#include <cmath>
+#include <pqxx/pqxx>
+
+#include "base/ulid.h"
+#include "runner/queue/migrations.h"
+#include "runner/schedule/schedule_sql.h"
+
+namespace runner::schedule {
+namespace {
+
+namespace json = boost::json;
+
+std::optional<Micros> OptMicros(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<Micros>();
+}
+
+std::optional<std::string> OptString(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<std::string>();
+}
+
+// Column order of RUNNER_SCHEDULE_COLUMNS. The task is shown as sent; its
+// parsed form is not needed by readers.
+Schedule RowToSchedule(const pqxx::row& r) {
+  Schedule s;
+  s.spec.name = r[0].as<std::string>();
+  s.spec.cron = OptString(r[1]);
+  s.spec.timezone = r[2].as<std::string>();
+  if (!r[3].is_null()) s.spec.every = static_cast<double>(r[3].as<Micros>()) / 1e6;
+  s.spec.task_json = r[4].as<std::string>();
+  s.spec.overlap = ParseOverlap(r[5].as<std::string>()).value_or(Overlap::kSkip);
+  s.spec.catch_up = ParseCatchUp(r[6].as<std::string>()).value_or(CatchUp::kNone);
+  s.spec.paused = r[7].as<bool>();
+  if (auto v = OptMicros(r[8])) s.next_run_at = FromMicros(*v);
+  if (auto v = OptMicros(r[9])) s.last_run_at = FromMicros(*v);
+  s.last_task_id = OptString(r[10]);
+  s.created_at = FromMicros(r[11].as<Micros>());
+  return s;
+}
+
+Error NotFound(const std::string& name) {
+  return Error{"not_found", "no schedule named " + name + " (GET /api/v1/schedules lists them)"};
+}
+
+// libpqxx 6.4 passes NULL as a null char pointer: optionals go through text.
+std::optional<std::string> Text(const std::optional<Micros>& v) {
+  if (!v) return std::nullopt;
+  return std::to_string(*v);
+}
+
+const char* Nullable(const std::optional<std::string>& s) { return s ? s->c_str() : nullptr; }
+
+std::optional<std::string> EveryMicros(const ScheduleSpec& spec) {
+  if (!spec.every) return std::nullopt;
+  return std::to_string(static_cast<Micros>(std::llround(*spec.every * 1e6)));
+}
+
+}  // namespace
+
+class ScheduleStore::Connection : public pqxx::connection {
+ public:
+  using pqxx::connection::connection;
+};
+
+ScheduleStore::ScheduleStore(queue::StoreOptions options) : options_(std::move(options)) {}
+ScheduleStore::~ScheduleStore() = default;
+
+Result<std::unique_ptr<ScheduleStore>> ScheduleStore::Open(const queue::StoreOptions& options) {
+  std::unique_ptr<ScheduleStore> store(new ScheduleStore(options));
+  auto ping = store->EarliestNext();
+  if (!ping.ok()) return ping.error();
+  return Result<std::unique_ptr<ScheduleStore>>(std::move(store));
+}
+
+void ScheduleStore::OnChange(std::function<void()> fn) {
+  std::lock_guard lock(change_mu_);
+  on_change_ = std::move(fn);
+}
+
+void ScheduleStore::Changed() {
+  std::lock_guard lock(change_mu_);
+  if (on_change_) on_change_();
+}
+
+// Runs f(connection) on the store's connection (reopened when broken),
+// mapping database failures to Error values as the queue store does.
+template <class R, class F>
+R ScheduleStore::Run(const char* op, F&& f) {
+  std::unique_lock lock(mu_, std::defer_lock);
+  if (!lock.try_lock_for(options_.acquire_timeout)) {
+    return Error{"unavailable", std::string("the schedule store stayed busy during ") + op};
+  }
+  try {
+    if (!conn_ || !conn_->is_open()) {
+      conn_ = std::make_unique<Connection>(queue::WithConnectTimeout(options_.conninfo, 5));
+      pqxx::nontransaction tx(*conn_);
+      const auto ms = std::to_string(options_.statement_timeout.count());
+      tx.exec("SET statement_timeout = " + ms + "; SET lock_timeout = " + ms + "; " +
+              std::string(sql::kSessionSettings));
+    }
+    return f(*conn_);
+  } catch (const pqxx::broken_connection& e) {
+    conn_.reset();
+    return Error{"unavailable",
+                 std::string("database connection lost during ") + op + ": " + e.what()};
+  } catch (const pqxx::in_doubt_error& e) {
+    conn_.reset();
+    return Error{"unavailable",
+                 std::string("database connection lost while committing ") + op + ": " + e.what()};
+  } catch (const pqxx::sql_error& e) {
+    const std::string& state = e.sqlstate();
+    if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) conn_.reset();
+    if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0 || state == "55P03" ||
+        state == "40P01" || state == "40001") {
+      return Error{"unavailable",
+                   std::string("database unavailable during ") + op + ": " + e.what()};
+    }
+    spdlog::error("schedule sql error op={} sqlstate={} error=\"{}\"", op, state, e.what());
+    return Error{"internal", std::string("database error during ") + op + ": " + e.what()};
+  } catch (const pqxx::failure& e) {
+    conn_.reset();
+    return Error{"unavailable", std::string("database failure during ") + op + ": " + e.what()};
+  }
+}
+
+Result<Schedule> ScheduleStore::Create(const ScheduleSpec& spec, queue::TimePoint now) {
+  if (auto e = ValidateSpec(spec)) return *e;
+  const Micros created = ToMicros(now);
+  auto slots = Slots::For(spec, created);
+  if (!slots) return slots.error();
+  const auto next = slots->After(created);
+  const std::string row = json::serialize(queue::TaskInsertRecord(spec.task, options_));
+  auto made = Run<Status>("create schedule", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    const auto every = EveryMicros(spec);
+    const auto next_text = Text(next);
+    auto r = tx.exec_params(
+        std::string(sql::kInsertSchedule), spec.name, Nullable(spec.cron), spec.timezone,
+        Nullable(every), spec.task_json, row, std::string(ToString(spec.overlap)),
+        std::string(ToString(spec.catch_up)), spec.paused, Nullable(next_text), created);
+    if (r.empty()) {
+      return Error{"conflict", "a schedule named " + spec.name + " exists; PUT /api/v1/schedules/" +
+                                   spec.name + " replaces it"};
+    }
+    return {};
+  });
+  if (!made.ok()) return made.error();
+  Changed();
+  return Get(spec.name);
+}
+
+Result<Schedule> ScheduleStore::Replace(const ScheduleSpec& spec, queue::TimePoint now) {
+  if (auto e = ValidateSpec(spec)) return *e;
+  const std::string row = json::serialize(queue::TaskInsertRecord(spec.task, options_));
+  auto done = Run<Status>("replace schedule", [&](pqxx::connection& c) -> Status {
+    pqxx::work tx(c);
+    auto locked = tx.exec_params(std::string(sql::kLockSchedule), spec.name);
+    if (locked.empty()) return NotFound(spec.name);
+    auto slots = Slots::For(spec, locked[0][0].as<Micros>());
+    if (!slots) return slots.error();
+    const auto next = Text(slots->After(ToMicros(now)));
+    const auto every = EveryMicros(spec);
+    tx.exec_params(std::string(sql::kReplaceSchedule), spec.name, Nullable(spec.cron),
+                   spec.timezone, Nullable(every), spec.task_json, row,
+                   std::string(ToString(spec.overlap)), std::string(ToString(spec.catch_up)),
+                   spec.paused, Nullable(next));
+    tx.commit();
+    return {};
+  });
+  if (!done.ok()) return done.error();
+  Changed();
+  return Get(spec.name);
+}
+
+Result<Schedule> ScheduleStore::Get(const std::string& name) {
+  return Run<Result<Schedule>>("get schedule", [&](pqxx::connection& c) -> Result<Schedule> {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_params(std::string(sql::kSchedule), name);
+    if (r.empty()) return NotFound(name);
+    return RowToSchedule(r[0]);
+  });
+}
+
+Result<std::vector<Schedule>> ScheduleStore::List() {
+  using R = Result<std::vector<Schedule>>;
+  return Run<R>("list schedules", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<Schedule> out;
+    for (const auto& row : tx.exec(std::string(sql::kSchedules))) {
+      out.push_back(RowToSchedule(row));
+    }
+    return out;
+  });
+}
+
+Status ScheduleStore::Delete(const std::string& name) {
+  auto done = Run<Status>("delete schedule", [&](pqxx::connection& c) -> Status {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_params(std::string(sql::kDeleteSchedule), name);
+    if (r.empty()) return NotFound(name);
+    return {};
+  });
+  if (done.ok()) Changed();
+  return done;
+}
+
+Result<std::string> ScheduleStore::Trigger(const std::string& name, queue::TimePoint now) {
+  using R = Result<std::string>;
+  return Run<R>("trigger schedule", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec_params(std::string(sql::kTrigger), name, NewUlid(), ToMicros(now));
+    if (r.empty()) return NotFound(name);
+    return r[0][0].as<std::string>();
+  });
+}
+
+Result<std::vector<DueSchedule>> ScheduleStore::Due(Micros now, int limit) {
+  using R = Result<std::vector<DueSchedule>>;
+  return Run<R>("due schedules", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    std::vector<DueSchedule> out;
+    for (const auto& r : tx.exec_params(std::string(sql::kDue), now, limit)) {
+      DueSchedule d;
+      d.spec.name = r[0].as<std::string>();
+      d.spec.cron = OptString(r[1]);
+      d.spec.timezone = r[2].as<std::string>();
+      if (!r[3].is_null()) d.spec.every = static_cast<double>(r[3].as<Micros>()) / 1e6;
+      d.spec.overlap = ParseOverlap(r[4].as<std::string>()).value_or(Overlap::kSkip);
+      d.spec.catch_up = ParseCatchUp(r[5].as<std::string>()).value_or(CatchUp::kNone);
+      d.spec.paused = r[6].as<bool>();
+      d.created_at = r[7].as<Micros>();
+      d.next_run_at = r[8].as<Micros>();
+      out.push_back(std::move(d));
+    }
+    return out;
+  });
+}
+
+Result<FireOutcome> ScheduleStore::Fire(const FireStep& step) {
+  using R = Result<FireOutcome>;
+  return Run<R>("fire schedule", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);  // one statement: atomic on its own
+    const auto slot = Text(step.slot);
+    const auto next = Text(step.next);
+    auto r = tx.exec_params(std::string(sql::kFire), step.name, step.expected, Nullable(slot),
+                            Nullable(next), NewUlid(), step.missed);
+    FireOutcome out;
+    out.moved = r[0][0].as<int64_t>() > 0;
+    out.skipped = r[0][1].as<bool>();
+    out.task_id = OptString(r[0][2]);
+    out.cancelled = static_cast<int>(r[0][3].as<int64_t>());
+    return out;
+  });
+}
+
+Result<std::optional<Micros>> ScheduleStore::EarliestNext() {
+  using R = Result<std::optional<Micros>>;
+  return Run<R>("earliest schedule", [&](pqxx::connection& c) -> R {
+    pqxx::nontransaction tx(c);
+    auto r = tx.exec(std::string(sql::kEarliestNext));
+    return OptMicros(r[0][0]);
+  });
+}
+
+}  // namespace runner::schedule

@@ -1,0 +1,299 @@
+#include "runner/schedule/scheduler.h"
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+#include <set>
+#include <thread>
+
+#include "runner/queue/postgres_store.h"
+#include "runner/schedule/schedule_store.h"
+#include "tests/integration/schedule/manual_clock.h"
+#include "tests/support/services.h"
+
+namespace runner::schedule {
+namespace {
+
+using namespace std::chrono_literals;
+using runner::testing::ManualClock;
+using runner::testing::TestDatabase;
+
+// 2026-06-01T00:00:00Z, a whole minute, so `every` slots land on seconds.
+const auto kStart = std::chrono::system_clock::time_point(std::chrono::seconds(1780272000));
+
+std::string Scalar(const TestDatabase& db, const std::string& query) {
+  pqxx::connection conn(db.conninfo());
+  pqxx::nontransaction tx(conn);
+  auto r = tx.exec(query);
+  return r[0][0].is_null() ? "" : r[0][0].as<std::string>();
+}
+
+int Count(const TestDatabase& db, const std::string& query) { return std::stoi(Scalar(db, query)); }
+
+// A database with the queue schema, a schedule store and a scheduler on a
+// manual clock, as one node has them.
+struct Fixture {
+  TestDatabase db;
+  queue::StoreOptions options;
+  std::unique_ptr<queue::PostgresStore> queue;
+  std::unique_ptr<ScheduleStore> store;
+  ManualClock clock{kStart};
+  metrics::Registry registry;
+  std::unique_ptr<Scheduler> scheduler;
+
+  explicit Fixture(SchedulerOptions so = {}) {
+    options.conninfo = db.conninfo();
+    auto q = queue::PostgresStore::Open(options);
+    if (!q) throw std::runtime_error(q.error().message);
+    queue = std::move(*q);
+    auto s = ScheduleStore::Open(options);
+    if (!s) throw std::runtime_error(s.error().message);
+    store = std::move(*s);
+    scheduler = std::make_unique<Scheduler>(*store, clock, registry, so);
+  }
+
+  Schedule Every(const std::string& name, double every, Overlap overlap = Overlap::kSkip,
+                 CatchUp catch_up = CatchUp::kNone) {
+    ScheduleSpec spec;
+    spec.name = name;
+    spec.every = every;
+    spec.task.command = {"true"};
+    spec.task_json = R"({"command":["true"]})";
+    spec.overlap = overlap;
+    spec.catch_up = catch_up;
+    auto made = store->Create(spec, clock.SystemNow());
+    if (!made) throw std::runtime_error(made.error().message);
+    return *made;
+  }
+
+  PassReport Pass() {
+    auto r = scheduler->RunOnce();
+    if (!r) throw std::runtime_error(r.error().message);
+    return *r;
+  }
+
+  int Tasks(const std::string& name, const std::string& state = "") {
+    return Count(db, "SELECT count(*) FROM tasks WHERE schedule = '" + name + "'" +
+                         (state.empty() ? "" : " AND state = '" + state + "'"));
+  }
+};
+
+TEST_CASE("an every schedule makes one task per slot at created_at + k * every", "[schedule]") {
+  Fixture f;
+  f.Every("tick", 2, Overlap::kAllow);
+  CHECK(f.Pass().fired == 0);  // nothing is due at creation
+  for (int k = 1; k <= 5; ++k) {
+    f.clock.Advance(2s);
+    CHECK(f.Pass().fired == 1);
+    CHECK(f.Pass().fired == 0);  // the same slot never fires twice
+  }
+  CHECK(f.Tasks("tick") == 5);
+  // The slots are exactly `every` apart from created_at, and the task says so.
+  CHECK(Scalar(f.db,
+               "SELECT string_agg(extract(epoch FROM scheduled_for)::bigint::text, ',' ORDER BY "
+               "scheduled_for) FROM tasks WHERE schedule = 'tick'") ==
+        "1780272002,1780272004,1780272006,1780272008,1780272010");
+  CHECK(Scalar(f.db,
+               "SELECT idempotency_key FROM tasks WHERE schedule = 'tick' ORDER BY "
+               "scheduled_for LIMIT 1") == "schedule:tick:2026-06-01T00:00:02.000000Z");
+  auto s = f.store->Get("tick");
+  REQUIRE(s.ok());
+  CHECK(ToMicros(*s->next_run_at) == ToMicros(kStart + 12s));
+  CHECK(s->last_task_id.has_value());
+  CHECK(Count(f.db, "SELECT count(*) FROM events WHERE kind = 'schedule.fired'") == 5);
+}
+
+TEST_CASE("two nodes firing the same schedules make exactly one task per slot", "[schedule]") {
+  Fixture a;
+  auto b_store = ScheduleStore::Open(a.options);
+  REQUIRE(b_store.ok());
+  metrics::Registry b_registry;
+  Scheduler b(**b_store, a.clock, b_registry);
+  for (int i = 0; i < 4; ++i) a.Every("s" + std::to_string(i), 1, Overlap::kAllow);
+  // 60 one-second slots of 4 schedules, both nodes racing for every one.
+  int fired = 0;
+  for (int second = 0; second < 60; ++second) {
+    a.clock.Advance(1s);
+    Result<PassReport> ra = PassReport{}, rb = PassReport{};
+    std::thread other([&] { rb = b.RunOnce(); });
+    ra = a.scheduler->RunOnce();
+    other.join();
+    REQUIRE(ra.ok());
+    REQUIRE(rb.ok());
+    fired += ra->fired + rb->fired;
+  }
+  CHECK(fired == 240);
+  CHECK(Count(a.db, "SELECT count(*) FROM tasks") == 240);
+  CHECK(Count(a.db, "SELECT count(DISTINCT (schedule, scheduled_for)) FROM tasks") == 240);
+  CHECK(Count(a.db, "SELECT count(*) FROM events WHERE kind = 'schedule.fired'") == 240);
+}
+
+TEST_CASE("overlap skip makes no task while one is live, and says so", "[schedule]") {
+  Fixture f;
+  f.Every("nightly", 10);
+  f.clock.Advance(10s);
+  CHECK(f.Pass().fired == 1);
+  f.clock.Advance(10s);
+  auto second = f.Pass();
+  CHECK(second.fired == 0);
+  CHECK(second.skipped == 1);
+  CHECK(f.Tasks("nightly") == 1);
+  CHECK(Count(f.db,
+              "SELECT count(*) FROM events WHERE kind = 'schedule.skipped' AND "
+              "data->>'reason' = 'overlap'") == 1);
+  // Once the live task ends, the next slot fires again.
+  auto live = f.queue->Cancel(Scalar(f.db, "SELECT id FROM tasks WHERE schedule = 'nightly'"));
+  REQUIRE(live.ok());
+  f.clock.Advance(10s);
+  CHECK(f.Pass().fired == 1);
+  CHECK(f.Tasks("nightly") == 2);
+}
+
+TEST_CASE("overlap allow makes a task for every slot", "[schedule]") {
+  Fixture f;
+  f.Every("many", 5, Overlap::kAllow);
+  for (int i = 0; i < 3; ++i) {
+    f.clock.Advance(5s);
+    CHECK(f.Pass().fired == 1);
+  }
+  CHECK(f.Tasks("many", "queued") == 3);
+}
+
+TEST_CASE("overlap cancel_previous cancels the queued one and stops the running one",
+          "[schedule]") {
+  Fixture f;
+  f.Every("latest-only", 5, Overlap::kCancelPrevious);
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 1);
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 1);
+  CHECK(f.Tasks("latest-only", "cancelled") == 1);
+  CHECK(f.Tasks("latest-only", "queued") == 1);
+  // The live one starts running; the next slot asks it to stop.
+  queue::ClaimRequest claim;
+  claim.node_id = "node-a";
+  claim.worker_ids = {"worker-a"};
+  auto claimed = f.queue->Claim(claim);
+  REQUIRE(claimed.ok());
+  REQUIRE(claimed->size() == 1);
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 1);
+  CHECK(Scalar(f.db, "SELECT cancel_requested FROM tasks WHERE id = '" + claimed->front().id +
+                         "'") == "t");
+  CHECK(f.Tasks("latest-only", "queued") == 1);
+}
+
+TEST_CASE("catch_up decides what the slots missed while down become", "[schedule]") {
+  SchedulerOptions so;
+  so.miss_grace = 1s;
+  Fixture f(so);
+  f.Every("none", 10, Overlap::kAllow, CatchUp::kNone);
+  f.Every("latest", 10, Overlap::kAllow, CatchUp::kLatest);
+  f.Every("all", 10, Overlap::kAllow, CatchUp::kAll);
+  // Down for 105 s: ten slots passed, the latest 5 s ago.
+  f.clock.Advance(105s);
+  f.Pass();
+  CHECK(f.Tasks("none") == 0);
+  CHECK(f.Tasks("latest") == 1);
+  CHECK(Scalar(f.db,
+               "SELECT extract(epoch FROM scheduled_for)::bigint FROM tasks WHERE "
+               "schedule = 'latest'") == "1780272100");
+  CHECK(f.Tasks("all") == 10);
+  CHECK(Count(f.db, "SELECT count(DISTINCT scheduled_for) FROM tasks WHERE schedule = 'all'") ==
+        10);
+  // Each resumes at the next slot after now.
+  for (const char* name : {"none", "latest", "all"}) {
+    auto s = f.store->Get(name);
+    REQUIRE(s.ok());
+    CHECK(ToMicros(*s->next_run_at) == ToMicros(kStart + 110s));
+  }
+  CHECK(Count(f.db,
+              "SELECT coalesce(sum((data->>'missed')::int), 0) FROM events WHERE kind = "
+              "'schedule.skipped' AND data->>'schedule' = 'none'") == 10);
+  // A pass that is merely late (within the grace) still fires with `none`.
+  f.clock.Advance(5s + 500ms);
+  f.Pass();
+  CHECK(f.Tasks("none") == 1);
+}
+
+TEST_CASE("catch_up all makes at most 100 tasks after a long outage", "[schedule]") {
+  Fixture f;
+  f.Every("all", 1, Overlap::kAllow, CatchUp::kAll);
+  f.clock.Advance(500s);
+  CHECK(f.Pass().fired == 100);
+  CHECK(Scalar(f.db, "SELECT min(extract(epoch FROM scheduled_for))::bigint FROM tasks") ==
+        "1780272401");
+}
+
+TEST_CASE("a paused schedule makes no task but its next run moves on", "[schedule]") {
+  Fixture f;
+  auto made = f.Every("paused", 10);
+  ScheduleSpec spec = made.spec;
+  spec.task.command = {"true"};
+  spec.paused = true;
+  REQUIRE(f.store->Replace(spec, f.clock.SystemNow()).ok());
+  f.clock.Advance(35s);
+  f.Pass();
+  CHECK(f.Tasks("paused") == 0);
+  auto s = f.store->Get("paused");
+  REQUIRE(s.ok());
+  CHECK(ToMicros(*s->next_run_at) == ToMicros(kStart + 40s));
+  spec.paused = false;
+  REQUIRE(f.store->Replace(spec, f.clock.SystemNow()).ok());
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 1);
+}
+
+TEST_CASE("a deleted schedule makes no more tasks", "[schedule]") {
+  Fixture f;
+  f.Every("gone", 1, Overlap::kAllow);
+  f.clock.Advance(1s);
+  CHECK(f.Pass().fired == 1);
+  REQUIRE(f.store->Delete("gone").ok());
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 0);
+  CHECK(f.Tasks("gone") == 1);
+}
+
+TEST_CASE("a cron schedule fires at its local wall-clock slot", "[schedule]") {
+  Fixture f;
+  ScheduleSpec spec;
+  spec.name = "berlin";
+  spec.cron = "30 2 * * *";
+  spec.timezone = "Europe/Berlin";
+  spec.task.command = {"true"};
+  // 2026-06-01 is summer time (UTC+2): 02:30 local is 00:30 UTC.
+  auto made = f.store->Create(spec, f.clock.SystemNow());
+  REQUIRE(made.ok());
+  CHECK(ToMicros(*made->next_run_at) == ToMicros(kStart + 30min));
+  f.clock.Advance(30min);
+  CHECK(f.Pass().fired == 1);
+}
+
+TEST_CASE("the running loop makes each task within a second of its slot", "[schedule]") {
+  // Real time here: what is measured is the loop's wake-up, not a policy.
+  TestDatabase db;
+  queue::StoreOptions options;
+  options.conninfo = db.conninfo();
+  auto q = queue::PostgresStore::Open(options);
+  REQUIRE(q.ok());
+  auto store = ScheduleStore::Open(options);
+  REQUIRE(store.ok());
+  metrics::Registry registry;
+  Scheduler scheduler(**store, SystemClock(), registry);
+  ScheduleSpec spec;
+  spec.name = "fast";
+  spec.every = 1;
+  spec.overlap = Overlap::kAllow;
+  spec.task.command = {"true"};
+  REQUIRE((*store)->Create(spec, SystemClock().SystemNow()).ok());
+  scheduler.Start();
+  REQUIRE(
+      runner::testing::WaitFor([&] { return Count(db, "SELECT count(*) FROM tasks") >= 3; }, 10s));
+  scheduler.Stop();
+  CHECK(std::stod(Scalar(db,
+                         "SELECT max(extract(epoch FROM created_at - scheduled_for)) FROM "
+                         "tasks")) < 1.0);
+}
+
+}  // namespace
+}  // namespace runner::schedule
