@@ -170,12 +170,14 @@ CREATE INDEX tasks_schedule_list_idx ON tasks (schedule, created_at DESC, id DES
   WHERE schedule IS NOT NULL;
 CREATE INDEX tasks_schedule_live_idx ON tasks (schedule)
   WHERE schedule IS NOT NULL AND state IN ('queued', 'running');
-// Task secrets: the names (returned by the API) and the sealed values
+)sql";
+
+// v4: task secrets: the names (returned by the API) and the sealed values
 // (runner/secrets: XChaCha20-Poly1305 under the node key, the task id as
 // associated data). A trigger, not each statement that ends a task, drops the
 // ciphertext once the task is final: every path to a final state (finish,
 // cancel, dependency failure, the reaper) is covered by one rule.
-constexpr std::string_view kV2Secrets = R"sql(
+constexpr std::string_view kV4Secrets = R"sql(
 ALTER TABLE tasks ADD COLUMN secret_names text[] NOT NULL DEFAULT '{}';
 ALTER TABLE tasks ADD COLUMN secrets_sealed bytea;
 CREATE FUNCTION tasks_drop_final_secrets() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -194,7 +196,7 @@ const std::vector<Migration> kMigrations = {
     {1, "queue schema", kV1Schema},
     {2, "schedules", kV2Schedules},
     {3, "task groups and queue policies", kV2QueuePolicies},
-    {4, "task secrets", kV2Secrets},
+    {4, "task secrets", kV4Secrets},
 };
 
 }  // namespace
