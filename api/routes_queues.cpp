@@ -65,9 +65,10 @@ Result<queue::QueuePolicy> ParsePolicy(const std::string& body) {
   json::error_code ec;
   json::value v = json::parse(body, ec);
   if (ec || !v.is_object()) {
-    return MakeError("validation_failed", "body: must be a JSON object such as "
-                                          "{\"max_running\": 8, \"rate_limit\": {\"count\": 10, "
-                                          "\"per\": 1.0}}");
+    return MakeError("validation_failed",
+                     "body: must be a JSON object such as "
+                     "{\"max_running\": 8, \"rate_limit\": {\"count\": 10, "
+                     "\"per\": 1.0}}");
   }
   queue::QueuePolicy p;
   for (const auto& kv : v.as_object()) {
@@ -104,8 +105,7 @@ Result<queue::QueuePolicy> ParsePolicy(const std::string& body) {
       rate.per = per->to_number<double>();
       p.rate_limit = rate;
     } else {
-      return Invalid(key,
-                     "unknown field (max_running, max_running_per_group, rate_limit, paused)");
+      return Invalid(key, "unknown field (max_running, max_running_per_group, rate_limit, paused)");
     }
   }
   if (auto e = queue::ValidateQueuePolicy(p)) return *e;

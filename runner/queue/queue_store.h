@@ -37,8 +37,8 @@ struct TaskFilter {
   std::optional<std::string> queue;
   std::optional<std::string> schedule;  // tasks created by this schedule
   std::optional<std::string> group;
-  int limit = 50;                       // 1..1000
-  std::optional<std::string> cursor;    // opaque, from TaskPage::next_cursor
+  int limit = 50;                     // 1..1000
+  std::optional<std::string> cursor;  // opaque, from TaskPage::next_cursor
 };
 
 struct TaskPage {

@@ -32,8 +32,8 @@ TEST_CASE("queues: pause holds a task, resume runs it, the group is kept and fil
   REQUIRE(sub->status == 201);
   const std::string id(f.Json(sub).at("id").as_string());
   CHECK(f.Json(sub).at("group").as_string() == "team-a");
-  auto free_task = f.http().Post("/api/v1/tasks", R"({"command":["sh","-c","echo hi"]})",
-                                 "application/json");
+  auto free_task =
+      f.http().Post("/api/v1/tasks", R"({"command":["sh","-c","echo hi"]})", "application/json");
   REQUIRE(free_task->status == 201);
   CHECK(f.Json(free_task).at("group").is_null());
   const std::string free_id(f.Json(free_task).at("id").as_string());

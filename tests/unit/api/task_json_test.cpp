@@ -89,12 +89,12 @@ TEST_CASE("a task is written with exactly the fields of docs/api.md", "[api][jso
   t.usage = runner::isolation::Usage{0.01, 1048576, 0.42};
   auto o = runner::api::TaskToJson(t);
   for (const char* key :
-       {"id",       "state",        "queue",          "priority",    "command",
-        "image",    "isolation",    "isolation_used", "env",         "limits",
-        "timeout",  "attempt",      "max_attempts",   "depends_on",  "idempotency_key",
-        "labels",   "worker_id",    "node_id",        "exit_code",   "error",
-        "usage",    "created_at",   "started_at",     "finished_at", "cancel_requested",
-        "schedule", "scheduled_for", "group", "secrets"}) {
+       {"id",       "state",         "queue",          "priority",    "command",
+        "image",    "isolation",     "isolation_used", "env",         "limits",
+        "timeout",  "attempt",       "max_attempts",   "depends_on",  "idempotency_key",
+        "labels",   "worker_id",     "node_id",        "exit_code",   "error",
+        "usage",    "created_at",    "started_at",     "finished_at", "cancel_requested",
+        "schedule", "scheduled_for", "group",          "secrets"}) {
     CHECK(o.contains(key));
   }
   CHECK(o.size() == 29);
