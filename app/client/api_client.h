@@ -50,7 +50,6 @@ class ApiClient {
   // DELETE; the answer has no body.
   Status Delete(const std::string& path);
   Result<std::string> GetText(const std::string& path);
-  Result<boost::json::value> PutJson(const std::string& path, const boost::json::value& body);
   // Reads an SSE stream until it ends or on_message returns false.
   Status Stream(const std::string& path, const std::function<bool(const SseMessage&)>& on_message);
 
