@@ -21,13 +21,14 @@ std::optional<std::string> Env(const char* name) {
   return std::string(v);
 }
 
-// --server/--token/--json on a client command.
+// --server/--token/--json on a client command. The environment
+// (RUNNER_SERVER, RUNNER_API_TOKEN) is read once in main, not per option:
+// every subcommand binds the same variables, and CLI11 applying the
+// environment for each of them overwrote a --server given on the command line.
 void AddClientOptions(CLI::App* cmd, runner::app::CommandContext& ctx, std::string& token) {
-  cmd->add_option("--server", ctx.client.server, "server URL")
-      ->envname("RUNNER_SERVER")
+  cmd->add_option("--server", ctx.client.server, "server URL (RUNNER_SERVER)")
       ->capture_default_str();
-  cmd->add_option("--token", token, "API token (Authorization: Bearer)")
-      ->envname("RUNNER_API_TOKEN");
+  cmd->add_option("--token", token, "API token, Authorization: Bearer (RUNNER_API_TOKEN)");
   cmd->add_flag("--json", ctx.json, "print the API's JSON instead of a table");
 }
 
@@ -92,6 +93,8 @@ int main(int argc, char** argv) {
 
   runner::app::CommandContext ctx;
   std::string token;
+  if (auto server = Env("RUNNER_SERVER"); server && !server->empty()) ctx.client.server = *server;
+  if (auto env_token = Env("RUNNER_API_TOKEN")) token = *env_token;
 
   // serve and migrate: the node's configuration.
   std::map<std::string, std::string> serve_values;

@@ -315,7 +315,8 @@ void OpenClaimedSecrets(const StoreOptions& opts, const pqxx::field& sealed_hex,
     return;
   }
   try {
-    for (const auto& [k, v] : json::parse(*opened).as_object()) {
+    const json::value parsed = json::parse(*opened);
+    for (const auto& [k, v] : parsed.as_object()) {
       if (v.is_string()) t.secrets.emplace(std::string(k), std::string(v.get_string()));
     }
   } catch (const std::exception&) {

@@ -86,7 +86,7 @@ TEST_CASE("JSON numbers are written as plain decimals, never 5E-1", "[api][json]
   CHECK(res->body.find("\"cpus\":0.5") != std::string::npos);
   std::string id(f.Json(res).at("id").as_string());
   REQUIRE(WaitFor([&] { return f.StateOf(id) == "succeeded"; }, 20s));
-  for (const std::string path :
+  for (const std::string& path :
        {"/api/v1/tasks/" + id, std::string("/api/v1/tasks"), std::string("/api/v1/status")}) {
     auto body = f.http().Get(path.c_str())->body;
     INFO(path << ": " << body);

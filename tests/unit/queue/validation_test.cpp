@@ -169,9 +169,10 @@ TEST_CASE("secrets take env names, stay apart from env and are capped in size",
   t.secrets = {{"SAME", "hunter2-swordfish"}};
   ExpectInvalid(t, "secrets.SAME");
   t.env.clear();
-  t.secrets = {{"BIG", std::string(kMaxSecretsBytes, 'x')}};
+  t.secrets = {{"BIG", std::string(runner::queue::kMaxSecretsBytes, 'x')}};
   ExpectInvalid(t, "secrets");
   t.secrets.clear();
-  for (std::size_t i = 0; i <= kMaxSecrets; ++i) t.secrets["S" + std::to_string(i)] = "v";
+  for (std::size_t i = 0; i <= runner::queue::kMaxSecrets; ++i)
+    t.secrets["S" + std::to_string(i)] = "v";
   ExpectInvalid(t, "secrets");
 }
