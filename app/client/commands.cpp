@@ -196,14 +196,14 @@ std::optional<json::object> TaskBody(const SubmitArgs& a, const std::string& who
       if (!SplitKv(item, k, v)) {
         if (item.find('=') != std::string::npos) {
           // Never echo it: the text may be the value.
-          std::cerr << "runner submit: a --secret is not NAME=VALUE (the name is empty)\n";
-          return 2;
+          std::cerr << who << ": a --secret is not NAME=VALUE (the name is empty)\n";
+          return std::nullopt;
         }
         const char* from_env = std::getenv(item.c_str());
         if (from_env == nullptr) {
-          std::cerr << "runner submit: --secret " << item
+          std::cerr << who << ": --secret " << item
                     << ": no such environment variable; export it or give NAME=VALUE\n";
-          return 2;
+          return std::nullopt;
         }
         k = item;
         v = from_env;

@@ -16,7 +16,8 @@ cp -n "$SRC"/tests/fuzz/corpus/* "$WORK/corpus/" 2>/dev/null || true
 "$CXX" -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -DBOOST_JSON_NO_LIB -DBOOST_CONTAINER_NO_LIB -I"$SRC" \
   "$SRC/tests/fuzz/fuzz_request_body.cpp" "$SRC/api/task_json.cpp" "$SRC/base/ulid.cpp" \
-  "$SRC/runner/queue/task.cpp" "$SRC/runner/node/node_control.cpp" \
+  "$SRC/runner/queue/task.cpp" "$SRC/runner/queue/validation.cpp" "$SRC/api/json_text.cpp" \
+  "$SRC/runner/node/node_control.cpp" \
   -o "$WORK/fuzz_request_body"
 cd "$WORK"
 # -rss_limit_mb bounds memory; -max_len covers bodies near the 1 MiB cap's shape.
