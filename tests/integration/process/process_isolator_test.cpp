@@ -418,8 +418,10 @@ TEST_CASE("a fork bomb is held to the pids limit and cleaned up", "[process][pid
   // Never run a bomb without the cgroup that contains it.
   REQUIRE(iso.cgroups().pids().has_value());
   Recorder rec;
-  // exec: the main shell needs no fork of its own once the bomb ate every pid.
-  TaskSpec spec = Shell("b() { b | b & }; b; exec sleep 987651");
+  // The main shell forks once, before the bomb starts, then execs: a shell
+  // that forked for the bomb itself exited with "can't fork" whenever the
+  // bomb's children ate the last pid first (under load), ending the task early.
+  TaskSpec spec = Shell("(b() { b | b & }; b) & exec sleep 987651");
   spec.limits.pids = 24;
   spec.limits.cpus = 0.5;
   spec.timeout = 2s;
