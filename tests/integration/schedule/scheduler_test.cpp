@@ -241,6 +241,39 @@ TEST_CASE("catch_up all makes at most 100 tasks after a long outage", "[schedule
         "1780272401");
 }
 
+TEST_CASE("the metrics count fired and skipped slots and the lag from slot to task",
+          "[schedule][metrics]") {
+  SchedulerOptions so;
+  so.miss_grace = 1s;
+  Fixture f(so);
+  f.Every("m", 10);  // overlap skip, catch_up none
+  auto& fired = f.registry.GetCounter("runner_schedule_fired_total", "");
+  auto& overlap =
+      f.registry.GetCounter("runner_schedule_skipped_total", "", {{"reason", "overlap"}});
+  auto& missed = f.registry.GetCounter("runner_schedule_skipped_total", "", {{"reason", "missed"}});
+  auto& lag = f.registry.GetHistogram("runner_schedule_lag_seconds", "", metrics::LatencyBuckets());
+  // A pass a quarter of a second after the slot: one task, 0.25 s of lag.
+  f.clock.Advance(10s + 250ms);
+  CHECK(f.Pass().fired == 1);
+  CHECK(fired.Value() == 1);
+  REQUIRE(lag.Count() == 1);
+  CHECK(lag.Sum() == Approx(0.25).margin(0.001));
+  // The next slot finds that task still queued: skipped for overlap.
+  f.clock.Advance(10s);
+  CHECK(f.Pass().skipped == 1);
+  CHECK(overlap.Value() == 1);
+  CHECK(fired.Value() == 1);
+  // Down for 45 s: the slots at 30, 40, 50 and 60 s pass; catch_up none misses them.
+  f.clock.Advance(45s);
+  CHECK(f.Pass().skipped == 4);
+  CHECK(missed.Value() == 4);
+  CHECK(fired.Value() == 1);
+  CHECK(lag.Count() == 1);
+  const std::string text = f.registry.Render();
+  CHECK_THAT(text, Catch::Contains("runner_schedule_skipped_total{reason=\"missed\"} 4"));
+  CHECK_THAT(text, Catch::Contains("runner_schedule_fired_total 1"));
+}
+
 TEST_CASE("a paused schedule makes no task but its next run moves on", "[schedule]") {
   Fixture f;
   auto made = f.Every("paused", 10);
