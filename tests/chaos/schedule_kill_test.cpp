@@ -108,11 +108,13 @@ long long TasksForSlot(const std::string& db, const std::string& name, long long
 // The random kills above rarely land inside the fire statement itself. Here
 // the test holds the schedule's row lock, so a node's fire statement (move
 // next_run_at + insert the task, one statement) is provably in flight when
-// the node is SIGKILLed. Round 1: the dead node's statement goes on in its
-// backend and commits once the lock is released; the other node, blocked
-// behind it on the same slot, must then write nothing. Round 2: the dead
-// node's backend is terminated too, so nothing of the slot is committed; the
-// other node must make the slot's task, once.
+// the node is SIGKILLed. Round 1: both nodes queue on the same slot; the one
+// first in the queue is killed, its orphaned statement commits once the lock
+// is released, and the other, which saw the same slot due, must write
+// nothing. Round 2: the survivor is killed inside its statement and its
+// backend ends with it, so nothing of the slot is committed; the first node,
+// restarted, must make the slot's task, once. The lock is held for a few
+// seconds only: well inside the nodes' lock_timeout (15 s).
 TEST_CASE("a node SIGKILLed inside its fire statement neither loses nor duplicates the slot",
           "[chaos][schedule]") {
   Scenario s;
@@ -126,61 +128,74 @@ TEST_CASE("a node SIGKILLed inside its fire statement neither loses nor duplicat
   RunnerProcess& a = s.Add(args_a, "a");
   RunnerProcess& b = s.Add(args_b, "b");
   REQUIRE(a.Start());
+  REQUIRE(b.Start());
+  // Each node has one schedule connection, opened as it starts: a's is the older.
+  const std::string schedule_backends =
+      "FROM pg_stat_activity WHERE datname = current_database() AND application_name = "
+      "'runner-schedules'";
+  REQUIRE(QueryInt(db, "SELECT count(*) " + schedule_backends) == 2);
+  const long long a_conn =
+      QueryInt(db, "SELECT pid " + schedule_backends + " ORDER BY backend_start LIMIT 1");
   auto res = HttpPost(a.port(), "/api/v1/schedules",
                       R"({"name":"held","every":2,"overlap":"allow","catch_up":"all",)"
                       R"("task":{"command":["true"],"delay":3600}})");
   INFO(res.body);
   REQUIRE(res.status == 201);
 
-  // Round 1: a is killed inside its fire statement, which commits after its death.
+  // Round 1: the node first in the lock queue dies inside its statement.
   long long slot1 = 0;
+  RunnerProcess* first = nullptr;
+  RunnerProcess* second = nullptr;
   {
     pqxx::connection holder(db);
     pqxx::work lock(holder);
     lock.exec("SELECT 1 FROM schedules WHERE name = 'held' FOR UPDATE");
     slot1 = NextRun(db, "held");
-    long long a_backend = 0;
-    REQUIRE(
-        testing::WaitFor([&] { return (a_backend = BlockedScheduleBackend(db)) != 0; }, 10s, 50ms));
-    a.Signal(SIGKILL);
-    REQUIRE(a.Wait(10s) >= 0);
-    // b comes up and races for the same slot: it queues behind a's statement.
-    REQUIRE(b.Start());
-    REQUIRE(
-        testing::WaitFor([&] { return BlockedScheduleBackend(db, a_backend) != 0; }, 10s, 50ms));
+    long long first_backend = 0;
+    REQUIRE(testing::WaitFor([&] { return (first_backend = BlockedScheduleBackend(db)) != 0; }, 10s,
+                             20ms));
+    first = first_backend == a_conn ? &a : &b;
+    second = first == &a ? &b : &a;
+    INFO("first in the queue: " << (first == &a ? "a" : "b"));
+    first->Signal(SIGKILL);
+    REQUIRE(first->Wait(10s) >= 0);
+    // The other node races for the same slot: it queues behind the orphan.
+    REQUIRE(testing::WaitFor([&] { return BlockedScheduleBackend(db, first_backend) != 0; }, 10s,
+                             20ms));
     CHECK(TasksForSlot(db, "held", slot1) == 0);
-    lock.commit();  // releases the row: a's orphaned statement runs first, then b's
-    REQUIRE(testing::WaitFor([&] { return BackendGone(db, a_backend); }, 10s, 50ms));
-    // a's statement committed although a was dead: the task exists, and b,
-    // which saw the same slot due, made no second one.
+    lock.commit();  // releases the row: the orphaned statement runs first
+    REQUIRE(testing::WaitFor([&] { return BackendGone(db, first_backend); }, 10s, 20ms));
+    // The dead node's statement committed: the task exists, and the other
+    // node, which saw the same slot due, made no second one.
     CHECK(TasksForSlot(db, "held", slot1) == 1);
     REQUIRE(testing::WaitFor([&] { return NextRun(db, "held") > slot1; }, 10s, 50ms));
   }
-  // Round 2: b is killed inside its fire statement and its backend ends with
-  // it, so nothing of the slot is committed; a, restarted, makes it.
+  // Round 2: the survivor is killed inside its fire statement and its backend
+  // ends with it, so nothing of the slot is committed; the first node,
+  // restarted, makes it.
   long long slot2 = 0;
   {
     pqxx::connection holder(db);
     pqxx::work lock(holder);
     lock.exec("SELECT 1 FROM schedules WHERE name = 'held' FOR UPDATE");
-    long long b_backend = 0;
+    long long backend = 0;
     REQUIRE(
-        testing::WaitFor([&] { return (b_backend = BlockedScheduleBackend(db)) != 0; }, 10s, 50ms));
+        testing::WaitFor([&] { return (backend = BlockedScheduleBackend(db)) != 0; }, 10s, 20ms));
     slot2 = NextRun(db, "held");
     CHECK(slot2 > slot1);
-    b.Signal(SIGKILL);
-    REQUIRE(b.Wait(10s) >= 0);
-    QueryInt(db, "SELECT count(pg_terminate_backend(" + std::to_string(b_backend) + "))");
-    REQUIRE(testing::WaitFor([&] { return BackendGone(db, b_backend); }, 10s, 50ms));
+    second->Signal(SIGKILL);
+    REQUIRE(second->Wait(10s) >= 0);
+    QueryInt(db, "SELECT count(pg_terminate_backend(" + std::to_string(backend) + "))");
+    REQUIRE(testing::WaitFor([&] { return BackendGone(db, backend); }, 10s, 20ms));
     lock.commit();
     CHECK(TasksForSlot(db, "held", slot2) == 0);
     CHECK(NextRun(db, "held") == slot2);  // the slot is still due: nothing moved it
-    REQUIRE(a.Start());
+    REQUIRE(first->Start());
     REQUIRE(testing::WaitFor([&] { return TasksForSlot(db, "held", slot2) == 1; }, 15s, 50ms));
     REQUIRE(testing::WaitFor([&] { return NextRun(db, "held") > slot2 + 4'000'000; }, 15s, 50ms));
   }
-  a.Signal(SIGKILL);
-  REQUIRE(a.Wait(10s) >= 0);
+  first->Signal(SIGKILL);
+  REQUIRE(first->Wait(10s) >= 0);
   // Over the whole run (catch_up all): one task per slot, none twice, none lost.
   const std::string slots = "FROM tasks WHERE schedule = 'held'";
   const long long total = QueryInt(db, "SELECT count(*) " + slots);
