@@ -154,6 +154,10 @@ TEST_CASE("a schedule's tasks carry its name and slot and can be listed by sched
   auto plain = f.Json(f.http().Get(("/api/v1/tasks/" + id).c_str()));
   CHECK(plain.at("schedule").is_null());
   CHECK(plain.at("scheduled_for").is_null());
+  auto listed = f.http().Get("/api/v1/tasks?schedule=tick");
+  REQUIRE(listed);
+  CHECK(listed->body.find(id) == std::string::npos);
+  CHECK(f.Json(f.http().Get("/api/v1/tasks?schedule=nope")).at("tasks").as_array().empty());
   REQUIRE(f.http().Delete("/api/v1/schedules/tick"));
   auto metrics = f.http().Get("/metrics");
   REQUIRE(metrics);
