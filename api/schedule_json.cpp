@@ -88,16 +88,23 @@ Result<schedule::ScheduleSpec> ParseScheduleSpec(std::string_view body,
     return Invalid("task", "required: the body of POST /api/v1/tasks, e.g. {\"command\": [...]}");
   }
   if (!task->is_object()) return Invalid("task", "must be an object (a task)");
-  // A schedule keeps its task body as sent and returns it: secrets in it
-  // would sit in plaintext in the schedules table and come back in every
-  // answer. Refused until schedules seal them as tasks do.
-  if (task->as_object().contains("secrets")) {
-    return Invalid("task.secrets",
-                   "schedules cannot carry secrets yet (they would be stored and returned in "
-                   "plaintext); give the task its secrets another way");
+  json::object given = task->as_object();
+  // Names alone (as a schedule shows its secrets): on PUT, keep the values
+  // stored for them, so a schedule read and written back keeps its secrets.
+  if (const json::value* names = given.if_contains("secrets"); names && names->is_array()) {
+    if (!name_from_path) {
+      return Invalid("task.secrets",
+                     "give NAME: VALUE pairs (a list of names keeps stored values only on PUT)");
+    }
+    std::set<std::string> keep;
+    for (const auto& n : names->get_array()) {
+      if (!n.is_string()) return Invalid("task.secrets", "a list of secrets holds names (strings)");
+      keep.emplace(n.get_string());
+    }
+    spec.keep_secrets.assign(keep.begin(), keep.end());
+    given.erase("secrets");
   }
-  spec.task_json = json::serialize(*task);
-  auto parsed = ParseNewTask(spec.task_json);
+  auto parsed = ParseNewTask(json::serialize(given));
   if (!parsed) {
     Error e = parsed.error();
     e.code = "validation_failed";
@@ -105,6 +112,16 @@ Result<schedule::ScheduleSpec> ParseScheduleSpec(std::string_view body,
     return e;
   }
   spec.task = std::move(*parsed);
+  // The task is kept and shown back as sent, except its secrets: only their
+  // names, as a task shows them (the store seals the values).
+  json::object shown = task->as_object();
+  if (shown.contains("secrets")) {
+    json::array names;
+    for (const auto& [name, value] : spec.task.secrets) names.emplace_back(name);
+    for (const auto& name : spec.keep_secrets) names.emplace_back(name);
+    shown["secrets"] = std::move(names);
+  }
+  spec.task_json = json::serialize(shown);
   return spec;
 }
 

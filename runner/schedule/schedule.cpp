@@ -65,13 +65,6 @@ std::optional<Error> ValidateSpec(const ScheduleSpec& spec) {
   if (!spec.task.depends_on.empty()) {
     return bad("task.depends_on: a schedule's tasks cannot depend on other tasks");
   }
-  if (!spec.task.secrets.empty()) {
-    // The schedule keeps its task as given (and shows it on GET): a secret
-    // there would be stored and returned in the clear.
-    return bad(
-        "task.secrets: a schedule's tasks cannot carry secrets yet (they would be stored "
-        "unsealed with the schedule); read them from the task's environment another way");
-  }
   if (spec.task.idempotency_key) {
     return bad("task.idempotency_key: a schedule keys its tasks itself (schedule:NAME:SLOT)");
   }

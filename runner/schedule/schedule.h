@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/result.h"
 #include "runner/queue/task.h"
@@ -43,10 +44,13 @@ struct ScheduleSpec {
   std::optional<double> every;  // seconds
   std::string timezone = "UTC";
   queue::NewTask task;
-  std::string task_json = "{}";  // the task object as sent, shown back as is
+  std::string task_json = "{}";  // the task object as sent (secrets: their names only)
   Overlap overlap = Overlap::kSkip;
   CatchUp catch_up = CatchUp::kNone;
   bool paused = false;
+  // PUT only: task.secrets given as names (as a schedule shows them) keep the
+  // values the schedule has stored for them. Sorted; task.secrets is empty.
+  std::vector<std::string> keep_secrets;
 };
 
 struct Schedule {

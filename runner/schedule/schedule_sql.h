@@ -20,19 +20,23 @@ namespace runner::schedule::sql {
 
 // The insert of a schedule's task from CTE "s" (name, task_row): `id` and
 // `key` are SQL expressions of the new task's id and idempotency key, `slot`
-// of its scheduled_for.
-#define RUNNER_INSERT_SCHEDULED(id, key, slot) \
+// of its scheduled_for, `sealed` of its sealed secrets (hex text or NULL,
+// sealed for this task's id by the store).
+#define RUNNER_INSERT_SCHEDULED(id, key, slot, sealed) \
   "INSERT INTO tasks AS t (id, queue, state, priority, run_at, max_attempts, backoff," \
   "  isolation, image, command, env, limits, timeout, idempotency_key, labels, schedule," \
-  "  scheduled_for, \"group\")" \
+  "  scheduled_for, \"group\", secret_names, secrets_sealed)" \
   " SELECT " id ", x.queue, 'queued', x.priority, now() + x.delay * interval '1 second'," \
   "  x.max_attempts, x.backoff, x.isolation, x.image," \
   "  ARRAY(SELECT a.e FROM jsonb_array_elements_text(x.command) WITH ORDINALITY AS a(e, n)" \
   "        ORDER BY a.n)," \
-  "  x.env, x.limits, x.timeout, " key ", x.labels, s.name, " slot ", x.\"group\"" \
+  "  x.env, x.limits, x.timeout, " key ", x.labels, s.name, " slot ", x.\"group\"," \
+  "  ARRAY(SELECT jsonb_array_elements_text(coalesce(x.secret_names, '[]')))," \
+  "  decode(" sealed ", 'hex')" \
   " FROM s, jsonb_to_record(s.task_row) AS x(queue text, priority integer, delay float8," \
   "  max_attempts integer, backoff float8, isolation text, image text, command jsonb," \
-  "  env jsonb, limits jsonb, timeout float8, labels jsonb, \"group\" text)"
+  "  env jsonb, limits jsonb, timeout float8, labels jsonb, \"group\" text," \
+  "  secret_names jsonb)"
 
 // Whether a fire step makes its task: a slot, not paused, and for overlap
 // `skip` no live task of the schedule (CTE "live").
@@ -58,7 +62,8 @@ inline constexpr std::string_view kInsertSchedule =
     ") SELECT name FROM ins";
 
 inline constexpr std::string_view kLockSchedule =
-    "SELECT " RUNNER_US("created_at") " FROM schedules WHERE name = $1 FOR UPDATE";
+    "SELECT " RUNNER_US("created_at") ", task_row->>'secrets_sealed' FROM schedules"
+    " WHERE name = $1 FOR UPDATE";
 
 // The parameters of kInsertSchedule but created_at.
 inline constexpr std::string_view kReplaceSchedule =
@@ -86,18 +91,23 @@ inline constexpr std::string_view kDeleteSchedule =
 
 inline constexpr std::string_view kDue =
     "SELECT name, cron, timezone, every_us, overlap, catch_up, paused, "
-    RUNNER_US("created_at") ", " RUNNER_US("next_run_at")
+    RUNNER_US("created_at") ", " RUNNER_US("next_run_at") ", task_row->>'secrets_sealed'"
     " FROM schedules WHERE next_run_at <= " RUNNER_AT("$1")
     " ORDER BY next_run_at LIMIT $2";
 
 inline constexpr std::string_view kEarliestNext =
     "SELECT " RUNNER_US("min(next_run_at)") " FROM schedules";
 
-// A manual run: a task now, no overlap check. $1 name, $2 task id, $3 now (us).
+// The schedule's sealed secrets (hex, sealed for the schedule; NULL: none).
+inline constexpr std::string_view kScheduleSecrets =
+    "SELECT task_row->>'secrets_sealed' FROM schedules WHERE name = $1";
+
+// A manual run: a task now, no overlap check. $1 name, $2 task id, $3 now (us),
+// $4 the task's sealed secrets (hex or NULL).
 inline constexpr std::string_view kTrigger =
     "WITH s AS ("
     "  UPDATE schedules SET last_task_id = $2 WHERE name = $1 RETURNING name, task_row"
-    "), ins AS (" RUNNER_INSERT_SCHEDULED("$2", "NULL", RUNNER_AT("$3"))
+    "), ins AS (" RUNNER_INSERT_SCHEDULED("$2", "NULL", RUNNER_AT("$3"), "$4::text")
     "  RETURNING t.id, t.queue"
     "), ev AS ("
     "  INSERT INTO events (kind, task_id, data)"
@@ -110,7 +120,8 @@ inline constexpr std::string_view kTrigger =
 
 // One fire step (schedule_store.h FireStep), one statement, atomic: $1 name,
 // $2 expected next_run_at, $3 slot (NULL: only move), $4 next (NULL: never),
-// $5 the new task's id, $6 slots missed. The UPDATE's guard on next_run_at
+// $5 the new task's id, $6 slots missed, $7 the new task's sealed secrets
+// (hex or NULL). The UPDATE's guard on next_run_at
 // makes a second node's step for the same slot write nothing. Overlap
 // `cancel_previous` cancels the schedule's queued tasks and asks its running
 // ones to stop (pg_notify runner_cancel), in the same statement. Returns one
@@ -129,7 +140,8 @@ inline constexpr std::string_view kFire =
     "    ($3::bigint IS NOT NULL AND NOT sc.paused AND NOT " RUNNER_FIRES("sc") ") AS skipped"
     "), ins AS (" RUNNER_INSERT_SCHEDULED("$5",
         "'schedule:' || $1::text || ':' || to_char(" RUNNER_AT("$3")
-        " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", RUNNER_AT("$3"))
+        " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", RUNNER_AT("$3"),
+        "$7::text")
     "  WHERE s.fired ON CONFLICT (idempotency_key) DO NOTHING RETURNING t.id, t.queue"
     "), cq AS ("
     "  UPDATE tasks t SET state = 'cancelled', finished_at = now(),"

@@ -4,11 +4,13 @@
 
 #include <boost/json.hpp>
 #include <cmath>
+#include <map>
 #include <pqxx/pqxx>
 
 #include "base/ulid.h"
 #include "runner/queue/migrations.h"
 #include "runner/schedule/schedule_sql.h"
+#include "runner/secrets/secret_box.h"
 
 namespace runner::schedule {
 namespace {
@@ -59,6 +61,122 @@ const char* Nullable(const std::optional<std::string>& s) { return s ? s->c_str(
 std::optional<std::string> EveryMicros(const ScheduleSpec& spec) {
   if (!spec.every) return std::nullopt;
   return std::to_string(static_cast<Micros>(std::llround(*spec.every * 1e6)));
+}
+
+std::string ToHex(std::string_view bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    const auto u = static_cast<unsigned char>(c);
+    out += kDigits[u >> 4];
+    out += kDigits[u & 0xf];
+  }
+  return out;
+}
+
+std::string FromHex(std::string_view hex) {
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return 0;
+  };
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+    out += static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1]));
+  }
+  return out;
+}
+
+// The associated data of a schedule's sealed secrets: a blob copied onto
+// another schedule (or a task) does not open.
+std::string SecretsAd(const std::string& name) { return "schedule:" + name; }
+
+// The insert record of the schedule's tasks, with its secrets' names and the
+// secrets sealed for the schedule.
+Result<json::object> TaskRow(const ScheduleSpec& spec, const queue::StoreOptions& options) {
+  json::object row = queue::TaskInsertRecord(spec.task, options);
+  if (spec.task.secrets.empty()) return row;
+  if (!options.secret_key) {
+    return Error{"internal",
+                 "secrets: this node has no secret key to seal them with; start it with "
+                 "--secret-key-file"};
+  }
+  json::object values;
+  json::array names;
+  for (const auto& [name, value] : spec.task.secrets) {
+    values[name] = value;
+    names.emplace_back(name);
+  }
+  row["secret_names"] = std::move(names);
+  row["secrets_sealed"] =
+      ToHex(secrets::Seal(*options.secret_key, json::serialize(values), SecretsAd(spec.name)));
+  return row;
+}
+
+// The stored values of `names` (ScheduleSpec::keep_secrets) from the
+// schedule's sealed secrets.
+Result<std::map<std::string, std::string>> KeptSecrets(const queue::StoreOptions& options,
+                                                       const std::string& schedule,
+                                                       const std::optional<std::string>& sealed_hex,
+                                                       const std::vector<std::string>& names) {
+  auto bad = [](const std::string& why) {
+    return Error{"validation_failed", "task.secrets: " + why};
+  };
+  if (!sealed_hex) {
+    return bad("the schedule has no stored secrets to keep; give NAME: VALUE pairs");
+  }
+  if (!options.secret_key) {
+    return Error{"internal",
+                 "secrets: this node has no secret key to open them with; start it with "
+                 "--secret-key-file"};
+  }
+  auto opened = secrets::Open(*options.secret_key, FromHex(*sealed_hex), SecretsAd(schedule));
+  if (!opened) {
+    return bad("this node cannot open the stored secrets (" + opened.error().message +
+               "); give their values again");
+  }
+  std::map<std::string, std::string> stored;
+  json::error_code ec;
+  const json::value parsed = json::parse(*opened, ec);
+  if (!ec && parsed.is_object()) {
+    for (const auto& [k, v] : parsed.get_object()) {
+      if (v.is_string()) stored.emplace(std::string(k), std::string(v.get_string()));
+    }
+  }
+  std::map<std::string, std::string> kept;
+  for (const auto& name : names) {
+    auto it = stored.find(name);
+    if (it == stored.end()) {
+      return bad(name + " has no stored value; give it as NAME: VALUE");
+    }
+    kept.emplace(name, it->second);
+  }
+  return kept;
+}
+
+// The schedule's secrets sealed again for the task `task_id`. When this node
+// cannot open them the schedule's blob goes on unchanged: no claim opens it,
+// so the task fails with secrets_unavailable instead of running without them.
+std::optional<std::string> SecretsForTask(const queue::StoreOptions& options,
+                                          const std::string& schedule,
+                                          const std::optional<std::string>& sealed_hex,
+                                          const std::string& task_id) {
+  if (!sealed_hex) return std::nullopt;
+  if (!options.secret_key) {
+    spdlog::error("schedules: cannot open the secrets of schedule={}: this node has no secret key",
+                  schedule);
+    return sealed_hex;
+  }
+  auto opened = secrets::Open(*options.secret_key, FromHex(*sealed_hex), SecretsAd(schedule));
+  if (!opened) {
+    spdlog::error("schedules: cannot open the secrets of schedule={} error=\"{}\"", schedule,
+                  opened.error().message);
+    return sealed_hex;
+  }
+  return ToHex(secrets::Seal(*options.secret_key, *opened, task_id));
 }
 
 }  // namespace
@@ -131,11 +249,18 @@ R ScheduleStore::Run(const char* op, F&& f) {
 
 Result<Schedule> ScheduleStore::Create(const ScheduleSpec& spec, queue::TimePoint now) {
   if (auto e = ValidateSpec(spec)) return *e;
+  if (!spec.keep_secrets.empty()) {
+    return Error{"validation_failed",
+                 "task.secrets: a new schedule has no stored secrets to keep; give NAME: VALUE "
+                 "pairs"};
+  }
   const Micros created = ToMicros(now);
   auto slots = Slots::For(spec, created);
   if (!slots) return slots.error();
   const auto next = slots->After(created);
-  const std::string row = json::serialize(queue::TaskInsertRecord(spec.task, options_));
+  auto task_row = TaskRow(spec, options_);
+  if (!task_row) return task_row.error();
+  const std::string row = json::serialize(*task_row);
   auto made = Run<Status>("create schedule", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     const auto every = EveryMicros(spec);
@@ -155,13 +280,23 @@ Result<Schedule> ScheduleStore::Create(const ScheduleSpec& spec, queue::TimePoin
   return Get(spec.name);
 }
 
-Result<Schedule> ScheduleStore::Replace(const ScheduleSpec& spec, queue::TimePoint now) {
-  if (auto e = ValidateSpec(spec)) return *e;
-  const std::string row = json::serialize(queue::TaskInsertRecord(spec.task, options_));
+Result<Schedule> ScheduleStore::Replace(const ScheduleSpec& given, queue::TimePoint now) {
+  if (auto e = ValidateSpec(given)) return *e;
   auto done = Run<Status>("replace schedule", [&](pqxx::connection& c) -> Status {
     pqxx::work tx(c);
-    auto locked = tx.exec_params(std::string(sql::kLockSchedule), spec.name);
-    if (locked.empty()) return NotFound(spec.name);
+    auto locked = tx.exec_params(std::string(sql::kLockSchedule), given.name);
+    if (locked.empty()) return NotFound(given.name);
+    ScheduleSpec spec = given;
+    if (!spec.keep_secrets.empty()) {
+      auto kept = KeptSecrets(options_, spec.name, OptString(locked[0][1]), spec.keep_secrets);
+      if (!kept) return kept.error();
+      spec.task.secrets = std::move(*kept);
+      spec.keep_secrets.clear();
+      if (auto e = ValidateSpec(spec)) return *e;  // e.g. a kept name now also in env
+    }
+    auto task_row = TaskRow(spec, options_);
+    if (!task_row) return task_row.error();
+    const std::string row = json::serialize(*task_row);
     auto slots = Slots::For(spec, locked[0][0].as<Micros>());
     if (!slots) return slots.error();
     const auto next = Text(slots->After(ToMicros(now)));
@@ -175,7 +310,7 @@ Result<Schedule> ScheduleStore::Replace(const ScheduleSpec& spec, queue::TimePoi
   });
   if (!done.ok()) return done.error();
   Changed();
-  return Get(spec.name);
+  return Get(given.name);
 }
 
 Result<Schedule> ScheduleStore::Get(const std::string& name) {
@@ -213,9 +348,14 @@ Status ScheduleStore::Delete(const std::string& name) {
 Result<std::string> ScheduleStore::Trigger(const std::string& name, queue::TimePoint now) {
   using R = Result<std::string>;
   return Run<R>("trigger schedule", [&](pqxx::connection& c) -> R {
-    pqxx::nontransaction tx(c);
-    auto r = tx.exec_params(std::string(sql::kTrigger), name, NewUlid(), ToMicros(now));
+    pqxx::work tx(c);
+    auto found = tx.exec_params(std::string(sql::kScheduleSecrets), name);
+    if (found.empty()) return NotFound(name);
+    const std::string id = NewUlid();
+    const auto sealed = SecretsForTask(options_, name, OptString(found[0][0]), id);
+    auto r = tx.exec_params(std::string(sql::kTrigger), name, id, ToMicros(now), Nullable(sealed));
     if (r.empty()) return NotFound(name);
+    tx.commit();
     return r[0][0].as<std::string>();
   });
 }
@@ -236,6 +376,7 @@ Result<std::vector<DueSchedule>> ScheduleStore::Due(Micros now, int limit) {
       d.spec.paused = r[6].as<bool>();
       d.created_at = r[7].as<Micros>();
       d.next_run_at = r[8].as<Micros>();
+      d.secrets_sealed = OptString(r[9]);
       out.push_back(std::move(d));
     }
     return out;
@@ -248,8 +389,11 @@ Result<FireOutcome> ScheduleStore::Fire(const FireStep& step) {
     pqxx::nontransaction tx(c);  // one statement: atomic on its own
     const auto slot = Text(step.slot);
     const auto next = Text(step.next);
+    const std::string id = NewUlid();
+    const auto sealed =
+        step.slot ? SecretsForTask(options_, step.name, step.secrets_sealed, id) : std::nullopt;
     auto r = tx.exec_params(std::string(sql::kFire), step.name, step.expected, Nullable(slot),
-                            Nullable(next), NewUlid(), step.missed);
+                            Nullable(next), id, step.missed, Nullable(sealed));
     FireOutcome out;
     out.moved = r[0][0].as<int64_t>() > 0;
     out.skipped = r[0][1].as<bool>();

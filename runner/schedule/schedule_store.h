@@ -16,6 +16,14 @@
 // Events schedule.created/updated/deleted/fired/skipped are written in the
 // same transaction as the change they describe.
 //
+// Secrets (task.secrets) are stored as tasks store them: sealed under the
+// node key (runner/secrets), here with `schedule:<name>` as the associated
+// data, inside task_row; only their names are kept in the task shown back.
+// Each slot's task gets them resealed for its own id, so the claim opens them
+// as any task's. A node that cannot open a schedule's secrets still makes the
+// slot's task, with the schedule's blob, which no claim opens: the task fails
+// with secrets_unavailable and never runs without them.
+//
 // Thread-safety: every method may be called from any thread.
 
 #include <chrono>
@@ -37,6 +45,7 @@ struct DueSchedule {
   ScheduleSpec spec;  // task_json and task are left empty
   Micros created_at = 0;
   Micros next_run_at = 0;
+  std::optional<std::string> secrets_sealed;  // hex, sealed for the schedule
 };
 
 // One step of firing: move next_run_at from `expected` to `next` (nullopt:
@@ -49,6 +58,7 @@ struct FireStep {
   std::optional<Micros> slot;
   std::optional<Micros> next;
   int missed = 0;
+  std::optional<std::string> secrets_sealed;  // DueSchedule::secrets_sealed
 };
 
 struct FireOutcome {
@@ -61,7 +71,8 @@ struct FireOutcome {
 class ScheduleStore {
  public:
   // Connects; the schema must exist (queue::PostgresStore::Open migrates).
-  // `options` gives the conninfo, the timeouts and the task defaults.
+  // `options` gives the conninfo, the timeouts, the task defaults and the
+  // secret key (without one, a schedule with secrets is refused).
   static Result<std::unique_ptr<ScheduleStore>> Open(const queue::StoreOptions& options);
   ~ScheduleStore();
   ScheduleStore(const ScheduleStore&) = delete;

@@ -131,6 +131,7 @@ Status Scheduler::FireDue(const DueSchedule& due, Micros now, PassReport& report
   step.name = due.spec.name;
   step.expected = due.next_run_at;
   step.missed = missed;
+  step.secrets_sealed = due.secrets_sealed;
   if (fire.empty()) {
     step.next = final_next;
     auto out = store_.Fire(step);

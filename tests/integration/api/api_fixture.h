@@ -58,6 +58,7 @@ class ApiFixture {
   ContractClient& http() { return *client_; }
   int port() const { return server_->port(); }
   node::Node& node() { return *node_; }
+  const TestDatabase& db() const { return db_; }
   std::string base() const { return "http://127.0.0.1:" + std::to_string(server_->port()); }
 
   boost::json::value Json(const httplib::Result& res) {

@@ -1,4 +1,5 @@
 #include <catch2/catch.hpp>
+#include <pqxx/pqxx>
 
 #include "tests/integration/api/api_fixture.h"
 
@@ -103,8 +104,8 @@ TEST_CASE("a bad schedule is refused with a message naming the field", "[api][sc
       {R"({"name":"x","every":5,"overlap":"sometimes","task":{"command":["true"]}})", "overlap"},
       {R"({"name":"x","every":5,"catch_up":"some","task":{"command":["true"]}})", "catch_up"},
       {R"({"name":"x","every":5,"colour":"red","task":{"command":["true"]}})", "colour"},
-      // Secrets would be stored and returned in plaintext with the schedule.
-      {R"({"name":"x","every":5,"task":{"command":["true"],"secrets":{"TOKEN":"hunter2-x"}}})",
+      // The rules of a task's secrets hold for a schedule's.
+      {R"({"name":"x","every":5,"task":{"command":["true"],"secrets":{"1X":"hunter2-x"}}})",
        "task.secrets"},
   };
   for (const auto& c : cases) {
@@ -153,9 +154,95 @@ TEST_CASE("a schedule's tasks carry its name and slot and can be listed by sched
   auto plain = f.Json(f.http().Get(("/api/v1/tasks/" + id).c_str()));
   CHECK(plain.at("schedule").is_null());
   CHECK(plain.at("scheduled_for").is_null());
+  auto listed = f.http().Get("/api/v1/tasks?schedule=tick");
+  REQUIRE(listed);
+  CHECK(listed->body.find(id) == std::string::npos);
+  CHECK(f.Json(f.http().Get("/api/v1/tasks?schedule=nope")).at("tasks").as_array().empty());
   REQUIRE(f.http().Delete("/api/v1/schedules/tick"));
   auto metrics = f.http().Get("/metrics");
   REQUIRE(metrics);
   CHECK(metrics->body.find("runner_schedule_fired_total") != std::string::npos);
   CHECK(metrics->body.find("runner_schedule_lag_seconds") != std::string::npos);
+}
+
+TEST_CASE("a schedule's secrets reach its tasks but never an answer", "[api][schedules][secrets]") {
+  ApiFixture f;
+  const std::string value = "hunter2-scheduled";
+  const std::string body =
+      R"({"name":"deploy","every":3600,"overlap":"allow","task":{"command":["sh","-c",)"
+      R"("echo \"t:$TOKEN\""],"secrets":{"TOKEN":")" +
+      value + R"("}}})";
+  auto res = f.http().Post("/api/v1/schedules", body, "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  CHECK(res->body.find(value) == std::string::npos);
+  CHECK(f.Json(res).at("task").at("secrets").as_array() == json::array{"TOKEN"});
+  res = f.http().Get("/api/v1/schedules/deploy");
+  REQUIRE(res);
+  CHECK(res->body.find(value) == std::string::npos);
+  CHECK(f.Json(res).at("task").at("secrets").as_array() == json::array{"TOKEN"});
+  // Sealed at rest: the value is nowhere in the schedule's row.
+  {
+    pqxx::connection c(f.db().conninfo());
+    pqxx::nontransaction tx(c);
+    CHECK(tx.exec1("SELECT count(*) FROM schedules WHERE schedules::text LIKE '%" + value + "%'")[0]
+              .as<int>() == 0);
+  }
+  res = f.http().Post("/api/v1/schedules/deploy/trigger", "", "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  CHECK(res->body.find(value) == std::string::npos);
+  const auto task = f.Json(res).as_object();
+  CHECK(task.at("secrets").as_array() == json::array{"TOKEN"});
+  const std::string id(task.at("id").as_string());
+  REQUIRE(WaitFor([&] { return f.StateOf(id) == "succeeded"; }, 30s));
+  // The task had the value (masked in its output), not an empty variable.
+  auto logs = f.http().Get(("/api/v1/tasks/" + id + "/logs").c_str());
+  REQUIRE(logs);
+  CHECK(logs->body.find("t:***") != std::string::npos);
+  CHECK(logs->body.find(value) == std::string::npos);
+  // Read and written back (as `runner schedule pause` and the dashboard do):
+  // the names keep the stored values.
+  auto shown = f.Json(f.http().Get("/api/v1/schedules/deploy")).as_object();
+  json::object back;
+  for (const char* key : {"cron", "every", "timezone", "task", "overlap", "catch_up"}) {
+    back[key] = shown.at(key);
+  }
+  back["paused"] = true;
+  res = f.http().Put("/api/v1/schedules/deploy", json::serialize(back), "application/json");
+  REQUIRE(res);
+  INFO(res->body);
+  REQUIRE(res->status == 200);
+  CHECK(f.Json(res).at("task").at("secrets").as_array() == json::array{"TOKEN"});
+  res = f.http().Post("/api/v1/schedules/deploy/trigger", "", "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  const std::string kept_id(f.Json(res).at("id").as_string());
+  REQUIRE(WaitFor([&] { return f.StateOf(kept_id) == "succeeded"; }, 30s));
+  logs = f.http().Get(("/api/v1/tasks/" + kept_id + "/logs").c_str());
+  REQUIRE(logs);
+  CHECK(logs->body.find("t:***") != std::string::npos);
+  // A name with no stored value, and names on POST, are refused.
+  res = f.http().Put("/api/v1/schedules/deploy",
+                     R"({"every":3600,"task":{"command":["true"],"secrets":["OTHER"]}})",
+                     "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK(MessageOf(f, res).rfind("task.secrets: OTHER has no stored value", 0) == 0);
+  res = f.http().Post("/api/v1/schedules",
+                      R"({"name":"y","every":60,"task":{"command":["true"],"secrets":["TOKEN"]}})",
+                      "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK(MessageOf(f, res).rfind("task.secrets", 0) == 0);
+  // PUT replaces them (a PUT without secrets drops them).
+  res = f.http().Put("/api/v1/schedules/deploy", R"({"every":3600,"task":{"command":["true"]}})",
+                     "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK_FALSE(f.Json(res).at("task").as_object().contains("secrets"));
+  res = f.http().Post("/api/v1/schedules/deploy/trigger", "", "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  CHECK(f.Json(res).at("secrets").as_array().empty());
 }

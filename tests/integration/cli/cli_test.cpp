@@ -196,6 +196,27 @@ TEST_CASE("schedule add, schedules, pause, resume, trigger and rm drive a schedu
   CHECK(bad.code == 1);
   CHECK(bad.err.find("cron: minute") != std::string::npos);
 
+  // A schedule's secret survives pause and resume (which write the schedule
+  // back with its secrets' names) and reaches the task it makes.
+  auto secret = Runner(f.base(),
+                       "schedule add deploy --every 3600 --secret TOKEN=hunter2-cli -- "
+                       "sh -c 'echo t:$TOKEN'");
+  INFO(secret.err);
+  REQUIRE(secret.code == 0);
+  CHECK(Runner(f.base(), "schedule pause deploy").code == 0);
+  CHECK(Runner(f.base(), "schedule resume deploy").code == 0);
+  auto deploy = f.http().Get("/api/v1/schedules/deploy");
+  REQUIRE(deploy);
+  CHECK(deploy->body.find("hunter2") == std::string::npos);
+  CHECK(f.Json(deploy).at("task").at("secrets").as_array() == boost::json::array{"TOKEN"});
+  auto fired = Runner(f.base(), "schedule trigger deploy");
+  REQUIRE(fired.code == 0);
+  const std::string deploy_id = Trim(fired.out);
+  REQUIRE(WaitFor([&] { return f.StateOf(deploy_id) == "succeeded"; }, 30s));
+  auto logs = f.http().Get(("/api/v1/tasks/" + deploy_id + "/logs").c_str());
+  REQUIRE(logs);
+  CHECK(logs->body.find("t:***") != std::string::npos);
+
   CHECK(Runner(f.base(), "schedule rm nightly").code == 0);
   auto gone = Runner(f.base(), "schedule rm nightly");
   CHECK(gone.code == 1);

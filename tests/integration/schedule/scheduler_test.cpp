@@ -7,6 +7,7 @@
 
 #include "runner/queue/postgres_store.h"
 #include "runner/schedule/schedule_store.h"
+#include "runner/secrets/secret_box.h"
 #include "tests/integration/schedule/manual_clock.h"
 #include "tests/support/services.h"
 
@@ -40,8 +41,10 @@ struct Fixture {
   metrics::Registry registry;
   std::unique_ptr<Scheduler> scheduler;
 
-  explicit Fixture(SchedulerOptions so = {}) {
+  explicit Fixture(SchedulerOptions so = {},
+                   std::shared_ptr<const secrets::SecretKey> key = nullptr) {
     options.conninfo = db.conninfo();
+    options.secret_key = std::move(key);
     auto q = queue::PostgresStore::Open(options);
     if (!q) throw std::runtime_error(q.error().message);
     queue = std::move(*q);
@@ -239,6 +242,93 @@ TEST_CASE("catch_up all makes at most 100 tasks after a long outage", "[schedule
   CHECK(f.Pass().fired == 100);
   CHECK(Scalar(f.db, "SELECT min(extract(epoch FROM scheduled_for))::bigint FROM tasks") ==
         "1780272401");
+}
+
+TEST_CASE("the metrics count fired and skipped slots and the lag from slot to task",
+          "[schedule][metrics]") {
+  SchedulerOptions so;
+  so.miss_grace = 1s;
+  Fixture f(so);
+  f.Every("m", 10);  // overlap skip, catch_up none
+  auto& fired = f.registry.GetCounter("runner_schedule_fired_total", "");
+  auto& overlap =
+      f.registry.GetCounter("runner_schedule_skipped_total", "", {{"reason", "overlap"}});
+  auto& missed = f.registry.GetCounter("runner_schedule_skipped_total", "", {{"reason", "missed"}});
+  auto& lag = f.registry.GetHistogram("runner_schedule_lag_seconds", "", metrics::LatencyBuckets());
+  // A pass a quarter of a second after the slot: one task, 0.25 s of lag.
+  f.clock.Advance(10s + 250ms);
+  CHECK(f.Pass().fired == 1);
+  CHECK(fired.Value() == 1);
+  REQUIRE(lag.Count() == 1);
+  CHECK(lag.Sum() == Approx(0.25).margin(0.001));
+  // The next slot finds that task still queued: skipped for overlap.
+  f.clock.Advance(10s);
+  CHECK(f.Pass().skipped == 1);
+  CHECK(overlap.Value() == 1);
+  CHECK(fired.Value() == 1);
+  // Down for 45 s: the slots at 30, 40, 50 and 60 s pass; catch_up none misses them.
+  f.clock.Advance(45s);
+  CHECK(f.Pass().skipped == 4);
+  CHECK(missed.Value() == 4);
+  CHECK(fired.Value() == 1);
+  CHECK(lag.Count() == 1);
+  const std::string text = f.registry.Render();
+  CHECK_THAT(text, Catch::Contains("runner_schedule_skipped_total{reason=\"missed\"} 4"));
+  CHECK_THAT(text, Catch::Contains("runner_schedule_fired_total 1"));
+}
+
+TEST_CASE("a schedule's secrets are sealed at rest and each of its tasks opens them",
+          "[schedule][secrets]") {
+  std::array<unsigned char, secrets::kKeyBytes> bytes{};
+  bytes.fill(7);
+  Fixture f({}, std::make_shared<const secrets::SecretKey>(secrets::SecretKey::FromBytes(bytes)));
+  ScheduleSpec spec;
+  spec.name = "deploy";
+  spec.every = 5;
+  spec.overlap = Overlap::kAllow;
+  spec.task.command = {"true"};
+  spec.task.secrets = {{"TOKEN", "hunter2-sched"}};
+  spec.task_json = R"({"command":["true"],"secrets":["TOKEN"]})";
+  REQUIRE(f.store->Create(spec, f.clock.SystemNow()).ok());
+  CHECK(Count(f.db, "SELECT count(*) FROM schedules WHERE schedules::text LIKE '%hunter2%'") == 0);
+  // A slot's task and a manual one.
+  f.clock.Advance(5s);
+  CHECK(f.Pass().fired == 1);
+  REQUIRE(f.store->Trigger("deploy", f.clock.SystemNow()).ok());
+  CHECK(Count(f.db, "SELECT count(*) FROM tasks WHERE tasks::text LIKE '%hunter2%'") == 0);
+  CHECK(Count(f.db,
+              "SELECT count(*) FROM tasks WHERE secret_names = '{TOKEN}' AND secrets_sealed IS "
+              "NOT NULL") == 2);
+  // Sealed for each task's own id: the claim opens them as any task's.
+  queue::ClaimRequest claim;
+  claim.node_id = "node-a";
+  claim.worker_ids = {"worker-a", "worker-b"};
+  auto claimed = f.queue->Claim(claim);
+  REQUIRE(claimed.ok());
+  REQUIRE(claimed->size() == 2);
+  for (const auto& t : *claimed) {
+    CHECK_FALSE(t.secrets_error.has_value());
+    CHECK(t.secrets == std::map<std::string, std::string>{{"TOKEN", "hunter2-sched"}});
+  }
+  // A node without the key still makes the slot's task, but one that no
+  // claim opens: it fails instead of running without its secrets.
+  queue::StoreOptions keyless = f.options;
+  keyless.secret_key = nullptr;
+  auto other = ScheduleStore::Open(keyless);
+  REQUIRE(other.ok());
+  metrics::Registry other_registry;
+  Scheduler other_node(**other, f.clock, other_registry);
+  f.clock.Advance(5s);
+  auto pass = other_node.RunOnce();
+  REQUIRE(pass.ok());
+  CHECK(pass->fired == 1);
+  claim.worker_ids = {"worker-c"};
+  claimed = f.queue->Claim(claim);
+  REQUIRE(claimed.ok());
+  REQUIRE(claimed->size() == 1);
+  REQUIRE(claimed->front().secrets_error.has_value());
+  CHECK(claimed->front().secrets_error->code == "secrets_unavailable");
+  CHECK(claimed->front().secrets.empty());
 }
 
 TEST_CASE("a paused schedule makes no task but its next run moves on", "[schedule]") {

@@ -70,6 +70,8 @@ TEST_CASE("a schedule's validation names the field and what is wrong", "[schedul
   CHECK(Why(s).rfind("task.depends_on", 0) == 0);
   s = Spec();
   s.task.secrets = {{"TOKEN", "hunter2"}};
+  CHECK(Why(s).empty());  // sealed by the store, as a task's
+  s.task.secrets = {{"1TOKEN", "hunter2"}};
   CHECK(Why(s).rfind("task.secrets", 0) == 0);
   s = Spec();
   s.task.idempotency_key = "k";
