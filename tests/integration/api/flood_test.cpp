@@ -315,3 +315,27 @@ TEST_CASE("a request head or body that does not arrive in time closes the connec
   CHECK(ClosedByPeer(ka, 4s));
   ::close(ka);
 }
+
+TEST_CASE("a bogus Content-Length is answered and its connection closed, not held",
+          "[api][flood]") {
+  ApiFixture f;
+  for (const std::string length : {"-1", "99999999999999", "12abc"}) {
+    INFO("Content-Length: " << length);
+    int fd = Connect(f.port());
+    REQUIRE(fd >= 0);
+    const std::string req =
+        "POST /api/v1/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: "
+        "application/json\r\nContent-Length: " +
+        length + "\r\n\r\n{";
+    (void)::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[256];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    REQUIRE(n > 0);
+    const std::string status(buf, static_cast<std::size_t>(std::min<ssize_t>(n, 12)));
+    CHECK((status == "HTTP/1.1 400" || status == "HTTP/1.1 413"));
+    CHECK(ClosedByPeer(fd, 2s));
+    ::close(fd);
+  }
+}
