@@ -312,7 +312,7 @@ struct HttpFront::Impl {
     if (c->closed) return;
     if (ec == net::error::not_found) {  // the head outgrew max_head_bytes
       return Reject(
-          c, 431, "Request Header Fields Too Large",
+          c, 400, "Bad Request",
           MakeError("bad_request", "the request head is larger than " +
                                        std::to_string(options.max_head_bytes) + " bytes"));
     }

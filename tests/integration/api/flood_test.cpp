@@ -301,6 +301,20 @@ TEST_CASE("a request head or body that does not arrive in time closes the connec
   ::close(half);
   ::close(body);
 
+  // The head's deadline is one deadline, not one per byte: a client that
+  // drips its head a byte at a time is closed as soon.
+  int drip = Connect(f.port());
+  REQUIRE(drip >= 0);
+  const auto t1 = Clock::now();
+  bool dripped_out = false;
+  for (std::size_t i = 0; i < 40 && !dripped_out; ++i) {
+    (void)::send(drip, &kHalfHead[i % (sizeof kHalfHead - 1)], 1, MSG_NOSIGNAL);
+    dripped_out = ClosedByPeer(drip, 100ms);
+  }
+  CHECK(dripped_out);
+  CHECK(Clock::now() - t1 < 3s);
+  ::close(drip);
+
   // A kept-alive connection is answered, then closed after keep_alive_timeout idle.
   int ka = Connect(f.port());
   REQUIRE(ka >= 0);
@@ -314,6 +328,19 @@ TEST_CASE("a request head or body that does not arrive in time closes the connec
   CHECK(std::string(buf, static_cast<std::size_t>(n)).rfind("HTTP/1.1 200", 0) == 0);
   CHECK(ClosedByPeer(ka, 4s));
   ::close(ka);
+
+  // A head over 64 KiB is answered 400 (when the client reads it before the
+  // reset its unread bytes cause) and closed.
+  int big = Connect(f.port());
+  REQUIRE(big >= 0);
+  std::string head = "GET /healthz HTTP/1.1\r\nHost: t\r\n";
+  while (head.size() < 70 * 1024) head += "X-Filler: " + std::string(100, 'x') + "\r\n";
+  (void)::send(big, head.data(), head.size(), MSG_NOSIGNAL);
+  ::setsockopt(big, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  n = ::recv(big, buf, sizeof buf, 0);
+  if (n > 0) CHECK(std::string(buf, static_cast<std::size_t>(n)).rfind("HTTP/1.1 400", 0) == 0);
+  CHECK(ClosedByPeer(big, 4s));
+  ::close(big);
 }
 
 TEST_CASE("a bogus Content-Length is answered and its connection closed, not held",
