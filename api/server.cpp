@@ -33,20 +33,6 @@
 namespace runner::api {
 namespace {
 
-// Every connection is a socket: 10,000 idle clients and 1,000 SSE subscribers
-// exceed the usual soft limit of 1,024 descriptors, so take what the hard
-// limit allows (as Go's runtime does).
-void RaiseOpenFilesLimit() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
-  const rlim_t want = lim.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_max;
-  if (lim.rlim_cur >= want) return;
-  lim.rlim_cur = want;
-  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
-    spdlog::warn("could not raise the open files limit to {}: {}", want, std::strerror(errno));
-  }
-}
-
 namespace json = boost::json;
 using httplib::Request;
 using httplib::Response;
@@ -192,6 +178,20 @@ struct StreamSlot {
 };
 
 }  // namespace
+
+// Every connection is a socket: 10,000 idle clients and 1,000 SSE subscribers
+// exceed the usual soft limit of 1,024 descriptors, so take what the hard
+// limit allows (as Go's runtime does).
+void RaiseOpenFilesLimit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  const rlim_t want = lim.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_max;
+  if (lim.rlim_cur >= want) return;
+  lim.rlim_cur = want;
+  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    spdlog::warn("could not raise the open files limit to {}: {}", want, std::strerror(errno));
+  }
+}
 
 ApiServer::ApiServer(ApiOptions options, QueueStore& store, NodeControl& node,
                      metrics::Registry& registry)

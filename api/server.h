@@ -84,6 +84,11 @@ struct ApiOptions {
   std::chrono::seconds write_timeout{10};      // per write of an answer or SSE chunk
 };
 
+// Raises the process's open-files soft limit to its hard limit (each
+// connection is a descriptor). `runner serve` calls it first thing;
+// ApiServer::Start() calls it too.
+void RaiseOpenFilesLimit();
+
 class ApiServer {
  public:
   ApiServer(ApiOptions options, queue::QueueStore& store, NodeControl& node,

@@ -160,12 +160,21 @@ TEST_CASE(
     "within 1 s",
     "[api][flood]") {
   constexpr int kFlood = 10000;
+  // Start at the usual soft limit: the server raises it to the hard limit.
+  rlimit lim{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &lim) == 0);
+  const rlim_t hard = lim.rlim_max;
+  REQUIRE(hard > static_cast<rlim_t>(kFlood) + 1024);  // room for the server's side
+  lim.rlim_cur = 1024;
+  REQUIRE(::setrlimit(RLIMIT_NOFILE, &lim) == 0);
   // Deadlines longer than the flood: every connection is still open when
   // the new client comes.
   ApiFixture f(std::nullopt, [](runner::api::ApiOptions& o) {
     o.header_timeout = 120s;
     o.max_connections = 16384;
   });
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &lim) == 0);
+  CHECK(lim.rlim_cur == hard);
   const int threads_before = ThreadsOfThisProcess();
 
   int report[2], stop[2];
