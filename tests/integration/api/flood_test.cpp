@@ -164,7 +164,9 @@ TEST_CASE(
   rlimit lim{};
   REQUIRE(::getrlimit(RLIMIT_NOFILE, &lim) == 0);
   const rlim_t hard = lim.rlim_max;
-  REQUIRE(hard > static_cast<rlim_t>(kFlood) + 1024);  // room for the server's side
+  INFO("the open-files hard limit (" << hard << ") must leave room for the server's side of "
+                                     << kFlood << " connections; raise it (ulimit -Hn)");
+  REQUIRE(hard > static_cast<rlim_t>(kFlood) + 1024);
   lim.rlim_cur = 1024;
   REQUIRE(::setrlimit(RLIMIT_NOFILE, &lim) == 0);
   // Deadlines longer than the flood: every connection is still open when
