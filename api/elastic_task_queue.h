@@ -1,16 +1,17 @@
 #pragma once
 
-// The thread pool behind the HTTP server. cpp-httplib runs each connection on
-// one pool thread for its whole life, and an SSE stream lives for minutes, so
-// a fixed pool of 8 would let 8 dashboards starve every other request. This
-// pool keeps `core` threads and grows on demand up to `max` (core + the SSE
-// stream cap), so `core` threads always remain for ordinary requests while
-// streams are open; threads above `core` exit after a minute idle. Pending
-// connections are bounded: when `max_pending` wait, Enqueue blocks the accept
-// loop and the kernel's listen backlog holds further clients.
+// The worker pool behind the HTTP server. HttpFront hands it complete
+// requests, and a request that is an SSE stream keeps its worker for the
+// stream's life (minutes), so a fixed pool of 8 would let 8 dashboards
+// starve every other request. This pool keeps `core` threads and grows on
+// demand up to `max` (core + the SSE stream cap + a margin), so `core`
+// threads always remain for ordinary requests while streams are open;
+// threads above `core` exit after a minute idle. Pending jobs are bounded:
+// when `max_pending` wait, Enqueue blocks (the server sizes it above its
+// connection cap, one job per connection at most, so it never does).
 //
-// Thread-safety: enqueue() is called by httplib's accept thread; shutdown()
-// once, by the server's listen thread.
+// Thread-safety: enqueue() is called by HttpFront's I/O thread; shutdown()
+// once, by ApiServer::Stop().
 
 #include <httplib.h>
 

@@ -19,6 +19,7 @@
 #include "api/auth.h"
 #include "api/elastic_task_queue.h"
 #include "api/event_hub.h"
+#include "api/http_front.h"
 #include "api/json_text.h"
 #include "api/openapi.h"
 #include "api/routes_queues.h"
@@ -31,20 +32,6 @@
 
 namespace runner::api {
 namespace {
-
-// Every connection is a socket: 1,000 SSE subscribers and a few hundred slow
-// clients exceed the usual soft limit of 1,024 descriptors, so take what the
-// hard limit allows (as Go's runtime does), up to what the pool can use.
-void RaiseOpenFilesLimit(std::size_t connections) {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
-  const rlim_t want = std::min<rlim_t>(lim.rlim_max, static_cast<rlim_t>(connections) + 1024);
-  if (lim.rlim_cur >= want) return;
-  lim.rlim_cur = want;
-  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
-    spdlog::warn("could not raise the open files limit to {}: {}", want, std::strerror(errno));
-  }
-}
 
 namespace json = boost::json;
 using httplib::Request;
@@ -153,12 +140,24 @@ const std::map<std::string, StaticFile, std::less<>>& StaticFiles() {
   return *files;
 }
 
-// cpp-httplib 0.11 listens with a backlog of 5: a burst of connections (a
-// few hundred dashboards reconnecting after a restart) then loses SYNs and
-// waits seconds for retransmits. Linux lets a second listen() raise it.
+// Set by the logger when an answer says `Connection: close` (a bogus
+// Content-Length): the connection is then closed, not read for another request.
+thread_local bool t_close_after = false;
+
+// cpp-httplib's route table, handlers and response writer, fed by HttpFront:
+// the connections, their deadlines and the cap are HttpFront's, so
+// httplib's own listen loop (a thread per connection) never runs.
 class Http : public httplib::Server {
  public:
-  void RaiseBacklog(int backlog) { ::listen(svr_sock_.load(), backlog); }
+  // One request from `stream`; true when the connection may serve another.
+  bool Serve(httplib::Stream& stream, bool close_connection) {
+    bool connection_closed = false;
+    t_close_after = false;
+    bool ok = process_request(stream, close_connection, connection_closed, nullptr);
+    return ok && !connection_closed && !t_close_after;
+  }
+  // httplib ends chunked (SSE) responses once this is INVALID_SOCKET.
+  void SetListening(int fd) { svr_sock_ = fd; }
 };
 
 // Routes by who may call them.
@@ -179,6 +178,20 @@ struct StreamSlot {
 };
 
 }  // namespace
+
+// Every connection is a socket: 10,000 idle clients and 1,000 SSE subscribers
+// exceed the usual soft limit of 1,024 descriptors, so take what the hard
+// limit allows (as Go's runtime does).
+void RaiseOpenFilesLimit() {
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  const rlim_t want = lim.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_max;
+  if (lim.rlim_cur >= want) return;
+  lim.rlim_cur = want;
+  if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+    spdlog::warn("could not raise the open files limit to {}: {}", want, std::strerror(errno));
+  }
+}
 
 ApiServer::ApiServer(ApiOptions options, QueueStore& store, NodeControl& node,
                      metrics::Registry& registry)
@@ -204,15 +217,11 @@ Status ApiServer::Start() {
                      "max_connections must leave at least 256 threads beyond http_threads + "
                      "max_streams for slow and ordinary clients");
   }
-  RaiseOpenFilesLimit(options_.max_connections);
+  RaiseOpenFilesLimit();
   http_ = std::make_unique<Http>();
-  const std::size_t core = options_.http_threads;
-  const std::size_t max = options_.max_connections;
-  http_->new_task_queue = [core, max] { return new ElasticTaskQueue(core, max, 4 * max); };
   http_->set_payload_max_length(options_.max_body_bytes);
-  http_->set_read_timeout(options_.read_timeout);
-  http_->set_write_timeout(options_.write_timeout);
-  http_->set_keep_alive_timeout(5);
+  http_->set_keep_alive_max_count(100);  // announced in Keep-Alive; HttpFront enforces both
+  http_->set_keep_alive_timeout(options_.keep_alive_timeout.count());
   // cpp-httplib 0.11 reads a POST, PUT, PATCH or DELETE that has neither
   // Content-Length nor Transfer-Encoding as "body until the connection
   // closes", and answers 400 when it does not close. RFC 9112 (6.3) says
@@ -220,9 +229,11 @@ Status ApiServer::Start() {
   // it gets the Content-Length: 0 it means. (The handler runs before the body
   // is read; the request is the server's own, not a const object.)
   //
-  // A bogus Content-Length (not a number, negative, or over the body limit)
-  // is answered at once, before any body is read: cpp-httplib would parse
-  // "-1" as 2^64-1 and hold the connection trying to skip that many bytes.
+  // A bogus Content-Length (not a number, negative, or absurdly large) is
+  // answered at once, before any body is read, and the connection closed:
+  // cpp-httplib would parse "-1" as 2^64-1 and try to skip that many bytes.
+  // (HttpFront reads a body first only when its length is at most
+  // max_body_bytes, so such a request reaches this handler after its head.)
   const std::size_t max_body = options_.max_body_bytes;
   http_->set_pre_routing_handler([max_body](const httplib::Request& req, httplib::Response& res) {
     if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
@@ -258,35 +269,39 @@ Status ApiServer::Start() {
 
   Routes();
 
-  if (addr->port == 0) {
-    port_ = http_->bind_to_any_port(addr->host);
-    if (port_ <= 0) {
+  // Workers run complete requests; SSE streams hold one for their life, so
+  // the pool grows past http_threads up to max_streams + 256 more.
+  workers_ = std::make_unique<ElasticTaskQueue>(options_.http_threads,
+                                                options_.http_threads + options_.max_streams + 256,
+                                                options_.max_connections + 16);
+  FrontOptions front;
+  front.max_connections = options_.max_connections;
+  front.max_body_bytes = options_.max_body_bytes;
+  front.header_timeout = options_.header_timeout;
+  front.body_timeout = options_.body_timeout;
+  front.keep_alive_timeout = options_.keep_alive_timeout;
+  front.read_timeout = options_.read_timeout;
+  front.write_timeout = options_.write_timeout;
+  Http* http = static_cast<Http*>(http_.get());
+  front_ = std::make_unique<HttpFront>(
+      front, [http](httplib::Stream& s, bool close) { return http->Serve(s, close); }, *workers_);
+  auto bound = front_->Bind(addr->host, addr->port);
+  if (!bound) {
+    Stop();
+    if (addr->port == 0) {
       return MakeError("unavailable", "cannot bind " + addr->host + " on any port");
     }
-  } else {
-    if (!http_->bind_to_port(addr->host, addr->port)) {
-      return MakeError("unavailable", "cannot listen on " + options_.listen +
-                                          " (in use, or not an address of this host); pick "
-                                          "another with --listen");
-    }
-    port_ = addr->port;
+    return MakeError("unavailable", "cannot listen on " + options_.listen +
+                                        " (in use, or not an address of this host); pick "
+                                        "another with --listen");
   }
-  static_cast<Http*>(http_.get())->RaiseBacklog(1024);
+  port_ = *bound;
+  http->SetListening(front_->listen_fd());
   hub_->Start();
-  listener_ = std::thread([this] { http_->listen_after_bind(); });
-  // cpp-httplib's stop() does nothing until the listen loop has started; a Stop()
-  // right after Start() would leave the thread in accept() forever. Wait for it.
-  WaitUntilListening();
+  front_->Start();
   spdlog::info("api: listening listen={}:{} auth={}", addr->host, port_,
                options_.api_token ? "token" : "none");
   return {};
-}
-
-void ApiServer::WaitUntilListening() {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (!http_->is_running() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
 }
 
 void ApiServer::Stop() {
@@ -296,10 +311,13 @@ void ApiServer::Stop() {
     stopping_ = true;
   }
   stop_cv_.notify_all();
-  if (hub_) hub_->Stop();  // event streams see kClosed and finish
-  WaitUntilListening();
-  http_->stop();
-  if (listener_.joinable()) listener_.join();
+  if (hub_) hub_->Stop();               // event streams see kClosed and finish
+  if (front_) front_->StopAccepting();  // and idle connections close
+  static_cast<Http*>(http_.get())->SetListening(INVALID_SOCKET);  // log streams end
+  if (workers_) workers_->shutdown();                             // in-flight requests finish
+  if (front_) front_->Join();
+  workers_.reset();
+  front_.reset();
   http_.reset();
   hub_.reset();
   spdlog::info("api: stopped");
@@ -342,6 +360,7 @@ void ApiServer::Routes() {
     SendError(res, ErrorForStatus(res.status));
   });
   s.set_logger([this](const Request& req, const Response& res) {
+    if (res.get_header_value("Connection") == "close") t_close_after = true;
     registry_
         .GetCounter("runner_http_requests_total", "HTTP requests served, by status code",
                     {{"code", std::to_string(res.status)}})
@@ -758,6 +777,10 @@ void ApiServer::Routes() {
           QueueMetrics(store_, registry_);
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
+          registry_
+              .GetGauge("runner_api_connections",
+                        "Open HTTP connections (idle, being read, or in a handler)")
+              .Set(static_cast<double>(front_ ? front_->open_connections() : 0));
           res.status = 200;
           res.set_content(registry_.Render(), "text/plain; version=0.0.4; charset=utf-8");
         }));

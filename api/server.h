@@ -1,8 +1,8 @@
 #pragma once
 
-// The REST + SSE server of docs/api.md (cpp-httplib): tasks, pool, workers, nodes,
-// events, /metrics, /healthz, /readyz, the contract (/api/v1/openapi.yaml) and
-// the embedded dashboard at `/`.
+// The REST + SSE server of docs/api.md (Asio connections, cpp-httplib routes): tasks, pool,
+// workers, nodes, events, /metrics, /healthz, /readyz, the contract (/api/v1/openapi.yaml) and the
+// embedded dashboard at `/`.
 //
 // Contract:
 // - Start() binds (port 0 picks a free port, see port()) and serves on a
@@ -18,15 +18,19 @@
 //   with follow=1) also accept `?token=<token>`; nothing else does.
 // - Every error is {"error":{"code","message"}}; exceptions thrown by a handler
 //   are translated to 500 `internal` in one place (the handler wrapper).
-// - Threads: cpp-httplib gives every connection a thread from accept to close,
-//   including the time a client takes to send its request head (a slowloris
-//   client holds one for as long as it drips bytes within read_timeout). The
-//   pool keeps `http_threads` and grows on demand up to `max_connections`,
-//   which must exceed `max_streams` (SSE streams hold a thread for their life)
-//   by a budget for slow and ordinary clients, so neither 1,000 open streams
-//   nor hundreds of slow clients starve /healthz. Stream number max_streams+1
-//   gets 503 `unavailable`; past max_connections, new connections wait in the
-//   listen backlog. The server raises its open-files limit to the hard limit.
+// - Connections (HttpFront, Asio): one I/O thread holds every connection
+//   while it is idle or its client is still sending, so 10,000 idle or
+//   half-sent connections cost no thread each. The request head must arrive
+//   within header_timeout (keep_alive_timeout between requests) and a body
+//   of at most max_body_bytes within body_timeout, else the connection is
+//   closed. At max_connections (bounded by the open-files limit, which
+//   Start() raises to the hard limit) a new connection closes the one that
+//   has waited longest for bytes.
+// - Threads: a complete request runs on a worker (cpp-httplib's route table
+//   and response writer). The pool keeps `http_threads` and grows on demand
+//   by max_streams + 256: an SSE stream holds a worker for its life, written
+//   incrementally with write_timeout per write as its backpressure. Stream
+//   number max_streams+1 gets 503 `unavailable`.
 //
 // Thread-safety: Start()/Stop() from one owning thread; handlers run on the
 // server's pool and only use thread-safe collaborators (QueueStore,
@@ -54,6 +58,8 @@ class Server;
 namespace runner::api {
 
 class EventHub;
+class ElasticTaskQueue;
+class HttpFront;
 
 struct ApiOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 = any free port
@@ -67,11 +73,21 @@ struct ApiOptions {
   std::size_t stream_buffer_events = 1024;     // per subscriber; slower clients are dropped
   std::size_t max_streams = 1024;              // open SSE streams at once
   // HTTP
-  std::size_t http_threads = 16;       // kept for ordinary requests
-  std::size_t max_connections = 4096;  // threads at most; >= http_threads + max_streams + 256
-  std::chrono::seconds read_timeout{10};
-  std::chrono::seconds write_timeout{10};
+  std::size_t http_threads = 16;  // workers kept for ordinary requests
+  // Open connections at most (also bounded by the open-files limit);
+  // >= http_threads + max_streams + 256.
+  std::size_t max_connections = 16384;
+  std::chrono::seconds header_timeout{10};     // the request head, from the first wait
+  std::chrono::seconds body_timeout{30};       // a body read before its handler runs
+  std::chrono::seconds keep_alive_timeout{5};  // idle between requests
+  std::chrono::seconds read_timeout{10};       // per read inside a handler (chunked bodies)
+  std::chrono::seconds write_timeout{10};      // per write of an answer or SSE chunk
 };
+
+// Raises the process's open-files soft limit to its hard limit (each
+// connection is a descriptor). `runner serve` calls it first thing;
+// ApiServer::Start() calls it too.
+void RaiseOpenFilesLimit();
 
 class ApiServer {
  public:
@@ -90,8 +106,6 @@ class ApiServer {
   int port() const { return port_; }
 
  private:
-  // Bounded wait (5 s) until the listen loop runs, so stop() can reach it.
-  void WaitUntilListening();
   void Routes();
   // Sleeps up to `wait`; returns early (true) once Stop() began.
   bool WaitStopping(std::chrono::milliseconds wait);
@@ -103,12 +117,13 @@ class ApiServer {
   schedule::ScheduleStore* schedules_ = nullptr;
   std::unique_ptr<httplib::Server> http_;
   std::unique_ptr<EventHub> hub_;
+  std::unique_ptr<ElasticTaskQueue> workers_;
+  std::unique_ptr<HttpFront> front_;
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;  // notified when stopping_ turns true
   std::atomic<int> open_streams_{0};
   int port_ = 0;
-  std::thread listener_;
 };
 
 }  // namespace runner::api

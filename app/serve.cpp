@@ -77,6 +77,9 @@ std::optional<int> WaitSignal(const sigset_t& set, std::optional<std::chrono::se
 }  // namespace
 
 int RunMigrate(const Config& config) {
+  // Every API connection is a descriptor: take the hard limit before any
+  // thread, child process or database connection exists.
+  api::RaiseOpenFilesLimit();
   auto db = OpenDatabase(config);
   if (!db) {
     std::cerr << "runner migrate: " << db.error().message << "\n";

@@ -183,9 +183,12 @@ describe('dashboard against a runner', () => {
       { timeout: 15000, what: 'the schedule resumed' });
     await page.click(`${row} [data-testid="schedule-trigger"]`);
     await page.waitForFunction(() => /task [0-9A-Z]{26} created/.test(document.querySelector('#schedule-message').textContent));
-    // the last task links to its task page
-    const link = await page.waitForSelector(`${row} a[href^="#/tasks/"]`, { timeout: 15000 });
-    await link.click();
+    // the last task links to its task page. Clicked by selector, not by a
+    // handle: act() and the schedule.* event each re-render the row, so a
+    // handle taken between the two is detached when clicked.
+    const link = `${row} a[href^="#/tasks/"]`;
+    await page.waitForSelector(link, { timeout: 15000 });
+    await page.click(link);
     await page.waitForFunction(() => document.querySelector('#task-detail-id').textContent.length > 0);
     await runner.api('/api/v1/schedules/browser-nightly', { method: 'DELETE' });
   });

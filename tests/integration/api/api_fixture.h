@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include <boost/json.hpp>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,7 +23,9 @@ namespace runner::testing {
 
 class ApiFixture {
  public:
-  explicit ApiFixture(std::optional<std::string> token = std::nullopt) {
+  // `tune` adjusts the server's options (limits, timeouts) before it starts.
+  explicit ApiFixture(std::optional<std::string> token = std::nullopt,
+                      const std::function<void(api::ApiOptions&)>& tune = {}) {
     Config config;
     config.workers = 2;
     config.max_workers = 8;
@@ -43,6 +46,7 @@ class ApiFixture {
     options.heartbeat = std::chrono::milliseconds(300);
     options.events_poll = std::chrono::milliseconds(50);
     options.logs_poll = std::chrono::milliseconds(50);
+    if (tune) tune(options);
     server_ = std::make_unique<api::ApiServer>(options, node_->store(), *node_, registry_);
     server_->SetSchedules(&node_->schedules());
     if (auto st = server_->Start(); !st) throw std::runtime_error("api: " + st.error().message);
