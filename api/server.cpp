@@ -182,7 +182,11 @@ struct StreamSlot {
 
 ApiServer::ApiServer(ApiOptions options, QueueStore& store, NodeControl& node,
                      metrics::Registry& registry)
-    : options_(std::move(options)), store_(store), node_(node), registry_(registry) {}
+    : options_(std::move(options)),
+      store_(store),
+      node_(node),
+      registry_(registry),
+      queue_metrics_(std::make_unique<QueueMetrics>(store, registry)) {}
 
 ApiServer::~ApiServer() { Stop(); }
 
@@ -755,7 +759,7 @@ void ApiServer::Routes() {
                   .Set(static_cast<double>(n));
             }
           }
-          QueueMetrics(store_, registry_);
+          queue_metrics_->Refresh();
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
           res.status = 200;

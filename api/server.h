@@ -54,6 +54,7 @@ class Server;
 namespace runner::api {
 
 class EventHub;
+class QueueMetrics;
 
 struct ApiOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 = any free port
@@ -103,6 +104,7 @@ class ApiServer {
   schedule::ScheduleStore* schedules_ = nullptr;
   std::unique_ptr<httplib::Server> http_;
   std::unique_ptr<EventHub> hub_;
+  std::unique_ptr<QueueMetrics> queue_metrics_;
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;  // notified when stopping_ turns true
