@@ -6,7 +6,7 @@
 // summary; writes JSON.
 //
 // Groups and policies (issue #18), in the same run: claim+finish throughput
-// and claim latency at 4 claimers with `depth` tasks queued, (a) in one
+// and claim latency at 1 and 4 claimers with `depth` tasks queued, (a) in one
 // unnamed group with no policy: today's plain claim, the baseline; (b) in
 // `groups` groups (round-robin claims); (c) the same with caps set
 // (max_running, max_running_per_group: the capped claim); (d) caps and a rate
@@ -27,6 +27,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <pqxx/pqxx>
 #include <string>
@@ -255,10 +257,11 @@ json::object ToJson(const RunStats& s) {
 }
 
 // Issue #18: the claim with groups and policies against today's plain claim,
-// at 4 claimers, with `depth` tasks queued at the start of every run.
-json::object GroupsBench(PostgresStore& store, const std::string& conninfo, int depth, int groups,
-                         int tasks, int rounds) {
-  constexpr int kClaimers = 4;
+// at 1 and 4 claimers, with `depth` tasks queued at the start of every run.
+// Each setting has its own scratch database (the same cluster), filled once
+// and topped up after each run, so the settings take turns within every round
+// and a change in the host's load hits them all alike.
+json::object GroupsBench(int depth, int groups, int tasks, int rounds) {
   QueuePolicy caps;
   caps.max_running = 64;
   caps.max_running_per_group = 2;
@@ -268,64 +271,80 @@ json::object GroupsBench(PostgresStore& store, const std::string& conninfo, int 
     const char* name;
     int groups;
     std::optional<QueuePolicy> policy;
+    std::unique_ptr<runner::testing::TestDatabase> db;
+    std::unique_ptr<PostgresStore> store;
+    int next_group = 0;
+    std::map<int, std::vector<RunStats>> runs;  // by claimers
   };
-  const std::vector<Setting> settings = {{"plain", 0, std::nullopt},
-                                         {"groups", groups, std::nullopt},
-                                         {"groups_capped", groups, caps},
-                                         {"groups_capped_rate", groups, caps_rate}};
-  json::array runs;
-  int filled_groups = -1;
-  int next_group = 0;
-  double plain_tps = 0;
-  for (const auto& setting : settings) {
-    if (setting.groups != filled_groups) {
-      Reset(conninfo);
-      FillGroups(store, depth, setting.groups);
-      next_group = depth;
-      filled_groups = setting.groups;
-    }
-    if (setting.policy) {
-      auto r = store.SetQueuePolicy("default", *setting.policy);
+  std::vector<Setting> settings;
+  settings.push_back({"plain", 0, std::nullopt, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups", groups, std::nullopt, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups_capped", groups, caps, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups_capped_rate", groups, caps_rate, nullptr, nullptr, 0, {}});
+  for (auto& s : settings) {
+    s.db = std::make_unique<runner::testing::TestDatabase>();
+    StoreOptions options;
+    options.conninfo = s.db->conninfo();
+    options.pool_size = 5;
+    auto opened = PostgresStore::Open(options);
+    if (!opened.ok()) throw std::runtime_error(opened.error().message);
+    s.store = std::move(opened.value());
+    if (s.policy) {
+      auto r = s.store->SetQueuePolicy("default", *s.policy);
       if (!r.ok()) throw std::runtime_error(r.error().message);
-    } else {
-      (void)store.DeleteQueuePolicy("default");
     }
-    Analyze(conninfo);
-    std::vector<RunStats> all;
-    for (int round = 0; round < rounds; ++round) {
-      RunStats d = RunStore(store, kClaimers, depth, false, tasks);
-      all.push_back(d);
-      // Back to `depth` queued, the groups continuing in turn.
-      FillGroups(store, d.tasks, setting.groups, next_group);
-      next_group += d.tasks;
-    }
-    std::sort(all.begin(), all.end(), [](const RunStats& a, const RunStats& b) {
-      return a.tasks / a.seconds < b.tasks / b.seconds;
-    });
-    RunStats m = all[all.size() / 2];  // the median run by throughput
-    const double tps = m.tasks / m.seconds;
-    if (setting.groups == 0 && !setting.policy) plain_tps = tps;
-    json::object o = ToJson(m);
-    o["setting"] = setting.name;
-    o["groups"] = setting.groups;
-    o["queued_at_start"] = depth;
-    o["vs_plain"] = plain_tps > 0 ? tps / plain_tps : 0.0;
-    runs.push_back(o);
-    std::printf(
-        "%-19s claimers=%d, %d queued in %4d groups: %6.0f tasks/s (%.2fx plain) claim p50/p99 "
-        "%.2f/%.2f ms finish p50/p99 %.2f/%.2f ms\n",
-        setting.name, kClaimers, depth, setting.groups, tps, plain_tps > 0 ? tps / plain_tps : 0.0,
-        Percentile(m.claim_ms, 0.5), Percentile(m.claim_ms, 0.99), Percentile(m.finish_ms, 0.5),
-        Percentile(m.finish_ms, 0.99));
+    FillGroups(*s.store, depth, s.groups);
+    s.next_group = depth;
+    Analyze(s.db->conninfo());
   }
-  return json::object{{"claimers", kClaimers},
+  for (int round = 0; round < rounds; ++round) {
+    for (auto& s : settings) {
+      for (int claimers : {1, 4}) {
+        RunStats d = RunStore(*s.store, claimers, depth, false, tasks);
+        s.runs[claimers].push_back(d);
+        // Back to `depth` queued, the groups continuing in turn.
+        FillGroups(*s.store, d.tasks, s.groups, s.next_group);
+        s.next_group += d.tasks;
+      }
+    }
+  }
+  json::array out;
+  std::map<int, double> plain_tps;  // by claimers
+  for (auto& s : settings) {
+    for (auto& [claimers, v] : s.runs) {
+      std::sort(v.begin(), v.end(), [](const RunStats& a, const RunStats& b) {
+        return a.tasks / a.seconds < b.tasks / b.seconds;
+      });
+      RunStats m = v[v.size() / 2];  // the median run by throughput
+      const double tps = m.tasks / m.seconds;
+      if (s.groups == 0 && !s.policy) plain_tps[claimers] = tps;
+      const double ratio = plain_tps[claimers] > 0 ? tps / plain_tps[claimers] : 0.0;
+      json::object o = ToJson(m);
+      o["setting"] = s.name;
+      o["groups"] = s.groups;
+      o["queued_at_start"] = depth;
+      o["vs_plain"] = ratio;
+      json::array each;
+      for (const auto& r : v) each.push_back(r.tasks / r.seconds);
+      o["tasks_per_second_each_round"] = each;
+      out.push_back(o);
+      std::printf(
+          "%-19s claimers=%d, %d queued in %4d groups: %6.0f tasks/s (%.2fx plain) claim p50/p99 "
+          "%.2f/%.2f ms finish p50/p99 %.2f/%.2f ms\n",
+          s.name, claimers, depth, s.groups, tps, ratio, Percentile(m.claim_ms, 0.5),
+          Percentile(m.claim_ms, 0.99), Percentile(m.finish_ms, 0.5),
+          Percentile(m.finish_ms, 0.99));
+    }
+  }
+  for (auto& s : settings) s.store.reset();  // before its database is dropped
+  return json::object{{"claimers", json::array{1, 4}},
                       {"queued", depth},
                       {"groups", groups},
                       {"tasks_per_run", tasks},
                       {"rounds", rounds},
                       {"caps", json::object{{"max_running", 64}, {"max_running_per_group", 2}}},
                       {"rate_limit", json::object{{"count", 1000000}, {"per", 1.0}}},
-                      {"runs", runs}};
+                      {"runs", out}};
 }
 
 // Fairness: 4 claimers work a `big`-task group; once they are under way a
@@ -523,7 +542,7 @@ int main(int argc, char** argv) {
       }
     }
     // Issue #18: groups and policies against the plain claim, and fairness.
-    if (depth > 0) grouped = GroupsBench(store, conninfo, depth, groups, tasks, rounds);
+    if (depth > 0) grouped = GroupsBench(depth, groups, tasks, rounds);
     if (fair_big > 0) {
       for (bool capped : {false, true}) {
         fairness.push_back(Fairness(store, conninfo, fair_big, capped, rounds));
