@@ -160,25 +160,38 @@ void QueueRoutes(httplib::Server& s, const Guard& guard, queue::QueueStore& stor
            }));
 }
 
-void QueueMetrics(queue::QueueStore& store, metrics::Registry& registry) {
-  auto* policies = dynamic_cast<queue::QueuePolicyStore*>(&store);
+void QueueMetrics::Set(const std::string& queue, int64_t queued, int64_t running,
+                       const std::string& reason) {
+  for (const auto& [state, n] : {std::pair{"queued", queued}, {"running", running}}) {
+    registry_
+        .GetGauge("runner_queue_tasks", "Tasks of a queue by state (cluster-wide)",
+                  {{"queue", queue}, {"state", state}})
+        .Set(static_cast<double>(n));
+  }
+  for (const char* r : {"paused", "max_running", "rate_limit"}) {
+    registry_
+        .GetGauge("runner_queue_throttled",
+                  "1 while the queue's tasks are held back, by reason (cluster-wide)",
+                  {{"queue", queue}, {"reason", r}})
+        .Set(reason == r ? 1 : 0);
+  }
+}
+
+void QueueMetrics::Refresh() {
+  auto* policies = dynamic_cast<queue::QueuePolicyStore*>(&store_);
   if (policies == nullptr) return;
   auto list = policies->ListQueues();
   if (!list) return;
+  std::lock_guard lock(mu_);
+  std::set<std::string> listed;
   for (const auto& q : *list) {
-    for (const auto& [state, n] : {std::pair{"queued", q.queued}, {"running", q.running}}) {
-      registry
-          .GetGauge("runner_queue_tasks", "Tasks of a queue by state",
-                    {{"queue", q.name}, {"state", state}})
-          .Set(static_cast<double>(n));
-    }
-    for (const char* reason : {"paused", "max_running", "rate_limit"}) {
-      registry
-          .GetGauge("runner_queue_throttled", "1 while the queue's tasks are held back, by reason",
-                    {{"queue", q.name}, {"reason", reason}})
-          .Set(q.throttled == reason ? 1 : 0);
-    }
+    Set(q.name, q.queued, q.running, q.throttled.value_or(""));
+    listed.insert(q.name);
   }
+  for (const auto& name : known_) {
+    if (!listed.contains(name)) Set(name, 0, 0, "");
+  }
+  known_.insert(listed.begin(), listed.end());
 }
 
 }  // namespace runner::api

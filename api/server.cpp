@@ -195,7 +195,11 @@ void RaiseOpenFilesLimit() {
 
 ApiServer::ApiServer(ApiOptions options, QueueStore& store, NodeControl& node,
                      metrics::Registry& registry)
-    : options_(std::move(options)), store_(store), node_(node), registry_(registry) {}
+    : options_(std::move(options)),
+      store_(store),
+      node_(node),
+      registry_(registry),
+      queue_metrics_(std::make_unique<QueueMetrics>(store, registry)) {}
 
 ApiServer::~ApiServer() { Stop(); }
 
@@ -774,7 +778,7 @@ void ApiServer::Routes() {
                   .Set(static_cast<double>(n));
             }
           }
-          QueueMetrics(store_, registry_);
+          queue_metrics_->Refresh();
           registry_.GetGauge("runner_api_streams", "Open SSE streams")
               .Set(static_cast<double>(open_streams_.load()));
           registry_

@@ -60,6 +60,7 @@ namespace runner::api {
 class EventHub;
 class ElasticTaskQueue;
 class HttpFront;
+class QueueMetrics;
 
 struct ApiOptions {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; port 0 = any free port
@@ -119,6 +120,7 @@ class ApiServer {
   std::unique_ptr<EventHub> hub_;
   std::unique_ptr<ElasticTaskQueue> workers_;
   std::unique_ptr<HttpFront> front_;
+  std::unique_ptr<QueueMetrics> queue_metrics_;
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::condition_variable stop_cv_;  // notified when stopping_ turns true

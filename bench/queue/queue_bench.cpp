@@ -5,8 +5,18 @@
 // on the cluster of RUNNER_TEST_PGHOST, dropped at the end). Prints a
 // summary; writes JSON.
 //
+// Groups and policies (issue #18), in the same run: claim+finish throughput
+// and claim latency at 1 and 4 claimers with `depth` tasks queued, (a) in one
+// unnamed group with no policy: today's plain claim, the baseline; (b) in
+// `groups` groups (round-robin claims); (c) the same with caps set
+// (max_running, max_running_per_group: the capped claim); (d) caps and a rate
+// limit. Each run starts at `depth` queued (topped up after each). Then the
+// fairness figure: how many tasks of a `fair_big`-task group start between a
+// 3-task group's submit and its last task's start, uncapped and capped.
+//
 //   eval "$(scripts/services start)"
-//   queue_bench --out bench/results/queue_runner.json [--tasks 3000]
+//   queue_bench --out bench/results/queue_runner.json [--tasks 3000] [--depth 100000]
+//     [--groups 1000] [--fair-big 10000]
 
 #include <unistd.h>
 
@@ -17,6 +27,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <pqxx/pqxx>
 #include <string>
@@ -49,7 +61,8 @@ using runner::bench::Percentile;
 void Reset(const std::string& conninfo) {
   pqxx::connection c(conninfo);
   pqxx::nontransaction tx(c);
-  tx.exec("TRUNCATE tasks, task_logs, events, workers, nodes CASCADE");
+  tx.exec(
+      "TRUNCATE tasks, task_logs, events, workers, nodes, queue_policies, queue_starts CASCADE");
   tx.exec("UPDATE task_final_counts SET n = 0");
   tx.exec("VACUUM ANALYZE tasks");
 }
@@ -63,6 +76,30 @@ void Fill(PostgresStore& store, int tasks) {
         batch.data(), static_cast<std::size_t>(std::min(500, tasks - done))));
     if (!r.ok()) throw std::runtime_error(r.error().message);
   }
+}
+
+// `tasks` tasks spread over `groups` groups g0, g1, ... in turn, starting at
+// group `first` (0 groups: the unnamed group; 1: one group named `prefix`).
+void FillGroups(PostgresStore& store, int tasks, int groups, int first = 0,
+                const std::string& prefix = "g") {
+  NewTask t;
+  t.command = {"true"};
+  std::vector<NewTask> batch;
+  for (int done = 0; done < tasks;) {
+    batch.clear();
+    for (int i = 0; i < 500 && done < tasks; ++i, ++done) {
+      if (groups == 1) t.group = prefix;
+      if (groups > 1) t.group = prefix + std::to_string((first + done) % groups);
+      batch.push_back(t);
+    }
+    auto r = store.SubmitBatch(batch);
+    if (!r.ok()) throw std::runtime_error(r.error().message);
+  }
+}
+
+void Analyze(const std::string& conninfo) {
+  pqxx::connection c(conninfo);
+  pqxx::nontransaction(c).exec("VACUUM ANALYZE tasks");
 }
 
 // Each claimer is one worker: claim one task, finish it, repeat until empty.
@@ -219,6 +256,202 @@ json::object ToJson(const RunStats& s) {
                       {"finish_p99_ms", Percentile(s.finish_ms, 0.99)}};
 }
 
+// Issue #18: the claim with groups and policies against today's plain claim,
+// at 1 and 4 claimers, with `depth` tasks queued at the start of every run.
+// Each setting has its own scratch database (the same cluster), filled once
+// and topped up after each run, so the settings take turns within every round
+// and a change in the host's load hits them all alike.
+json::object GroupsBench(int depth, int groups, int tasks, int rounds) {
+  QueuePolicy caps;
+  caps.max_running = 64;
+  caps.max_running_per_group = 2;
+  QueuePolicy caps_rate = caps;
+  caps_rate.rate_limit = RateLimit{1000000, 1.0};
+  struct Setting {
+    const char* name;
+    int groups;
+    std::optional<QueuePolicy> policy;
+    std::unique_ptr<runner::testing::TestDatabase> db;
+    std::unique_ptr<PostgresStore> store;
+    int next_group = 0;
+    std::map<int, std::vector<RunStats>> runs;  // by claimers
+  };
+  std::vector<Setting> settings;
+  settings.push_back({"plain", 0, std::nullopt, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups", groups, std::nullopt, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups_capped", groups, caps, nullptr, nullptr, 0, {}});
+  settings.push_back({"groups_capped_rate", groups, caps_rate, nullptr, nullptr, 0, {}});
+  for (auto& s : settings) {
+    s.db = std::make_unique<runner::testing::TestDatabase>();
+    StoreOptions options;
+    options.conninfo = s.db->conninfo();
+    options.pool_size = 5;
+    auto opened = PostgresStore::Open(options);
+    if (!opened.ok()) throw std::runtime_error(opened.error().message);
+    s.store = std::move(opened.value());
+    if (s.policy) {
+      auto r = s.store->SetQueuePolicy("default", *s.policy);
+      if (!r.ok()) throw std::runtime_error(r.error().message);
+    }
+    FillGroups(*s.store, depth, s.groups);
+    s.next_group = depth;
+    Analyze(s.db->conninfo());
+  }
+  for (int round = 0; round < rounds; ++round) {
+    for (auto& s : settings) {
+      for (int claimers : {1, 4}) {
+        RunStats d = RunStore(*s.store, claimers, depth, false, tasks);
+        s.runs[claimers].push_back(d);
+        // Back to `depth` queued, the groups continuing in turn.
+        FillGroups(*s.store, d.tasks, s.groups, s.next_group);
+        s.next_group += d.tasks;
+      }
+    }
+  }
+  json::array out;
+  std::map<int, double> plain_tps;  // by claimers
+  for (auto& s : settings) {
+    for (auto& [claimers, v] : s.runs) {
+      std::sort(v.begin(), v.end(), [](const RunStats& a, const RunStats& b) {
+        return a.tasks / a.seconds < b.tasks / b.seconds;
+      });
+      RunStats m = v[v.size() / 2];  // the median run by throughput
+      const double tps = m.tasks / m.seconds;
+      if (s.groups == 0 && !s.policy) plain_tps[claimers] = tps;
+      const double ratio = plain_tps[claimers] > 0 ? tps / plain_tps[claimers] : 0.0;
+      json::object o = ToJson(m);
+      o["setting"] = s.name;
+      o["groups"] = s.groups;
+      o["queued_at_start"] = depth;
+      o["vs_plain"] = ratio;
+      json::array each;
+      for (const auto& r : v) each.push_back(r.tasks / r.seconds);
+      o["tasks_per_second_each_round"] = each;
+      out.push_back(o);
+      std::printf(
+          "%-19s claimers=%d, %d queued in %4d groups: %6.0f tasks/s (%.2fx plain) claim p50/p99 "
+          "%.2f/%.2f ms finish p50/p99 %.2f/%.2f ms\n",
+          s.name, claimers, depth, s.groups, tps, ratio, Percentile(m.claim_ms, 0.5),
+          Percentile(m.claim_ms, 0.99), Percentile(m.finish_ms, 0.5),
+          Percentile(m.finish_ms, 0.99));
+    }
+  }
+  for (auto& s : settings) s.store.reset();  // before its database is dropped
+  return json::object{{"claimers", json::array{1, 4}},
+                      {"queued", depth},
+                      {"groups", groups},
+                      {"tasks_per_run", tasks},
+                      {"rounds", rounds},
+                      {"caps", json::object{{"max_running", 64}, {"max_running_per_group", 2}}},
+                      {"rate_limit", json::object{{"count", 1000000}, {"per", 1.0}}},
+                      {"runs", out}};
+}
+
+// Fairness: 4 claimers work a `big`-task group; once they are under way a
+// 3-task group is submitted. Counts the big group's tasks that start between
+// that submit and the small group's last start (before #18: the whole
+// backlog): from the start of the submit statement, which includes the
+// claims made while the submit itself runs, and from its return (its commit
+// seen). `rounds` times; the median and the worst.
+json::object Fairness(PostgresStore& store, const std::string& conninfo, int big, bool capped,
+                      int rounds) {
+  constexpr int kClaimers = 4;
+  std::vector<double> from_submit;
+  std::vector<double> from_return;
+  std::vector<double> wait_ms;
+  int64_t backlog = 0;
+  for (int round = 0; round < rounds; ++round) {
+    Reset(conninfo);
+    if (capped) {
+      QueuePolicy caps;
+      caps.max_running = 64;
+      caps.max_running_per_group = 8;
+      auto r = store.SetQueuePolicy("default", caps);
+      if (!r.ok()) throw std::runtime_error(r.error().message);
+    }
+    FillGroups(store, big, 1, 0, "big");
+    Analyze(conninfo);
+    pqxx::connection c(conninfo);
+    std::atomic<int> finished{0};
+    std::atomic<int> small_started{0};
+    std::atomic<bool> failed{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kClaimers; ++i) {
+      threads.emplace_back([&, i] {
+        ClaimRequest req;
+        req.node_id = "bench";
+        req.worker_ids = {"f" + std::to_string(i)};
+        FinishReport rep;
+        rep.state = TaskState::kSucceeded;
+        rep.exit_code = 0;
+        rep.isolation_used = "process";
+        while (small_started.load() < 3 && !failed.load()) {
+          auto r = store.Claim(req);
+          if (!r.ok() || r->empty()) {
+            failed = !r.ok() || finished.load() >= big;
+            continue;
+          }
+          const Task& t = r->front();
+          if (t.group == "small") ++small_started;
+          auto f = store.Finish(t.id, req.worker_ids[0], rep);
+          if (!f.ok()) failed = true;
+          ++finished;
+        }
+      });
+    }
+    while (finished.load() < std::max(4, big / 50) && !failed.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    NewTask small;
+    small.command = {"true"};
+    small.group = "small";
+    auto sub = store.SubmitBatch(std::vector<NewTask>(3, small));
+    std::string returned;
+    {
+      pqxx::nontransaction tx(c);
+      returned = tx.exec("SELECT clock_timestamp()::text")[0][0].as<std::string>();
+    }
+    for (auto& t : threads) t.join();
+    if (!sub.ok() || failed.load()) throw std::runtime_error("fairness run failed");
+    pqxx::nontransaction tx(c);
+    auto row = tx.exec_params(
+        "WITH s AS (SELECT min(created_at) AS submitted, max(started_at) AS last FROM tasks"
+        "  WHERE \"group\" = 'small')"
+        " SELECT (SELECT count(*) FROM tasks t, s WHERE t.\"group\" = 'big'"
+        "   AND t.started_at > s.submitted AND t.started_at < s.last),"
+        " (SELECT count(*) FROM tasks t, s WHERE t.\"group\" = 'big'"
+        "   AND t.started_at > $1::timestamptz AND t.started_at < s.last),"
+        " (SELECT extract(epoch FROM s.last - s.submitted) * 1000 FROM s),"
+        " (SELECT count(*) FROM tasks t, s WHERE t.\"group\" = 'big'"
+        "   AND (t.started_at IS NULL OR t.started_at > s.submitted))",
+        returned)[0];
+    from_submit.push_back(row[0].as<double>());
+    from_return.push_back(row[1].as<double>());
+    wait_ms.push_back(row[2].as<double>());
+    backlog = row[3].as<int64_t>();
+  }
+  auto worst = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
+  std::printf(
+      "fairness%s: of a %d-task group, %.0f tasks (worst %.0f of %d rounds) started between a "
+      "3-task group's submit and its last start, %.0f (worst %.0f) after the submit returned; "
+      "the small group waited %.1f ms (median). Before #18: its backlog, %lld\n",
+      capped ? " (capped queue)" : "", big, runner::bench::Median(from_submit), worst(from_submit),
+      rounds, runner::bench::Median(from_return), worst(from_return),
+      runner::bench::Median(wait_ms), static_cast<long long>(backlog));
+  return json::object{
+      {"capped", capped},
+      {"claimers", kClaimers},
+      {"big_group_tasks", big},
+      {"small_group_tasks", 3},
+      {"rounds", rounds},
+      {"big_started_between_median", runner::bench::Median(from_submit)},
+      {"big_started_between_worst", worst(from_submit)},
+      {"big_started_after_submit_returned_median", runner::bench::Median(from_return)},
+      {"big_started_after_submit_returned_worst", worst(from_return)},
+      {"small_wait_ms_median", runner::bench::Median(wait_ms)},
+      {"big_backlog_at_submit", backlog}};
+}
+
 std::string Arg(int argc, char** argv, const std::string& name, const std::string& fallback) {
   for (int i = 1; i + 1 < argc; ++i) {
     if (argv[i] == name) return argv[i + 1];
@@ -233,6 +466,10 @@ int main(int argc, char** argv) {
   int tasks = std::stoi(Arg(argc, argv, "--tasks", "3000"));
   int rounds = std::stoi(Arg(argc, argv, "--rounds", "3"));
   int depth = std::stoi(Arg(argc, argv, "--depth", "100000"));
+  int groups = std::stoi(Arg(argc, argv, "--groups", "1000"));
+  int fair_big = std::stoi(Arg(argc, argv, "--fair-big", "10000"));
+  // --only groups: just the issue #18 part (groups, policies, fairness).
+  const bool only_groups = Arg(argc, argv, "--only", "") == "groups";
   std::optional<runner::testing::TestDatabase> db;
   try {
     db.emplace();
@@ -244,6 +481,8 @@ int main(int argc, char** argv) {
   json::array results;
   json::object heartbeat;
   json::array deep;
+  json::object grouped;
+  json::array fairness;
   int code = 0;
   try {
     StoreOptions options;
@@ -253,6 +492,7 @@ int main(int argc, char** argv) {
     if (!opened.ok()) throw std::runtime_error(opened.error().message);
     auto& store = *opened.value();
     for (int claimers : {1, 4, 16}) {
+      if (only_groups) break;
       for (bool combined : {false, true}) {
         // Alternate the paths so neither always runs on a warmer cache.
         std::vector<RunStats> store_runs;
@@ -285,7 +525,7 @@ int main(int argc, char** argv) {
     }
     // Claim latency with a deep queue: `depth` tasks queued, each claimer
     // claims and finishes until `tasks` are done, the rest stays queued.
-    if (depth > 0) {
+    if (depth > 0 && !only_groups) {
       Reset(conninfo);
       Fill(store, depth);
       for (int claimers : {1, 4}) {
@@ -301,31 +541,40 @@ int main(int argc, char** argv) {
             Percentile(d.finish_ms, 0.99));
       }
     }
-    // Lease renewal of 100 running tasks in one statement.
-    Reset(conninfo);
-    Fill(store, 100);
-    ClaimRequest req;
-    req.node_id = "bench";
-    for (int i = 0; i < 100; ++i) req.worker_ids.push_back(runner::NewUlid());
-    auto claimed = store.Claim(req);
-    if (!claimed.ok() || claimed->size() != 100) throw std::runtime_error("claim of 100 failed");
-    HeartbeatRequest hb;
-    hb.node_id = "bench";
-    hb.target_workers = 100;
-    for (const auto& t : *claimed) hb.workers.push_back({*t.worker_id, WorkerState::kBusy, t.id});
-    std::vector<double> hb_ms;
-    for (int i = 0; i < 300; ++i) {
-      auto t0 = Steady::now();
-      auto r = store.Heartbeat(hb);
-      hb_ms.push_back(std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
-      if (!r.ok() || !r->lost_task_ids.empty()) throw std::runtime_error("heartbeat failed");
+    // Issue #18: groups and policies against the plain claim, and fairness.
+    if (depth > 0) grouped = GroupsBench(depth, groups, tasks, rounds);
+    if (fair_big > 0) {
+      for (bool capped : {false, true}) {
+        fairness.push_back(Fairness(store, conninfo, fair_big, capped, rounds));
+      }
     }
-    heartbeat = json::object{{"running_tasks", 100},
-                             {"calls", 300},
-                             {"p50_ms", Percentile(hb_ms, 0.5)},
-                             {"p99_ms", Percentile(hb_ms, 0.99)}};
-    std::printf("heartbeat of 100 running tasks: p50 %.2f ms p99 %.2f ms\n", Percentile(hb_ms, 0.5),
-                Percentile(hb_ms, 0.99));
+    if (!only_groups) {
+      // Lease renewal of 100 running tasks in one statement.
+      Reset(conninfo);
+      Fill(store, 100);
+      ClaimRequest req;
+      req.node_id = "bench";
+      for (int i = 0; i < 100; ++i) req.worker_ids.push_back(runner::NewUlid());
+      auto claimed = store.Claim(req);
+      if (!claimed.ok() || claimed->size() != 100) throw std::runtime_error("claim of 100 failed");
+      HeartbeatRequest hb;
+      hb.node_id = "bench";
+      hb.target_workers = 100;
+      for (const auto& t : *claimed) hb.workers.push_back({*t.worker_id, WorkerState::kBusy, t.id});
+      std::vector<double> hb_ms;
+      for (int i = 0; i < 300; ++i) {
+        auto t0 = Steady::now();
+        auto r = store.Heartbeat(hb);
+        hb_ms.push_back(std::chrono::duration<double, std::milli>(Steady::now() - t0).count());
+        if (!r.ok() || !r->lost_task_ids.empty()) throw std::runtime_error("heartbeat failed");
+      }
+      heartbeat = json::object{{"running_tasks", 100},
+                               {"calls", 300},
+                               {"p50_ms", Percentile(hb_ms, 0.5)},
+                               {"p99_ms", Percentile(hb_ms, 0.99)}};
+      std::printf("heartbeat of 100 running tasks: p50 %.2f ms p99 %.2f ms\n",
+                  Percentile(hb_ms, 0.5), Percentile(hb_ms, 0.99));
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "queue_bench failed: %s\n", e.what());
     code = 1;
@@ -337,6 +586,8 @@ int main(int argc, char** argv) {
                      {"cpus", static_cast<int64_t>(std::thread::hardware_concurrency())},
                      {"claim_finish", results},
                      {"deep_queue", deep},
+                     {"groups", grouped},
+                     {"fairness", fairness},
                      {"heartbeat", heartbeat}};
     std::ofstream(out) << json::serialize(doc) << "\n";
   }

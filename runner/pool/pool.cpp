@@ -67,6 +67,24 @@ struct Pool::Metrics {
     return c;
   }
 
+  // A task of `queue` started on this node (issue #18: starts per queue).
+  void Started(const std::string& queue) {
+    metrics::Counter* c = nullptr;
+    {
+      std::lock_guard lock(mu);
+      auto it = started.find(queue);
+      if (it == started.end()) {
+        it = started
+                 .emplace(queue, &registry.GetCounter("runner_queue_starts_total",
+                                                      "Tasks of a queue this node started",
+                                                      {{"queue", queue}}))
+                 .first;
+      }
+      c = it->second;
+    }
+    c->Inc();
+  }
+
   metrics::Counter& claims;
   metrics::Counter& claimed;
   metrics::Histogram& claim_duration;
@@ -79,6 +97,7 @@ struct Pool::Metrics {
   metrics::Registry& registry;
   std::mutex mu;
   std::map<std::string, metrics::Counter*> finished;  // guarded by mu
+  std::map<std::string, metrics::Counter*> started;   // guarded by mu: by queue
 };
 
 Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
@@ -601,7 +620,10 @@ std::optional<Result<queue::FinishOutcome>> Pool::FinishAndClaimNext(
   finish_and_claims_.fetch_sub(1);
   if (!both.ok()) return Result<queue::FinishOutcome>(both.error());
   metrics_->finish_and_claim_duration.Observe(Seconds(SteadyClock::now() - t0));
-  if (both->next) metrics_->claimed.Inc();
+  if (both->next) {
+    metrics_->claimed.Inc();
+    metrics_->Started(both->next->queue);
+  }
   next = std::move(both->next);
   return Result<queue::FinishOutcome>(both->outcome);
 }
@@ -876,6 +898,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
                      ErrorText(claimed.error()));
         continue;
       }
+      for (const auto& task : *claimed) metrics_->Started(task.queue);
       std::size_t fallback = 0;
       for (auto& task : *claimed) {
         std::string wid;

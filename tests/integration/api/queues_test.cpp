@@ -3,6 +3,9 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "tests/integration/api/api_fixture.h"
 
@@ -84,4 +87,92 @@ TEST_CASE("queues: bad policies are 400 naming the field", "[api][queues]") {
   REQUIRE(sub->status == 400);
   CHECK(std::string(f.Json(sub).at("error").at("message").as_string()).find("group") !=
         std::string::npos);
+}
+
+namespace {
+
+// The value of one series in a /metrics scrape ("name{labels}"), nullopt when
+// it is absent.
+std::optional<double> Sample(const std::string& text, const std::string& series) {
+  const std::string key = "\n" + series + " ";
+  auto pos = text.find(key);
+  if (pos == std::string::npos) return std::nullopt;
+  pos += key.size();
+  return std::stod(text.substr(pos, text.find('\n', pos) - pos));
+}
+
+}  // namespace
+
+TEST_CASE("queues: /metrics has each queue's queued, running, throttled by reason and starts",
+          "[api][queues][metrics]") {
+  ApiFixture f;
+  auto scrape = [&] {
+    auto res = f.http().Get("/metrics");
+    if (!res || res->status != 200) throw std::runtime_error("no /metrics");
+    return res->body;
+  };
+  auto put = [&](const char* path, const char* body) {
+    auto res = f.http().Put(path, body, "application/json");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+  };
+  auto tasks = [](const std::string& q, const std::string& state) {
+    return "runner_queue_tasks{queue=\"" + q + "\",state=\"" + state + "\"}";
+  };
+  auto throttled = [](const std::string& q, const std::string& reason) {
+    return "runner_queue_throttled{queue=\"" + q + "\",reason=\"" + reason + "\"}";
+  };
+  auto starts = [](const std::string& q) {
+    return "runner_queue_starts_total{queue=\"" + q + "\"}";
+  };
+  put("/api/v1/queues/held", R"({"paused": true})");
+  put("/api/v1/queues/rated", R"({"rate_limit": {"count": 1, "per": 600}})");
+  put("/api/v1/queues/capped", R"({"max_running": 1})");
+
+  f.Submit(R"({"command":["true"],"queue":"held"})");
+  const std::string rated_first = f.Submit(R"({"command":["true"],"queue":"rated"})");
+  REQUIRE(WaitFor([&] { return f.StateOf(rated_first) == "succeeded"; }, 20s));
+  f.Submit(R"({"command":["true"],"queue":"rated"})");
+  // Both workers busy: one capped task runs and holds back the other; the
+  // queue without a policy runs its task.
+  const std::string long_one = f.Submit(R"({"command":["sleep","3"],"queue":"capped"})");
+  const std::string waiting = f.Submit(R"({"command":["true"],"queue":"capped"})");
+  const std::string plain = f.Submit(R"({"command":["sleep","3"],"queue":"plain"})");
+  std::string text;
+  const bool seen = WaitFor(
+      [&] {
+        text = scrape();
+        return Sample(text, tasks("capped", "running")) == 1.0 &&
+               Sample(text, tasks("capped", "queued")) == 1.0 &&
+               Sample(text, tasks("plain", "running")) == 1.0;
+      },
+      10s, 20ms);
+  INFO(text);
+  REQUIRE(seen);
+  CHECK(Sample(text, throttled("capped", "max_running")) == 1.0);
+  CHECK(Sample(text, throttled("capped", "rate_limit")) == 0.0);
+  CHECK(Sample(text, throttled("capped", "paused")) == 0.0);
+  CHECK(Sample(text, throttled("rated", "rate_limit")) == 1.0);
+  CHECK(Sample(text, tasks("rated", "queued")) == 1.0);
+  CHECK(Sample(text, throttled("held", "paused")) == 1.0);
+  CHECK(Sample(text, throttled("plain", "max_running")) == 0.0);
+
+  REQUIRE(WaitFor([&] { return f.StateOf(waiting) == "succeeded"; }, 20s));
+  REQUIRE(WaitFor([&] { return f.StateOf(plain) == "succeeded"; }, 20s));
+  CHECK(f.StateOf(long_one) == "succeeded");
+  text = scrape();
+  INFO(text);
+  CHECK(Sample(text, tasks("capped", "running")) == 0.0);
+  CHECK(Sample(text, tasks("capped", "queued")) == 0.0);
+  CHECK(Sample(text, throttled("capped", "max_running")) == 0.0);
+  // The queue without a policy left the list: it reads 0, not its last value.
+  CHECK(Sample(text, tasks("plain", "running")) == 0.0);
+  CHECK(Sample(text, throttled("held", "paused")) == 1.0);
+  CHECK(Sample(text, tasks("held", "queued")) == 1.0);
+  CHECK(Sample(text, throttled("rated", "rate_limit")) == 1.0);
+  CHECK(Sample(text, starts("capped")) == 2.0);
+  CHECK(Sample(text, starts("plain")) == 1.0);
+  CHECK(Sample(text, starts("rated")) == 1.0);
+  CHECK_FALSE(Sample(text, starts("held")).has_value());
+  CHECK(text.find("# TYPE runner_queue_starts_total counter") != std::string::npos);
 }
