@@ -250,33 +250,6 @@ const json::value* Field(const json::object& o, std::string_view key) {
   return it == o.end() ? nullptr : &it->value();
 }
 
-std::string ToHex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (char c : bytes) {
-    auto u = static_cast<unsigned char>(c);
-    out += kDigits[u >> 4];
-    out += kDigits[u & 0xf];
-  }
-  return out;
-}
-
-std::string FromHex(std::string_view hex) {
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return 0;
-  };
-  std::string out;
-  out.reserve(hex.size() / 2);
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out += static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1]));
-  }
-  return out;
-}
-
 std::vector<std::string> SecretNames(const std::map<std::string, std::string>& secrets) {
   std::vector<std::string> names;
   names.reserve(secrets.size());
@@ -296,7 +269,7 @@ Result<std::optional<std::string>> SealSecrets(const StoreOptions& opts, const N
                  "--secret-key-file"};
   }
   return std::optional<std::string>(
-      ToHex(secrets::Seal(*opts.secret_key, MapJson(nt.secrets), id)));
+      secrets::ToHex(secrets::Seal(*opts.secret_key, MapJson(nt.secrets), id)));
 }
 
 // Opens the sealed secrets a claim returned (hex, or NULL) into t.secrets, or
@@ -309,7 +282,7 @@ void OpenClaimedSecrets(const StoreOptions& opts, const pqxx::field& sealed_hex,
                                 "every node sharing the database with the same --secret-key-file"};
     return;
   }
-  auto opened = secrets::Open(*opts.secret_key, FromHex(sealed_hex.c_str()), t.id);
+  auto opened = secrets::Open(*opts.secret_key, secrets::FromHex(sealed_hex.c_str()), t.id);
   if (!opened.ok()) {
     t.secrets_error = TaskError{opened.error().code, opened.error().message};
     return;

@@ -63,33 +63,6 @@ std::optional<std::string> EveryMicros(const ScheduleSpec& spec) {
   return std::to_string(static_cast<Micros>(std::llround(*spec.every * 1e6)));
 }
 
-std::string ToHex(std::string_view bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (char c : bytes) {
-    const auto u = static_cast<unsigned char>(c);
-    out += kDigits[u >> 4];
-    out += kDigits[u & 0xf];
-  }
-  return out;
-}
-
-std::string FromHex(std::string_view hex) {
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return 0;
-  };
-  std::string out;
-  out.reserve(hex.size() / 2);
-  for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
-    out += static_cast<char>((nibble(hex[i]) << 4) | nibble(hex[i + 1]));
-  }
-  return out;
-}
-
 // The associated data of a schedule's sealed secrets: a blob copied onto
 // another schedule (or a task) does not open.
 std::string SecretsAd(const std::string& name) { return "schedule:" + name; }
@@ -111,8 +84,8 @@ Result<json::object> TaskRow(const ScheduleSpec& spec, const queue::StoreOptions
     names.emplace_back(name);
   }
   row["secret_names"] = std::move(names);
-  row["secrets_sealed"] =
-      ToHex(secrets::Seal(*options.secret_key, json::serialize(values), SecretsAd(spec.name)));
+  row["secrets_sealed"] = secrets::ToHex(
+      secrets::Seal(*options.secret_key, json::serialize(values), SecretsAd(spec.name)));
   return row;
 }
 
@@ -133,7 +106,8 @@ Result<std::map<std::string, std::string>> KeptSecrets(const queue::StoreOptions
                  "secrets: this node has no secret key to open them with; start it with "
                  "--secret-key-file"};
   }
-  auto opened = secrets::Open(*options.secret_key, FromHex(*sealed_hex), SecretsAd(schedule));
+  auto opened =
+      secrets::Open(*options.secret_key, secrets::FromHex(*sealed_hex), SecretsAd(schedule));
   if (!opened) {
     return bad("this node cannot open the stored secrets (" + opened.error().message +
                "); give their values again");
@@ -170,13 +144,14 @@ std::optional<std::string> SecretsForTask(const queue::StoreOptions& options,
                   schedule);
     return sealed_hex;
   }
-  auto opened = secrets::Open(*options.secret_key, FromHex(*sealed_hex), SecretsAd(schedule));
+  auto opened =
+      secrets::Open(*options.secret_key, secrets::FromHex(*sealed_hex), SecretsAd(schedule));
   if (!opened) {
     spdlog::error("schedules: cannot open the secrets of schedule={} error=\"{}\"", schedule,
                   opened.error().message);
     return sealed_hex;
   }
-  return ToHex(secrets::Seal(*options.secret_key, *opened, task_id));
+  return secrets::ToHex(secrets::Seal(*options.secret_key, *opened, task_id));
 }
 
 }  // namespace

@@ -174,4 +174,24 @@ Result<std::string> Open(const SecretKey& key, std::string_view sealed,
   return plain;
 }
 
+std::string ToHex(std::string_view bytes) {
+  std::string out(bytes.size() * 2 + 1, '\0');
+  sodium_bin2hex(out.data(), out.size(), reinterpret_cast<const unsigned char*>(bytes.data()),
+                 bytes.size());
+  out.pop_back();  // the terminating NUL
+  return out;
+}
+
+std::string FromHex(std::string_view hex) {
+  std::string out(hex.size() / 2, '\0');
+  size_t len = 0;
+  if (sodium_hex2bin(reinterpret_cast<unsigned char*>(out.data()), out.size(), hex.data(),
+                     hex.size(), nullptr, &len, nullptr) != 0 ||
+      len * 2 != hex.size()) {
+    return {};
+  }
+  out.resize(len);
+  return out;
+}
+
 }  // namespace runner::secrets

@@ -61,4 +61,10 @@ std::string Seal(const SecretKey& key, std::string_view plaintext, std::string_v
 Result<std::string> Open(const SecretKey& key, std::string_view sealed,
                          std::string_view associated);
 
+// A sealed blob as the text the database stores it in (lower-case hex), and
+// back. FromHex of text that is not hex gives an empty blob, which Open
+// refuses like any damaged blob.
+std::string ToHex(std::string_view bytes);
+std::string FromHex(std::string_view hex);
+
 }  // namespace runner::secrets

@@ -421,7 +421,11 @@ TEST_CASE("a fork bomb is held to the pids limit and cleaned up", "[process][pid
   // The main shell forks once, before the bomb starts, then execs: a shell
   // that forked for the bomb itself exited with "can't fork" whenever the
   // bomb's children ate the last pid first (under load), ending the task early.
-  TaskSpec spec = Shell("(b() { b | b & }; b) & exec sleep 987651");
+  // Each bomb process leaves a sleep behind before it doubles, so the bomb
+  // stays at the limit until the timeout: a bomb of shells alone dies out by
+  // itself (every shell whose fork fails exits), under load between two
+  // samples.
+  TaskSpec spec = Shell("(b() { sleep 987651 & b & b; }; b) & exec sleep 987651");
   spec.limits.pids = 24;
   spec.limits.cpus = 0.5;
   spec.timeout = 2s;

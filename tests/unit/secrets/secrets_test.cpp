@@ -78,6 +78,23 @@ TEST_CASE("a sealed secret opens only under its key and for its task", "[secrets
   }
 }
 
+TEST_CASE("a sealed blob survives its text form, and damaged text does not open", "[secrets]") {
+  std::string bytes("\x00\x01\x7f\x80\xfe\xff", 6);
+  CHECK(runner::secrets::ToHex(bytes) == "00017f80feff");
+  CHECK(runner::secrets::FromHex("00017f80feff") == bytes);
+  CHECK(runner::secrets::FromHex("00017F80FEFF") == bytes);
+  CHECK(runner::secrets::FromHex("0001zz").empty());
+  CHECK(runner::secrets::FromHex("000").empty());
+
+  const auto key = KeyOf(7);
+  std::string text = runner::secrets::ToHex(Seal(key, "v=1", "task-1"));
+  auto opened = Open(key, runner::secrets::FromHex(text), "task-1");
+  REQUIRE(opened.ok());
+  CHECK(*opened == "v=1");
+  text[text.size() / 2] = 'x';
+  CHECK_FALSE(Open(key, runner::secrets::FromHex(text), "task-1").ok());
+}
+
 TEST_CASE("the key file is created 0600 once and then loaded", "[secrets]") {
   TempDir dir;
   const fs::path file = dir.path / "secret.key";
