@@ -177,10 +177,22 @@ int main(int argc, char** argv) {
   int rounds = 15;
   int tasks = 40;
   std::string out = "bench/results/process.json";
-  for (int i = 1; i + 1 < argc; i += 2) {
+  // An unknown or incomplete flag stops here: `--help` once ran the whole
+  // benchmark and overwrote bench/results/process.json.
+  for (int i = 1; i < argc; i += 2) {
+    bool known = !std::strcmp(argv[i], "--rounds") || !std::strcmp(argv[i], "--tasks") ||
+                 !std::strcmp(argv[i], "--out");
+    if (!known || i + 1 >= argc) {
+      std::fprintf(stderr, "usage: %s [--rounds N] [--tasks N] [--out FILE]\n", argv[0]);
+      return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    }
     if (!std::strcmp(argv[i], "--rounds")) rounds = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--tasks")) tasks = std::atoi(argv[i + 1]);
     if (!std::strcmp(argv[i], "--out")) out = argv[i + 1];
+  }
+  if (rounds < 1 || tasks < 1) {
+    std::fprintf(stderr, "--rounds and --tasks take a positive number\n");
+    return 2;
   }
   spdlog::set_level(spdlog::level::warn);
   char tmpl[] = "/tmp/runner-process-bench-XXXXXX";
