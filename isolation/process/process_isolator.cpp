@@ -275,6 +275,15 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
     pid_t init = ::fork();
     if (init < 0) ReportAndExit(p, kNamespaces);
     if (init > 0) {
+      // The runner waits for the report pipe to close at exec: this waiting
+      // copy never execs, so it must not hold its end (every sandboxed start
+      // on this path waited out kExecReportTimeout, 10 s).
+      if (p.report_fd >= 0) ::close(p.report_fd);
+      // killpg reaches the init itself; this copy must outlive a SIGTERM, or
+      // its death SIGKILLs the init (PDEATHSIG) and the task gets no kill grace.
+      sigset_t blocked;
+      sigfillset(&blocked);
+      ::sigprocmask(SIG_SETMASK, &blocked, nullptr);
       int status = 0;
       while (::waitpid(init, &status, 0) < 0 && errno == EINTR) {
       }

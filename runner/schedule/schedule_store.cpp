@@ -185,10 +185,23 @@ void ScheduleStore::Changed() {
 // mapping database failures to Error values as the queue store does.
 template <class R, class F>
 R ScheduleStore::Run(const char* op, F&& f) {
-  std::unique_lock lock(mu_, std::defer_lock);
-  if (!lock.try_lock_for(options_.acquire_timeout)) {
-    return Error{"unavailable", std::string("the schedule store stayed busy during ") + op};
+  {
+    std::unique_lock lock(mu_);
+    if (!idle_cv_.wait_for(lock, options_.acquire_timeout, [&] { return !busy_; })) {
+      return Error{"unavailable", std::string("the schedule store stayed busy during ") + op};
+    }
+    busy_ = true;
   }
+  struct Release {
+    ScheduleStore& store;
+    ~Release() {
+      {
+        std::lock_guard lock(store.mu_);
+        store.busy_ = false;
+      }
+      store.idle_cv_.notify_one();
+    }
+  } release{*this};
   try {
     if (!conn_ || !conn_->is_open()) {
       conn_ = std::make_unique<Connection>(queue::WithConnectTimeout(options_.conninfo, 5));

@@ -27,6 +27,7 @@
 // Thread-safety: every method may be called from any thread.
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -106,8 +107,14 @@ class ScheduleStore {
   void Changed();
 
   const queue::StoreOptions options_;
-  std::timed_mutex mu_;               // one caller of conn_ at a time
-  std::unique_ptr<Connection> conn_;  // guarded by mu_; null: reopen
+  // One caller of conn_ at a time, waiting at most acquire_timeout. Not a
+  // std::timed_mutex: its try_lock_for is pthread_mutex_clocklock, which
+  // GCC 12's ThreadSanitizer does not see, so every unlock was reported as
+  // the unlock of an unlocked mutex.
+  std::mutex mu_;
+  std::condition_variable idle_cv_;   // notified when busy_ turns false
+  bool busy_ = false;                 // guarded by mu_: a caller holds conn_
+  std::unique_ptr<Connection> conn_;  // owned by the caller that set busy_; null: reopen
   std::mutex change_mu_;
   std::function<void()> on_change_;  // guarded by change_mu_
 };
