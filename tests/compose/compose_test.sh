@@ -138,7 +138,8 @@ NODE=$(echo "$status" | json 'd["node_id"]')
 runner_host=$(docker inspect -f '{{.Config.Hostname}}' "$("${DC[@]}" ps -q runner)")
 
 marker="compose-output-$RANDOM"
-task=$(api -X POST "$BASE/api/v1/tasks" -d "{\"command\":[\"sh\",\"-c\",\"echo $marker; hostname\"],\"isolation\":\"docker\"}")
+secret="compose-secret-$RANDOM$RANDOM"
+task=$(api -X POST "$BASE/api/v1/tasks" -d "{\"command\":[\"sh\",\"-c\",\"echo $marker; hostname; echo s:\$SEKRIT\"],\"isolation\":\"docker\",\"secrets\":{\"SEKRIT\":\"$secret\"}}")
 id=$(echo "$task" | json 'd["id"]') || fail "submit failed: $task"
 deadline=$(( $(date +%s) + 120 ))
 while :; do
@@ -152,20 +153,28 @@ done
 [ "$(echo "$task" | json 'd.get("isolation_used")')" = docker ] || fail "task did not run in Docker: $task"
 logs=$(api "$BASE/api/v1/tasks/$id/logs")
 echo "$logs" | grep -q "$marker" || fail "logs lack the task's output: $logs"
+echo "$logs" | grep -qx 's:\*\*\*' || fail "the secret did not reach the task masked: $logs"
+! echo "$logs$task" | grep -qF "$secret" || fail "the secret's value is in an answer"
 task_host=$(echo "$logs" | grep -v "$marker" | head -1)
 [ -n "$task_host" ] && [ "$task_host" != "$runner_host" ] ||
   fail "the task did not run in a container of its own (hostname '$task_host', runner '$runner_host')"
 log "task $id succeeded in sibling container $task_host"
 
-log "down (volume kept), up again: the task is still there"
+log "down (volumes kept), up again: the task and the secret key are still there"
+key_sum() { docker exec "$("${DC[@]}" ps -q runner)" sha256sum /var/lib/runner/secret.key | cut -d' ' -f1; }
+key_before=$(key_sum)
+[ -n "$key_before" ] || fail "no secret key in the runner's data dir"
 "${DC[@]}" down >/dev/null 2>&1 || fail "down failed"
 [ -z "$("${DC[@]}" ps -q)" ] || fail "containers left after down"
 docker volume inspect "${PROJECT}_pgdata" >/dev/null 2>&1 || fail "down removed the database volume"
+docker volume inspect "${PROJECT}_runnerdata" >/dev/null 2>&1 || fail "down removed the runner's data volume"
 "${DC[@]}" up -d >/dev/null 2>&1 || fail "second up failed"
 wait_ready 120
 [ "$(api "$BASE/api/v1/tasks/$id" | json 'd["state"]')" = succeeded ] || fail "the task was lost across down/up"
+[ "$(key_sum)" = "$key_before" ] || fail "the recreated runner has another secret key: sealed secrets would not open"
 
 "${DC[@]}" down -v >/dev/null 2>&1 || fail "down -v failed"
 ! docker volume inspect "${PROJECT}_pgdata" >/dev/null 2>&1 || fail "down -v left the volume"
+! docker volume inspect "${PROJECT}_runnerdata" >/dev/null 2>&1 || fail "down -v left the runner's data volume"
 log "timing: build+up $(( t1 - t0 )) s"
 echo "1 passed, 0 failed"
