@@ -208,7 +208,8 @@ bool ApiServer::WaitStopping(std::chrono::milliseconds wait) {
   return stop_cv_.wait_for(lock, wait, [&] { return stopping_.load(); });
 }
 
-Status ApiServer::Start() {
+Status ApiServer::Listen() {
+  if (listening_) return {};
   auto addr = ParseListen(options_.listen);
   if (!addr) return addr.error();
   if (options_.api_token && options_.api_token->empty()) options_.api_token.reset();
@@ -301,9 +302,15 @@ Status ApiServer::Start() {
   }
   port_ = *bound;
   http->SetListening(front_->listen_fd());
+  listening_ = true;
+  return {};
+}
+
+Status ApiServer::Start() {
+  if (auto st = Listen(); !st) return st;
   hub_->Start();
   front_->Start();
-  spdlog::info("api: listening listen={}:{} auth={}", addr->host, port_,
+  spdlog::info("api: listening listen={}:{} auth={}", ParseListen(options_.listen)->host, port_,
                options_.api_token ? "token" : "none");
   return {};
 }
