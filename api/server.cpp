@@ -58,6 +58,14 @@ std::optional<Error> UnknownParam(const Request& req,
   return std::nullopt;
 }
 
+// The API routes that read query parameters (each checks its own list).
+bool ReadsQueryParams(const Request& req) {
+  if (req.method != "GET") return false;
+  const std::string_view path = req.path;
+  return path == "/api/v1/tasks" || path == "/api/v1/events" ||
+         (path.starts_with("/api/v1/tasks/") && path.ends_with("/logs"));
+}
+
 void SendJson(Response& res, int status, const json::value& value) {
   res.status = status;
   res.set_content(WriteJson(value), kJson);
@@ -354,6 +362,11 @@ void ApiServer::Routes() {
                                      "<token>' (runner --token / RUNNER_API_TOKEN)"));
             return;
           }
+        }
+        // docs/api.md: an unknown query parameter is a 400, never ignored. The
+        // routes that read parameters check their own list; the others take none.
+        if (access != Access::kPublic && !req.params.empty() && !ReadsQueryParams(req)) {
+          return SendError(res, *UnknownParam(req, {}));
         }
         fn(req, res);
       } catch (const std::exception& e) {
