@@ -70,6 +70,54 @@ TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both iso
   node->Shutdown(runner::StopOptions{true, 0s});
 }
 
+TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, in both isolations",
+          "[node][kill_grace][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.kill_grace = 1;
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  for (auto mode :
+       {runner::isolation::IsolationMode::kProcess, runner::isolation::IsolationMode::kDocker}) {
+    INFO(runner::isolation::ToString(mode));
+    auto t = Command({"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"});
+    t.isolation = mode;
+    auto sub = node->store().Submit(t);
+    REQUIRE(sub.ok());
+    const std::string id = sub->task.id;
+    // Running, and the shell has set its trap (it prints after the trap).
+    REQUIRE(WaitFor(
+        [&] {
+          auto got = node->store().Get(id);
+          return got.ok() && got->state == TaskState::kRunning &&
+                 got->stdout_tail.find("ready") != std::string::npos;
+        },
+        60s));
+    const auto cancelled_at = std::chrono::steady_clock::now();
+    REQUIRE(node->store().Cancel(id).ok());
+    std::optional<runner::queue::Task> done;
+    REQUIRE(WaitFor(
+        [&] {
+          auto got = node->store().Get(id);
+          if (got.ok() && runner::queue::IsFinal(got->state)) done = *got;
+          return done.has_value();
+        },
+        30s, 50ms));
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled_at).count();
+    CHECK(done->state == TaskState::kCancelled);
+    // SIGTERM is ignored, so the task lives through the 1 s grace, then
+    // SIGKILL ends it (not 5 s, the default, nor Docker's 10 s).
+    CHECK(took >= 0.9);
+    CHECK(took < 4.5);
+  }
+  node->Shutdown(runner::StopOptions{true, 0s});
+}
+
 TEST_CASE("a docker task gets its secrets as env and its output is masked",
           "[node][secrets][docker]") {
   TestDatabase db;
