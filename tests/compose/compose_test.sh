@@ -109,7 +109,8 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Be
 
 # The token is in no environment: the container's Config.Env (what `docker
 # inspect` shows), the runner's /proc/1/environ and /proc/1/cmdline (`ps`).
-# The runner is PID 1 (the entrypoint execs it) and runs as uid 10001.
+# The runner is PID 1 (the entrypoint execs it) and runs as uid 10001; only
+# that uid may read its environ (root in the container lacks CAP_SYS_PTRACE).
 cid=$("${DC[@]}" ps -q runner)
 curl -sf --unix-socket "$SOCK" "http://docker/containers/$cid/json" | TOKEN="$TOKEN" python3 -c '
 import json, os, sys
@@ -121,7 +122,7 @@ if "RUNNER_API_TOKEN_FILE=/run/secrets/runner_api_token" not in env:
     sys.exit("Config.Env lacks RUNNER_API_TOKEN_FILE=/run/secrets/runner_api_token: %s" % env)
 ' || fail "Engine API inspect of the runner container"
 for f in environ cmdline; do
-  docker exec "$cid" cat "/proc/1/$f" | tr '\0' '\n' >"$SECRETS_DIR/proc-$f" || fail "cannot read /proc/1/$f"
+  docker exec -u 10001:10001 "$cid" cat "/proc/1/$f" | tr '\0' '\n' >"$SECRETS_DIR/proc-$f" || fail "cannot read /proc/1/$f"
   [ -s "$SECRETS_DIR/proc-$f" ] || fail "/proc/1/$f is empty"
   ! grep -qF "$TOKEN" "$SECRETS_DIR/proc-$f" || fail "the runner's /proc/1/$f holds the token"
 done
