@@ -280,6 +280,23 @@ TEST_CASE("a listen address in use fails the start before the pool or the schedu
   CHECK(tx.exec1("SELECT count(*) FROM workers")[0].as<int>() == 0);
 }
 
+TEST_CASE("queue and schedule output prints numbers as plain decimals", "[cli][json]") {
+  ApiFixture f;
+  auto set = Runner(f.base(), "queue set q1 --rate 10/0.5");
+  INFO(set.out << set.err);
+  REQUIRE(set.code == 0);
+  CHECK(set.out.find("10/0.5s") != std::string::npos);
+  auto queues = Runner(f.base(), "--json queues");
+  CHECK(queues.out.find("\"per\":0.5") != std::string::npos);
+  REQUIRE(Runner(f.base(), "schedule add half --every 1.5 -- true").code == 0);
+  auto schedules = Runner(f.base(), "--json schedules");
+  CHECK(schedules.out.find("\"every\":1.5") != std::string::npos);
+  for (const auto& out : {set.out, queues.out, schedules.out}) {
+    CHECK(out.find("E-1") == std::string::npos);
+    CHECK(out.find("E0") == std::string::npos);
+  }
+}
+
 TEST_CASE("--server, --token and --json work before the subcommand too", "[cli]") {
   ApiFixture f("tok");
   auto r = Runner("http://127.0.0.1:1", "--server " + f.base() + " --token tok --json status");
