@@ -5,6 +5,7 @@
 #include "runner/metrics/registry.h"
 #include "runner/node/node.h"
 #include "tests/integration/node/node_fixture.h"
+#include "tests/support/log_capture.h"
 #include "tests/support/services.h"
 
 using namespace std::chrono_literals;
@@ -12,6 +13,7 @@ using runner::node::Node;
 using runner::pool::testing::Command;
 using runner::pool::testing::NodeConfig;
 using runner::queue::TaskState;
+using runner::testing::LogCapture;
 using runner::testing::TempDir;
 using runner::testing::TestDatabase;
 using runner::testing::WaitFor;
@@ -120,6 +122,7 @@ TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, i
 
 TEST_CASE("a docker task gets its secrets as env and its output is masked",
           "[node][secrets][docker]") {
+  LogCapture log;
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
@@ -137,4 +140,10 @@ TEST_CASE("a docker task gets its secrets as env and its output is masked",
   CHECK(done.stdout_tail == "a:***\n");
   CHECK(done.secret_names == std::vector<std::string>{"TOKEN"});
   node->Shutdown(runner::StopOptions{true, 0s});
+  // The runner never logs a value with Docker isolation either: the secrets
+  // travel in the container's create request, and the capture sees all levels.
+  const std::string logged = log.Text();
+  CHECK(logged.find(done.id) != std::string::npos);  // the capture saw this task's lines
+  CHECK(logged.find("hunter2-docker-value") == std::string::npos);
+  CHECK(logged.find("hunter2") == std::string::npos);
 }
