@@ -1,9 +1,11 @@
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 
 #include "runner/metrics/registry.h"
 #include "runner/node/node.h"
+#include "runner/secrets/secret_box.h"
 #include "tests/integration/node/node_fixture.h"
 #include "tests/support/log_capture.h"
 #include "tests/support/services.h"
@@ -11,6 +13,7 @@
 using namespace std::chrono_literals;
 using runner::node::Node;
 using runner::pool::testing::Command;
+using runner::pool::testing::Count;
 using runner::pool::testing::NodeConfig;
 using runner::queue::TaskState;
 using runner::testing::LogCapture;
@@ -146,4 +149,56 @@ TEST_CASE("a docker task gets its secrets as env and its output is masked",
   CHECK(logged.find(done.id) != std::string::npos);  // the capture saw this task's lines
   CHECK(logged.find("hunter2-docker-value") == std::string::npos);
   CHECK(logged.find("hunter2") == std::string::npos);
+}
+
+TEST_CASE("a task sealed under one key fails on a node with another key, and never runs",
+          "[node][secrets]") {
+  TestDatabase db;
+  TempDir sealer_dir;
+  TempDir claimer_dir;
+  TempDir marker_dir;
+  runner::metrics::Registry sealer_registry;
+  runner::metrics::Registry claimer_registry;
+  // Each node creates its own key under its data dir: two keys, one database.
+  auto sealer = AutoNode(NodeConfig(sealer_dir, 1), db, sealer_registry);
+  const auto marker = marker_dir.path() / "ran";
+  auto t = Command({"sh", "-c", "touch '" + marker.string() + "'; echo ran; echo \"s:$TOKEN\""});
+  t.secrets = {{"TOKEN", "hunter2-wrong-key-value"}};
+  auto sub = sealer->store().Submit(t);
+  REQUIRE(sub.ok());
+  const std::string id = sub->task.id;
+  sealer.reset();  // never started: only the node with the other key runs
+
+  auto claimer = AutoNode(NodeConfig(claimer_dir, 1), db, claimer_registry);
+  REQUIRE(claimer->Start().ok());
+  std::optional<runner::queue::Task> done;
+  WaitFor(
+      [&] {
+        auto got = claimer->store().Get(id);
+        if (got.ok() && runner::queue::IsFinal(got->state)) done = *got;
+        return done.has_value();
+      },
+      60s);
+  claimer->Shutdown(runner::StopOptions{true, 0s});
+  REQUIRE(done.has_value());
+  // It never ran: no marker, no output, no exit code.
+  CHECK_FALSE(std::filesystem::exists(marker));
+  CHECK(done->stdout_tail.empty());
+  CHECK(done->stderr_tail.empty());
+  CHECK_FALSE(done->exit_code.has_value());
+  CHECK(Count(db, "SELECT count(*) FROM task_logs WHERE task_id = '" + id + "'") == 0);
+
+  auto sealer_key = runner::secrets::SecretKey::Load(sealer_dir.path() / "secret.key");
+  auto claimer_key = runner::secrets::SecretKey::Load(claimer_dir.path() / "secret.key");
+  REQUIRE(sealer_key.ok());
+  REQUIRE(claimer_key.ok());
+  REQUIRE(sealer_key->id() != claimer_key->id());
+
+  CHECK(done->state == TaskState::kFailed);
+  REQUIRE(done->error.has_value());
+  CHECK(done->error->code == "secrets_unavailable");
+  CHECK(done->error->message.find(sealer_key->id()) != std::string::npos);
+  CHECK(done->error->message.find(claimer_key->id()) != std::string::npos);
+  CHECK(done->error->message.find("hunter2") == std::string::npos);
+  CHECK(done->secret_names == std::vector<std::string>{"TOKEN"});
 }
