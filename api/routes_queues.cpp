@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "api/json_text.h"
 #include "api/task_json.h"
 #include "base/error_codes.h"
 #include "runner/queue/queue_policy.h"
@@ -18,7 +19,7 @@ using httplib::Response;
 
 void Send(Response& res, int status, const json::value& v) {
   res.status = status;
-  res.set_content(json::serialize(v), "application/json");
+  res.set_content(WriteJson(v), "application/json");
 }
 
 void Fail(Response& res, const Error& e) {

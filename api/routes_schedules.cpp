@@ -2,6 +2,7 @@
 
 #include <boost/json.hpp>
 
+#include "api/json_text.h"
 #include "api/schedule_json.h"
 #include "api/task_json.h"
 #include "base/clock.h"
@@ -16,7 +17,7 @@ using httplib::Response;
 
 void Send(Response& res, int status, const json::value& value) {
   res.status = status;
-  res.set_content(json::serialize(value), "application/json");
+  res.set_content(WriteJson(value), "application/json");
 }
 
 void Fail(Response& res, const Error& error) {

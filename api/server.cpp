@@ -58,6 +58,14 @@ std::optional<Error> UnknownParam(const Request& req,
   return std::nullopt;
 }
 
+// The API routes that read query parameters (each checks its own list).
+bool ReadsQueryParams(const Request& req) {
+  if (req.method != "GET") return false;
+  const std::string_view path = req.path;
+  return path == "/api/v1/tasks" || path == "/api/v1/events" ||
+         (path.starts_with("/api/v1/tasks/") && path.ends_with("/logs"));
+}
+
 void SendJson(Response& res, int status, const json::value& value) {
   res.status = status;
   res.set_content(WriteJson(value), kJson);
@@ -208,7 +216,8 @@ bool ApiServer::WaitStopping(std::chrono::milliseconds wait) {
   return stop_cv_.wait_for(lock, wait, [&] { return stopping_.load(); });
 }
 
-Status ApiServer::Start() {
+Status ApiServer::Listen() {
+  if (listening_) return {};
   auto addr = ParseListen(options_.listen);
   if (!addr) return addr.error();
   if (options_.api_token && options_.api_token->empty()) options_.api_token.reset();
@@ -301,9 +310,15 @@ Status ApiServer::Start() {
   }
   port_ = *bound;
   http->SetListening(front_->listen_fd());
+  listening_ = true;
+  return {};
+}
+
+Status ApiServer::Start() {
+  if (auto st = Listen(); !st) return st;
   hub_->Start();
   front_->Start();
-  spdlog::info("api: listening listen={}:{} auth={}", addr->host, port_,
+  spdlog::info("api: listening listen={}:{} auth={}", ParseListen(options_.listen)->host, port_,
                options_.api_token ? "token" : "none");
   return {};
 }
@@ -347,6 +362,11 @@ void ApiServer::Routes() {
                                      "<token>' (runner --token / RUNNER_API_TOKEN)"));
             return;
           }
+        }
+        // docs/api.md: an unknown query parameter is a 400, never ignored. The
+        // routes that read parameters check their own list; the others take none.
+        if (access != Access::kPublic && !req.params.empty() && !ReadsQueryParams(req)) {
+          return SendError(res, *UnknownParam(req, {}));
         }
         fn(req, res);
       } catch (const std::exception& e) {

@@ -5,10 +5,13 @@
 // embedded dashboard at `/`.
 //
 // Contract:
-// - Start() binds (port 0 picks a free port, see port()) and serves on a
-//   background thread; Stop() ends every SSE stream, stops accepting, waits for
-//   in-flight requests and joins. Stop() is idempotent and called by the
-//   destructor.
+// - Listen() checks the options and binds (port 0 picks a free port, see
+//   port()) without serving: connections wait in the backlog. `serve` calls
+//   it before the node starts, so a port in use fails the start before the
+//   pool could claim a task. Start() listens when Listen() was not called,
+//   then serves on a background thread; Stop() ends every SSE stream, stops
+//   accepting, waits for in-flight requests and joins. Stop() is idempotent
+//   and called by the destructor.
 // - A listen address that is not loopback needs a token: Start() refuses with
 //   a `validation_failed` error otherwise.
 // - With a token every endpoint but /healthz, /readyz, /metrics,
@@ -101,9 +104,10 @@ class ApiServer {
   // The schedules served under /api/v1/schedules (set before Start()).
   void SetSchedules(schedule::ScheduleStore* schedules) { schedules_ = schedules; }
 
+  Status Listen();
   Status Start();
   void Stop();
-  // The bound port (after Start()).
+  // The bound port (after Listen() or Start()).
   int port() const { return port_; }
 
  private:
@@ -126,6 +130,7 @@ class ApiServer {
   std::condition_variable stop_cv_;  // notified when stopping_ turns true
   std::atomic<int> open_streams_{0};
   int port_ = 0;
+  bool listening_ = false;  // Listen() succeeded; Start() serves what it bound
 };
 
 }  // namespace runner::api

@@ -124,12 +124,19 @@ int RunServe(const Config& config) {
     std::cerr << "runner serve: " << node.error().message << "\n";
     return 1;
   }
+  // The listen address is bound before the node starts: a port in use (say,
+  // another runner on this host) fails here, before the pool registers,
+  // claims a task on a shared database or the scheduler fires a schedule.
+  auto server = std::make_unique<api::ApiServer>(api_options, (*node)->store(), **node, registry);
+  server->SetSchedules(&(*node)->schedules());
+  if (auto st = server->Listen(); !st) {
+    std::cerr << "runner serve: " << st.error().message << "\n";
+    return 1;
+  }
   if (auto st = (*node)->Start(); !st) {
     std::cerr << "runner serve: " << st.error().message << "\n";
     return 1;
   }
-  auto server = std::make_unique<api::ApiServer>(api_options, (*node)->store(), **node, registry);
-  server->SetSchedules(&(*node)->schedules());
   if (auto st = server->Start(); !st) {
     std::cerr << "runner serve: " << st.error().message << "\n";
     (*node)->Shutdown(StopOptions{true, std::chrono::seconds(0)});

@@ -456,7 +456,7 @@ int RunSchedules(const CommandContext& ctx) {
   auto res = client.GetJson("/api/v1/schedules");
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   std::vector<std::vector<std::string>> rows = {
@@ -496,7 +496,7 @@ int RunScheduleAdd(const CommandContext& ctx, const ScheduleArgs& a) {
   auto res = client.PostJson("/api/v1/schedules", body);
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
   } else {
     std::cout << a.name << ": next run " << Field(res->as_object(), "next_run_at") << "\n";
   }
@@ -516,7 +516,7 @@ int RunScheduleAction(const CommandContext& ctx, const std::string& action,
   if (action == "trigger") {
     auto res = client.PostJson(path + "/trigger", json::object{});
     if (!res) return Fail(res.error());
-    std::cout << (ctx.json ? json::serialize(*res) : Field(res->as_object(), "id")) << "\n";
+    std::cout << (ctx.json ? api::WriteJson(*res) : Field(res->as_object(), "id")) << "\n";
     return 0;
   }
   // pause, resume: the schedule as it is, with `paused` changed.
@@ -530,7 +530,7 @@ int RunScheduleAction(const CommandContext& ctx, const std::string& action,
   auto res = client.PutJson(path, body);
   if (!res) return Fail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
   } else {
     std::cout << name << ": " << (action == "pause" ? "paused" : "resumed") << ", next run "
               << Field(res->as_object(), "next_run_at") << "\n";

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <iostream>
 
+#include "api/json_text.h"
 #include "app/client/api_client.h"
 #include "app/client/commands.h"
 
@@ -22,16 +23,16 @@ std::string Cell(const json::object& o, std::string_view key) {
   if (v->is_string()) return std::string(v->get_string());
   if (v->is_bool()) return v->get_bool() ? "yes" : "no";
   if (v->is_object() && key == "rate_limit") {
-    return json::serialize(v->at("count")) + "/" + json::serialize(v->at("per")) + "s";
+    return api::WriteJson(v->at("count")) + "/" + api::WriteJson(v->at("per")) + "s";
   }
-  return json::serialize(*v);
+  return api::WriteJson(*v);
 }
 
 std::string Path(const std::string& name) { return "/api/v1/queues/" + name; }
 
 int PrintQueue(const CommandContext& ctx, const json::value& q) {
   if (ctx.json) {
-    std::cout << json::serialize(q) << "\n";
+    std::cout << api::WriteJson(q) << "\n";
     return 0;
   }
   const auto& o = q.as_object();
@@ -48,7 +49,7 @@ int RunQueues(const CommandContext& ctx) {
   auto res = client.GetJson("/api/v1/queues");
   if (!res) return QueueFail(res.error());
   if (ctx.json) {
-    std::cout << json::serialize(*res) << "\n";
+    std::cout << api::WriteJson(*res) << "\n";
     return 0;
   }
   std::vector<std::vector<std::string>> rows = {

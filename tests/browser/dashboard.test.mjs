@@ -151,6 +151,29 @@ describe('dashboard against a runner', () => {
     assert.equal(await page.evaluate(() => window.__xss), undefined);
   });
 
+  it('shows a task\'s secret names and masked output, never a secret value', async () => {
+    const { page, errors } = tab;
+    // the tab is shared: an earlier test's expected 400 is already recorded
+    const errorsBefore = errors.length;
+    const value = 's3cr3t-value-xyz';
+    const r = await runner.api('/api/v1/tasks', { method: 'POST', body: {
+      command: ['sh', '-c', 'echo "key=$API_KEY"'], secrets: { API_KEY: value },
+    } });
+    assert.equal(r.status, 201, r.text);
+    assert.ok(!r.text.includes(value), r.text);
+    await page.goto(`${runner.url}/#/tasks/${r.json.id}`);
+    await page.waitForFunction((id) => document.querySelector('#task-detail-id').textContent === id, r.json.id);
+    await page.waitForFunction(() => document.querySelector('#task-detail-state').textContent === 'succeeded', null, { timeout: 30000 });
+    // the task did get the value (masked in its output), and the page names the secret
+    await page.waitForFunction(() => document.querySelector('#task-logs').textContent.includes('key=***'), null, { timeout: 15000 });
+    assert.ok((await page.textContent('#task-facts')).includes('API_KEY'));
+    assert.ok((await page.textContent('body')).includes('API_KEY'));
+    const html = await page.evaluate(() => document.documentElement.outerHTML);
+    assert.ok(!html.includes(value), 'the secret value is in the DOM');
+    assert.ok(html.includes('***'));
+    assert.deepEqual(errors.slice(errorsBefore), []);
+  });
+
   it('scales the pool from the page', async () => {
     const { page } = tab;
     await page.fill('#scale-input', '3');

@@ -70,6 +70,25 @@ TEST_CASE("unknown query parameters are a 400 on every route that reads them", "
   REQUIRE(logs->status == 400);
   CHECK(f.ErrorCode(logs) == "validation_failed");
   CHECK(f.http().Get(("/api/v1/tasks/" + id + "/logs?stream=stdout").c_str())->status == 200);
+  auto list = f.http().Get("/api/v1/tasks?stat=queued");
+  REQUIRE(list->status == 400);
+  CHECK(f.Json(list).at("error").at("message").as_string().find("stat") == 0);
+  // Routes that read no parameter refuse any, schedules and queues included.
+  for (const std::string& path :
+       {std::string("/api/v1/status?verbose=1"), "/api/v1/tasks/" + id + "?x=1",
+        std::string("/api/v1/workers?all=1"), std::string("/api/v1/schedules?limit=5"),
+        std::string("/api/v1/queues?name=q1")}) {
+    INFO(path);
+    auto res = f.http().Get(path.c_str());
+    REQUIRE(res);
+    CHECK(res->status == 400);
+    CHECK(f.ErrorCode(res) == "validation_failed");
+    CHECK(res->body.find("unknown query parameter (allowed: none)") != std::string::npos);
+  }
+  CHECK(f.http()
+            .Post(("/api/v1/tasks/" + id + "/cancel?now=1").c_str(), "", "application/json")
+            ->status == 400);
+  CHECK(f.http().Get("/healthz?probe=1")->status == 200);  // public probes take what they get
 }
 
 TEST_CASE("JSON numbers are written as plain decimals, never 5E-1", "[api][json]") {
@@ -86,8 +105,24 @@ TEST_CASE("JSON numbers are written as plain decimals, never 5E-1", "[api][json]
   CHECK(res->body.find("\"cpus\":0.5") != std::string::npos);
   std::string id(f.Json(res).at("id").as_string());
   REQUIRE(WaitFor([&] { return f.StateOf(id) == "succeeded"; }, 20s));
+  // Schedules and queue policies carry doubles too (every, timeout, rate_limit.per).
+  REQUIRE(f.http()
+              .Post("/api/v1/schedules",
+                    R"({"name":"half","every":1.5,"task":{"command":["true"],"timeout":600}})",
+                    "application/json")
+              ->status == 201);
+  REQUIRE(
+      f.http()
+          .Put("/api/v1/queues/q1", R"({"rate_limit":{"count":10,"per":0.5}})", "application/json")
+          ->status == 200);
+  const auto schedule = f.http().Get("/api/v1/schedules/half")->body;
+  CHECK(schedule.find("\"every\":1.5") != std::string::npos);
+  CHECK(schedule.find("\"timeout\":600") != std::string::npos);
+  CHECK(f.http().Get("/api/v1/queues/q1")->body.find("\"per\":0.5") != std::string::npos);
   for (const std::string& path :
-       {"/api/v1/tasks/" + id, std::string("/api/v1/tasks"), std::string("/api/v1/status")}) {
+       {"/api/v1/tasks/" + id, std::string("/api/v1/tasks"), std::string("/api/v1/status"),
+        std::string("/api/v1/schedules"), std::string("/api/v1/schedules/half"),
+        std::string("/api/v1/queues"), std::string("/api/v1/queues/q1")}) {
     auto body = f.http().Get(path.c_str())->body;
     INFO(path << ": " << body);
     // A number token (after ':', ',' or '[', not inside a string) with an exponent.

@@ -1,4 +1,8 @@
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -239,6 +243,58 @@ TEST_CASE("a refused start creates nothing: no data dir, no database, no pool", 
   CHECK(empty.code == 2);
   CHECK(empty.err.find("empty") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(data_dir));
+}
+
+TEST_CASE("a listen address in use fails the start before the pool or the scheduler starts",
+          "[cli][serve]") {
+  // Another process holds the port (say, a second runner on this host).
+  int held = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(held >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(held, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(held, 8) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(held, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const std::string port = std::to_string(ntohs(addr.sin_port));
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_held{held};
+
+  runner::testing::TestDatabase db;
+  runner::testing::TempDir dir;
+  REQUIRE(Runner("http://127.0.0.1:1", "migrate --database-url '" + db.url() + "'").code == 0);
+  auto r = Runner("http://127.0.0.1:1", "serve --listen 127.0.0.1:" + port +
+                                            " --mode process --data-dir " + dir.path().string() +
+                                            " --database-url '" + db.url() + "'");
+  INFO(r.out << r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("cannot listen on 127.0.0.1:" + port) != std::string::npos);
+  // On a shared database a started pool could have claimed a task first.
+  CHECK((r.out + r.err).find("pool started") == std::string::npos);
+  pqxx::connection conn(db.conninfo());
+  pqxx::work tx(conn);
+  CHECK(tx.exec1("SELECT count(*) FROM events WHERE kind = 'worker.started'")[0].as<int>() == 0);
+  CHECK(tx.exec1("SELECT count(*) FROM workers")[0].as<int>() == 0);
+}
+
+TEST_CASE("queue and schedule output prints numbers as plain decimals", "[cli][json]") {
+  ApiFixture f;
+  auto set = Runner(f.base(), "queue set q1 --rate 10/0.5");
+  INFO(set.out << set.err);
+  REQUIRE(set.code == 0);
+  CHECK(set.out.find("10/0.5s") != std::string::npos);
+  auto queues = Runner(f.base(), "--json queues");
+  CHECK(queues.out.find("\"per\":0.5") != std::string::npos);
+  REQUIRE(Runner(f.base(), "schedule add half --every 1.5 -- true").code == 0);
+  auto schedules = Runner(f.base(), "--json schedules");
+  CHECK(schedules.out.find("\"every\":1.5") != std::string::npos);
+  for (const auto& out : {set.out, queues.out, schedules.out}) {
+    CHECK(out.find("E-1") == std::string::npos);
+    CHECK(out.find("E0") == std::string::npos);
+  }
 }
 
 TEST_CASE("--server, --token and --json work before the subcommand too", "[cli]") {

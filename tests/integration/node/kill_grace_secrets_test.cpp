@@ -1,17 +1,22 @@
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
 #include <memory>
 
 #include "runner/metrics/registry.h"
 #include "runner/node/node.h"
+#include "runner/secrets/secret_box.h"
 #include "tests/integration/node/node_fixture.h"
+#include "tests/support/log_capture.h"
 #include "tests/support/services.h"
 
 using namespace std::chrono_literals;
 using runner::node::Node;
 using runner::pool::testing::Command;
+using runner::pool::testing::Count;
 using runner::pool::testing::NodeConfig;
 using runner::queue::TaskState;
+using runner::testing::LogCapture;
 using runner::testing::TempDir;
 using runner::testing::TestDatabase;
 using runner::testing::WaitFor;
@@ -70,8 +75,57 @@ TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both iso
   node->Shutdown(runner::StopOptions{true, 0s});
 }
 
+TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, in both isolations",
+          "[node][kill_grace][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.kill_grace = 1;
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  for (auto mode :
+       {runner::isolation::IsolationMode::kProcess, runner::isolation::IsolationMode::kDocker}) {
+    INFO(runner::isolation::ToString(mode));
+    auto t = Command({"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"});
+    t.isolation = mode;
+    auto sub = node->store().Submit(t);
+    REQUIRE(sub.ok());
+    const std::string id = sub->task.id;
+    // Running, and the shell has set its trap (it prints after the trap).
+    REQUIRE(WaitFor(
+        [&] {
+          auto got = node->store().Get(id);
+          return got.ok() && got->state == TaskState::kRunning &&
+                 got->stdout_tail.find("ready") != std::string::npos;
+        },
+        60s));
+    const auto cancelled_at = std::chrono::steady_clock::now();
+    REQUIRE(node->store().Cancel(id).ok());
+    std::optional<runner::queue::Task> done;
+    REQUIRE(WaitFor(
+        [&] {
+          auto got = node->store().Get(id);
+          if (got.ok() && runner::queue::IsFinal(got->state)) done = *got;
+          return done.has_value();
+        },
+        30s, 50ms));
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - cancelled_at).count();
+    CHECK(done->state == TaskState::kCancelled);
+    // SIGTERM is ignored, so the task lives through the 1 s grace, then
+    // SIGKILL ends it (not 5 s, the default, nor Docker's 10 s).
+    CHECK(took >= 0.9);
+    CHECK(took < 4.5);
+  }
+  node->Shutdown(runner::StopOptions{true, 0s});
+}
+
 TEST_CASE("a docker task gets its secrets as env and its output is masked",
           "[node][secrets][docker]") {
+  LogCapture log;
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
@@ -89,4 +143,62 @@ TEST_CASE("a docker task gets its secrets as env and its output is masked",
   CHECK(done.stdout_tail == "a:***\n");
   CHECK(done.secret_names == std::vector<std::string>{"TOKEN"});
   node->Shutdown(runner::StopOptions{true, 0s});
+  // The runner never logs a value with Docker isolation either: the secrets
+  // travel in the container's create request, and the capture sees all levels.
+  const std::string logged = log.Text();
+  CHECK(logged.find(done.id) != std::string::npos);  // the capture saw this task's lines
+  CHECK(logged.find("hunter2-docker-value") == std::string::npos);
+  CHECK(logged.find("hunter2") == std::string::npos);
+}
+
+TEST_CASE("a task sealed under one key fails on a node with another key, and never runs",
+          "[node][secrets]") {
+  TestDatabase db;
+  TempDir sealer_dir;
+  TempDir claimer_dir;
+  TempDir marker_dir;
+  runner::metrics::Registry sealer_registry;
+  runner::metrics::Registry claimer_registry;
+  // Each node creates its own key under its data dir: two keys, one database.
+  auto sealer = AutoNode(NodeConfig(sealer_dir, 1), db, sealer_registry);
+  const auto marker = marker_dir.path() / "ran";
+  auto t = Command({"sh", "-c", "touch '" + marker.string() + "'; echo ran; echo \"s:$TOKEN\""});
+  t.secrets = {{"TOKEN", "hunter2-wrong-key-value"}};
+  auto sub = sealer->store().Submit(t);
+  REQUIRE(sub.ok());
+  const std::string id = sub->task.id;
+  sealer.reset();  // never started: only the node with the other key runs
+
+  auto claimer = AutoNode(NodeConfig(claimer_dir, 1), db, claimer_registry);
+  REQUIRE(claimer->Start().ok());
+  std::optional<runner::queue::Task> done;
+  WaitFor(
+      [&] {
+        auto got = claimer->store().Get(id);
+        if (got.ok() && runner::queue::IsFinal(got->state)) done = *got;
+        return done.has_value();
+      },
+      60s);
+  claimer->Shutdown(runner::StopOptions{true, 0s});
+  REQUIRE(done.has_value());
+  // It never ran: no marker, no output, no exit code.
+  CHECK_FALSE(std::filesystem::exists(marker));
+  CHECK(done->stdout_tail.empty());
+  CHECK(done->stderr_tail.empty());
+  CHECK_FALSE(done->exit_code.has_value());
+  CHECK(Count(db, "SELECT count(*) FROM task_logs WHERE task_id = '" + id + "'") == 0);
+
+  auto sealer_key = runner::secrets::SecretKey::Load(sealer_dir.path() / "secret.key");
+  auto claimer_key = runner::secrets::SecretKey::Load(claimer_dir.path() / "secret.key");
+  REQUIRE(sealer_key.ok());
+  REQUIRE(claimer_key.ok());
+  REQUIRE(sealer_key->id() != claimer_key->id());
+
+  CHECK(done->state == TaskState::kFailed);
+  REQUIRE(done->error.has_value());
+  CHECK(done->error->code == "secrets_unavailable");
+  CHECK(done->error->message.find(sealer_key->id()) != std::string::npos);
+  CHECK(done->error->message.find(claimer_key->id()) != std::string::npos);
+  CHECK(done->error->message.find("hunter2") == std::string::npos);
+  CHECK(done->secret_names == std::vector<std::string>{"TOKEN"});
 }

@@ -30,6 +30,7 @@ TEST_CASE("defaults apply when nothing is given", "[api][config]") {
   CHECK(c->max_workers == 256);
   CHECK_FALSE(c->database_url.has_value());
   CHECK(c->drain_timeout == 60);
+  CHECK(c->kill_grace == 5);  // seconds from SIGTERM to SIGKILL, both isolations
 }
 
 TEST_CASE("flags beat the environment, which beats YAML, which beats defaults", "[api][config]") {
