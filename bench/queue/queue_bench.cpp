@@ -62,7 +62,8 @@ void Reset(const std::string& conninfo) {
   pqxx::connection c(conninfo);
   pqxx::nontransaction tx(c);
   tx.exec(
-      "TRUNCATE tasks, task_logs, events, workers, nodes, queue_policies, queue_starts CASCADE");
+      "TRUNCATE tasks, task_logs, events, workers, nodes, queue_policies, queue_run_slots, "
+      "queue_rate_slots CASCADE");
   tx.exec("UPDATE task_final_counts SET n = 0");
   tx.exec("VACUUM ANALYZE tasks");
 }

@@ -197,6 +197,7 @@ const std::vector<Migration> kMigrations = {
     {2, "schedules", kV2Schedules},
     {3, "task groups and queue policies", kV2QueuePolicies},
     {4, "task secrets", kV4Secrets},
+    {5, "queue cap slots and rate rings", kV5CapSlots},
 };
 
 }  // namespace

@@ -29,7 +29,7 @@ constexpr int kMaxCap = 1000000;
   "  (SELECT count(DISTINCT coalesce(t.\"group\", '')) FROM tasks t"                          \
   "     WHERE t.state IN ('queued', 'running') AND t.queue = n.queue),"                       \
   "  p.max_running, p.max_running_per_group, p.rate_count, p.rate_per, p.paused,"             \
-  "  (SELECT count(*) FROM queue_starts s WHERE s.queue = n.queue"                            \
+  "  (SELECT count(*) FROM queue_rate_slots s WHERE s.queue = n.queue"                        \
   "     AND s.at > clock_timestamp() - p.rate_per * interval '1 second'),"                    \
   "  p.queue IS NOT NULL"                                                                     \
   " FROM (" names ") n LEFT JOIN queue_policies p ON p.queue = n.queue ORDER BY n.queue"
@@ -60,8 +60,37 @@ constexpr std::string_view kUpsertPolicy =
     " rate_per, paused) VALUES ($1, $2, $3, $4, $5, $6)"
     " ON CONFLICT (queue) DO UPDATE SET max_running = excluded.max_running,"
     " max_running_per_group = excluded.max_running_per_group, rate_count = excluded.rate_count,"
-    " rate_per = excluded.rate_per, paused = excluded.paused, updated_at = now()"
+    " rate_per = excluded.rate_per, paused = excluded.paused, updated_at = now(),"
+    " run_slots = CASE WHEN excluded.max_running IS NULL THEN 0"
+    "   ELSE least(p.run_slots, excluded.max_running) END"
     " RETURNING runner_policy_caps(p)";
+
+// The run slots above the cap go (a running task still in one holds the
+// capped claims back until it ends: queue_policy_schema.h, v5).
+constexpr std::string_view kTrimRunSlots =
+    "DELETE FROM queue_run_slots s USING queue_policies p WHERE s.queue = $1 AND p.queue = $1"
+    " AND s.slot > p.run_slots";
+
+// The rate ring keeps the `count` latest starts (all of them when the count
+// did not shrink: a pause or another cap changes nothing in it), as rows
+// 1..n; none without a rate limit. $2: the count, NULL for none.
+constexpr std::string_view kRingNeedsTrim =
+    "SELECT EXISTS (SELECT 1 FROM queue_rate_slots WHERE queue = $1"
+    " AND ($2::integer IS NULL OR slot > $2::integer))";
+constexpr std::string_view kTrimRing =
+    "WITH keep AS (SELECT at FROM queue_rate_slots WHERE queue = $1"
+    "  ORDER BY at DESC LIMIT coalesce($2::integer, 0)"
+    "), del AS (DELETE FROM queue_rate_slots WHERE queue = $1"
+    ") INSERT INTO queue_rate_slots (queue, slot, at)"
+    "  SELECT $1, -(row_number() OVER (ORDER BY at))::integer, at FROM keep";
+constexpr std::string_view kRenumberRing =
+    "WITH u AS (UPDATE queue_rate_slots SET slot = -slot WHERE queue = $1 AND slot < 0)"
+    " UPDATE queue_policies SET rate_slots = (SELECT count(*) FROM queue_rate_slots"
+    "  WHERE queue = $1 AND slot < 0) WHERE queue = $1";
+
+constexpr std::string_view kDeleteSlots =
+    "WITH r AS (DELETE FROM queue_run_slots WHERE queue = $1)"
+    " DELETE FROM queue_rate_slots WHERE queue = $1";
 
 constexpr std::string_view kDeletePolicy =
     "DELETE FROM queue_policies WHERE queue = $1 RETURNING queue";
@@ -76,16 +105,14 @@ constexpr std::string_view kQueueEvent =
 
 constexpr std::string_view kNextRateOpening =
     "SELECT (extract(epoch FROM min(o.opens - clock_timestamp())) * 1000)::bigint FROM ("
-    "  SELECT p.rate_count, w.n, w.first + p.rate_per * interval '1 second' AS opens"
-    "  FROM queue_policies p CROSS JOIN LATERAL ("
-    "    SELECT count(*) AS n, min(s.at) AS first FROM queue_starts s"
-    "    WHERE s.queue = p.queue AND s.at > clock_timestamp() - p.rate_per * interval '1 second'"
-    "  ) w"
-    "  WHERE p.rate_count IS NOT NULL AND NOT p.paused"
+    "  SELECT (SELECT min(s.at) FROM queue_rate_slots s WHERE s.queue = p.queue)"
+    "         + p.rate_per * interval '1 second' AS opens"
+    "  FROM queue_policies p"
+    "  WHERE p.rate_count IS NOT NULL AND NOT p.paused AND p.rate_slots >= p.rate_count"
     "    AND ($1::text[] IS NULL OR p.queue = ANY($1::text[]))"
     "    AND EXISTS (SELECT 1 FROM tasks q WHERE q.state = 'queued' AND q.capped"
     "                AND q.queue = p.queue AND q.run_at <= now())"
-    ") o WHERE o.n >= o.rate_count";
+    ") o WHERE o.opens > clock_timestamp()";
 
 std::optional<int> OptInt(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
@@ -201,6 +228,11 @@ Result<QueueInfo> PostgresStore::SetQueuePolicy(std::string_view queue, const Qu
     auto r = tx.exec_params(std::string(kUpsertPolicy), q, cstr(max_running), cstr(per_group),
                             cstr(rate_count), cstr(rate_per), policy.paused);
     const bool caps = r[0][0].as<bool>();
+    tx.exec_params(std::string(kTrimRunSlots), q);
+    if (tx.exec_params(std::string(kRingNeedsTrim), q, cstr(rate_count))[0][0].as<bool>()) {
+      tx.exec_params(std::string(kTrimRing), q, cstr(rate_count));
+      tx.exec_params(std::string(kRenumberRing), q);
+    }
     tx.exec_params(std::string(kRecap), q, caps);
     tx.exec_params(std::string(kQueueEvent), q, PolicyJson(q, policy));
     auto row = tx.exec_params(std::string(kQueueRow), q);
@@ -235,6 +267,7 @@ Status PostgresStore::DeleteQueuePolicy(std::string_view queue) {
     tx.exec_params(std::string(kLockPolicy), q);
     found = !tx.exec_params(std::string(kDeletePolicy), q).empty();
     if (!found) return {};
+    tx.exec_params(std::string(kDeleteSlots), q);
     tx.exec_params(std::string(kRecap), q, false);
     tx.exec_params(std::string(kQueueEvent), q, PolicyJson(q, std::nullopt));
     tx.commit();

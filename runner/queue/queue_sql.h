@@ -128,7 +128,9 @@ inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runne
 // `queues` is a text[] parameter (NULL: all), `skip` a text[] of isolations
 // the claiming node cannot run now (NULL or empty: none; such tasks wait for
 // a node that can). RUNNER_CLAIM_SET is the update
-// that starts a task, RUNNER_STARTED_EVENTS the events of CTE "claimed".
+// that starts a task from candidate row `p` (a capped one takes its run slot
+// and spends its rate ring row: queue_policy_schema.h, v5),
+// RUNNER_STARTED_EVENTS the events of CTE "claimed".
 // clang-format off
 #define RUNNER_CLAIMABLE(columns, queues, limit, skip) \
   "SELECT " columns " FROM tasks q" \
@@ -140,23 +142,23 @@ inline constexpr Statement kNotifyTasks{"notify_tasks", "SELECT pg_notify('runne
   "          AND d.state <> 'succeeded'))" \
   "  ORDER BY q.priority DESC, q.fair_seq, q.run_at, q.id" \
   "  LIMIT " limit " FOR UPDATE OF q SKIP LOCKED"
-#define RUNNER_CLAIM_SET(owner, node, lease_ms, started) \
+#define RUNNER_CLAIM_SET(owner, node, lease_ms) \
   "state = 'running', attempt = t.attempt + 1, lease_owner = " owner ", node_id = " node "," \
   "  lease_expires_at = now() + " lease_ms "::bigint * interval '1 millisecond'," \
-  "  started_at = " started
+  "  started_at = CASE WHEN p.rate_slot IS NULL THEN coalesce(p.started, now())" \
+  "    ELSE runner_rate_spend(t.queue, p.rate_slot, p.started) END, cap_slot = p.cap_slot"
 #define RUNNER_STARTED_EVENTS \
   "INSERT INTO events (kind, task_id, worker_id, data)" \
   "  SELECT 'task.started', t.id, t.lease_owner," \
-  "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t" \
-  "), starts AS (" \
-  "  INSERT INTO queue_starts (queue, at) SELECT t.queue, t.started_at FROM claimed t" \
-  "  WHERE t.capped"
+  "         jsonb_build_object('attempt', t.attempt, 'node_id', t.node_id) FROM claimed t"
 // The claim candidates: the fast path (tasks_claim_idx, uncapped queues) and
 // the capped queues' (runner_claim_capped, only called when some queue has a
-// policy), as (id, priority, fair_seq, run_at, started).
+// policy), as (id, priority, fair_seq, run_at, started, cap_slot, rate_slot):
+// the run slot and the rate ring row a capped candidate takes if started.
 #define RUNNER_CANDIDATES(queues, limit, skip, exclude) \
   "SELECT * FROM (" RUNNER_CLAIMABLE("q.id, q.priority, q.fair_seq, q.run_at," \
-                                      " NULL::timestamptz AS started", queues, limit, skip) ") f" \
+                                      " NULL::timestamptz AS started, NULL::integer AS cap_slot," \
+                                      " NULL::integer AS rate_slot", queues, limit, skip) ") f" \
   " UNION ALL SELECT * FROM runner_claim_capped(" queues "::text[], " skip "::text[], " \
   limit "::integer, " exclude ") WHERE EXISTS (SELECT 1 FROM queue_policies)"
 // clang-format on
@@ -169,11 +171,11 @@ inline constexpr Statement kClaim{
     "WITH w AS ("
     "  SELECT wid, ord FROM unnest($1::text[]) WITH ORDINALITY AS u(wid, ord)"
     "), picked AS ("
-    "  SELECT c.id, c.started,"
+    "  SELECT c.id, c.started, c.cap_slot, c.rate_slot,"
     "    row_number() OVER (ORDER BY c.priority DESC, c.fair_seq, c.run_at, c.id) AS ord"
     "  FROM (" RUNNER_CANDIDATES("$4", "$5", "$6", "NULL") ") c"
     "), claimed AS ("
-    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3", "coalesce(p.started, now())")
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("w.wid", "$2", "$3")
     "  FROM picked p JOIN w ON w.ord = p.ord"
     "  WHERE t.id = p.id"
     "  RETURNING t.*"
@@ -269,10 +271,10 @@ inline constexpr Statement kFinish{
 inline constexpr Statement kFinishAndClaim{
     "finish_and_claim", RUNNER_FINISH_CTES
     "), picked AS ("
-    "  SELECT c.id, c.started FROM (" RUNNER_CANDIDATES("$12", "1", "$13", "$1") ") c"
+    "  SELECT c.id, c.started, c.cap_slot, c.rate_slot FROM (" RUNNER_CANDIDATES("$12", "1", "$13", "$1") ") c"
     "  ORDER BY c.priority DESC, c.fair_seq, c.run_at, c.id LIMIT 1"
     "), claimed AS ("
-    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11", "coalesce(p.started, now())")
+    "  UPDATE tasks t SET " RUNNER_CLAIM_SET("$2", "$10", "$11")
     "  FROM picked p WHERE t.id = p.id"
     "  RETURNING t.*"
     "), cev AS (" RUNNER_STARTED_EVENTS

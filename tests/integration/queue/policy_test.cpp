@@ -289,6 +289,49 @@ TEST_CASE("a slot freed by a finish is taken in the same statement", "[queue][po
   CHECK(next->next->id == b->task.id);
 }
 
+TEST_CASE("a cap set or lowered while tasks run is never exceeded", "[queue][policy][caps]") {
+  TestDatabase db;
+  auto node_a = OpenStore(db);
+  auto node_b = OpenStore(db);
+  REQUIRE(node_a->SubmitBatch(std::vector<NewTask>(12, InGroup("low", ""))).ok());
+  auto running_count = [&] {
+    return std::stoi(Scalar(db, "SELECT count(*) FROM tasks WHERE state = 'running'"));
+  };
+  // Three start with no policy (they hold no run slot), then the cap comes.
+  auto uncapped = node_a->Claim(ClaimFor({"u1", "u2", "u3"}));
+  REQUIRE((uncapped.ok() && uncapped->size() == 3));
+  REQUIRE(node_a->SetQueuePolicy("low", Caps(4, std::nullopt)).ok());
+  auto more = node_b->Claim(ClaimFor({"c1", "c2", "c3"}));
+  REQUIRE(more.ok());
+  CHECK(running_count() <= 4);
+  std::vector<std::pair<std::string, std::string>> live;  // (task, worker)
+  for (std::size_t i = 0; i < uncapped->size(); ++i) {
+    live.emplace_back((*uncapped)[i].id, "u" + std::to_string(i + 1));
+  }
+  for (std::size_t i = 0; i < more->size(); ++i) {
+    live.emplace_back((*more)[i].id, "c" + std::to_string(i + 1));
+  }
+  // Lowered below what runs: no start until what runs fits under it.
+  REQUIRE(node_b->SetQueuePolicy("low", Caps(2, std::nullopt)).ok());
+  int next_worker = 0;
+  while (!live.empty()) {
+    auto [id, worker] = live.back();
+    live.pop_back();
+    REQUIRE(node_a->Finish(id, worker, Report(TaskState::kSucceeded)).ok());
+    auto c = (live.size() % 2 == 0 ? node_a : node_b)
+                 ->Claim(ClaimFor(
+                     {"n" + std::to_string(next_worker), "n" + std::to_string(next_worker + 1)}));
+    REQUIRE(c.ok());
+    for (std::size_t i = 0; i < c->size(); ++i) {
+      live.emplace_back((*c)[i].id, "n" + std::to_string(next_worker + static_cast<int>(i)));
+    }
+    next_worker += 2;
+    if (!c->empty()) CHECK(running_count() <= 2);
+  }
+  // Everything ran, the lowered cap held from the first start after it.
+  CHECK(Scalar(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == "12");
+}
+
 TEST_CASE("a capped queue's backlog does not slow the claims of another queue",
           "[queue][policy][caps]") {
   TestDatabase db;
