@@ -60,8 +60,10 @@ void AddTaskOptions(CLI::App* cmd, runner::app::SubmitArgs& args) {
 
 // The client flags may come before the subcommand too (`runner --server URL
 // status`): they are moved to just after it, where the subcommand's own
-// options take them, so both spellings mean the same.
-std::vector<std::string> ClientFlagsAfterSubcommand(int argc, char** argv) {
+// options take them, so both spellings mean the same. A nested subcommand
+// (`queue set`, `schedule add`) takes them after its last word: `queue`
+// itself has no --server.
+std::vector<std::string> ClientFlagsAfterSubcommand(const CLI::App& app, int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
   std::vector<std::string> moved;
   std::size_t i = 1;
@@ -79,9 +81,20 @@ std::vector<std::string> ClientFlagsAfterSubcommand(int argc, char** argv) {
     }
   }
   if (moved.empty() || i >= args.size()) return args;
-  std::vector<std::string> out{args[0], args[i]};
+  std::size_t end = i;  // one past the subcommand's last word
+  const CLI::App* at = &app;
+  while (end < args.size()) {
+    auto next = at->get_subcommands([&](const CLI::App* s) { return s->get_name() == args[end]; });
+    if (next.empty()) break;
+    at = next.front();
+    ++end;
+  }
+  if (end == i) end = i + 1;  // not a subcommand: CLI11 will say so
+  std::vector<std::string> out{args[0]};
+  out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(i),
+             args.begin() + static_cast<std::ptrdiff_t>(end));
   out.insert(out.end(), moved.begin(), moved.end());
-  out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
+  out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(end), args.end());
   return out;
 }
 
@@ -218,7 +231,7 @@ int main(int argc, char** argv) {
     schedule_actions.emplace_back(action, cmd);
   }
 
-  std::vector<std::string> args = ClientFlagsAfterSubcommand(argc, argv);
+  std::vector<std::string> args = ClientFlagsAfterSubcommand(app, argc, argv);
   std::vector<char*> arg_ptrs;
   for (auto& a : args) arg_ptrs.push_back(a.data());
   try {

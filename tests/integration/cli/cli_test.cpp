@@ -305,6 +305,14 @@ TEST_CASE("--server, --token and --json work before the subcommand too", "[cli]"
   CHECK(r.out.rfind("{", 0) == 0);
   auto after = Runner("http://127.0.0.1:1", "status --server " + f.base() + " --token=tok");
   CHECK(after.code == 0);
+  // A nested subcommand takes them after its last word (`queue` has no --server).
+  auto nested = Runner("http://127.0.0.1:1",
+                       "--server " + f.base() + " --token tok queue set cli-front --max-running 2");
+  INFO(nested.err);
+  CHECK(nested.code == 0);
+  auto shown = Runner("http://127.0.0.1:1", "--server " + f.base() + " --token tok --json queues");
+  CHECK(shown.code == 0);
+  CHECK(shown.out.find("\"cli-front\"") != std::string::npos);
 }
 
 TEST_CASE("submit --secret takes NAME=VALUE or the value of an environment variable",
