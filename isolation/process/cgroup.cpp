@@ -63,21 +63,6 @@ std::string Unescape(const std::string& s) {
   return out;
 }
 
-std::string ReadFile(const fs::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return {};
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  return out;
-}
-
 // Writes `value` in a single write(2), as cgroup files require.
 Status WriteFile(const fs::path& path, const std::string& value) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
@@ -98,7 +83,7 @@ Status WriteFile(const fs::path& path, const std::string& value) {
 }
 
 std::optional<int64_t> ReadInt(const fs::path& path) {
-  std::string text = ReadFile(path);
+  std::string text = ReadProcFile(path);
   if (text.empty()) return std::nullopt;
   try {
     return std::stoll(text);
@@ -109,7 +94,7 @@ std::optional<int64_t> ReadInt(const fs::path& path) {
 
 // "key value" lines (memory.stat, memory.events, cpu.stat, memory.oom_control).
 std::optional<int64_t> ReadKey(const fs::path& path, const std::string& key) {
-  std::istringstream in(ReadFile(path));
+  std::istringstream in(ReadProcFile(path));
   std::string k;
   int64_t v = 0;
   while (in >> k >> v) {
@@ -127,9 +112,24 @@ void SleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)
 
 }  // namespace
 
+std::string ReadProcFile(const fs::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
 CgroupHost CgroupHost::Detect(const std::string& parent_name) {
-  CgroupHost host = FromProcFiles(ReadFile("/proc/self/mountinfo"), ReadFile("/proc/self/cgroup"),
-                                  parent_name, true);
+  CgroupHost host = FromProcFiles(ReadProcFile("/proc/self/mountinfo"),
+                                  ReadProcFile("/proc/self/cgroup"), parent_name, true);
   if (host.empty()) {
     spdlog::warn(
         "process isolation: no writable cgroup hierarchy; limits fall back to setrlimit and "
@@ -235,7 +235,7 @@ CgroupHost CgroupHost::FromProcFiles(const std::string& mountinfo, const std::st
     if (create_parents && !Exists(base)) continue;  // our cgroup is outside this mount's view
 
     if (v2) {
-      std::vector<std::string> available = Split(ReadFile(base / "cgroup.controllers"), ' ');
+      std::vector<std::string> available = Split(ReadProcFile(base / "cgroup.controllers"), ' ');
       for (std::string& c : available) {
         if (!c.empty() && c.back() == '\n') c.pop_back();
       }
@@ -253,7 +253,7 @@ CgroupHost CgroupHost::FromProcFiles(const std::string& mountinfo, const std::st
         // already enabled.
         Status st = WriteFile(base / "cgroup.subtree_control", enable);
         if (!st.ok()) {
-          std::string enabled = ReadFile(base / "cgroup.subtree_control");
+          std::string enabled = ReadProcFile(base / "cgroup.subtree_control");
           std::vector<std::string> kept;
           std::string kept_text;
           for (const std::string& c : ctrls) {
@@ -499,7 +499,7 @@ void TaskCgroup::CloseJoinFds() {
 std::vector<int> TaskCgroup::Pids() const {
   std::vector<int> pids;
   if (dirs_.empty()) return pids;
-  std::istringstream in(ReadFile(dirs_.front() / "cgroup.procs"));
+  std::istringstream in(ReadProcFile(dirs_.front() / "cgroup.procs"));
   int pid = 0;
   while (in >> pid) pids.push_back(pid);
   return pids;
@@ -531,7 +531,7 @@ bool TaskCgroup::KillAll(int deadline_ms) const {
     } else if (freezer_dir_) {
       // Frozen processes cannot fork, so one pass over cgroup.procs gets all.
       (void)WriteFile(*freezer_dir_ / "freezer.state", "FROZEN");
-      for (int i = 0; i < 50 && ReadFile(*freezer_dir_ / "freezer.state") != "FROZEN\n"; ++i) {
+      for (int i = 0; i < 50 && ReadProcFile(*freezer_dir_ / "freezer.state") != "FROZEN\n"; ++i) {
         SleepMs(1);
       }
       Signal(SIGKILL);

@@ -52,6 +52,11 @@
 
 namespace runner::isolation::process {
 
+// The whole of a small /proc or /sys file; empty when it cannot be read (the
+// process is gone, the file does not exist). Never throws: std::ifstream
+// throws from its read when /proc/PID answers ESRCH, which crashed a worker.
+std::string ReadProcFile(const std::filesystem::path& path);
+
 // One mounted hierarchy this process can create task cgroups in.
 struct CgroupHierarchy {
   bool v2 = false;

@@ -20,7 +20,6 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -268,6 +267,13 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
     ReportAndExit(p, kExec);
   }
   for (int fd : p.keep_fds) ::fcntl(fd, F_SETFD, 0);
+  // The sandbox's init starts with every signal blocked and unblocks them
+  // once it forwards them: a stop's SIGTERM sent before then stays pending.
+  // Unblocked, pid 1 of a new namespace drops it (no handler yet), and the
+  // task ran on until the kill grace's SIGKILL.
+  sigset_t blocked_all;
+  sigfillset(&blocked_all);
+  ::sigprocmask(SIG_SETMASK, &blocked_all, nullptr);
   if (p.unshare_flags & CLONE_NEWPID) {
     // A fork (ThreadSanitizer builds): our child is pid 1 of the namespace;
     // we wait for it and leave with its exit code (the task's status comes
@@ -279,11 +285,9 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
       // copy never execs, so it must not hold its end (every sandboxed start
       // on this path waited out kExecReportTimeout, 10 s).
       if (p.report_fd >= 0) ::close(p.report_fd);
-      // killpg reaches the init itself; this copy must outlive a SIGTERM, or
-      // its death SIGKILLs the init (PDEATHSIG) and the task gets no kill grace.
-      sigset_t blocked;
-      sigfillset(&blocked);
-      ::sigprocmask(SIG_SETMASK, &blocked, nullptr);
+      // killpg reaches the init itself; this copy must outlive a SIGTERM (its
+      // signals stay blocked), or its death SIGKILLs the init (PDEATHSIG) and
+      // the task gets no kill grace.
       int status = 0;
       while (::waitpid(init, &status, 0) < 0 && errno == EINTR) {
       }
@@ -406,8 +410,7 @@ unsigned HostCores() {
 
 // CPU seconds and resident memory of one process (the no-cgroup fallback).
 std::pair<double, int64_t> ProcUsage(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  std::string text = ReadProcFile("/proc/" + std::to_string(pid) + "/stat");
   size_t close = text.rfind(')');
   if (close == std::string::npos) return {0, 0};
   std::istringstream in(text.substr(close + 2));
@@ -906,7 +909,8 @@ void TaskRun::Sample() {
 
 pid_t TaskRun::UsagePid() const {
   if (sandbox_ == nullptr) return pid_;
-  std::ifstream in("/proc/" + std::to_string(pid_) + "/task/" + std::to_string(pid_) + "/children");
+  std::istringstream in(ReadProcFile("/proc/" + std::to_string(pid_) + "/task/" +
+                                     std::to_string(pid_) + "/children"));
   pid_t child = 0;
   return (in >> child) && child > 0 ? child : pid_;
 }

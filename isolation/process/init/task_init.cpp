@@ -327,13 +327,18 @@ int main(int argc, char** argv, char** envp) {
   if (strchr(flags, 'l') != nullptr) LoopbackUp();
   Phase("network_ready");
 
-  sigset_t all, old;
+  // The runner starts us with every signal blocked (a SIGTERM sent before we
+  // wait for signals stays pending instead of being dropped: pid 1 of a
+  // namespace drops the signals it has no handler for); the task starts with
+  // none blocked.
+  sigset_t all, none;
   sigfillset(&all);
-  sigprocmask(SIG_SETMASK, &all, &old);
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &all, nullptr);
   pid_t task = fork();
   Check(task >= 0, "fork the task");
   if (task == 0) {
-    sigprocmask(SIG_SETMASK, &old, nullptr);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     setpgid(0, 0);
     Phase("task_forked");
     DropPrivileges(userns, uid, gid);
