@@ -112,7 +112,7 @@ constexpr std::string_view kNextRateOpening =
     "    AND ($1::text[] IS NULL OR p.queue = ANY($1::text[]))"
     "    AND EXISTS (SELECT 1 FROM tasks q WHERE q.state = 'queued' AND q.capped"
     "                AND q.queue = p.queue AND q.run_at <= now())"
-    ") o WHERE o.opens > clock_timestamp()";
+    ") o WHERE o.opens > clock_timestamp() - interval '250 milliseconds'";
 
 std::optional<int> OptInt(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
@@ -298,7 +298,11 @@ std::optional<std::chrono::milliseconds> PostgresStore::NextRateOpening(
     pqxx::nontransaction tx(c);
     auto r = tx.exec_params(std::string(kNextRateOpening), all ? nullptr : queues.c_str());
     if (!r.empty() && !r[0][0].is_null()) {
-      out = std::chrono::milliseconds(std::max<int64_t>(0, r[0][0].as<int64_t>()));
+      // A window that opened just now, between the claim that found it shut
+      // and this query, means claim again soon: leaving it out left the task
+      // to the idle poll (a minute), since no claim was due. One that opened
+      // longer ago is held by something else (a cap), which a finish wakes.
+      out = std::chrono::milliseconds(std::max<int64_t>(20, r[0][0].as<int64_t>()));
     }
     return {};
   });
