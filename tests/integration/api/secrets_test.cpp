@@ -1,7 +1,3 @@
-#include <spdlog/sinks/ostream_sink.h>
-#include <spdlog/spdlog.h>
-
-#include <algorithm>
 #include <catch2/catch.hpp>
 #include <mutex>
 #include <sstream>
@@ -9,43 +5,19 @@
 
 #include "app/client/api_client.h"
 #include "tests/integration/api/api_fixture.h"
+#include "tests/support/log_capture.h"
 #include "tests/support/openapi_contract.h"
 
 namespace json = boost::json;
 using namespace std::chrono_literals;
 using runner::testing::ApiFixture;
+using runner::testing::LogCapture;
 using runner::testing::OpenApiContract;
 using runner::testing::WaitFor;
 
 namespace {
 
 constexpr char kValue[] = "hunter2-swordfish";
-
-// Everything the process logs while it lives, at every level.
-class LogCapture {
- public:
-  LogCapture() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
-    logger_ = spdlog::default_logger();
-    previous_level_ = logger_->level();
-    logger_->sinks().push_back(sink_);
-    logger_->set_level(spdlog::level::trace);
-  }
-  ~LogCapture() {
-    auto& sinks = logger_->sinks();
-    sinks.erase(std::remove(sinks.begin(), sinks.end(), sink_), sinks.end());
-    logger_->set_level(previous_level_);
-  }
-  std::string Text() {
-    logger_->flush();
-    return out_.str();
-  }
-
- private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-  std::shared_ptr<spdlog::logger> logger_;
-  spdlog::level::level_enum previous_level_ = spdlog::level::info;
-};
 
 // All SSE events of /api/v1/events, read on a thread.
 struct EventsReader {

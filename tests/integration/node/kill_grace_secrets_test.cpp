@@ -45,6 +45,16 @@ runner::queue::Task RunToEnd(Node& node, runner::queue::NewTask task) {
   return *done;
 }
 
+// Two workers in auto mode, Docker at hand, --kill-grace 1.
+std::unique_ptr<Node> KillGraceNode(const TempDir& dir, const TestDatabase& db,
+                                    runner::metrics::Registry& registry) {
+  auto config = NodeConfig(dir, 2);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.kill_grace = 1;
+  return AutoNode(config, db, registry);
+}
+
 }  // namespace
 
 TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both isolations",
@@ -52,11 +62,7 @@ TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both iso
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
-  auto config = NodeConfig(dir, 2);
-  config.mode = runner::isolation::IsolationMode::kAuto;
-  config.docker_host = runner::testing::DockerHost();
-  config.kill_grace = 1;
-  auto node = AutoNode(config, db, registry);
+  auto node = KillGraceNode(dir, db, registry);
   REQUIRE(node->Start().ok());
   for (auto mode :
        {runner::isolation::IsolationMode::kProcess, runner::isolation::IsolationMode::kDocker}) {
@@ -80,11 +86,7 @@ TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, i
   TestDatabase db;
   TempDir dir;
   runner::metrics::Registry registry;
-  auto config = NodeConfig(dir, 2);
-  config.mode = runner::isolation::IsolationMode::kAuto;
-  config.docker_host = runner::testing::DockerHost();
-  config.kill_grace = 1;
-  auto node = AutoNode(config, db, registry);
+  auto node = KillGraceNode(dir, db, registry);
   REQUIRE(node->Start().ok());
   for (auto mode :
        {runner::isolation::IsolationMode::kProcess, runner::isolation::IsolationMode::kDocker}) {
