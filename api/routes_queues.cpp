@@ -4,7 +4,7 @@
 #include <cmath>
 #include <string>
 
-#include "api/json_text.h"
+#include "api/http_reply.h"
 #include "api/task_json.h"
 #include "base/error_codes.h"
 #include "runner/queue/queue_policy.h"
@@ -16,16 +16,6 @@ namespace {
 namespace json = boost::json;
 using httplib::Request;
 using httplib::Response;
-
-void Send(Response& res, int status, const json::value& v) {
-  res.status = status;
-  res.set_content(WriteJson(v), "application/json");
-}
-
-void Fail(Response& res, const Error& e) {
-  res.status = errc::HttpStatusFor(e.code);
-  res.set_content(ErrorBody(e), "application/json");
-}
 
 Error Invalid(const std::string& field, const std::string& why) {
   return MakeError("validation_failed", field + ": " + why);
@@ -118,45 +108,45 @@ Result<queue::QueuePolicy> ParsePolicy(const std::string& body) {
 void QueueRoutes(httplib::Server& s, const Guard& guard, queue::QueueStore& store) {
   auto* policies = dynamic_cast<queue::QueuePolicyStore*>(&store);
   auto no_policies = [](Response& res) {
-    Fail(res, MakeError("unavailable", "this store keeps no queue policies"));
+    SendError(res, MakeError("unavailable", "this store keeps no queue policies"));
   };
   auto name_ok = [](const std::string& name, Response& res) {
     if (queue::IsValidQueueName(name)) return true;
-    Fail(res, Invalid("name", "a queue name is 1..64 characters of A-Z a-z 0-9 _ . -"));
+    SendError(res, Invalid("name", "a queue name is 1..64 characters of A-Z a-z 0-9 _ . -"));
     return false;
   };
   s.Get("/api/v1/queues", guard([=](const Request&, Response& res) {
           if (policies == nullptr) return no_policies(res);
           auto list = policies->ListQueues();
-          if (!list) return Fail(res, list.error());
+          if (!list) return SendError(res, list.error());
           json::array a;
           for (const auto& q : *list) a.emplace_back(QueueJson(q));
-          Send(res, 200, json::object{{"queues", std::move(a)}});
+          SendJson(res, 200, json::object{{"queues", std::move(a)}});
         }));
   s.Get(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
           if (policies == nullptr) return no_policies(res);
           const std::string name = req.matches[1];
           if (!name_ok(name, res)) return;
           auto q = policies->GetQueue(name);
-          if (!q) return Fail(res, q.error());
-          Send(res, 200, QueueJson(*q));
+          if (!q) return SendError(res, q.error());
+          SendJson(res, 200, QueueJson(*q));
         }));
   s.Put(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
           if (policies == nullptr) return no_policies(res);
           const std::string name = req.matches[1];
           if (!name_ok(name, res)) return;
           auto policy = ParsePolicy(req.body);
-          if (!policy) return Fail(res, policy.error());
+          if (!policy) return SendError(res, policy.error());
           auto q = policies->SetQueuePolicy(name, *policy);
-          if (!q) return Fail(res, q.error());
-          Send(res, 200, QueueJson(*q));
+          if (!q) return SendError(res, q.error());
+          SendJson(res, 200, QueueJson(*q));
         }));
   s.Delete(R"(/api/v1/queues/([^/]+))", guard([=](const Request& req, Response& res) {
              if (policies == nullptr) return no_policies(res);
              const std::string name = req.matches[1];
              if (!name_ok(name, res)) return;
              auto st = policies->DeleteQueuePolicy(name);
-             if (!st) return Fail(res, st.error());
+             if (!st) return SendError(res, st.error());
              res.status = 204;
            }));
 }

@@ -2,7 +2,7 @@
 
 #include <boost/json.hpp>
 
-#include "api/json_text.h"
+#include "api/http_reply.h"
 #include "api/schedule_json.h"
 #include "api/task_json.h"
 #include "base/clock.h"
@@ -15,16 +15,6 @@ namespace json = boost::json;
 using httplib::Request;
 using httplib::Response;
 
-void Send(Response& res, int status, const json::value& value) {
-  res.status = status;
-  res.set_content(WriteJson(value), "application/json");
-}
-
-void Fail(Response& res, const Error& error) {
-  res.status = errc::HttpStatusFor(error.code);
-  res.set_content(ErrorBody(error), "application/json");
-}
-
 constexpr const char* kNamePath = R"(/api/v1/schedules/([^/]+))";
 
 }  // namespace
@@ -35,7 +25,7 @@ void ScheduleRoutes(httplib::Server& s, const RouteWrap& wrap, schedule::Schedul
   auto with_store = [store, &wrap](auto fn) {
     return wrap([store, fn](const Request& req, Response& res) {
       if (store == nullptr) {
-        return Fail(res, MakeError("unavailable", "this server does not serve schedules"));
+        return SendError(res, MakeError("unavailable", "this server does not serve schedules"));
       }
       fn(*store, req, res);
     });
@@ -45,50 +35,50 @@ void ScheduleRoutes(httplib::Server& s, const RouteWrap& wrap, schedule::Schedul
   s.Post("/api/v1/schedules",
          with_store([now](schedule::ScheduleStore& st, const Request& req, Response& res) {
            auto spec = ParseScheduleSpec(req.body);
-           if (!spec) return Fail(res, spec.error());
+           if (!spec) return SendError(res, spec.error());
            auto made = st.Create(*spec, now());
-           if (!made) return Fail(res, made.error());
-           Send(res, 201, ScheduleToJson(*made));
+           if (!made) return SendError(res, made.error());
+           SendJson(res, 201, ScheduleToJson(*made));
          }));
 
   s.Get("/api/v1/schedules",
         with_store([](schedule::ScheduleStore& st, const Request&, Response& res) {
           auto all = st.List();
-          if (!all) return Fail(res, all.error());
+          if (!all) return SendError(res, all.error());
           json::array out;
           for (const auto& sc : *all) out.emplace_back(ScheduleToJson(sc));
-          Send(res, 200, json::object{{"schedules", std::move(out)}});
+          SendJson(res, 200, json::object{{"schedules", std::move(out)}});
         }));
 
   s.Get(kNamePath, with_store([](schedule::ScheduleStore& st, const Request& req, Response& res) {
           auto sc = st.Get(req.matches[1]);
-          if (!sc) return Fail(res, sc.error());
-          Send(res, 200, ScheduleToJson(*sc));
+          if (!sc) return SendError(res, sc.error());
+          SendJson(res, 200, ScheduleToJson(*sc));
         }));
 
   s.Put(kNamePath,
         with_store([now](schedule::ScheduleStore& st, const Request& req, Response& res) {
           auto spec = ParseScheduleSpec(req.body, std::string(req.matches[1]));
-          if (!spec) return Fail(res, spec.error());
+          if (!spec) return SendError(res, spec.error());
           auto sc = st.Replace(*spec, now());
-          if (!sc) return Fail(res, sc.error());
-          Send(res, 200, ScheduleToJson(*sc));
+          if (!sc) return SendError(res, sc.error());
+          SendJson(res, 200, ScheduleToJson(*sc));
         }));
 
   s.Delete(kNamePath,
            with_store([](schedule::ScheduleStore& st, const Request& req, Response& res) {
              auto done = st.Delete(req.matches[1]);
-             if (!done) return Fail(res, done.error());
+             if (!done) return SendError(res, done.error());
              res.status = 204;
            }));
 
   s.Post(R"(/api/v1/schedules/([^/]+)/trigger)",
          with_store([now, &tasks](schedule::ScheduleStore& st, const Request& req, Response& res) {
            auto id = st.Trigger(req.matches[1], now());
-           if (!id) return Fail(res, id.error());
+           if (!id) return SendError(res, id.error());
            auto task = tasks.Get(*id);
-           if (!task) return Fail(res, task.error());
-           Send(res, 201, TaskToJson(*task));
+           if (!task) return SendError(res, task.error());
+           SendJson(res, 201, TaskToJson(*task));
          }));
 }
 

@@ -42,6 +42,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,7 +57,9 @@
 
 namespace httplib {
 class Server;
-}
+struct Request;
+struct Response;
+}  // namespace httplib
 
 namespace runner::api {
 
@@ -111,7 +114,27 @@ class ApiServer {
   int port() const { return port_; }
 
  private:
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  // Routes by who may call them.
+  enum class Access {
+    kPublic,        // health, readiness, metrics, the dashboard's files
+    kToken,         // Authorization: Bearer
+    kTokenOrQuery,  // SSE: Bearer, or ?token= (EventSource cannot set headers)
+  };
+  // `fn` behind the token check, the unknown-parameter check and the guard
+  // that turns an exception into a 500.
+  Handler Guarded(Access access, Handler fn);
+
+  // The route table, one file per part of the API: server.cpp (the error
+  // handler, the request log, and the files below in order), routes_tasks.cpp,
+  // routes_pool.cpp, routes_events.cpp, routes_ops.cpp (metrics, health, the
+  // OpenAPI document and the dashboard's catch-all, last); routes_queues.cpp
+  // and routes_schedules.cpp are free functions over the store.
   void Routes();
+  void TaskRoutes();
+  void PoolRoutes();
+  void EventRoutes();
+  void OpsRoutes();
   // Sleeps up to `wait`; returns early (true) once Stop() began.
   bool WaitStopping(std::chrono::milliseconds wait);
 

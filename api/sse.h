@@ -1,9 +1,11 @@
 #pragma once
 
 // Server-sent events framing (https://html.spec.whatwg.org/#server-sent-events).
-// Thread-safety: pure functions.
+// Thread-safety: pure functions; a StreamSlot belongs to its stream.
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,5 +40,16 @@ inline std::string SseEvent(std::optional<int64_t> id, std::string_view name,
 inline std::string SseComment(std::string_view text) { return ": " + std::string(text) + "\n\n"; }
 
 inline std::string SseRetry(int millis) { return "retry: " + std::to_string(millis) + "\n\n"; }
+
+// Releases a stream's place under the server's cap (`open`) and its
+// subscription when httplib drops the response.
+struct StreamSlot {
+  std::atomic<int>* open = nullptr;
+  std::function<void()> release;
+  ~StreamSlot() {
+    if (release) release();
+    if (open != nullptr) open->fetch_sub(1);
+  }
+};
 
 }  // namespace runner::api
