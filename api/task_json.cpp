@@ -8,7 +8,6 @@
 #include <limits>
 
 #include "api/json_text.h"
-#include "base/ulid.h"
 #include "runner/queue/validation.h"
 
 namespace runner::api {
@@ -54,6 +53,15 @@ Result<json::object> ParseObject(std::string_view body, bool empty_is_object) {
   if (!v.is_object()) return MakeError("bad_request", "the body must be a JSON object");
   return std::move(v.as_object());
 }
+
+// Ranges of the C++ types a field is read into: the bounds of a task's fields
+// are queue::ValidateNewTask's, checked after the whole body is read.
+constexpr int64_t kIntLo = std::numeric_limits<int>::min();
+constexpr int64_t kIntHi = std::numeric_limits<int>::max();
+constexpr int64_t kInt64Lo = std::numeric_limits<int64_t>::min();
+constexpr int64_t kInt64Hi = std::numeric_limits<int64_t>::max();
+constexpr double kNumberLo = -std::numeric_limits<double>::max();
+constexpr double kNumberHi = std::numeric_limits<double>::max();
 
 // Integer from a JSON number; doubles are accepted only when integral.
 std::optional<Error> ReadInt(const json::value& v, std::string_view field, int64_t lo, int64_t hi,
@@ -106,46 +114,20 @@ std::optional<Error> ReadNumber(const json::value& v, std::string_view field, do
   return std::nullopt;
 }
 
-std::optional<Error> ReadString(const json::value& v, std::string_view field, std::size_t max_len,
-                                bool allow_empty, std::string& out) {
+std::optional<Error> ReadString(const json::value& v, std::string_view field, std::string& out) {
   if (!v.is_string()) return Invalid(field, "must be a string");
   const json::string& s = v.get_string();
-  if (!allow_empty && s.empty()) return Invalid(field, "must not be empty");
-  if (s.size() > max_len) {
-    return Invalid(field, "longer than " + std::to_string(max_len) + " characters");
-  }
   out.assign(s.data(), s.size());
   return std::nullopt;
 }
 
-bool ValidName(std::string_view s) {
-  return std::all_of(s.begin(), s.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-           c == '-' || c == '.' || c == ':' || c == '/';
-  });
-}
-
-std::optional<Error> ReadStringMap(const json::value& v, std::string_view field, bool env_keys,
+std::optional<Error> ReadStringMap(const json::value& v, std::string_view field,
                                    std::map<std::string, std::string>& out) {
   if (!v.is_object()) return Invalid(field, "must be an object of strings");
-  const auto& obj = v.get_object();
-  if (obj.size() > kMaxMapEntries) {
-    return Invalid(field, "more than " + std::to_string(kMaxMapEntries) + " entries");
-  }
-  for (const auto& kv : obj) {
+  for (const auto& kv : v.get_object()) {
     std::string key(kv.key());
-    std::string name = std::string(field) + "." + key;
-    if (key.empty() || key.size() > kMaxKeyLength) {
-      return Invalid(field, "keys must be 1.." + std::to_string(kMaxKeyLength) + " characters");
-    }
-    if (env_keys && (key.find('=') != std::string::npos || key.find('\0') != std::string::npos)) {
-      return Invalid(name, "environment names must not contain '=' or NUL");
-    }
-    if (!kv.value().is_string()) return Invalid(name, "must be a string");
+    if (!kv.value().is_string()) return Invalid(std::string(field) + "." + key, "must be a string");
     const auto& s = kv.value().get_string();
-    if (env_keys && std::string_view(s.data(), s.size()).find('\0') != std::string_view::npos) {
-      return Invalid(name, "must not contain NUL");
-    }
     out[key] = std::string(s.data(), s.size());
   }
   return std::nullopt;
@@ -155,17 +137,16 @@ std::optional<Error> ReadLimits(const json::value& v, isolation::Limits& out) {
   if (!v.is_object()) return Invalid("limits", "must be an object");
   const auto& obj = v.get_object();
   if (auto e = CheckKnown(obj, "limits.", {"cpus", "memory", "disk", "pids"})) return e;
-  constexpr int64_t kMaxBytes = int64_t{1} << 50;  // 1 PiB: anything above is a typo
   for (const auto& kv : obj) {
     if (kv.value().is_null()) continue;
     std::string name = "limits." + std::string(kv.key());
     if (kv.key() == "cpus") {
-      if (auto e = ReadNumber(kv.value(), name, 0, 1024, out.cpus)) return e;
+      if (auto e = ReadNumber(kv.value(), name, kNumberLo, kNumberHi, out.cpus)) return e;
     } else if (kv.key() == "pids") {
-      if (auto e = ReadInt(kv.value(), name, 0, 1 << 22, out.pids)) return e;
+      if (auto e = ReadInt(kv.value(), name, kInt64Lo, kInt64Hi, out.pids)) return e;
     } else {
       int64_t n = 0;
-      if (auto e = ReadInt(kv.value(), name, 0, kMaxBytes, n)) return e;
+      if (auto e = ReadInt(kv.value(), name, kInt64Lo, kInt64Hi, n)) return e;
       (kv.key() == "memory" ? out.memory : out.disk) = n;
     }
   }
@@ -222,15 +203,9 @@ Result<NewTask> ParseNewTask(std::string_view body) {
   }
   if (!command->is_array()) return Invalid("command", "must be an array of strings");
   const auto& args = command->get_array();
-  if (args.empty()) return Invalid("command", "must not be empty");
-  if (args.size() > kMaxCommandArgs) {
-    return Invalid("command", "more than " + std::to_string(kMaxCommandArgs) + " arguments");
-  }
   for (std::size_t i = 0; i < args.size(); ++i) {
-    std::string name = "command[" + std::to_string(i) + "]";
     std::string arg;
-    if (auto e = ReadString(args[i], name, 1 << 20, i != 0, arg)) return *e;
-    if (arg.find('\0') != std::string::npos) return Invalid(name, "must not contain NUL");
+    if (auto e = ReadString(args[i], "command[" + std::to_string(i) + "]", arg)) return *e;
     task.command.push_back(std::move(arg));
   }
 
@@ -241,11 +216,11 @@ Result<NewTask> ParseNewTask(std::string_view body) {
     std::optional<Error> err;
     if (key == "image") {
       std::string image;
-      err = ReadString(v, key, 512, false, image);
+      err = ReadString(v, key, image);
       task.image = image;
     } else if (key == "isolation") {
       std::string mode;
-      err = ReadString(v, key, 16, false, mode);
+      err = ReadString(v, key, mode);
       if (!err) {
         auto parsed_mode = isolation::ParseIsolationMode(mode);
         if (!parsed_mode) {
@@ -255,65 +230,56 @@ Result<NewTask> ParseNewTask(std::string_view body) {
         }
       }
     } else if (key == "env") {
-      err = ReadStringMap(v, key, true, task.env);
+      err = ReadStringMap(v, key, task.env);
     } else if (key == "secrets") {
-      err = ReadStringMap(v, key, true, task.secrets);
+      err = ReadStringMap(v, key, task.secrets);
     } else if (key == "labels") {
-      err = ReadStringMap(v, key, false, task.labels);
+      err = ReadStringMap(v, key, task.labels);
     } else if (key == "limits") {
       err = ReadLimits(v, task.limits);
     } else if (key == "timeout") {
       double t = 0;
-      err = ReadNumber(v, key, 0, kMaxSeconds, t);
+      err = ReadNumber(v, key, kNumberLo, kNumberHi, t);
       task.timeout = t;
     } else if (key == "delay") {
-      err = ReadNumber(v, key, 0, kMaxSeconds, task.delay);
+      err = ReadNumber(v, key, kNumberLo, kNumberHi, task.delay);
     } else if (key == "backoff") {
       double b = 0;
-      err = ReadNumber(v, key, 0, kMaxSeconds, b);
+      err = ReadNumber(v, key, kNumberLo, kNumberHi, b);
       task.backoff = b;
     } else if (key == "priority") {
       int64_t p = 0;
-      err = ReadInt(v, key, -1000000, 1000000, p);
+      err = ReadInt(v, key, kIntLo, kIntHi, p);
       task.priority = static_cast<int>(p);
     } else if (key == "max_attempts") {
       int64_t n = 0;
-      err = ReadInt(v, key, 1, kMaxAttempts, n);
+      err = ReadInt(v, key, kIntLo, kIntHi, n);
       task.max_attempts = static_cast<int>(n);
     } else if (key == "queue") {
-      err = ReadString(v, key, kMaxKeyLength, false, task.queue);
-      if (!err && !ValidName(task.queue)) {
-        err = Invalid(key, "may only contain letters, digits and _ - . : /");
-      }
+      err = ReadString(v, key, task.queue);
     } else if (key == "group") {
       std::string g;
-      err = ReadString(v, key, queue::kMaxGroupName, false, g);
-      if (!err && !queue::IsValidGroupName(g)) {
-        err = Invalid(key, "must be 1..128 characters of A-Z a-z 0-9 _ . -");
-      }
+      err = ReadString(v, key, g);
       task.group = g;
     } else if (key == "idempotency_key") {
       std::string k;
-      err = ReadString(v, key, kMaxKeyLength, false, k);
+      err = ReadString(v, key, k);
       task.idempotency_key = k;
     } else if (key == "depends_on") {
       if (!v.is_array()) {
         err = Invalid(key, "must be an array of task ids");
-      } else if (v.get_array().size() > kMaxDependsOn) {
-        err = Invalid(key, "more than " + std::to_string(kMaxDependsOn) + " dependencies");
       } else {
         const auto& deps = v.get_array();
         for (std::size_t i = 0; i < deps.size() && !err; ++i) {
-          std::string name = "depends_on[" + std::to_string(i) + "]";
           std::string id;
-          err = ReadString(deps[i], name, 64, false, id);
-          if (!err && !IsUlid(id)) err = Invalid(name, "is not a task id (a 26-character ULID)");
+          err = ReadString(deps[i], "depends_on[" + std::to_string(i) + "]", id);
           if (!err) task.depends_on.push_back(std::move(id));
         }
       }
     }
     if (err) return *err;
   }
+  if (auto e = queue::ValidateNewTask(task)) return *e;
   return task;
 }
 

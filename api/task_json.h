@@ -22,15 +22,9 @@
 
 namespace runner::api {
 
-// Upper bounds of a submission, so no single task can bloat the queue.
-inline constexpr std::size_t kMaxCommandArgs = 4096;
-inline constexpr std::size_t kMaxMapEntries = 1024;  // env, labels
-inline constexpr std::size_t kMaxDependsOn = 1000;
-inline constexpr std::size_t kMaxKeyLength = 255;  // queue, idempotency key, env/label keys
-inline constexpr int kMaxAttempts = 100;
-inline constexpr double kMaxSeconds = 366.0 * 24 * 3600;  // timeout, delay, backoff
-
-// POST /api/v1/tasks body -> NewTask.
+// POST /api/v1/tasks body -> NewTask. This checks the JSON's shape (fields,
+// types); the rules of a task (bounds, names, sizes) are queue::ValidateNewTask's,
+// the only copy, which this calls, so the API and the store never disagree.
 Result<queue::NewTask> ParseNewTask(std::string_view body);
 
 struct ScaleRequest {

@@ -172,9 +172,13 @@ std::optional<Error> ValidateNewTask(const NewTask& t) {
 
   if (t.depends_on.size() > kMaxDependencies) return Invalid("depends_on", "at most 100 task ids");
   std::set<std::string_view> seen;
-  for (const auto& id : t.depends_on) {
-    if (!IsUlid(id)) return Invalid("depends_on", "'" + id.substr(0, 64) + "' is not a task id");
-    if (!seen.insert(id).second) return Invalid("depends_on", "'" + id + "' is listed twice");
+  for (std::size_t i = 0; i < t.depends_on.size(); ++i) {
+    const std::string& id = t.depends_on[i];
+    const std::string field = "depends_on[" + std::to_string(i) + "]";
+    if (!IsUlid(id)) {
+      return Invalid(field, "'" + id.substr(0, 64) + "' is not a task id (a 26-character ULID)");
+    }
+    if (!seen.insert(id).second) return Invalid(field, "'" + id + "' is listed twice");
   }
 
   if (t.idempotency_key) {

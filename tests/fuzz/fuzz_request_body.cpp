@@ -10,13 +10,14 @@
 #include <string_view>
 
 #include "api/task_json.h"
+#include "runner/queue/validation.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view body(reinterpret_cast<const char*>(data), size);
   auto task = runner::api::ParseNewTask(body);
   if (task.ok()) {
     const auto& t = *task;
-    if (t.command.empty() || t.max_attempts < 1 || t.max_attempts > runner::api::kMaxAttempts ||
+    if (t.command.empty() || t.max_attempts < 1 || t.max_attempts > runner::queue::kMaxAttempts ||
         t.limits.cpus < 0 || t.limits.memory < 0 || t.limits.disk < 0 || t.limits.pids < 0 ||
         t.delay < 0 || (t.timeout && *t.timeout < 0) || t.queue.empty()) {
       std::abort();  // validation let an out-of-range value through
