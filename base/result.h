@@ -25,6 +25,9 @@ inline Error MakeError(std::string code, std::string message) {
   return Error{std::move(code), std::move(message)};
 }
 
+// "code: message", for logs.
+inline std::string ErrorText(const Error& e) { return e.code + ": " + e.message; }
+
 template <class T>
 class [[nodiscard]] Result {
  public:

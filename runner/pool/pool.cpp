@@ -26,8 +26,6 @@ bool SleepFor(const std::stop_token& stop, SteadyClock::duration d) {
   return !stop.stop_requested();
 }
 
-std::string ErrorText(const Error& e) { return e.code + ": " + e.message; }
-
 }  // namespace
 
 struct Pool::Metrics {
@@ -105,7 +103,12 @@ Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
     : store_(store),
       picker_(std::move(picker)),
       options_(std::move(options)),
-      metrics_(std::make_unique<Metrics>(metrics)) {
+      metrics_(std::make_unique<Metrics>(metrics)),
+      reaper_(store, ReaperOptions{.node_id = options_.node_id,
+                                   .lease = options_.lease,
+                                   .interval = options_.reap_interval,
+                                   .policy = options_.reap_policy,
+                                   .reap = options_.reap}) {
   // spdlog's registry is a lazily built static inside the (uninstrumented)
   // shared library: build it on this thread before any pool thread logs.
   (void)spdlog::default_logger_raw();
@@ -145,6 +148,9 @@ Status Pool::Start() {
                   ErrorText(reg.error()));
     return reg;
   }
+  // Before the first claim: these are all leftovers now, but a moment later
+  // they would include the containers of the tasks this start runs.
+  reaper_.ReapOwnLeftovers();
   {
     std::lock_guard lock(mu_);
     running_ = true;
@@ -158,7 +164,7 @@ Status Pool::Start() {
   claimer_ = std::jthread([this](std::stop_token st) { ClaimLoop(st); });
   heartbeat_ = std::jthread([this](std::stop_token st) { HeartbeatLoop(st); });
   canceller_ = std::jthread([this](std::stop_token st) { CancelLoop(st); });
-  reaper_ = std::jthread([this](std::stop_token st) { ReapLoop(st); });
+  reaper_.Start();
   log_flusher_ = std::jthread([this](std::stop_token st) { LogFlushLoop(st); });
   spdlog::info("pool started node_id={} workers={} max={} mode={}", options_.node_id, target,
                options_.max_workers, options_.mode);
@@ -257,16 +263,17 @@ void Pool::Stop(bool force, std::optional<std::chrono::milliseconds> drain_timeo
   }
   workers.clear();
 
-  for (std::jthread* t : {&heartbeat_, &canceller_, &reaper_, &log_flusher_}) {
+  for (std::jthread* t : {&heartbeat_, &canceller_, &log_flusher_}) {
     t->request_stop();
   }
   {
     std::lock_guard lock(mu_);
     cancel_cv_.notify_all();
   }
-  for (std::jthread* t : {&heartbeat_, &canceller_, &reaper_, &log_flusher_}) {
+  for (std::jthread* t : {&heartbeat_, &canceller_, &log_flusher_}) {
     if (t->joinable()) t->join();
   }
+  reaper_.Stop();
   Status dereg = store_.DeregisterNode(options_.node_id);
   if (!dereg.ok()) {
     spdlog::warn("deregister node failed node_id={} error={}", options_.node_id,
@@ -377,10 +384,7 @@ void Pool::SetBackpressure(bool active, const std::string& reason) {
   }
 }
 
-void Pool::SetOrphanReaper(OrphanReaper reaper) {
-  std::lock_guard lock(mu_);
-  orphan_reaper_ = std::move(reaper);
-}
+void Pool::SetOrphanReaper(OrphanReaper reaper) { reaper_.SetOrphanReaper(std::move(reaper)); }
 
 PoolStatus Pool::GetStatus() const {
   std::lock_guard lock(mu_);
@@ -1057,48 +1061,6 @@ void Pool::CancelLoop(std::stop_token stop) {
     std::unique_lock lock(mu_);
     cancel_cv_.wait_for(lock, stop, options_.cancel_check_interval, [&] { return cancel_wake_; });
     cancel_wake_ = false;
-  }
-}
-
-void Pool::ReapLoop(std::stop_token stop) {
-  bool first = true;
-  // Containers of a node that stopped renewing are removed BEFORE its expired
-  // leases are requeued, or a surviving node would start a second attempt
-  // while the dead node's container still runs it. A live node renews every
-  // lease/3, so a node silent for 2/3 of the lease has lost (or is about to
-  // lose) every lease it holds.
-  const auto dead_after = std::min(options_.reap_policy.node_dead_after,
-                                   std::max(milliseconds(1), options_.lease * 2 / 3));
-  while (!stop.stop_requested()) {
-    OrphanReaper reaper;
-    {
-      std::lock_guard lock(mu_);
-      reaper = orphan_reaper_;
-    }
-    if (reaper) {
-      std::vector<std::string> nodes;
-      auto dead = store_.DeadNodeIds(dead_after);
-      if (dead.ok()) nodes = *dead;
-      // Never our own containers while we run (a database outage makes our
-      // heartbeat look old): our leases are ours to stop. A restarted node may
-      // find containers of its own id from before, on the first pass.
-      std::erase(nodes, options_.node_id);
-      if (first) nodes.push_back(options_.node_id);
-      if (!nodes.empty()) reaper(nodes);
-    }
-    first = false;
-    if (options_.reap) {
-      auto r = store_.Reap(options_.reap_policy);
-      if (!r.ok()) {
-        spdlog::warn("reap failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
-      } else if (r->ran &&
-                 (r->requeued || r->failed_lease_lost || r->dead_workers || r->dead_nodes)) {
-        spdlog::info(
-            "reaped node_id={} requeued={} failed_lease_lost={} dead_workers={} dead_nodes={}",
-            options_.node_id, r->requeued, r->failed_lease_lost, r->dead_workers, r->dead_nodes);
-      }
-    }
-    SleepFor(stop, options_.reap_interval);
   }
 }
 

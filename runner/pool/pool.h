@@ -10,7 +10,7 @@
 // renews every lease and worker heartbeat in one store call every lease/3
 // (each beat carries the worker's task id); tasks whose lease was lost are
 // stopped. A cancel watcher stops tasks flagged cancel_requested within a
-// second. A reaper thread runs QueueStore::Reap and the orphan-container hook.
+// second. A Reaper (reaper.h) runs QueueStore::Reap and the orphan-container hook.
 //
 // Stop is graceful by default: claim nothing new, let in-flight tasks finish
 // until the drain timeout, then stop them and Release them to the queue; force
@@ -41,6 +41,7 @@
 #include "isolation/isolator.h"
 #include "runner/metrics/registry.h"
 #include "runner/node/node_control.h"
+#include "runner/pool/reaper.h"
 #include "runner/pool/task_log_sink.h"
 #include "runner/pool/task_outcome.h"
 #include "runner/queue/queue_store.h"
@@ -51,8 +52,6 @@ namespace runner::pool {
 // production). An error (isolation_unavailable) sends the task back to the
 // queue without spending its attempt (Pool::RunTask).
 using IsolatorPicker = std::function<Result<isolation::Isolator*>(isolation::IsolationMode)>;
-// Removes containers of the given (dead) nodes (DockerIsolator::ReapOrphans).
-using OrphanReaper = std::function<void(const std::vector<std::string>& node_ids)>;
 
 struct PoolOptions {
   std::string node_id;  // required (a ULID)
@@ -188,7 +187,6 @@ class Pool {
   void ClaimLoop(std::stop_token stop);
   void HeartbeatLoop(std::stop_token stop);
   void CancelLoop(std::stop_token stop);
-  void ReapLoop(std::stop_token stop);
   void LogFlushLoop(std::stop_token stop);
 
   void HeartbeatOnce();
@@ -234,15 +232,14 @@ class Pool {
   std::condition_variable_any claim_cv_;   // with mu_
   std::condition_variable_any cancel_cv_;  // with mu_
   std::condition_variable_any drain_cv_;   // with mu_: a task ended, or force
-  OrphanReaper orphan_reaper_;             // guarded by mu_
 
   std::mutex sinks_mu_;
   std::set<std::shared_ptr<TaskLogSink>> sinks_;  // guarded by sinks_mu_
 
+  Reaper reaper_;  // its own thread; declared after what it uses
   std::jthread claimer_;
   std::jthread heartbeat_;
   std::jthread canceller_;
-  std::jthread reaper_;
   std::jthread log_flusher_;
 };
 

@@ -8,23 +8,25 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "base/ulid.h"
 #include "runner/metrics/registry.h"
 #include "runner/pool/idle_backoff.h"
 #include "runner/pressure/monitor.h"
+#include "tests/support/fakes/isolator_fake.h"
 #include "tests/support/services.h"
-#include "tests/unit/pool/isolator_fake.h"
 #include "tests/unit/pool/queue_store_fake.h"
 
 using namespace std::chrono_literals;
 using runner::pool::Pool;
 using runner::pool::PoolOptions;
-using runner::pool::testing::FakeIsolator;
 using runner::pool::testing::FakeQueueStore;
 using runner::queue::TaskState;
+using runner::testing::FakeIsolator;
 using runner::testing::WaitFor;
 
 namespace {
@@ -229,6 +231,31 @@ TEST_CASE("a stopped pool starts again and runs new work", "[pool][stop]") {
   REQUIRE(WaitFor([&] { return h.store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
   CHECK(WaitFor([&] { return h.store.RegisteredWorkers().size() == 2; }, 5s));
   h.pool->Stop(false);
+}
+
+TEST_CASE("this node's leftover containers are reaped before its first claim, never after",
+          "[pool][reaper]") {
+  // A slow Docker daemon (the hook takes 300 ms): a reap of this node's own
+  // containers running beside the first claims removed the new tasks'
+  // containers (it_node under TSan: a task's output was lost).
+  auto o = FastOptions(2);
+  const std::string self = o.node_id;
+  Harness h(o);
+  h.store.AddTasks(4, {"ok"});
+  std::mutex mu;
+  std::vector<std::size_t> own_reaps;  // claims made before each reap that named this node
+  h.pool->SetOrphanReaper([&](const std::vector<std::string>& nodes) {
+    if (std::find(nodes.begin(), nodes.end(), self) == nodes.end()) return;
+    std::size_t claims = h.store.ClaimTimes().size();
+    std::this_thread::sleep_for(300ms);
+    std::lock_guard lock(mu);
+    own_reaps.push_back(claims);
+  });
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.CountInState(TaskState::kSucceeded) == 4; }, 10s));
+  h.pool->Stop(false);
+  std::lock_guard lock(mu);
+  CHECK(own_reaps == std::vector<std::size_t>{0});
 }
 
 TEST_CASE("the idle backoff doubles up to 30 s and resets on a claim", "[pool][backoff]") {

@@ -295,8 +295,25 @@ Result<std::vector<queue::NodeInfo>> FakeQueueStore::ListNodes() {
   return std::vector<queue::NodeInfo>{};
 }
 
-Result<std::vector<std::string>> FakeQueueStore::DeadNodeIds(std::chrono::milliseconds) {
-  return std::vector<std::string>{};
+Result<std::vector<std::string>> FakeQueueStore::DeadNodeIds(std::chrono::milliseconds dead_after) {
+  std::lock_guard lock(mu_);
+  last_dead_after_ = dead_after;
+  return dead_nodes_;
+}
+
+void FakeQueueStore::SetDeadNodes(std::vector<std::string> ids) {
+  std::lock_guard lock(mu_);
+  dead_nodes_ = std::move(ids);
+}
+
+std::chrono::milliseconds FakeQueueStore::LastDeadAfter() const {
+  std::lock_guard lock(mu_);
+  return last_dead_after_;
+}
+
+int FakeQueueStore::Reaps() const {
+  std::lock_guard lock(mu_);
+  return reaps_;
 }
 
 Status FakeQueueStore::Emit(const queue::NewEvent& event) {
@@ -310,6 +327,8 @@ Result<std::vector<queue::Event>> FakeQueueStore::EventsAfter(int64_t, std::size
 }
 
 Result<queue::ReapReport> FakeQueueStore::Reap(const queue::ReapPolicy&) {
+  std::lock_guard lock(mu_);
+  ++reaps_;
   return queue::ReapReport{};
 }
 

@@ -51,6 +51,10 @@ class FakeQueueStore : public queue::QueueStore {
   int MaxClaimBatch() const;
   // How many times each task was claimed.
   std::map<std::string, int> ClaimCounts() const;
+  // What DeadNodeIds answers; the `dead_after` it was last asked with.
+  void SetDeadNodes(std::vector<std::string> ids);
+  std::chrono::milliseconds LastDeadAfter() const;
+  int Reaps() const;  // Reap calls
 
   // QueueStore
   Result<queue::SubmitOutcome> Submit(const queue::NewTask& task) override;
@@ -107,6 +111,9 @@ class FakeQueueStore : public queue::QueueStore {
   bool node_registered_ = false;
   std::map<std::string, int> claim_counts_;
   std::map<std::string, std::string> logs_;
+  std::vector<std::string> dead_nodes_;
+  std::chrono::milliseconds last_dead_after_{-1};
+  int reaps_ = 0;
 };
 
 }  // namespace runner::pool::testing
