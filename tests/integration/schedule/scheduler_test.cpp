@@ -8,7 +8,7 @@
 #include "runner/queue/postgres_store.h"
 #include "runner/schedule/schedule_store.h"
 #include "runner/secrets/secret_box.h"
-#include "tests/integration/schedule/manual_clock.h"
+#include "tests/support/fakes/manual_clock.h"
 #include "tests/support/services.h"
 
 namespace runner::schedule {

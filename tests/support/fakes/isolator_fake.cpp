@@ -1,9 +1,9 @@
-#include "tests/unit/pool/isolator_fake.h"
+#include "tests/support/fakes/isolator_fake.h"
 
 #include <chrono>
 #include <stdexcept>
 
-namespace runner::pool::testing {
+namespace runner::testing {
 
 isolation::RunResult FakeIsolator::Run(const isolation::TaskSpec& spec,
                                        isolation::Observer& observer, std::stop_token stop) {
@@ -21,9 +21,9 @@ isolation::RunResult FakeIsolator::Run(const isolation::TaskSpec& spec,
     ~Leave() { --n; }
   } leave{running_};
 
-  observer.OnStarted("process", "fake");
+  observer.OnStarted(name_, "fake");
   isolation::RunResult r;
-  r.isolation = "process";
+  r.isolation = name_;
   const std::string& what = spec.command.at(0);
   auto wait = [&](std::chrono::milliseconds d, bool until_unblocked) {
     std::unique_lock lock(mu_);
@@ -85,4 +85,4 @@ std::map<std::string, int> FakeIsolator::RunsByTask() const {
   return runs_;
 }
 
-}  // namespace runner::pool::testing
+}  // namespace runner::testing
