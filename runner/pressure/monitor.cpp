@@ -18,8 +18,10 @@ double Percent(int64_t used, int64_t total) {
 }  // namespace
 
 Monitor::Monitor(std::unique_ptr<ResourceSource> source, MonitorOptions options,
-                 metrics::Registry& metrics, ChangeCallback on_change, SampleCallback on_sample)
+                 metrics::Registry& metrics, ChangeCallback on_change, SampleCallback on_sample,
+                 Clock& clock)
     : options_(options),
+      clock_(clock),
       on_change_(std::move(on_change)),
       on_sample_(std::move(on_sample)),
       cpu_(metrics.GetGauge("runner_host_cpu_percent", "Host CPU busy, percent of all cores")),
@@ -52,7 +54,7 @@ void Monitor::Loop(std::stop_token stop) {
   while (!stop.stop_requested()) {
     SampleOnce();
     std::unique_lock lock(m);
-    cv.wait_for(lock, stop, options_.interval, [] { return false; });
+    clock_.WaitFor(cv, lock, stop, options_.interval, [] { return false; });
   }
 }
 

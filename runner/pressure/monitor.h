@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "base/clock.h"
 #include "runner/config.h"
 #include "runner/metrics/registry.h"
 #include "runner/node/node_control.h"
@@ -42,7 +43,8 @@ class Monitor {
   using SampleCallback = std::function<void(const ResourceSample& sample)>;
 
   Monitor(std::unique_ptr<ResourceSource> source, MonitorOptions options,
-          metrics::Registry& metrics, ChangeCallback on_change, SampleCallback on_sample = {});
+          metrics::Registry& metrics, ChangeCallback on_change, SampleCallback on_sample = {},
+          Clock& clock = SystemClock());
   ~Monitor();
   Monitor(const Monitor&) = delete;
   Monitor& operator=(const Monitor&) = delete;
@@ -61,6 +63,7 @@ class Monitor {
   void Loop(std::stop_token stop);
 
   const MonitorOptions options_;
+  Clock& clock_;  // paces the sampling thread
   ChangeCallback on_change_;
   SampleCallback on_sample_;
   metrics::Gauge& cpu_;

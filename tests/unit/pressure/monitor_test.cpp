@@ -1,5 +1,6 @@
 #include "runner/pressure/monitor.h"
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <memory>
@@ -8,6 +9,7 @@
 
 #include "runner/metrics/registry.h"
 #include "runner/pressure/resource_source.h"
+#include "tests/support/fakes/manual_clock.h"
 #include "tests/support/services.h"
 
 using runner::pressure::Monitor;
@@ -179,6 +181,31 @@ TEST_CASE("the /proc reader reads this host", "[pressure]") {
   CHECK(r.memory_used > 0);
   CHECK(r.disk_total > 0);
   CHECK(r.disk_path == "/");
+}
+
+TEST_CASE("the monitor samples at the interval on the node's clock until stopped", "[pressure]") {
+  Readings r;
+  Changes changes;
+  runner::metrics::Registry registry;
+  MonitorOptions o;
+  o.interval = std::chrono::hours(1);  // never passes in real time during the test
+  runner::testing::ManualClock clock(std::chrono::system_clock::now());
+  std::atomic<int> samples{0};
+  Monitor m(
+      std::make_unique<FakeSource>(&r), o, registry, [](bool, const std::string&) {},
+      [&](const runner::ResourceSample&) { ++samples; }, clock);
+  using runner::testing::WaitFor;
+  m.Start();
+  REQUIRE(WaitFor([&] { return samples.load() == 1; }, std::chrono::seconds(5)));  // at once
+  clock.Advance(std::chrono::minutes(59));
+  CHECK_FALSE(WaitFor([&] { return samples.load() > 1; }, std::chrono::milliseconds(100)));
+  // Only the clock can bring the next sample: real time never reaches an hour.
+  clock.Advance(std::chrono::minutes(1));
+  CHECK(WaitFor([&] { return samples.load() == 2; }, std::chrono::seconds(5)));
+  m.Stop();
+  const int stopped_at = samples.load();
+  clock.Advance(std::chrono::hours(2));
+  CHECK_FALSE(WaitFor([&] { return samples.load() > stopped_at; }, std::chrono::milliseconds(50)));
 }
 
 TEST_CASE("the monitor samples on its own thread until stopped", "[pressure]") {
