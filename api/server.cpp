@@ -17,7 +17,7 @@
 #include <unordered_map>
 
 #include "api/auth.h"
-#include "api/elastic_task_queue.h"
+#include "api/http_workers.h"
 #include "api/event_hub.h"
 #include "api/http_front.h"
 #include "api/http_reply.h"
@@ -161,7 +161,7 @@ Status ApiServer::Listen() {
 
   // Workers run complete requests; SSE streams hold one for their life, so
   // the pool grows past http_threads up to max_streams + 256 more.
-  workers_ = std::make_unique<ElasticTaskQueue>(options_.http_threads,
+  workers_ = std::make_unique<HttpWorkers>(options_.http_threads,
                                                 options_.http_threads + options_.max_streams + 256,
                                                 options_.max_connections + 16);
   FrontOptions front;

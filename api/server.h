@@ -64,7 +64,7 @@ struct Response;
 namespace runner::api {
 
 class EventHub;
-class ElasticTaskQueue;
+class HttpWorkers;
 class HttpFront;
 class QueueMetrics;
 
@@ -145,7 +145,7 @@ class ApiServer {
   schedule::ScheduleStore* schedules_ = nullptr;
   std::unique_ptr<httplib::Server> http_;
   std::unique_ptr<EventHub> hub_;
-  std::unique_ptr<ElasticTaskQueue> workers_;
+  std::unique_ptr<HttpWorkers> workers_;
   std::unique_ptr<HttpFront> front_;
   std::unique_ptr<QueueMetrics> queue_metrics_;
   std::atomic<bool> stopping_{false};

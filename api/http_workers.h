@@ -27,11 +27,11 @@
 
 namespace runner::api {
 
-class ElasticTaskQueue : public httplib::TaskQueue {
+class HttpWorkers : public httplib::TaskQueue {
  public:
-  ElasticTaskQueue(std::size_t core, std::size_t max, std::size_t max_pending,
-                   std::chrono::seconds idle_exit = std::chrono::seconds(60));
-  ~ElasticTaskQueue() override;
+  HttpWorkers(std::size_t core, std::size_t max, std::size_t max_pending,
+              std::chrono::seconds idle_exit = std::chrono::seconds(60));
+  ~HttpWorkers() override;
 
   void enqueue(std::function<void()> fn) override;
   void shutdown() override;

@@ -1,9 +1,9 @@
-#include "api/elastic_task_queue.h"
+#include "api/http_workers.h"
 
 namespace runner::api {
 
-ElasticTaskQueue::ElasticTaskQueue(std::size_t core, std::size_t max, std::size_t max_pending,
-                                   std::chrono::seconds idle_exit)
+HttpWorkers::HttpWorkers(std::size_t core, std::size_t max, std::size_t max_pending,
+                         std::chrono::seconds idle_exit)
     : core_(core), max_(std::max(core, max)), max_pending_(max_pending), idle_exit_(idle_exit) {
   std::lock_guard lock(mu_);
   for (std::size_t i = 0; i < core_; ++i) {
@@ -13,9 +13,9 @@ ElasticTaskQueue::ElasticTaskQueue(std::size_t core, std::size_t max, std::size_
   }
 }
 
-ElasticTaskQueue::~ElasticTaskQueue() { shutdown(); }
+HttpWorkers::~HttpWorkers() { shutdown(); }
 
-void ElasticTaskQueue::enqueue(std::function<void()> fn) {
+void HttpWorkers::enqueue(std::function<void()> fn) {
   std::unique_lock lock(mu_);
   ReapExitedLocked(lock);
   space_cv_.wait(lock, [&] { return shutdown_ || jobs_.size() < max_pending_; });
@@ -29,7 +29,7 @@ void ElasticTaskQueue::enqueue(std::function<void()> fn) {
   work_cv_.notify_one();
 }
 
-void ElasticTaskQueue::shutdown() {
+void HttpWorkers::shutdown() {
   std::map<std::size_t, std::thread> threads;
   {
     std::lock_guard lock(mu_);
@@ -51,12 +51,12 @@ void ElasticTaskQueue::shutdown() {
   }
 }
 
-std::size_t ElasticTaskQueue::threads() {
+std::size_t HttpWorkers::threads() {
   std::lock_guard lock(mu_);
   return threads_.size();
 }
 
-void ElasticTaskQueue::ReapExitedLocked(std::unique_lock<std::mutex>& lock) {
+void HttpWorkers::ReapExitedLocked(std::unique_lock<std::mutex>& lock) {
   while (!exited_.empty()) {
     std::size_t id = exited_.front();
     exited_.pop_front();
@@ -70,7 +70,7 @@ void ElasticTaskQueue::ReapExitedLocked(std::unique_lock<std::mutex>& lock) {
   }
 }
 
-void ElasticTaskQueue::Work(std::size_t id) {
+void HttpWorkers::Work(std::size_t id) {
   std::unique_lock lock(mu_);
   --starting_;
   for (;;) {

@@ -1,4 +1,4 @@
-#include "api/elastic_task_queue.h"
+#include "api/http_workers.h"
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -10,7 +10,7 @@
 using namespace std::chrono_literals;
 
 TEST_CASE("long-lived jobs grow the pool up to its cap and never past it", "[api][threads]") {
-  runner::api::ElasticTaskQueue pool(2, 5, 100);
+  runner::api::HttpWorkers pool(2, 5, 100);
   std::mutex mu;
   std::condition_variable cv;
   bool release = false;
@@ -40,7 +40,7 @@ TEST_CASE("long-lived jobs grow the pool up to its cap and never past it", "[api
 }
 
 TEST_CASE("a short job runs at once on a core thread", "[api][threads]") {
-  runner::api::ElasticTaskQueue pool(2, 4, 10);
+  runner::api::HttpWorkers pool(2, 4, 10);
   std::atomic<bool> ran{false};
   pool.enqueue([&] { ran = true; });
   CHECK(runner::testing::WaitFor([&] { return ran.load(); }, 2s));
