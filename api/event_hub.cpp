@@ -47,8 +47,8 @@ void EventSubscription::Close() {
   cv_.notify_all();
 }
 
-EventHub::EventHub(queue::QueueStore& store, EventHubOptions options)
-    : store_(store), options_(options) {}
+EventHub::EventHub(queue::QueueStore& store, EventHubOptions options, Clock& clock)
+    : store_(store), options_(options), clock_(clock) {}
 
 EventHub::~EventHub() { Stop(); }
 
@@ -140,7 +140,7 @@ void EventHub::PollOnce() {
   }
   // Advance low_ over contiguous published ids; a hole blocks it until it
   // fills or hole_wait passes.
-  auto now = std::chrono::steady_clock::now();
+  const auto now = clock_.Now();
   while (!published_.empty()) {
     auto first = published_.begin();
     if (*first == low_ + 1) {
@@ -165,7 +165,7 @@ void EventHub::PollLoop(std::stop_token stop, bool at_end) {
       PollOnce();
     }
     std::unique_lock lock(wait_mu);
-    cv_.wait_for(lock, stop, options_.poll_interval, [] { return false; });
+    clock_.WaitFor(cv_, lock, stop, options_.poll_interval, [] { return false; });
   }
 }
 

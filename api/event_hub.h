@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/clock.h"
 #include "base/result.h"
 #include "runner/queue/queue_store.h"
 
@@ -65,7 +66,7 @@ class EventSubscription {
 
 class EventHub {
  public:
-  EventHub(queue::QueueStore& store, EventHubOptions options);
+  EventHub(queue::QueueStore& store, EventHubOptions options, Clock& clock = SystemClock());
   ~EventHub();
   EventHub(const EventHub&) = delete;
   EventHub& operator=(const EventHub&) = delete;
@@ -90,6 +91,7 @@ class EventHub {
 
   queue::QueueStore& store_;
   const EventHubOptions options_;
+  Clock& clock_;  // paces the poller and times holes
   std::mutex mu_;
   std::condition_variable_any cv_;
   std::vector<std::shared_ptr<EventSubscription>> subscribers_;  // guarded by mu_
@@ -98,7 +100,7 @@ class EventHub {
   // gave up on); published_ holds the ids above low_ already published.
   int64_t low_ = 0;
   std::set<int64_t> published_;
-  std::optional<std::chrono::steady_clock::time_point> hole_since_;
+  std::optional<Clock::TimePoint> hole_since_;
   std::jthread poller_;
 };
 

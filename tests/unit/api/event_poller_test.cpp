@@ -2,6 +2,7 @@
 #include <mutex>
 
 #include "api/event_hub.h"
+#include "tests/support/fakes/manual_clock.h"
 #include "tests/support/services.h"
 
 using namespace std::chrono_literals;
@@ -117,6 +118,52 @@ TEST_CASE("an event committed late (a hole in the ids) still reaches subscribers
   CHECK((*sub)->Next(extra, 100ms) == EventSubscription::Wake::kTimeout);
   hub.Stop();
   CHECK((*sub)->Next(extra, 1s) == EventSubscription::Wake::kClosed);
+}
+
+TEST_CASE("a hole in the ids is waited for hole_wait on the hub's clock, then given up",
+          "[api][sse]") {
+  EventsOnlyStore store;
+  runner::api::EventHubOptions options;
+  options.poll_interval = 10ms;
+  options.hole_wait = 5s;
+  runner::testing::ManualClock clock(std::chrono::system_clock::now());
+  EventHub hub(store, options, clock);
+  hub.Start();
+  auto sub = hub.Subscribe();
+  REQUIRE(sub.ok());
+  // Polls come only when the hub's clock passes a poll interval: each wait
+  // of Drain moves it one.
+  auto drain = [&](std::size_t want) {
+    std::vector<int64_t> ids;
+    runner::testing::WaitFor(
+        [&] {
+          clock.Advance(options.poll_interval);
+          std::vector<q::Event> batch;
+          (*sub)->Next(batch, 5ms);
+          for (const auto& e : batch) ids.push_back(e.id);
+          return ids.size() >= want;
+        },
+        5s, 1ms);
+    return ids;
+  };
+  store.Add(1);
+  store.Add(3);  // 2 is still in flight in another transaction
+  CHECK(drain(2) == std::vector<int64_t>{1, 3});
+  clock.Advance(3s);  // under hole_wait: 2 is still awaited
+  store.Add(2);
+  CHECK(drain(1) == std::vector<int64_t>{2});
+
+  store.Add(5);  // 4 in flight
+  CHECK(drain(1) == std::vector<int64_t>{5});
+  clock.Advance(5s);  // hole_wait has passed on the hub's clock
+  store.Add(6);
+  // The poll that brings 6 gives up on 4 (it reads first, then settles).
+  CHECK(drain(1) == std::vector<int64_t>{6});
+  store.Add(4);
+  store.Add(7);
+  // 7 arrives, 4 never does: the poller reads after the hole it gave up on.
+  CHECK(drain(1) == std::vector<int64_t>{7});
+  hub.Stop();
 }
 
 TEST_CASE("a slow subscriber is dropped while a fast one keeps receiving", "[api][sse]") {
