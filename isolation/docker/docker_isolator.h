@@ -12,14 +12,13 @@
 // HostConfig limits (NanoCpus, Memory = MemorySwap, PidsLimit, NetworkMode none
 // unless allow_network, ReadonlyRootfs, CapDrop ALL, no-new-privileges, Init,
 // a non-root user), labels io.runner.task / io.runner.worker / io.runner.node
-// (+ io.runner.label.<k> for task labels), wait registered before start, logs
-// streamed to the observer, stats sampled every `stats_interval` (usage and
-// the over-limit policy), then exit code / OOMKilled / usage. The container is
-// removed (force) on every path, by a background queue once Run() has its
-// result (so the removal overlaps the next task's claim and create; at most
-// 64 wait, past that Run() removes its own). WaitForCleanup() waits for the
-// queue; the destructor drains it. A removal that finds the daemon gone is
-// retried after the next create that reaches it (see RemovalState), and once
+// (+ io.runner.label.<k> for task labels), then ContainerRun
+// (container_run.h): wait registered before start, logs streamed to the observer, stats sampled
+// every `stats_interval` (usage and the over-limit policy), then exit code / OOMKilled / usage. The
+// container is removed (force) on every path, by a background queue once Run() has its result (so
+// the removal overlaps the next task's claim and create; at most 64 wait, past that Run() removes
+// its own). WaitForCleanup() waits for the queue; the destructor drains it. A removal that finds
+// the daemon gone is retried after the next create that reaches it (see RemovalState), and once
 // more when the isolator is destroyed. A crash leaves the exited containers
 // to ReapOrphans, like running ones.
 //
