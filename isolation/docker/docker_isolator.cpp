@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "isolation/docker/container_run.h"
+#include "isolation/docker/warm_pool.h"
 
 namespace runner::isolation::docker {
 
@@ -132,9 +133,18 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
     : options_(std::move(options)),
       client_(
           EngineClientOptions{options_.docker_host, options_.connect_timeout, options_.call_timeout,
-                              std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
+                              std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {
+  if (options_.warm_per_image > 0 && !options_.warm_images.empty()) {
+    WarmPoolOptions wo;
+    wo.per_image = options_.warm_per_image;
+    wo.images = options_.warm_images;
+    wo.node_id = options_.node_id;
+    warm_ = std::make_unique<WarmPool>(client_, options_, std::move(wo));
+  }
+}
 
 DockerIsolator::~DockerIsolator() {
+  StopWarmPool();
   // Removals that found the daemon away get one more try. If it is still
   // away, the first of them to fail gives up for the rest (draining), and
   // ReapOrphans removes them at the node's next start.
@@ -226,13 +236,16 @@ Result<int> DockerIsolator::ReapOrphans(const std::vector<std::string>& node_ids
       // The daemon filtered by label already; check again so a daemon that
       // ignored the filter can never make us remove someone else's container.
       auto it = c.labels.find("io.runner.node");
-      if (it == c.labels.end() || it->second != node || !c.labels.contains("io.runner.task")) {
+      if (it == c.labels.end() || it->second != node ||
+          (!c.labels.contains("io.runner.task") && !c.labels.contains("io.runner.warm"))) {
         continue;
       }
+      // Our own warm containers are the pool's (a node reaps its own id on its first pass).
+      if (warm_ && warm_->Owns(c.labels)) continue;
       Status st = client_.ContainerRemove(c.id, true);
       if (!st) return st.error();
       spdlog::info("docker reaped orphan container={} node={} task={}", c.id.substr(0, 12), node,
-                   c.labels.contains("io.runner.task") ? c.labels.at("io.runner.task") : "");
+                   c.labels.contains("io.runner.task") ? c.labels.at("io.runner.task") : "(warm)");
       ++removed;
     }
   }
@@ -302,7 +315,68 @@ void DockerIsolator::MarkStorageOptUnsupported() {
   storage_opt_ = false;
 }
 
+Status DockerIsolator::StartWarmPool() {
+  if (!warm_) return {};
+  return warm_->Start();
+}
+
+void DockerIsolator::StopWarmPool() {
+  if (warm_) warm_->Stop();
+}
+
+void DockerIsolator::PauseWarmPool(bool paused) {
+  if (warm_) warm_->Pause(paused);
+}
+
+std::optional<WarmStats> DockerIsolator::WarmStatus() const {
+  if (!warm_) return std::nullopt;
+  return warm_->Stats();
+}
+
+void DockerIsolator::ReportStart(bool warm, Clock::time_point t0) {
+  if (start_observer_) {
+    start_observer_(warm, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+}
+
+std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std::string& id,
+                                                 Observer& observer, std::stop_token stop,
+                                                 Clock::time_point t0) {
+  ContainerRun run(client_, options_, spec, id, /*storage_opt=*/false);
+  auto fallback = [&](const Error& e) -> std::optional<RunResult> {
+    spdlog::warn("docker warm container unusable, the task runs cold task={} container={} error={}",
+                 spec.task_id, id.substr(0, 12), e.message);
+    warm_->CountFallback();
+    if (e.code == "isolation_unavailable") warm_->DaemonFailed();
+    return std::nullopt;
+  };
+  if (Status waiting = run.RegisterWait(); !waiting) return fallback(waiting.error());
+  // The task's limits; the warm container has none until now. Swap = memory,
+  // as for a cold task.
+  json::object resources;
+  if (spec.limits.cpus > 0) {
+    resources["NanoCpus"] = static_cast<int64_t>(std::llround(spec.limits.cpus * 1e9));
+  }
+  if (spec.limits.memory > 0) {
+    resources["Memory"] = spec.limits.memory;
+    resources["MemorySwap"] = spec.limits.memory;
+  }
+  if (spec.limits.pids > 0) resources["PidsLimit"] = spec.limits.pids;
+  if (!resources.empty()) {
+    if (Status st = client_.ContainerUpdate(id, resources); !st) return fallback(st.error());
+  }
+  // From here the task may run: no fallback, whatever happens.
+  if (Status st = client_.ContainerAttachStdin(id, EncodeLaunch(spec)); !st) {
+    ForgetAvailability(st.error());
+    if (st.error().code == "isolation_unavailable") warm_->DaemonFailed();
+    return DockerErrorResult(st.error());
+  }
+  ReportStart(true, t0);
+  return run.Follow(observer, stop);
+}
+
 RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
+  const auto t0 = Clock::now();
   const std::string& task = spec.task_id;
   if (spec.command.empty()) {
     return DockerErrorResult(MakeError("internal", "task " + task + " has an empty command"));
@@ -315,6 +389,15 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
   }
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
+  if (warm_) {
+    // A warm container has the default-size tmpfs at /work and /tmp.
+    const bool tmpfs_disk =
+        spec.limits.disk == 0 || (!storage_opt && spec.limits.disk == options_.default_tmpfs_bytes);
+    if (auto id = warm_->Take(spec, tmpfs_disk)) {
+      ContainerOwner owner(removals_, removal_state_, client_, *id, task);  // single use
+      if (auto r = RunWarm(spec, owner.id(), observer, stop, t0)) return *r;
+    }
+  }
   std::string name =
       "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" + RandomHex(6);
   auto created = client_.ContainerCreate(BuildCreateConfig(spec, options_, storage_opt), name);
@@ -349,6 +432,7 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     ForgetAvailability(st.error());
     return DockerErrorResult(st.error());
   }
+  ReportStart(false, t0);
   return run.Follow(observer, stop);
 }
 
