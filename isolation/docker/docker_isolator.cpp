@@ -328,6 +328,10 @@ void DockerIsolator::PauseWarmPool(bool paused) {
   if (warm_) warm_->Pause(paused);
 }
 
+void DockerIsolator::DropWarmPool() {
+  if (warm_) warm_->DaemonFailed();
+}
+
 std::optional<WarmStats> DockerIsolator::WarmStatus() const {
   if (!warm_) return std::nullopt;
   return warm_->Stats();
@@ -390,9 +394,11 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
   if (warm_) {
-    // A warm container has the default-size tmpfs at /work and /tmp.
+    // A warm container has tmpfs /work and /tmp of warm_disk, as a cold task
+    // with that disk limit (and no StorageOpt) would.
+    auto tmpfs_size = [&](int64_t disk) { return disk > 0 ? disk : options_.default_tmpfs_bytes; };
     const bool tmpfs_disk =
-        spec.limits.disk == 0 || (!storage_opt && spec.limits.disk == options_.default_tmpfs_bytes);
+        !storage_opt && tmpfs_size(spec.limits.disk) == tmpfs_size(options_.warm_disk);
     if (auto id = warm_->Take(spec, tmpfs_disk)) {
       ContainerOwner owner(removals_, removal_state_, client_, *id, task);  // single use
       if (auto r = RunWarm(spec, owner.id(), observer, stop, t0)) return *r;

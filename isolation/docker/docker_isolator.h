@@ -73,6 +73,10 @@ struct DockerIsolatorOptions {
   // `node_id` labels them. The pool fills once StartWarmPool() is called.
   int warm_per_image = 0;
   std::vector<std::string> warm_images;
+  // The disk limit warm containers' tmpfs /work and /tmp have (the node's
+  // default for tasks; 0 = default_tmpfs_bytes). Tasks with the same limit, or
+  // none when this is 0, match.
+  int64_t warm_disk = 0;
   std::string node_id;
 };
 
@@ -137,6 +141,8 @@ class DockerIsolator : public Isolator {
   Status StartWarmPool();
   void StopWarmPool();
   void PauseWarmPool(bool paused);
+  // Docker went away: drop the ready containers (rebuilt once it answers).
+  void DropWarmPool();
   std::optional<WarmStats> WarmStatus() const;
   // Called once per task that got its process started: whether it took a warm
   // container, and the seconds from Run() to its process starting. Set before

@@ -100,8 +100,9 @@ std::string EncodeLaunch(const TaskSpec& spec) {
 json::object BuildWarmConfig(const std::string& image, const std::vector<std::string>& entrypoint,
                              const DockerIsolatorOptions& options, const std::string& node_id,
                              const std::string& token, const std::string& launcher_path) {
-  TaskSpec spec;  // no limits: the task's come with `update` when it is taken
+  TaskSpec spec;  // no limits but the disk: the task's come with `update` when it is taken
   spec.image = image;
+  spec.limits.disk = options.warm_disk;
   spec.command = {"-"};
   spec.node_id = node_id;
   json::object config = BuildCreateConfig(spec, options, /*storage_opt=*/false);
@@ -264,7 +265,10 @@ Result<std::string> WarmPool::StartOne(const std::string& image) {
       "runner-warm-" + token_.substr(0, 8) + "-" + RandomToken().substr(0, 8));
   if (!created) return created.error();
   if (Status st = client_.ContainerStart(*created); !st) {
-    (void)client_.ContainerRemove(*created, true);
+    if (!client_.ContainerRemove(*created, true)) {
+      std::lock_guard lock(mu_);
+      dropped_.push_back(*created);  // once the daemon answers
+    }
     return st.error();
   }
   return *created;
@@ -296,6 +300,7 @@ void WarmPool::CheckAlive() {
 
 void WarmPool::Loop(std::stop_token stop) {
   auto next_check = std::chrono::steady_clock::now() + options_.check_every;
+  std::chrono::milliseconds backoff = options_.retry;
   while (!stop.stop_requested()) {
     bool failed;
     {
@@ -349,11 +354,15 @@ void WarmPool::Loop(std::stop_token stop) {
       if (started.error().code == "isolation_unavailable") {
         DaemonFailed();
       } else {
+        // A daemon that refuses (a missing image, a launcher path it cannot
+        // see): back off up to a minute rather than hammer it.
         std::unique_lock lock(mu_);
-        cv_.wait_for(lock, stop, options_.retry, [] { return false; });
+        cv_.wait_for(lock, stop, backoff, [] { return false; });
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(60000));
       }
       continue;
     }
+    backoff = options_.retry;
     std::lock_guard lock(mu_);
     if (stop.stop_requested() || failed_) {
       dropped_.push_back(*started);
