@@ -369,10 +369,14 @@ std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std
   if (!resources.empty()) {
     if (Status st = client_.ContainerUpdate(id, resources); !st) return fallback(st.error());
   }
-  // From here the task may run: no fallback, whatever happens.
   if (Status st = client_.ContainerAttachStdin(id, EncodeLaunch(spec)); !st) {
+    // The daemon's refusal (a container that died with a daemon restart:
+    // 409) comes before anything is written: the cold path can still run
+    // the task. A connection lost while writing may have started it: no
+    // second start then.
+    if (st.error().code != "isolation_unavailable") return fallback(st.error());
     ForgetAvailability(st.error());
-    if (st.error().code == "isolation_unavailable") warm_->DaemonFailed();
+    warm_->DaemonFailed();
     return DockerErrorResult(st.error());
   }
   ReportStart(true, t0);
