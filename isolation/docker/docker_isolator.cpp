@@ -404,8 +404,13 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
     const bool tmpfs_disk =
         !storage_opt && tmpfs_size(spec.limits.disk) == tmpfs_size(options_.warm_disk);
     if (auto id = warm_->Take(spec, tmpfs_disk)) {
-      ContainerOwner owner(removals_, removal_state_, client_, *id, task);  // single use
-      if (auto r = RunWarm(spec, owner.id(), observer, stop, t0)) return *r;
+      std::optional<RunResult> r;
+      {
+        ContainerOwner owner(removals_, removal_state_, client_, *id, task);  // single use
+        r = RunWarm(spec, owner.id(), observer, stop, t0);
+      }
+      warm_->Release(spec.image, *id);  // its replacement may start now
+      if (r) return *r;
     }
   }
   std::string name =

@@ -146,6 +146,10 @@ Status WarmPool::Start() {
     launcher_path_ = written->second;
   }
   if (thread_.joinable()) return {};
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = false;
+  }
   thread_ = std::jthread([this](std::stop_token st) { Loop(st); });
   spdlog::info("docker warm pool started per_image={} images={} token={}", options_.per_image,
                options_.images.size(), token_);
@@ -153,6 +157,11 @@ Status WarmPool::Start() {
 }
 
 void WarmPool::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
   if (thread_.joinable()) {
     thread_.request_stop();
     cv_.notify_all();
@@ -168,17 +177,64 @@ void WarmPool::Stop() {
 std::optional<std::string> WarmPool::Take(const TaskSpec& spec, bool tmpfs_disk) {
   std::unique_lock lock(mu_);
   if (options_.per_image <= 0) return std::nullopt;
-  auto it = ready_.find(spec.image);
-  if (!tmpfs_disk || it == ready_.end() || it->second.empty()) {
+  const bool warmed = tmpfs_disk && std::find(options_.images.begin(), options_.images.end(),
+                                              spec.image) != options_.images.end();
+  if (!warmed) {  // (no map entry for an image nobody warms: task images are untrusted)
     ++misses_;
     return std::nullopt;
   }
-  std::string id = std::move(it->second.front());
-  it->second.pop_front();
+  auto& ready = ready_[spec.image];
+  if (ready.empty()) {
+    // Tasks come faster than containers: replacements start at Take from now on.
+    last_miss_ = std::chrono::steady_clock::now();
+    // A container being started for this image, or about to be (a refill
+    // is due), is nearer than a cold one, which needs the same create and
+    // start from scratch and would compete with it for the daemon: wait for
+    // it (one taker per such container).
+    const int due = std::max(
+        0, options_.per_image - DeferredLocked(spec.image, last_miss_) - starting_[spec.image]);
+    if (!failed_ && !stopping_ && starting_[spec.image] + due > waiting_[spec.image]) {
+      ++waiting_[spec.image];
+      cv_.notify_all();  // the refill loop: no more deferral
+      const uint64_t failures = start_failures_;
+      cv_.wait_for(lock, options_.in_flight_wait, [&] {
+        return !ready.empty() || start_failures_ != failures || failed_ || stopping_;
+      });
+      --waiting_[spec.image];
+    }
+  }
+  if (ready.empty()) {
+    ++misses_;
+    return std::nullopt;
+  }
+  std::string id = std::move(ready.front());
+  ready.pop_front();
   ++hits_;
+  auto& in_use = in_use_[spec.image];
+  if (in_use.size() < 100000) in_use[id] = std::chrono::steady_clock::now();  // bounded
   lock.unlock();
-  cv_.notify_all();  // refill in the background
+  cv_.notify_all();  // the loop times the refill
   return id;
+}
+
+void WarmPool::Release(const std::string& image, const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    auto it = in_use_.find(image);
+    if (it == in_use_.end()) return;
+    it->second.erase(id);
+  }
+  cv_.notify_all();  // refill in the background
+}
+
+int WarmPool::DeferredLocked(const std::string& image,
+                             std::chrono::steady_clock::time_point now) const {
+  if (now - last_miss_ < options_.burst_memory) return 0;  // busy: no deferral
+  auto it = in_use_.find(image);
+  if (it == in_use_.end()) return 0;
+  int n = 0;
+  for (const auto& [id, taken] : it->second) n += now - taken < options_.refill_after ? 1 : 0;
+  return n;
 }
 
 void WarmPool::CountFallback() {
@@ -327,28 +383,60 @@ void WarmPool::Loop(std::stop_token stop) {
     std::string image;
     {
       std::unique_lock lock(mu_);
+      // needed() also sets `until`: the next check, or the next moment a
+      // deferred replacement becomes due.
+      auto until = next_check;
       auto needed = [&] {
         if (paused_ || failed_) return false;
+        const auto now = std::chrono::steady_clock::now();
+        until = next_check;
+        bool any = false;
         for (const auto& img : options_.images) {
-          if (static_cast<int>(ready_[img].size()) < options_.per_image) return true;
+          const int ready = static_cast<int>(ready_[img].size());
+          if (ready >= options_.per_image) continue;
+          if (ready + DeferredLocked(img, now) < options_.per_image) any = true;
+          for (const auto& [id, taken] : in_use_[img]) {
+            if (now - taken < options_.refill_after) {
+              until = std::min(until, taken + options_.refill_after);
+            }
+          }
         }
-        return false;
+        return any;
       };
-      auto until = next_check;
-      if (!cv_.wait_until(lock, stop, until, [&] { return needed() || !dropped_.empty(); })) {
-        continue;  // time to check, or stopping
+      bool due = false;
+      while (!stop.stop_requested()) {
+        if (needed() || !dropped_.empty()) {
+          due = true;
+          break;
+        }
+        if (std::chrono::steady_clock::now() >= next_check) break;
+        // (A predicate that is always false would sleep through notifications.)
+        const auto wake = until;
+        cv_.wait_until(lock, stop, wake, [&] { return needed() || !dropped_.empty(); });
       }
-      if (!needed()) continue;  // only removals to do
-      std::size_t best = SIZE_MAX;
+      if (!due || !needed()) continue;  // time to check, stopping, or only removals to do
+      const auto now = std::chrono::steady_clock::now();
+      int best = INT32_MAX;
       for (const auto& img : options_.images) {
-        if (ready_[img].size() < best) {
-          best = ready_[img].size();
+        const int have = static_cast<int>(ready_[img].size()) + DeferredLocked(img, now);
+        if (have < options_.per_image && have < best) {
+          best = have;
           image = img;
         }
       }
     }
+    {
+      std::lock_guard lock(mu_);
+      ++starting_[image];
+    }
     auto started = StartOne(image);
     if (!started) {
+      {
+        std::lock_guard lock(mu_);
+        --starting_[image];
+        ++start_failures_;
+      }
+      cv_.notify_all();  // a taker waiting for it goes cold
       spdlog::warn("docker warm container not started image={} error={}", image,
                    started.error().message);
       if (started.error().code == "isolation_unavailable") {
@@ -363,12 +451,16 @@ void WarmPool::Loop(std::stop_token stop) {
       continue;
     }
     backoff = options_.retry;
-    std::lock_guard lock(mu_);
-    if (stop.stop_requested() || failed_) {
-      dropped_.push_back(*started);
-    } else {
-      ready_[image].push_back(*started);
+    {
+      std::lock_guard lock(mu_);
+      --starting_[image];
+      if (stop.stop_requested() || failed_) {
+        dropped_.push_back(*started);
+      } else {
+        ready_[image].push_back(*started);
+      }
     }
+    cv_.notify_all();  // a taker waiting for it
   }
 }
 

@@ -21,7 +21,8 @@
 // it is taken, and no container is given to a second task.
 //
 // A background thread keeps `per_image` ready containers per image: it
-// refills after each Take(), not while Pause(true) (backpressure), and when
+// refills after each task that took one (Release(), or `refill_after` past
+// its Take()), not while Pause(true) (backpressure), and when
 // the daemon fails a call it drops every ready container (removed once the
 // daemon answers) and tries again every `retry`, so a Docker outage or
 // restart leaves no stale container in the pool. Every `check_every` it lists
@@ -56,6 +57,15 @@ struct WarmPoolOptions {
   std::string node_id;              // io.runner.node of every warm container
   std::chrono::milliseconds retry{1000};
   std::chrono::milliseconds check_every{5000};
+  // A taken container's replacement starts when its task ends (Release), or
+  // this long after it was taken, whichever comes first: creating it while
+  // a short task runs would compete with that task for the daemon.
+  std::chrono::milliseconds refill_after{1000};
+  // ... unless a task found no ready container within this long: then tasks
+  // come faster than containers and a replacement starts at once.
+  std::chrono::milliseconds burst_memory{10000};
+  // How long Take() waits for a container being started when none is ready.
+  std::chrono::milliseconds in_flight_wait{3000};
 };
 
 struct WarmStats {
@@ -93,12 +103,16 @@ class WarmPool {
 
   // A ready container for `spec` (its image is warmed, and the disk it may
   // write is what a warm container has: `tmpfs_disk` says the task's disk
-  // limit is served by the default-size tmpfs), or nullopt. The caller owns
+  // limit is served by the default-size tmpfs), or nullopt. When none is
+  // ready but one is being started, waits for it (up to in_flight_wait). The caller owns
   // the container from then on. Counts a hit or a miss.
   std::optional<std::string> Take(const TaskSpec& spec, bool tmpfs_disk);
   // Counts a Docker task that could not use a container it took (the cold
   // path ran it).
   void CountFallback();
+  // The task of a container from Take() has ended (the caller removes the
+  // container): its replacement may start now.
+  void Release(const std::string& image, const std::string& id);
 
   // Backpressure: no refill while paused (ready containers stay).
   void Pause(bool paused);
@@ -119,6 +133,8 @@ class WarmPool {
   void DropReadyLocked();
   void RemoveDropped();
   void CheckAlive();
+  // Taken containers of `image` whose replacement waits (under mu_).
+  int DeferredLocked(const std::string& image, std::chrono::steady_clock::time_point now) const;
 
   EngineClient& client_;
   const DockerIsolatorOptions& iso_;
@@ -131,11 +147,18 @@ class WarmPool {
   std::condition_variable_any cv_;
   std::map<std::string, std::deque<std::string>> ready_;         // image -> ids; guarded by mu_
   std::map<std::string, std::vector<std::string>> entrypoints_;  // guarded by mu_
-  std::vector<std::string> dropped_;                             // to remove; guarded by mu_
-  bool paused_ = false;                                          // guarded by mu_
-  bool failed_ = false;                                          // guarded by mu_
-  uint64_t hits_ = 0;                                            // guarded by mu_
-  uint64_t misses_ = 0;                                          // guarded by mu_
+  // image -> id -> when taken, until Release(); guarded by mu_
+  std::map<std::string, std::map<std::string, std::chrono::steady_clock::time_point>> in_use_;
+  std::map<std::string, int> starting_;              // starts in flight per image; guarded by mu_
+  std::map<std::string, int> waiting_;               // takers waiting for them; guarded by mu_
+  uint64_t start_failures_ = 0;                      // guarded by mu_
+  std::chrono::steady_clock::time_point last_miss_;  // guarded by mu_
+  bool stopping_ = false;                            // guarded by mu_
+  std::vector<std::string> dropped_;                 // to remove; guarded by mu_
+  bool paused_ = false;                              // guarded by mu_
+  bool failed_ = false;                              // guarded by mu_
+  uint64_t hits_ = 0;                                // guarded by mu_
+  uint64_t misses_ = 0;                              // guarded by mu_
   std::jthread thread_;
 };
 
