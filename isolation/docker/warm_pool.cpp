@@ -185,17 +185,19 @@ std::optional<std::string> WarmPool::Take(const TaskSpec& spec, bool tmpfs_disk)
   }
   auto& ready = ready_[spec.image];
   if (ready.empty()) {
-    // Tasks come faster than containers: replacements start at Take from now on.
+    // Tasks come faster than containers: replacements start at Take from now
+    // on (the loop is told at once).
     last_miss_ = std::chrono::steady_clock::now();
+    cv_.notify_all();
     // A container being started for this image, or about to be (a refill
     // is due), is nearer than a cold one, which needs the same create and
     // start from scratch and would compete with it for the daemon: wait for
     // it (one taker per such container).
     const int due = std::max(
         0, options_.per_image - DeferredLocked(spec.image, last_miss_) - starting_[spec.image]);
-    if (!failed_ && !stopping_ && starting_[spec.image] + due > waiting_[spec.image]) {
+    if (options_.in_flight_wait.count() > 0 && !failed_ && !stopping_ &&
+        starting_[spec.image] + due > waiting_[spec.image]) {
       ++waiting_[spec.image];
-      cv_.notify_all();  // the refill loop: no more deferral
       const uint64_t failures = start_failures_;
       cv_.wait_for(lock, options_.in_flight_wait, [&] {
         return !ready.empty() || start_failures_ != failures || failed_ || stopping_;

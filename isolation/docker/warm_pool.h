@@ -64,8 +64,13 @@ struct WarmPoolOptions {
   // ... unless a task found no ready container within this long: then tasks
   // come faster than containers and a replacement starts at once.
   std::chrono::milliseconds burst_memory{10000};
-  // How long Take() waits for a container being started when none is ready.
-  std::chrono::milliseconds in_flight_wait{3000};
+  // How long Take() waits for a container being started when none is ready
+  // (0: never; the task starts cold at once). Measured off by default: at 1
+  // and 4 workers, waiting serialised every task behind the one refill and
+  // gave 0.97x / 0.95x the cold throughput, where starting cold beside the
+  // refill uses the daemon's second core and gave 1.33x / 1.08x
+  // (bench/docker, README).
+  std::chrono::milliseconds in_flight_wait{0};
 };
 
 struct WarmStats {
@@ -103,8 +108,8 @@ class WarmPool {
 
   // A ready container for `spec` (its image is warmed, and the disk it may
   // write is what a warm container has: `tmpfs_disk` says the task's disk
-  // limit is served by the default-size tmpfs), or nullopt. When none is
-  // ready but one is being started, waits for it (up to in_flight_wait). The caller owns
+  // limit is served by the default-size tmpfs), or nullopt. With
+  // in_flight_wait, waits that long for one being started when none is ready. The caller owns
   // the container from then on. Counts a hit or a miss.
   std::optional<std::string> Take(const TaskSpec& spec, bool tmpfs_disk);
   // Counts a Docker task that could not use a container it took (the cold
