@@ -227,12 +227,14 @@ TEST_CASE("limits given by update are on the container while the task runs", "[w
   auto& iso = Warm();
   REQUIRE(iso.StartWarmPool().ok());
   REQUIRE(WaitReady(iso, 1));
-  auto spec = Spec({"sleep", "5"});
+  auto spec = Spec({"sh", "-c", "echo $SECRET_TOKEN; sleep 5"});
+  spec.env = {{"SECRET_TOKEN", "s3cr3t-warm"}};  // secrets reach tasks as env
   spec.limits.cpus = 0.5;
   spec.limits.memory = 96LL << 20;
   spec.limits.pids = 42;
   Collector c;
   json::object host, labels;
+  std::string config_text;
   std::jthread inspector([&] {
     REQUIRE(runner::testing::WaitFor([&] { return c.started.load(); }, 20s));
     std::string id;
@@ -243,6 +245,7 @@ TEST_CASE("limits given by update are on the container while the task runs", "[w
     auto inspected = iso.client().ContainerInspect(id);
     REQUIRE(inspected.ok());
     host = inspected->at("HostConfig").as_object();
+    config_text = json::serialize(inspected->at("Config"));
     labels = inspected->at("Config").as_object().at("Labels").as_object();
   });
   RunResult r = iso.Run(spec, c, {});
@@ -257,6 +260,31 @@ TEST_CASE("limits given by update are on the container while the task runs", "[w
   CHECK(host.at("NetworkMode").as_string() == "none");
   CHECK(labels.contains("io.runner.warm"));
   CHECK(labels.at("io.runner.node").as_string() == RunNode());
+  // The task has its env; the container's config never had it.
+  CHECK(c.out == "s3cr3t-warm\n");
+  CHECK(!config_text.empty());
+  CHECK(config_text.find("s3cr3t-warm") == std::string::npos);
+}
+
+TEST_CASE("a paused pool (backpressure) does not refill until it resumes", "[warm][pressure]") {
+  const std::string node = RunNode() + "-paused";
+  DockerIsolator iso(Options(1, node));
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  iso.PauseWarmPool(true);
+  Collector c;
+  RunResult r = iso.Run(Spec({"true"}), c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(iso.WarmStatus()->hits == 1);
+  // Past the refill deferral: still nothing started while throttled.
+  std::this_thread::sleep_for(2500ms);
+  CHECK(iso.WarmStatus()->ready == 0);
+  iso.WaitForCleanup();
+  CHECK(ContainersLabelled(iso, "io.runner.node=" + node) == 0);
+  iso.PauseWarmPool(false);
+  CHECK(WaitReady(iso, 1));
+  iso.StopWarmPool();
+  CHECK(ContainersLabelled(iso, "io.runner.node=" + node) == 0);
 }
 
 TEST_CASE("a memory hog in a warm container is reported oom_killed", "[warm][limits]") {
