@@ -87,12 +87,6 @@ struct ContainerRun::Shared {
   int64_t peak_max_usage = 0;  // guarded by state_mu
 };
 
-namespace {
-
-enum class Ending { kNone, kTimeout, kStop, kKill };
-
-}  // namespace
-
 ContainerRun::ContainerRun(EngineClient& client, const DockerIsolatorOptions& options,
                            const TaskSpec& spec, std::string id, bool storage_opt)
     : client_(client),
@@ -112,129 +106,172 @@ Status ContainerRun::RegisterWait() {
 
 RunResult ContainerRun::Follow(Observer& observer, std::stop_token stop) {
   const std::string& task = spec_.task_id;
-  const std::string& id = id_;
-  const TaskSpec& spec = spec_;
-  const bool storage_opt = storage_opt_;
   RunResult result;
   result.isolation = "docker";
   Shared shared(observer);
-  SerialObserver& obs = shared.obs;
   const auto started = Clock::now();
-  spdlog::debug("docker started task={} worker={} container={}", task, spec.worker_id,
-                id.substr(0, 12));
-  obs.OnStarted(id);
+  spdlog::debug("docker started task={} worker={} container={}", task, spec_.worker_id,
+                id_.substr(0, 12));
+  shared.obs.OnStarted(id_);
 
   std::promise<void> logs_finished;
   auto logs_done = logs_finished.get_future();
   std::jthread logs_thread([&, finished = std::move(logs_finished)](std::stop_token st) mutable {
-    std::string window;  // tail of stderr+stdout to spot ENOSPC across chunk borders
-    auto sink = [&](FrameStream s, std::string_view data) {
-      if (s == FrameStream::kError) {
-        spdlog::warn("docker log stream error task={} message={}", task, data);
-        return;
-      }
-      if (!shared.saw_enospc.load()) {
-        window.append(data.substr(data.size() > 256 ? data.size() - 256 : 0));
-        if (window.find(kEnospc) != std::string::npos) shared.saw_enospc = true;
-        if (window.size() > 256) window.erase(0, window.size() - 64);
-      }
-      obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
-    };
-    try {
-      Status ls = client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
-      if (!ls && ls.error().code != "cancelled") {
-        spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
-      }
-    } catch (const std::exception& e) {
-      std::lock_guard lock(shared.state_mu);
-      shared.thread_error = e.what();
-    }
+    LogsLoop(shared, st);
     finished.set_value();
   });
+  std::jthread stats_thread([&](std::stop_token st) { StatsLoop(shared, st); });
 
+  Exit exit = WaitForExit(shared, stop, started);
+
+  // The follow stream ends by itself when the container exits; give it a
+  // moment to deliver the last output, then stop it.
+  if (exit.status_code) logs_done.wait_for(std::chrono::seconds(5));
+  logs_thread.request_stop();
+  stats_thread.request_stop();
+  logs_thread.join();
+  stats_thread.join();
+
+  {
+    std::lock_guard lock(shared.state_mu);
+    result.usage.cpu_seconds = shared.last_sample.cpu_seconds;
+    // max_usage (cgroup v1) catches peaks between samples; it includes page
+    // cache, so it can exceed the working set the samples report.
+    result.usage.peak_memory = std::max(shared.peak_memory, shared.peak_max_usage);
+    result.usage.duration = std::chrono::duration<double>(exit.finished_at - started).count();
+    if (!shared.thread_error.empty()) {
+      return DockerErrorResult(MakeError("internal", "task " + task + ": " + shared.thread_error));
+    }
+  }
+  if (exit.wait_error) {
+    RunResult r = DockerErrorResult(*exit.wait_error);
+    r.usage = result.usage;
+    return r;
+  }
+  return Outcome(shared, exit, std::move(result));
+}
+
+void ContainerRun::LogsLoop(Shared& shared, std::stop_token st) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  SerialObserver& obs = shared.obs;
+  std::string window;  // tail of stderr+stdout to spot ENOSPC across chunk borders
+  auto sink = [&](FrameStream s, std::string_view data) {
+    if (s == FrameStream::kError) {
+      spdlog::warn("docker log stream error task={} message={}", task, data);
+      return;
+    }
+    if (!shared.saw_enospc.load()) {
+      window.append(data.substr(data.size() > 256 ? data.size() - 256 : 0));
+      if (window.find(kEnospc) != std::string::npos) shared.saw_enospc = true;
+      if (window.size() > 256) window.erase(0, window.size() - 64);
+    }
+    obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
+  };
+  try {
+    Status ls = client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
+    if (!ls && ls.error().code != "cancelled") {
+      spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard lock(shared.state_mu);
+    shared.thread_error = e.what();
+  }
+}
+
+void ContainerRun::StatsLoop(Shared& shared, std::stop_token st) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  const TaskSpec& spec = spec_;
+  const bool storage_opt = storage_opt_;
+  SerialObserver& obs = shared.obs;
   std::condition_variable_any stats_cv;
   std::mutex stats_mu;
-  std::jthread stats_thread([&](std::stop_token st) {
-    try {
-      std::optional<CpuCounters> prev;
-      bool warned_cpu = false, warned_mem = false, warned_disk = false;
-      double current_cpus = spec.limits.cpus;
-      auto over = [&](std::string_view resource, bool& done, const std::string& message) {
-        if (done) return;
-        done = true;
-        OverLimitAction action = options_.over_limit.action;
-        spdlog::warn("docker over limit task={} container={} resource={} action={} message={}",
-                     task, id.substr(0, 12), resource, ActionName(action), message);
-        if (action == OverLimitAction::kThrottle) {
-          double target = current_cpus > 0 ? current_cpus / 2 : 0.5;
-          target = std::max(target, 0.01);
-          json::object res{{"NanoCpus", static_cast<int64_t>(std::llround(target * 1e9))}};
-          if (Status us = client_.ContainerUpdate(id, res); us) {
-            current_cpus = target;
-          } else {
-            spdlog::warn("docker throttle failed task={} error={}", task, us.error().message);
-          }
-        } else if (action == OverLimitAction::kKill) {
-          std::lock_guard lock(shared.state_mu);
-          if (shared.kill_reason.empty()) shared.kill_reason = message;
-          shared.kill_requested = true;
+  try {
+    std::optional<CpuCounters> prev;
+    bool warned_cpu = false, warned_mem = false, warned_disk = false;
+    double current_cpus = spec.limits.cpus;
+    auto over = [&](std::string_view resource, bool& done, const std::string& message) {
+      if (done) return;
+      done = true;
+      OverLimitAction action = options_.over_limit.action;
+      spdlog::warn("docker over limit task={} container={} resource={} action={} message={}", task,
+                   id.substr(0, 12), resource, ActionName(action), message);
+      if (action == OverLimitAction::kThrottle) {
+        double target = current_cpus > 0 ? current_cpus / 2 : 0.5;
+        target = std::max(target, 0.01);
+        json::object res{{"NanoCpus", static_cast<int64_t>(std::llround(target * 1e9))}};
+        if (Status us = client_.ContainerUpdate(id, res); us) {
+          current_cpus = target;
+        } else {
+          spdlog::warn("docker throttle failed task={} error={}", task, us.error().message);
         }
-        obs.OnOverLimit(resource, action, message);
-      };
-      while (!st.stop_requested()) {
-        {
-          std::unique_lock lock(stats_mu);
-          if (stats_cv.wait_for(lock, st, options_.stats_interval, [] { return false; })) break;
-        }
-        if (st.stop_requested()) break;
-        auto stats = client_.ContainerStatsOnce(id);
-        if (!stats || stats->empty) continue;
-        UsageSample sample;
-        sample.cpu_seconds = static_cast<double>(stats->cpu.total_usage) / 1e9;
-        sample.cpu_percent = prev ? CpuPercent(*prev, stats->cpu) : 0;
-        sample.memory = stats->memory;
-        sample.disk = storage_opt ? 0 : stats->shmem;
-        sample.pids = stats->pids;
-        prev = stats->cpu;
-        {
-          std::lock_guard lock(shared.state_mu);
-          shared.last_sample = sample;
-          shared.peak_memory = std::max(shared.peak_memory, sample.memory);
-          shared.peak_max_usage = std::max(shared.peak_max_usage, stats->memory_max_usage);
-        }
-        obs.OnUsage(sample);
-        double soft = options_.over_limit.soft_fraction;
-        if (spec.limits.memory > 0 &&
-            static_cast<double>(sample.memory) >= soft * static_cast<double>(spec.limits.memory)) {
-          over("memory", warned_mem,
-               "uses " + Bytes(sample.memory) + " of its memory limit of " +
-                   Bytes(spec.limits.memory));
-        }
-        if (spec.limits.cpus > 0 && prev && sample.cpu_percent >= soft * spec.limits.cpus * 100) {
-          over("cpu", warned_cpu,
-               "uses " + std::to_string(static_cast<int>(sample.cpu_percent)) +
-                   "% CPU with a limit of " +
-                   std::to_string(static_cast<int>(spec.limits.cpus * 100)) + "%");
-        }
-        if (spec.limits.disk > 0 && sample.disk > 0 &&
-            static_cast<double>(sample.disk) >= soft * static_cast<double>(spec.limits.disk)) {
-          over("disk", warned_disk,
-               "wrote " + Bytes(sample.disk) + " of its disk limit of " + Bytes(spec.limits.disk));
-        }
+      } else if (action == OverLimitAction::kKill) {
+        std::lock_guard lock(shared.state_mu);
+        if (shared.kill_reason.empty()) shared.kill_reason = message;
+        shared.kill_requested = true;
       }
-    } catch (const std::exception& e) {
-      std::lock_guard lock(shared.state_mu);
-      shared.thread_error = e.what();
+      obs.OnOverLimit(resource, action, message);
+    };
+    while (!st.stop_requested()) {
+      {
+        std::unique_lock lock(stats_mu);
+        if (stats_cv.wait_for(lock, st, options_.stats_interval, [] { return false; })) break;
+      }
+      if (st.stop_requested()) break;
+      auto stats = client_.ContainerStatsOnce(id);
+      if (!stats || stats->empty) continue;
+      UsageSample sample;
+      sample.cpu_seconds = static_cast<double>(stats->cpu.total_usage) / 1e9;
+      sample.cpu_percent = prev ? CpuPercent(*prev, stats->cpu) : 0;
+      sample.memory = stats->memory;
+      sample.disk = storage_opt ? 0 : stats->shmem;
+      sample.pids = stats->pids;
+      prev = stats->cpu;
+      {
+        std::lock_guard lock(shared.state_mu);
+        shared.last_sample = sample;
+        shared.peak_memory = std::max(shared.peak_memory, sample.memory);
+        shared.peak_max_usage = std::max(shared.peak_max_usage, stats->memory_max_usage);
+      }
+      obs.OnUsage(sample);
+      double soft = options_.over_limit.soft_fraction;
+      if (spec.limits.memory > 0 &&
+          static_cast<double>(sample.memory) >= soft * static_cast<double>(spec.limits.memory)) {
+        over("memory", warned_mem,
+             "uses " + Bytes(sample.memory) + " of its memory limit of " +
+                 Bytes(spec.limits.memory));
+      }
+      if (spec.limits.cpus > 0 && prev && sample.cpu_percent >= soft * spec.limits.cpus * 100) {
+        over("cpu", warned_cpu,
+             "uses " + std::to_string(static_cast<int>(sample.cpu_percent)) +
+                 "% CPU with a limit of " +
+                 std::to_string(static_cast<int>(spec.limits.cpus * 100)) + "%");
+      }
+      if (spec.limits.disk > 0 && sample.disk > 0 &&
+          static_cast<double>(sample.disk) >= soft * static_cast<double>(spec.limits.disk)) {
+        over("disk", warned_disk,
+             "wrote " + Bytes(sample.disk) + " of its disk limit of " + Bytes(spec.limits.disk));
+      }
     }
-  });
+  } catch (const std::exception& e) {
+    std::lock_guard lock(shared.state_mu);
+    shared.thread_error = e.what();
+  }
+}
 
-  // Wait for the exit, stopping the container on timeout, cancel or kill.
-  Ending ending = Ending::kNone;
+ContainerRun::Exit ContainerRun::WaitForExit(Shared& shared, std::stop_token stop,
+                                             Clock::time_point started) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  const TaskSpec& spec = spec_;
+  Exit exit;
+  Ending& ending = exit.ending;
+  std::optional<int64_t>& status_code = exit.status_code;
+  std::optional<Error>& wait_error = exit.wait_error;
+  Clock::time_point& finished_at = exit.finished_at;
   const auto timeout_at =
       spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
-  std::optional<int64_t> status_code;
-  std::optional<Error> wait_error;
-  Clock::time_point finished_at;
   Clock::time_point give_up = Clock::time_point::max();
   while (true) {
     auto polled = waiter_->Poll(std::chrono::milliseconds(50));
@@ -273,32 +310,14 @@ RunResult ContainerRun::Follow(Observer& observer, std::stop_token stop) {
     }
   }
   if (!status_code) finished_at = Clock::now();
+  return exit;
+}
 
-  // The follow stream ends by itself when the container exits; give it a
-  // moment to deliver the last output, then stop it.
-  if (status_code) logs_done.wait_for(std::chrono::seconds(5));
-  logs_thread.request_stop();
-  stats_thread.request_stop();
-  logs_thread.join();
-  stats_thread.join();
-
-  {
-    std::lock_guard lock(shared.state_mu);
-    result.usage.cpu_seconds = shared.last_sample.cpu_seconds;
-    // max_usage (cgroup v1) catches peaks between samples; it includes page
-    // cache, so it can exceed the working set the samples report.
-    result.usage.peak_memory = std::max(shared.peak_memory, shared.peak_max_usage);
-    result.usage.duration = std::chrono::duration<double>(finished_at - started).count();
-    if (!shared.thread_error.empty()) {
-      return DockerErrorResult(MakeError("internal", "task " + task + ": " + shared.thread_error));
-    }
-  }
-  if (wait_error) {
-    RunResult r = DockerErrorResult(*wait_error);
-    r.usage = result.usage;
-    return r;
-  }
-
+RunResult ContainerRun::Outcome(Shared& shared, const Exit& exit, RunResult result) {
+  const TaskSpec& spec = spec_;
+  const std::string& id = id_;
+  const Ending ending = exit.ending;
+  const std::optional<int64_t>& status_code = exit.status_code;
   result.exit_code = static_cast<int>(*status_code);
   // OOMKilled is only in inspect. A task that exited 0 succeeded, whatever
   // its children went through, so the success path skips the call.

@@ -18,7 +18,10 @@
 // Thread-safety: one thread calls RegisterWait() then Follow(); the observer's
 // callbacks come from several internal threads, never concurrently.
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <stop_token>
 #include <string>
 
@@ -49,6 +52,23 @@ class ContainerRun {
 
  private:
   struct Shared;  // what the log and stats threads share with Follow()
+  enum class Ending { kNone, kTimeout, kStop, kKill };  // what we did to end it
+  struct Exit {
+    Ending ending = Ending::kNone;
+    std::optional<int64_t> status_code;  // set when the daemon reported the exit
+    std::optional<Error> wait_error;
+    std::chrono::steady_clock::time_point finished_at;
+  };
+
+  // The log stream, to the observer (and ENOSPC spotted), until stopped or the end.
+  void LogsLoop(Shared& shared, std::stop_token st);
+  // A stats sample every stats_interval: usage and the over-limit policy.
+  void StatsLoop(Shared& shared, std::stop_token st);
+  // Waits for the exit, stopping the container on timeout, cancel or a kill by the policy.
+  Exit WaitForExit(Shared& shared, std::stop_token stop,
+                   std::chrono::steady_clock::time_point started);
+  // The result of an exit the daemon reported: exit code, OOM, disk, how it was ended.
+  RunResult Outcome(Shared& shared, const Exit& exit, RunResult result);
 
   EngineClient& client_;
   const DockerIsolatorOptions& options_;
