@@ -483,6 +483,8 @@ json::object StatusToJson(const NodeStatus& node, const queue::StateCounts& coun
   } else {
     docker["version"] = node.docker_version;
   }
+  docker["warm"] =
+      json::object{{"target", node.docker_warm.target}, {"ready", node.docker_warm.ready}};
   o["docker"] = std::move(docker);
   o["process_sandbox"] = json::object{{"enabled", node.process_sandbox.enabled},
                                       {"user", node.process_sandbox.user},

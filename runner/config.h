@@ -32,6 +32,11 @@ struct Config {
   isolation::IsolationMode mode = isolation::IsolationMode::kAuto;
   std::string docker_host = "unix:///var/run/docker.sock";
   std::string task_image = "runner-task:latest";
+  // Docker warm containers (isolation/docker/warm_pool.h) kept ready per
+  // image: -1 = one per worker, 0 = off. The task image is always warmed;
+  // warm_images adds others.
+  int warm_containers = -1;
+  std::vector<std::string> warm_images;
   double poll_interval = 1;  // seconds; idle backoff doubles it up to idle_backoff_max
   double idle_backoff_max = 30;
   double lease = 30;          // seconds; renewed every third of it

@@ -255,6 +255,26 @@ const std::vector<Setting>& Settings() {
          c.process_gid = static_cast<uint32_t>(*gid);
          return std::nullopt;
        }},
+      {"warm-containers", "docker.warmContainers",
+       "Docker containers kept started ahead per warmed image, each used by one task "
+       "(default: one per worker; 0 = off)",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         auto n = ToInt(v);
+         if (!n || *n < 0 || *n > 1000) return "must be a whole number from 0 to 1000";
+         c.warm_containers = static_cast<int>(*n);
+         return std::nullopt;
+       }},
+      {"warm-images", "docker.warmImages",
+       "comma-separated images to keep warm containers of, besides the task image",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         c.warm_images.clear();
+         std::stringstream ss(v);
+         std::string image;
+         while (std::getline(ss, image, ',')) {
+           if (!image.empty()) c.warm_images.push_back(image);
+         }
+         return std::nullopt;
+       }},
       {"allow-network", "tasks.allowNetwork",
        "give tasks a network (Docker: the bridge; process: the host's)",
        [](Config& c, const std::string& v) -> std::optional<std::string> {

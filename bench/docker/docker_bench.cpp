@@ -1,10 +1,15 @@
-// Per-task overhead of DockerIsolator::Run against the raw Engine API loop
-// (create, wait registered, start, wait, remove) with the same image, command
-// (`true`) and container config, at the same concurrency, in the same run.
-// Rounds alternate raw / isolator so daemon drift hits both alike. Prints a
-// summary and writes JSON (see bench/docker/run).
+// Per-task overhead of DockerIsolator::Run, cold and warm (issue #21: warm
+// containers), against the raw Engine API loop (create, wait registered,
+// start, wait, remove) with the same image, command (`true`) and container
+// config, at the same concurrency, in the same run. Rounds rotate raw / cold /
+// warm so daemon drift hits all alike. Also: host CPU per task (every process
+// on the host: dockerd, containerd, runc, this one), counted until the path's
+// cleanup and refill are done, and the idle CPU of this process while it
+// holds --idle-warm ready warm containers. Prints a summary and writes JSON
+// (see bench/docker/run).
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
@@ -13,7 +18,9 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +28,7 @@
 #include "bench/common/stats.h"
 #include "bench/docker/raw_engine_loop.h"
 #include "isolation/docker/docker_isolator.h"
+#include "isolation/docker/warm_pool.h"
 
 namespace {
 
@@ -46,6 +54,41 @@ std::string RandomHex(int n) {
 using runner::bench::Median;
 using runner::bench::Percentile;
 
+// Busy jiffies of the whole host (every CPU), from /proc/stat.
+double HostBusySeconds() {
+  std::ifstream f("/proc/stat");
+  std::string cpu;
+  double user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0;
+  f >> cpu >> user >> nice >> system >> idle >> iowait >> irq >> softirq >> steal;
+  return (user + nice + system + irq + softirq + steal) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// CPU seconds of this process (user + system), from /proc/self/stat.
+double SelfCpuSeconds() {
+  std::ifstream f("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto close = text.rfind(')');
+  std::istringstream rest(text.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15; ++i) {
+    rest >> field;
+    if (i == 14) utime = std::stod(field);
+    if (i == 15) stime = std::stod(field);
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+bool WaitWarmFull(DockerIsolator& iso, std::chrono::seconds within) {
+  const auto until = std::chrono::steady_clock::now() + within;
+  while (std::chrono::steady_clock::now() < until) {
+    auto w = iso.WarmStatus();
+    if (w && w->ready >= w->target) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
 double LoadAverage() {
   std::ifstream f("/proc/loadavg");
   double one = -1;
@@ -60,20 +103,32 @@ int main(int argc, char** argv) {
   std::string host = "unix:///var/run/docker.sock";
   int rounds = 5;
   int tasks = 12;
+  int idle_warm = 100;
+  int idle_seconds = 30;
+  std::vector<int> levels{1, 4, 16};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     if (a == "--out") out = argv[i + 1];
     if (a == "--docker-host") host = argv[i + 1];
     if (a == "--rounds") rounds = std::stoi(argv[i + 1]);
     if (a == "--tasks") tasks = std::stoi(argv[i + 1]);
+    if (a == "--idle-warm") idle_warm = std::stoi(argv[i + 1]);
+    if (a == "--idle-seconds") idle_seconds = std::stoi(argv[i + 1]);
+    if (a == "--levels") {
+      levels.clear();
+      std::stringstream ss(argv[i + 1]);
+      std::string n;
+      while (std::getline(ss, n, ',')) levels.push_back(std::stoi(n));
+    }
   }
   spdlog::set_level(spdlog::level::warn);
+  const std::string node = "bench-docker-" + RandomHex(8);
 
   DockerIsolatorOptions options;
   options.docker_host = host;
-  DockerIsolator isolator(options);
+  options.node_id = node;
+  DockerIsolator isolator(options);  // cold: no warm containers
   auto& client = isolator.client();
-  const std::string node = "bench-docker-" + RandomHex(8);
   auto api = client.ApiVersion();
   if (!api) {
     std::cerr << "docker unavailable: " << api.error().message << "\n";
@@ -91,9 +146,9 @@ int main(int argc, char** argv) {
     return spec;
   };
 
-  auto isolator_task = [&] {
+  auto run_on = [&](DockerIsolator& iso) {
     NullObserver obs;
-    RunResult r = isolator.Run(make_spec(), obs, {});
+    RunResult r = iso.Run(make_spec(), obs, {});
     return r.kind == RunResult::Kind::kExited && r.exit_code == 0;
   };
   // The raw loop: the same container config, the minimum calls.
@@ -102,54 +157,181 @@ int main(int argc, char** argv) {
   // Warm-up: first container start pays for image and mount setup.
   for (int i = 0; i < 2; ++i) {
     raw_task();
-    isolator_task();
+    run_on(isolator);
+  }
+
+  // Per-task overhead, sequential tasks each started on an idle path (the
+  // warm pool full, no removal pending): what one task costs from the
+  // isolator taking it to its result, cold vs warm vs the raw loop.
+  json::object sequential;
+  {
+    DockerIsolatorOptions warm_options = options;
+    warm_options.warm_per_image = 1;  // the default for 1 worker
+    warm_options.warm_images = {"runner-task:latest"};
+    DockerIsolator warm(warm_options);
+    if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120))) {
+      std::cerr << "the warm pool did not fill\n";
+      return 1;
+    }
+    run_on(warm);
+    std::vector<double> lat[3];
+    int fail[3] = {0, 0, 0};
+    const uint64_t hits0 = warm.WarmStatus()->hits;
+    const int n = rounds * tasks;
+    for (int i = 0; i < n; ++i) {
+      for (int k = 0; k < 3; ++k) {
+        const int path = (i + k) % 3;
+        isolator.WaitForCleanup();
+        warm.WaitForCleanup();
+        WaitWarmFull(warm, std::chrono::seconds(120));
+        const auto t0 = std::chrono::steady_clock::now();
+        const bool ok = path == 0 ? raw_task() : path == 1 ? run_on(isolator) : run_on(warm);
+        lat[path].push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
+        if (!ok) ++fail[path];
+      }
+    }
+    const uint64_t hits = warm.WarmStatus()->hits - hits0;
+    std::printf(
+        "sequential, idle path, %d tasks each: raw median %.1f ms (p90 %.1f) | cold %.1f ms "
+        "(p90 %.1f) | warm %.1f ms (p90 %.1f, %llu of %d hits) | warm/cold %.2fx\n",
+        n, Median(lat[0]), Percentile(lat[0], 0.9), Median(lat[1]), Percentile(lat[1], 0.9),
+        Median(lat[2]), Percentile(lat[2], 0.9), static_cast<unsigned long long>(hits), n,
+        Median(lat[2]) / Median(lat[1]));
+    sequential = json::object{
+        {"tasks", n},
+        {"raw", json::object{{"median_ms", Median(lat[0])},
+                             {"p90_ms", Percentile(lat[0], 0.9)},
+                             {"failures", fail[0]}}},
+        {"cold", json::object{{"median_ms", Median(lat[1])},
+                              {"p90_ms", Percentile(lat[1], 0.9)},
+                              {"failures", fail[1]}}},
+        {"warm", json::object{{"median_ms", Median(lat[2])},
+                              {"p90_ms", Percentile(lat[2], 0.9)},
+                              {"failures", fail[2]},
+                              {"hits", hits}}},
+        {"warm_over_cold_median", Median(lat[2]) / Median(lat[1])},
+        {"load_average_1m_after", LoadAverage()},
+    };
+    warm.StopWarmPool();
   }
 
   json::array results;
-  for (int concurrency : {1, 4}) {
-    std::vector<double> raw_lat, iso_lat, raw_tput, iso_tput, ratios;
-    int raw_fail = 0, iso_fail = 0;
-    for (int r = 0; r < rounds; ++r) {
-      // Alternate which goes first.
-      double round_raw = 0, round_iso = 0;
-      for (int k = 0; k < 2; ++k) {
-        bool raw_turn = (r + k) % 2 == 0;
-        Round round = raw_turn ? RunConcurrently(concurrency, tasks, raw_task)
-                               : RunConcurrently(concurrency, tasks, isolator_task);
-        (raw_turn ? round_raw : round_iso) = Median(round.latencies_ms);
-        auto& lat = raw_turn ? raw_lat : iso_lat;
-        lat.insert(lat.end(), round.latencies_ms.begin(), round.latencies_ms.end());
-        (raw_turn ? raw_tput : iso_tput).push_back(static_cast<double>(tasks) / round.wall_s);
-        (raw_turn ? raw_fail : iso_fail) += round.failures;
-      }
-      ratios.push_back(round_iso / round_raw);
+  for (int concurrency : levels) {
+    // The default of `runner serve`: one warm container per worker.
+    DockerIsolatorOptions warm_options = options;
+    warm_options.warm_per_image = concurrency;
+    warm_options.warm_images = {"runner-task:latest"};
+    DockerIsolator warm(warm_options);
+    if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120))) {
+      std::cerr << "the warm pool did not fill\n";
+      return 1;
     }
-    double paired = (Median(ratios) - 1) * 100;
-    double raw_med = Median(raw_lat), iso_med = Median(iso_lat);
-    double overhead = (iso_med - raw_med) / raw_med * 100;
+    run_on(warm);  // warm-up of the warm path
+
+    enum Path { kRaw = 0, kCold = 1, kWarm = 2 };
+    const char* names[] = {"raw", "cold", "warm"};
+    std::vector<double> lat[3], tput[3], cpu_ms[3], warm_vs_cold;
+    int fail[3] = {0, 0, 0};
+    uint64_t hits_before = warm.WarmStatus()->hits, misses_before = warm.WarmStatus()->misses;
+    for (int r = 0; r < rounds; ++r) {
+      double round_median[3] = {0, 0, 0};
+      for (int k = 0; k < 3; ++k) {
+        const int path = (r + k) % 3;  // rotate which goes first
+        // Every path starts idle: the warm pool full, no removal pending.
+        if (path == kWarm && !WaitWarmFull(warm, std::chrono::seconds(120))) {
+          std::cerr << "the warm pool did not refill\n";
+        }
+        isolator.WaitForCleanup();
+        warm.WaitForCleanup();
+        const double busy0 = HostBusySeconds();
+        Round round = path == kRaw ? RunConcurrently(concurrency, tasks, raw_task)
+                      : path == kCold
+                          ? RunConcurrently(concurrency, tasks, [&] { return run_on(isolator); })
+                          : RunConcurrently(concurrency, tasks, [&] { return run_on(warm); });
+        // The work a path leaves behind is its cost too: removals, and the
+        // warm path's replacements.
+        isolator.WaitForCleanup();
+        warm.WaitForCleanup();
+        if (path == kWarm) WaitWarmFull(warm, std::chrono::seconds(120));
+        const double busy = HostBusySeconds() - busy0;
+        round_median[path] = Median(round.latencies_ms);
+        lat[path].insert(lat[path].end(), round.latencies_ms.begin(), round.latencies_ms.end());
+        tput[path].push_back(static_cast<double>(tasks) / round.wall_s);
+        cpu_ms[path].push_back(busy * 1000 / tasks);
+        fail[path] += round.failures;
+      }
+      warm_vs_cold.push_back(round_median[kWarm] / round_median[kCold]);
+    }
+    auto w = *warm.WarmStatus();
+    const double hits = static_cast<double>(w.hits - hits_before);
+    const double misses = static_cast<double>(w.misses - misses_before);
+    json::object row{{"concurrency", concurrency},
+                     {"rounds", rounds},
+                     {"tasks_per_round", tasks},
+                     {"warm_containers", concurrency}};
+    for (int p = 0; p < 3; ++p) {
+      std::printf(
+          "concurrency %2d %-4s: median %6.1f ms (p90 %6.1f) | %5.2f tasks/s | host CPU %5.1f "
+          "ms/task | failures %d\n",
+          concurrency, names[p], Median(lat[p]), Percentile(lat[p], 0.9), Median(tput[p]),
+          Median(cpu_ms[p]), fail[p]);
+      row[names[p]] = json::object{{"median_ms", Median(lat[p])},
+                                   {"p90_ms", Percentile(lat[p], 0.9)},
+                                   {"median_tasks_per_s", Median(tput[p])},
+                                   {"host_cpu_ms_per_task", Median(cpu_ms[p])},
+                                   {"failures", fail[p]}};
+    }
+    const double ratio = Median(lat[kWarm]) / Median(lat[kCold]);
+    const double tput_ratio = Median(tput[kWarm]) / Median(tput[kCold]);
     std::printf(
-        "concurrency %d: raw median %.1f ms (p90 %.1f, %.2f tasks/s) | isolator median %.1f ms "
-        "(p90 %.1f, %.2f tasks/s) | overhead %+.1f%% (paired rounds %+.1f%%) | failures raw %d "
-        "isolator %d\n",
-        concurrency, raw_med, Percentile(raw_lat, 0.9), Median(raw_tput), iso_med,
-        Percentile(iso_lat, 0.9), Median(iso_tput), overhead, paired, raw_fail, iso_fail);
-    results.push_back(json::object{
-        {"concurrency", concurrency},
-        {"rounds", rounds},
-        {"tasks_per_round", tasks},
-        {"raw", json::object{{"median_ms", raw_med},
-                             {"p90_ms", Percentile(raw_lat, 0.9)},
-                             {"median_tasks_per_s", Median(raw_tput)},
-                             {"failures", raw_fail}}},
-        {"isolator", json::object{{"median_ms", iso_med},
-                                  {"p90_ms", Percentile(iso_lat, 0.9)},
-                                  {"median_tasks_per_s", Median(iso_tput)},
-                                  {"failures", iso_fail}}},
-        {"overhead_median_pct", overhead},
-        {"overhead_paired_rounds_median_pct", paired},
-        {"load_average_1m_after", LoadAverage()},
-    });
+        "concurrency %2d: warm/cold median latency %.2fx (paired rounds %.2fx), warm/cold "
+        "throughput %.2fx, warm/raw throughput %.2fx, warm hit rate %.0f%%\n",
+        concurrency, ratio, Median(warm_vs_cold), tput_ratio,
+        Median(tput[kWarm]) / Median(tput[kRaw]), 100 * hits / std::max(1.0, hits + misses));
+    row["warm_over_cold_median_latency"] = ratio;
+    row["warm_over_cold_paired_rounds"] = Median(warm_vs_cold);
+    row["warm_over_cold_throughput"] = tput_ratio;
+    row["cold_over_raw_throughput"] = Median(tput[kCold]) / Median(tput[kRaw]);
+    row["warm_over_raw_throughput"] = Median(tput[kWarm]) / Median(tput[kRaw]);
+    row["warm_hit_rate"] = hits / std::max(1.0, hits + misses);
+    row["load_average_1m_after"] = LoadAverage();
+    results.push_back(std::move(row));
+    warm.StopWarmPool();
   }
+
+  // Idle: this process's CPU while it keeps `idle_warm` warm containers ready.
+  json::object idle;
+  if (idle_warm > 0) {
+    DockerIsolatorOptions idle_options = options;
+    idle_options.warm_per_image = idle_warm;
+    idle_options.warm_images = {"runner-task:latest"};
+    DockerIsolator idle_iso(idle_options);
+    const auto fill0 = std::chrono::steady_clock::now();
+    const bool full = idle_iso.StartWarmPool() && WaitWarmFull(idle_iso, std::chrono::seconds(600));
+    const double fill_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - fill0).count();
+    const double self0 = SelfCpuSeconds();
+    const double host0 = HostBusySeconds();
+    std::this_thread::sleep_for(std::chrono::seconds(idle_seconds));
+    const double self_pct = (SelfCpuSeconds() - self0) / idle_seconds * 100;
+    const double host_pct = (HostBusySeconds() - host0) / idle_seconds * 100;
+    const int ready = idle_iso.WarmStatus()->ready;
+    std::printf(
+        "idle with %d warm containers (%d ready, filled in %.1f s): this process %.3f%% of a "
+        "core, whole host %.1f%% of a core (other tenants included)\n",
+        idle_warm, ready, fill_s, self_pct, host_pct);
+    idle = json::object{{"warm_containers", idle_warm},
+                        {"ready", ready},
+                        {"filled", full},
+                        {"fill_seconds", fill_s},
+                        {"seconds", idle_seconds},
+                        {"runner_cpu_pct_of_core", self_pct},
+                        {"host_cpu_pct_of_core", host_pct}};
+    idle_iso.StopWarmPool();
+  }
+
   isolator.WaitForCleanup();  // its queued removals are not leftovers
   auto leftovers = isolator.ReapOrphans({node});
 
@@ -157,7 +339,9 @@ int main(int argc, char** argv) {
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   json::object doc{
-      {"benchmark", "docker isolator per-task overhead vs raw Engine API loop"},
+      {"benchmark",
+       "docker isolator per-task latency and throughput, cold and warm, vs the raw Engine API "
+       "loop"},
       {"date", stamp},
       {"engine", engine},
       {"image", "runner-task:latest"},
@@ -165,13 +349,23 @@ int main(int argc, char** argv) {
       {"raw_loop",
        "create (same config as the isolator), wait?condition=next-exit, start, "
        "wait, remove"},
-      {"isolator_extra",
-       "logs follow stream (one more connection), stats sampler thread, image inspect cached "
-       "for 60 s, inspect only after a nonzero exit; the removal is queued, off the task's path"},
+      {"cold",
+       "DockerIsolator::Run: image inspect cached for 60 s, create, wait, start, logs follow "
+       "stream, stats sampler thread, inspect only after a nonzero exit; the removal is "
+       "queued, off the task's path"},
+      {"warm",
+       "DockerIsolator::Run with one warm container per worker: wait, update only when the "
+       "task has limits (none here), attach stdin and write argv+env to the launcher, logs, "
+       "exit; removal queued and a replacement created in the background"},
+      {"host_cpu",
+       "busy CPU of the whole host (/proc/stat) from a round's start until its removals (and "
+       "the warm path's replacements) are done, per task; other tenants of the host count too"},
       {"hardware_threads", std::thread::hardware_concurrency()},
       {"note", "the host is shared with other builds; see load_average_1m_after"},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
+      {"sequential", std::move(sequential)},
       {"results", std::move(results)},
+      {"idle", std::move(idle)},
   };
   std::ofstream f(out);
   f << json::serialize(doc) << "\n";

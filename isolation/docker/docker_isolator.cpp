@@ -5,12 +5,13 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cmath>
-#include <condition_variable>
 #include <exception>
-#include <future>
 #include <random>
 #include <thread>
 #include <utility>
+
+#include "isolation/docker/container_run.h"
+#include "isolation/docker/warm_pool.h"
 
 namespace runner::isolation::docker {
 
@@ -18,8 +19,6 @@ namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-constexpr std::string_view kEnospc = "No space left on device";
 
 std::string RandomHex(int n) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -53,8 +52,6 @@ std::string TmpfsOwner(std::string_view user) {
   return ",uid=" + std::string(uid) + ",gid=" + std::string(gid);
 }
 
-std::string Bytes(int64_t n) { return std::to_string(n) + " bytes"; }
-
 // Hands its container to the removal queue when it goes out of scope, on
 // every path out of Run().
 class ContainerOwner {
@@ -71,53 +68,6 @@ class ContainerOwner {
   CleanupQueue<ContainerRemoval>& removals_;
   ContainerRemoval removal_;
 };
-
-// Serialises the callbacks of one Run() (the Observer contract).
-class SerialObserver {
- public:
-  explicit SerialObserver(Observer& inner) : inner_(inner) {}
-  void OnStarted(std::string_view handle) {
-    std::lock_guard lock(mu_);
-    inner_.OnStarted("docker", handle);
-  }
-  void OnOutput(OutputStream stream, std::string_view data) {
-    std::lock_guard lock(mu_);
-    inner_.OnOutput(stream, data);
-  }
-  void OnUsage(const UsageSample& sample) {
-    std::lock_guard lock(mu_);
-    inner_.OnUsage(sample);
-  }
-  void OnOverLimit(std::string_view resource, OverLimitAction action, std::string_view message) {
-    std::lock_guard lock(mu_);
-    inner_.OnOverLimit(resource, action, message);
-  }
-
- private:
-  std::mutex mu_;
-  Observer& inner_;
-};
-
-RunResult ErrorResult(const Error& e) {
-  RunResult r;
-  r.kind = RunResult::Kind::kError;
-  r.error_code = e.code;
-  r.message = e.message;
-  r.isolation = "docker";
-  return r;
-}
-
-std::string_view ActionName(OverLimitAction a) {
-  switch (a) {
-    case OverLimitAction::kThrottle:
-      return "throttle";
-    case OverLimitAction::kKill:
-      return "kill";
-    case OverLimitAction::kWarn:
-      break;
-  }
-  return "warn";
-}
 
 }  // namespace
 
@@ -183,9 +133,18 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
     : options_(std::move(options)),
       client_(
           EngineClientOptions{options_.docker_host, options_.connect_timeout, options_.call_timeout,
-                              std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {}
+                              std::min(options_.call_timeout, std::chrono::milliseconds(10000))}) {
+  if (options_.warm_per_image > 0 && !options_.warm_images.empty()) {
+    WarmPoolOptions wo;
+    wo.per_image = options_.warm_per_image;
+    wo.images = options_.warm_images;
+    wo.node_id = options_.node_id;
+    warm_ = std::make_unique<WarmPool>(client_, options_, std::move(wo));
+  }
+}
 
 DockerIsolator::~DockerIsolator() {
+  StopWarmPool();
   // Removals that found the daemon away get one more try. If it is still
   // away, the first of them to fail gives up for the rest (draining), and
   // ReapOrphans removes them at the node's next start.
@@ -277,13 +236,16 @@ Result<int> DockerIsolator::ReapOrphans(const std::vector<std::string>& node_ids
       // The daemon filtered by label already; check again so a daemon that
       // ignored the filter can never make us remove someone else's container.
       auto it = c.labels.find("io.runner.node");
-      if (it == c.labels.end() || it->second != node || !c.labels.contains("io.runner.task")) {
+      if (it == c.labels.end() || it->second != node ||
+          (!c.labels.contains("io.runner.task") && !c.labels.contains("io.runner.warm"))) {
         continue;
       }
+      // Our own warm containers are the pool's (a node reaps its own id on its first pass).
+      if (warm_ && warm_->Owns(c.labels)) continue;
       Status st = client_.ContainerRemove(c.id, true);
       if (!st) return st.error();
       spdlog::info("docker reaped orphan container={} node={} task={}", c.id.substr(0, 12), node,
-                   c.labels.contains("io.runner.task") ? c.labels.at("io.runner.task") : "");
+                   c.labels.contains("io.runner.task") ? c.labels.at("io.runner.task") : "(warm)");
       ++removed;
     }
   }
@@ -353,19 +315,104 @@ void DockerIsolator::MarkStorageOptUnsupported() {
   storage_opt_ = false;
 }
 
+Status DockerIsolator::StartWarmPool() {
+  if (!warm_) return {};
+  return warm_->Start();
+}
+
+void DockerIsolator::StopWarmPool() {
+  if (warm_) warm_->Stop();
+}
+
+void DockerIsolator::PauseWarmPool(bool paused) {
+  if (warm_) warm_->Pause(paused);
+}
+
+void DockerIsolator::DropWarmPool() {
+  if (warm_) warm_->DaemonFailed();
+}
+
+std::optional<WarmStats> DockerIsolator::WarmStatus() const {
+  if (!warm_) return std::nullopt;
+  return warm_->Stats();
+}
+
+void DockerIsolator::ReportStart(bool warm, Clock::time_point t0) {
+  if (start_observer_) {
+    start_observer_(warm, std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+}
+
+std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std::string& id,
+                                                 Observer& observer, std::stop_token stop,
+                                                 Clock::time_point t0) {
+  ContainerRun run(client_, options_, spec, id, /*storage_opt=*/false);
+  auto fallback = [&](const Error& e) -> std::optional<RunResult> {
+    spdlog::warn("docker warm container unusable, the task runs cold task={} container={} error={}",
+                 spec.task_id, id.substr(0, 12), e.message);
+    warm_->CountFallback();
+    if (e.code == "isolation_unavailable") warm_->DaemonFailed();
+    return std::nullopt;
+  };
+  if (Status waiting = run.RegisterWait(); !waiting) return fallback(waiting.error());
+  // The task's limits; the warm container has none until now. Swap = memory,
+  // as for a cold task.
+  json::object resources;
+  if (spec.limits.cpus > 0) {
+    resources["NanoCpus"] = static_cast<int64_t>(std::llround(spec.limits.cpus * 1e9));
+  }
+  if (spec.limits.memory > 0) {
+    resources["Memory"] = spec.limits.memory;
+    resources["MemorySwap"] = spec.limits.memory;
+  }
+  if (spec.limits.pids > 0) resources["PidsLimit"] = spec.limits.pids;
+  if (!resources.empty()) {
+    if (Status st = client_.ContainerUpdate(id, resources); !st) return fallback(st.error());
+  }
+  if (Status st = client_.ContainerAttachStdin(id, EncodeLaunch(spec)); !st) {
+    // The daemon's refusal (a container that died with a daemon restart:
+    // 409) comes before anything is written: the cold path can still run
+    // the task. A connection lost while writing may have started it: no
+    // second start then.
+    if (st.error().code != "isolation_unavailable") return fallback(st.error());
+    ForgetAvailability(st.error());
+    warm_->DaemonFailed();
+    return DockerErrorResult(st.error());
+  }
+  ReportStart(true, t0);
+  return run.Follow(observer, stop);
+}
+
 RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
+  const auto t0 = Clock::now();
   const std::string& task = spec.task_id;
   if (spec.command.empty()) {
-    return ErrorResult(MakeError("internal", "task " + task + " has an empty command"));
+    return DockerErrorResult(MakeError("internal", "task " + task + " has an empty command"));
   }
-  if (Status image = CheckImage(spec.image); !image) return ErrorResult(image.error());
+  if (Status image = CheckImage(spec.image); !image) return DockerErrorResult(image.error());
   if (stop.stop_requested()) {
-    RunResult r = ErrorResult(MakeError("cancelled", "stopped before it started"));
+    RunResult r = DockerErrorResult(MakeError("cancelled", "stopped before it started"));
     r.kind = RunResult::Kind::kStopped;
     return r;
   }
 
   bool storage_opt = spec.limits.disk > 0 && StorageOptSupported();
+  if (warm_) {
+    // A warm container has tmpfs /work and /tmp of warm_disk, as a cold task
+    // with that disk limit (and no StorageOpt) would.
+    auto tmpfs_size = [&](int64_t disk) { return disk > 0 ? disk : options_.default_tmpfs_bytes; };
+    const bool tmpfs_disk =
+        !storage_opt && tmpfs_size(spec.limits.disk) == tmpfs_size(options_.warm_disk);
+    if (auto id = warm_->Take(spec, tmpfs_disk)) {
+      std::optional<RunResult> r;
+      {
+        ContainerOwner owner(removals_, removal_state_, client_, *id, task);  // single use
+        r = RunWarm(spec, owner.id(), observer, stop, t0);
+      }
+      warm_->Release(spec.image, *id);  // its replacement may start now
+      if (r) return *r;
+    }
+  }
   std::string name =
       "runner-" + SafeName(task) + "-" + std::to_string(spec.attempt) + "-" + RandomHex(6);
   auto created = client_.ContainerCreate(BuildCreateConfig(spec, options_, storage_opt), name);
@@ -385,266 +432,23 @@ RunResult DockerIsolator::Run(const TaskSpec& spec, Observer& observer, std::sto
       images_seen_.erase(spec.image);
     }
     ForgetAvailability(created.error());
-    return ErrorResult(created.error());
+    return DockerErrorResult(created.error());
   }
   ContainerOwner owner(removals_, removal_state_, client_, *created, task);
   RetryFailedRemovals();  // the daemon answers again
   const std::string& id = owner.id();
 
-  RunResult result;
-  result.isolation = "docker";
-  SerialObserver obs(observer);
-
-  auto waiter = client_.ContainerWaitBegin(id);
-  if (!waiter) {
-    ForgetAvailability(waiter.error());
-    return ErrorResult(waiter.error());
+  ContainerRun run(client_, options_, spec, id, storage_opt);
+  if (Status waiting = run.RegisterWait(); !waiting) {
+    ForgetAvailability(waiting.error());
+    return DockerErrorResult(waiting.error());
   }
   if (Status st = client_.ContainerStart(id); !st) {
     ForgetAvailability(st.error());
-    return ErrorResult(st.error());
+    return DockerErrorResult(st.error());
   }
-  const auto started = Clock::now();
-  spdlog::debug("docker started task={} worker={} container={}", task, spec.worker_id,
-                id.substr(0, 12));
-  obs.OnStarted(id);
-
-  // Shared between this thread and the helpers below.
-  std::mutex state_mu;
-  std::string thread_error;  // guarded by state_mu
-  std::string kill_reason;   // guarded by state_mu; set by the over-limit policy
-  std::atomic<bool> kill_requested{false};
-  std::atomic<bool> saw_enospc{false};
-  UsageSample last_sample;     // guarded by state_mu
-  int64_t peak_memory = 0;     // guarded by state_mu
-  int64_t peak_max_usage = 0;  // guarded by state_mu
-
-  std::promise<void> logs_finished;
-  auto logs_done = logs_finished.get_future();
-  std::jthread logs_thread([&, finished = std::move(logs_finished)](std::stop_token st) mutable {
-    std::string window;  // tail of stderr+stdout to spot ENOSPC across chunk borders
-    auto sink = [&](FrameStream s, std::string_view data) {
-      if (s == FrameStream::kError) {
-        spdlog::warn("docker log stream error task={} message={}", task, data);
-        return;
-      }
-      if (!saw_enospc.load()) {
-        window.append(data.substr(data.size() > 256 ? data.size() - 256 : 0));
-        if (window.find(kEnospc) != std::string::npos) saw_enospc = true;
-        if (window.size() > 256) window.erase(0, window.size() - 64);
-      }
-      obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
-    };
-    try {
-      Status ls = client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
-      if (!ls && ls.error().code != "cancelled") {
-        spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
-      }
-    } catch (const std::exception& e) {
-      std::lock_guard lock(state_mu);
-      thread_error = e.what();
-    }
-    finished.set_value();
-  });
-
-  std::condition_variable_any stats_cv;
-  std::mutex stats_mu;
-  std::jthread stats_thread([&](std::stop_token st) {
-    try {
-      std::optional<CpuCounters> prev;
-      bool warned_cpu = false, warned_mem = false, warned_disk = false;
-      double current_cpus = spec.limits.cpus;
-      auto over = [&](std::string_view resource, bool& done, const std::string& message) {
-        if (done) return;
-        done = true;
-        OverLimitAction action = options_.over_limit.action;
-        spdlog::warn("docker over limit task={} container={} resource={} action={} message={}",
-                     task, id.substr(0, 12), resource, ActionName(action), message);
-        if (action == OverLimitAction::kThrottle) {
-          double target = current_cpus > 0 ? current_cpus / 2 : 0.5;
-          target = std::max(target, 0.01);
-          json::object res{{"NanoCpus", static_cast<int64_t>(std::llround(target * 1e9))}};
-          if (Status us = client_.ContainerUpdate(id, res); us) {
-            current_cpus = target;
-          } else {
-            spdlog::warn("docker throttle failed task={} error={}", task, us.error().message);
-          }
-        } else if (action == OverLimitAction::kKill) {
-          std::lock_guard lock(state_mu);
-          if (kill_reason.empty()) kill_reason = message;
-          kill_requested = true;
-        }
-        obs.OnOverLimit(resource, action, message);
-      };
-      while (!st.stop_requested()) {
-        {
-          std::unique_lock lock(stats_mu);
-          if (stats_cv.wait_for(lock, st, options_.stats_interval, [] { return false; })) break;
-        }
-        if (st.stop_requested()) break;
-        auto stats = client_.ContainerStatsOnce(id);
-        if (!stats || stats->empty) continue;
-        UsageSample sample;
-        sample.cpu_seconds = static_cast<double>(stats->cpu.total_usage) / 1e9;
-        sample.cpu_percent = prev ? CpuPercent(*prev, stats->cpu) : 0;
-        sample.memory = stats->memory;
-        sample.disk = storage_opt ? 0 : stats->shmem;
-        sample.pids = stats->pids;
-        prev = stats->cpu;
-        {
-          std::lock_guard lock(state_mu);
-          last_sample = sample;
-          peak_memory = std::max(peak_memory, sample.memory);
-          peak_max_usage = std::max(peak_max_usage, stats->memory_max_usage);
-        }
-        obs.OnUsage(sample);
-        double soft = options_.over_limit.soft_fraction;
-        if (spec.limits.memory > 0 &&
-            static_cast<double>(sample.memory) >= soft * static_cast<double>(spec.limits.memory)) {
-          over("memory", warned_mem,
-               "uses " + Bytes(sample.memory) + " of its memory limit of " +
-                   Bytes(spec.limits.memory));
-        }
-        if (spec.limits.cpus > 0 && prev && sample.cpu_percent >= soft * spec.limits.cpus * 100) {
-          over("cpu", warned_cpu,
-               "uses " + std::to_string(static_cast<int>(sample.cpu_percent)) +
-                   "% CPU with a limit of " +
-                   std::to_string(static_cast<int>(spec.limits.cpus * 100)) + "%");
-        }
-        if (spec.limits.disk > 0 && sample.disk > 0 &&
-            static_cast<double>(sample.disk) >= soft * static_cast<double>(spec.limits.disk)) {
-          over("disk", warned_disk,
-               "wrote " + Bytes(sample.disk) + " of its disk limit of " + Bytes(spec.limits.disk));
-        }
-      }
-    } catch (const std::exception& e) {
-      std::lock_guard lock(state_mu);
-      thread_error = e.what();
-    }
-  });
-
-  // Wait for the exit, stopping the container on timeout, cancel or kill.
-  enum class Ending { kNone, kTimeout, kStop, kKill } ending = Ending::kNone;
-  const auto timeout_at =
-      spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
-  std::optional<int64_t> status_code;
-  std::optional<Error> wait_error;
-  Clock::time_point finished_at;
-  Clock::time_point give_up = Clock::time_point::max();
-  while (true) {
-    auto polled = (*waiter)->Poll(std::chrono::milliseconds(50));
-    if (!polled) {
-      wait_error = polled.error();
-      break;
-    }
-    if (polled->has_value()) {
-      status_code = **polled;
-      finished_at = Clock::now();
-      break;
-    }
-    if (ending == Ending::kNone) {
-      if (stop.stop_requested()) {
-        ending = Ending::kStop;
-      } else if (Clock::now() >= timeout_at) {
-        ending = Ending::kTimeout;
-      } else if (kill_requested.load()) {
-        ending = Ending::kKill;
-      }
-      if (ending != Ending::kNone) {
-        Status st = ending == Ending::kKill ? client_.ContainerKill(id, "KILL")
-                                            : client_.ContainerStop(id, options_.stop_grace);
-        if (!st) {
-          spdlog::warn("docker stop failed task={} error={}, sending SIGKILL", task,
-                       st.error().message);
-          (void)client_.ContainerKill(id, "KILL");
-        }
-        give_up = Clock::now() + options_.call_timeout;
-      }
-    } else if (Clock::now() >= give_up) {
-      wait_error = MakeError("isolation_unavailable",
-                             "the Docker daemon did not report the exit of container " +
-                                 id.substr(0, 12) + " after it was stopped");
-      break;
-    }
-  }
-  if (!status_code) finished_at = Clock::now();
-
-  // The follow stream ends by itself when the container exits; give it a
-  // moment to deliver the last output, then stop it.
-  if (status_code) logs_done.wait_for(std::chrono::seconds(5));
-  logs_thread.request_stop();
-  stats_thread.request_stop();
-  logs_thread.join();
-  stats_thread.join();
-
-  {
-    std::lock_guard lock(state_mu);
-    result.usage.cpu_seconds = last_sample.cpu_seconds;
-    // max_usage (cgroup v1) catches peaks between samples; it includes page
-    // cache, so it can exceed the working set the samples report.
-    result.usage.peak_memory = std::max(peak_memory, peak_max_usage);
-    result.usage.duration = std::chrono::duration<double>(finished_at - started).count();
-    if (!thread_error.empty()) {
-      return ErrorResult(MakeError("internal", "task " + task + ": " + thread_error));
-    }
-  }
-  if (wait_error) {
-    RunResult r = ErrorResult(*wait_error);
-    r.usage = result.usage;
-    return r;
-  }
-
-  result.exit_code = static_cast<int>(*status_code);
-  // OOMKilled is only in inspect. A task that exited 0 succeeded, whatever
-  // its children went through, so the success path skips the call.
-  std::optional<ContainerState> state;
-  if (result.exit_code != 0 || ending != Ending::kNone) {
-    auto inspected = client_.ContainerInspectState(id);
-    if (inspected) {
-      state = *inspected;
-      result.exit_code = state->exit_code;
-    }
-  }
-
-  switch (ending) {
-    case Ending::kTimeout:
-      result.kind = RunResult::Kind::kTimedOut;
-      result.error_code = "timed_out";
-      result.message =
-          "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms";
-      return result;
-    case Ending::kStop:
-      result.kind = RunResult::Kind::kStopped;
-      result.error_code = "cancelled";
-      result.message = "stopped on request";
-      return result;
-    case Ending::kKill: {
-      std::lock_guard lock(state_mu);
-      result.kind = RunResult::Kind::kOverLimit;
-      result.error_code = "over_limit";
-      result.message = "killed by the over-limit policy: " + kill_reason;
-      return result;
-    }
-    case Ending::kNone:
-      break;
-  }
-  if (state && state->oom_killed) {
-    result.kind = RunResult::Kind::kOomKilled;
-    result.error_code = "oom_killed";
-    result.message = "killed for exceeding its memory limit of " + Bytes(spec.limits.memory);
-    return result;
-  }
-  if (result.exit_code != 0 && saw_enospc.load()) {
-    int64_t limit = spec.limits.disk > 0 ? spec.limits.disk : options_.default_tmpfs_bytes;
-    result.kind = RunResult::Kind::kOverLimit;
-    result.error_code = "over_limit";
-    result.message = "wrote past its disk limit of " + Bytes(limit);
-    return result;
-  }
-  result.kind = RunResult::Kind::kExited;
-  if (result.exit_code != 0)
-    result.message = "exited with code " + std::to_string(result.exit_code);
-  return result;
+  ReportStart(false, t0);
+  return run.Follow(observer, stop);
 }
 
 }  // namespace runner::isolation::docker

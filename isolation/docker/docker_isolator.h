@@ -12,14 +12,13 @@
 // HostConfig limits (NanoCpus, Memory = MemorySwap, PidsLimit, NetworkMode none
 // unless allow_network, ReadonlyRootfs, CapDrop ALL, no-new-privileges, Init,
 // a non-root user), labels io.runner.task / io.runner.worker / io.runner.node
-// (+ io.runner.label.<k> for task labels), wait registered before start, logs
-// streamed to the observer, stats sampled every `stats_interval` (usage and
-// the over-limit policy), then exit code / OOMKilled / usage. The container is
-// removed (force) on every path, by a background queue once Run() has its
-// result (so the removal overlaps the next task's claim and create; at most
-// 64 wait, past that Run() removes its own). WaitForCleanup() waits for the
-// queue; the destructor drains it. A removal that finds the daemon gone is
-// retried after the next create that reaches it (see RemovalState), and once
+// (+ io.runner.label.<k> for task labels), then ContainerRun
+// (container_run.h): wait registered before start, logs streamed to the observer, stats sampled
+// every `stats_interval` (usage and the over-limit policy), then exit code / OOMKilled / usage. The
+// container is removed (force) on every path, by a background queue once Run() has its result (so
+// the removal overlaps the next task's claim and create; at most 64 wait, past that Run() removes
+// its own). WaitForCleanup() waits for the queue; the destructor drains it. A removal that finds
+// the daemon gone is retried after the next create that reaches it (see RemovalState), and once
 // more when the isolator is destroyed. A crash leaves the exited containers
 // to ReapOrphans, like running ones.
 //
@@ -37,7 +36,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stop_token>
@@ -67,7 +68,20 @@ struct DockerIsolatorOptions {
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds call_timeout{30000};
   std::chrono::milliseconds available_cache{1500};  // how long Available() trusts its last /_ping
+  // Warm containers (warm_pool.h): `warm_per_image` ready per image of
+  // `warm_images` (the default task image first); 0 = off, every task cold.
+  // `node_id` labels them. The pool fills once StartWarmPool() is called.
+  int warm_per_image = 0;
+  std::vector<std::string> warm_images;
+  // The disk limit warm containers' tmpfs /work and /tmp have (the node's
+  // default for tasks; 0 = default_tmpfs_bytes). Tasks with the same limit, or
+  // none when this is 0, match.
+  int64_t warm_disk = 0;
+  std::string node_id;
 };
+
+class WarmPool;
+struct WarmStats;
 
 // What the removals of one isolator share. A removal that finds the daemon
 // unreachable is kept in `retry` and queued again by the next Run() that
@@ -121,6 +135,21 @@ class DockerIsolator : public Isolator {
   // Blocks until the containers of every finished Run() are removed.
   void WaitForCleanup();
 
+  // Warm containers: start filling (call after the node's first orphan
+  // reaping), stop (removes the ready ones: graceful and forced stop),
+  // pause refilling (backpressure), and what the pool holds (nullopt: off).
+  Status StartWarmPool();
+  void StopWarmPool();
+  void PauseWarmPool(bool paused);
+  // Docker went away: drop the ready containers (rebuilt once it answers).
+  void DropWarmPool();
+  std::optional<WarmStats> WarmStatus() const;
+  // Called once per task that got its process started: whether it took a warm
+  // container, and the seconds from Run() to its process starting. Set before
+  // the first Run().
+  using StartObserver = std::function<void(bool warm, double seconds)>;
+  void SetStartObserver(StartObserver observer) { start_observer_ = std::move(observer); }
+
   EngineClient& client() { return client_; }
   const DockerIsolatorOptions& options() const { return options_; }
 
@@ -135,6 +164,11 @@ class DockerIsolator : public Isolator {
   Status CheckImage(const std::string& image);
   // Queues again the removals that found the daemon unreachable.
   void RetryFailedRemovals();
+  // The warm path; nullopt when the container could not take the task (the
+  // cold path runs it then).
+  std::optional<RunResult> RunWarm(const TaskSpec& spec, const std::string& id, Observer& observer,
+                                   std::stop_token stop, std::chrono::steady_clock::time_point t0);
+  void ReportStart(bool warm, std::chrono::steady_clock::time_point t0);
 
   DockerIsolatorOptions options_;
   EngineClient client_;
@@ -147,6 +181,9 @@ class DockerIsolator : public Isolator {
   // still ends as image_not_found, from create's 404).
   std::map<std::string, std::chrono::steady_clock::time_point> images_seen_;  // guarded by mu_
   RemovalState removal_state_;
+  StartObserver start_observer_;
+  // Before removals_: its containers are handed to the queue or removed by it.
+  std::unique_ptr<WarmPool> warm_;
   // Last: drained (every pending container removed) while client_ still exists.
   CleanupQueue<ContainerRemoval> removals_;
 };

@@ -127,6 +127,21 @@ class HttpExchange {
     return {};
   }
 
+  // Raw bytes on a hijacked (upgraded) connection, e.g. an attached stdin.
+  Status WriteRaw(std::string_view data, Clock::time_point deadline) {
+    StartOp();
+    asio::async_write(socket_, asio::buffer(data.data(), data.size()),
+                      [this](boost::system::error_code ec, size_t) { Done(ec); });
+    if (!Drive(deadline)) return Timeout("sending the stream");
+    if (op_ec_) return IoError("sending the stream");
+    return {};
+  }
+  // Ends what we send (the daemon sees the end of the attached stdin).
+  void CloseSend() {
+    boost::system::error_code ignored;
+    socket_.shutdown(local_stream::socket::shutdown_send, ignored);
+  }
+
   Status ReadHeader(Clock::time_point deadline) {
     StartOp();
     http::async_read_header(socket_, buffer_, parser_,
@@ -342,7 +357,7 @@ EngineClient::~EngineClient() = default;
 Result<std::unique_ptr<HttpExchange>> EngineClient::Open(std::string_view method,
                                                          const std::string& target,
                                                          Clock::time_point deadline,
-                                                         const std::string& body) {
+                                                         const std::string& body, bool upgrade) {
   auto exchange = std::make_unique<HttpExchange>(socket_path_, std::string(method) + " " + target);
   if (Status st = exchange->Connect(options_.connect_timeout); !st) return st.error();
   http::verb verb = method == "POST"     ? http::verb::post
@@ -352,6 +367,11 @@ Result<std::unique_ptr<HttpExchange>> EngineClient::Open(std::string_view method
   req.set(http::field::host, "docker");
   req.set(http::field::user_agent, "runner");
   req.keep_alive(false);  // one connection per call: nothing to go stale
+  if (upgrade) {
+    // attach: the daemon answers 101 and the connection becomes a raw stream.
+    req.set(http::field::connection, "Upgrade");
+    req.set(http::field::upgrade, "tcp");
+  }
   if (!body.empty()) {
     req.set(http::field::content_type, "application/json");
     req.body() = body;
@@ -690,6 +710,27 @@ Result<std::vector<ContainerSummary>> EngineClient::ContainerList(
     out.push_back(std::move(s));
   }
   return out;
+}
+
+Status EngineClient::ContainerAttachStdin(std::string_view id, std::string_view data) {
+  auto prefix = Prefix();
+  if (!prefix) return prefix.error();
+  const auto deadline = Clock::now() + options_.call_timeout;
+  auto exchange =
+      Open("POST", *prefix + "/containers/" + std::string(id) + "/attach?stream=1&stdin=1",
+           deadline, {}, /*upgrade=*/true);
+  if (!exchange) return exchange.error();
+  HttpExchange& ex = **exchange;
+  if (ex.status() != 101 && ex.status() != 200) {
+    Response response;
+    response.status = ex.status();
+    auto text = ex.ReadAll(deadline);
+    if (text) response.body = std::move(*text);
+    return ApiError(response, "container attach");
+  }
+  if (Status st = ex.WriteRaw(data, deadline); !st) return st;
+  ex.CloseSend();
+  return {};
 }
 
 Status EngineClient::ContainerUpdate(std::string_view id, const json::object& resources) {

@@ -155,6 +155,9 @@ class EngineClient {
   Status ContainerRemove(std::string_view id, bool force = true);
   // All containers (running or not) carrying every label ("key=value" or "key").
   Result<std::vector<ContainerSummary>> ContainerList(const std::vector<std::string>& labels);
+  // POST /attach (stdin only, hijacked): writes `data` to the container's
+  // stdin, then ends it (with StdinOnce the container's stdin closes).
+  Status ContainerAttachStdin(std::string_view id, std::string_view data);
   // POST /update with a Resources object, e.g. {"NanoCpus": 250000000}.
   Status ContainerUpdate(std::string_view id, const boost::json::object& resources);
 
@@ -170,7 +173,7 @@ class EngineClient {
   // Connects and sends, then reads the response header of a streaming call.
   Result<std::unique_ptr<HttpExchange>> Open(std::string_view method, const std::string& target,
                                              std::chrono::steady_clock::time_point deadline,
-                                             const std::string& body = {});
+                                             const std::string& body = {}, bool upgrade = false);
   Error ApiError(const Response& response, std::string_view what) const;
   Result<std::string> Prefix();
 

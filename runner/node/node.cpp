@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "base/ulid.h"
+#include "isolation/docker/warm_pool.h"
 #include "runner/secrets/secret_box.h"
 
 namespace runner::node {
@@ -123,13 +124,45 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       dopt.over_limit = config.over_limit;
       // Docker's stop API takes whole seconds.
       dopt.stop_grace = std::chrono::seconds(static_cast<int64_t>(std::ceil(config.kill_grace)));
+      dopt.warm_per_image = config.warm_containers < 0 ? workers : config.warm_containers;
+      dopt.warm_images = {config.task_image};
+      for (const auto& image : config.warm_images) {
+        if (std::find(dopt.warm_images.begin(), dopt.warm_images.end(), image) ==
+            dopt.warm_images.end()) {
+          dopt.warm_images.push_back(image);
+        }
+      }
+      dopt.warm_disk = config.default_limits.disk;
+      dopt.node_id = node->node_id_;
       node->docker_ = std::make_unique<isolation::docker::DockerIsolator>(dopt);
+      if (dopt.warm_per_image > 0) {
+        auto& hits = metrics.GetCounter("runner_docker_warm_hits_total",
+                                        "Docker tasks that took a warm container");
+        auto& misses = metrics.GetCounter(
+            "runner_docker_warm_misses_total",
+            "Docker tasks that found no matching warm container and started cold");
+        auto& warm_start = metrics.GetHistogram(
+            "runner_docker_task_start_seconds",
+            "from the isolator taking a Docker task to its process starting, by path",
+            metrics::LatencyBuckets(), {{"path", "warm"}});
+        auto& cold_start = metrics.GetHistogram(
+            "runner_docker_task_start_seconds",
+            "from the isolator taking a Docker task to its process starting, by path",
+            metrics::LatencyBuckets(), {{"path", "cold"}});
+        node->docker_->SetStartObserver(
+            [&hits, &misses, &warm_start, &cold_start](bool warm, double seconds) {
+              (warm ? hits : misses).Inc();
+              (warm ? warm_start : cold_start).Observe(seconds);
+            });
+      }
     }
     node->selector_ = std::make_unique<isolation::IsolationSelector>(
         node->docker_.get(), node->process_.get(), config.mode);
     Node* raw = node.get();
     node->selector_->OnChange([raw, mode = config.mode](bool up) {
       raw->docker_gauge_.Set(up ? 1 : 0);
+      // Its containers may be gone with it: the pool is rebuilt once it answers.
+      if (!up && raw->docker_) raw->docker_->DropWarmPool();
       if (raw->pool_) raw->pool_->SetUnavailableIsolations(UnrunnableIsolations(up, mode));
       // Operators see the fallback in the event stream and the dashboard, not only in logs.
       queue::NewEvent event;
@@ -233,6 +266,8 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       std::move(source), mo, metrics,
       [raw](bool throttled, const std::string& reason) {
         raw->pool_->SetBackpressure(throttled, reason);
+        // A throttled host gets no new warm containers (the ready ones stay).
+        if (raw->docker_) raw->docker_->PauseWarmPool(throttled);
       },
       [raw](const ResourceSample& sample) { raw->OnSample(sample); });
   spdlog::info("node created node_id={} workers={} max_workers={} mode={} data_dir={}",
@@ -266,8 +301,20 @@ runner::Status Node::Start() {
     return st;
   }
   scheduler_->Start();
+  StartWarm();
   started_ = true;
   return {};
+}
+
+void Node::StartWarm() {
+  if (!docker_) return;
+  if (runner::Status st = docker_->StartWarmPool(); !st.ok()) {
+    spdlog::warn("docker warm containers off node_id={} error={}", node_id_, st.error().message);
+  }
+}
+
+void Node::StopWarm() {
+  if (docker_) docker_->StopWarmPool();
 }
 
 void Node::Shutdown(const StopOptions& options) {
@@ -286,6 +333,7 @@ void Node::Shutdown(const StopOptions& options) {
   }
   if (control.joinable()) control.join();
   if (pool_) pool_->Stop(options.force, drain);
+  StopWarm();
   {
     std::lock_guard l(listener_mu_);
     listener_.reset();
@@ -324,6 +372,12 @@ NodeStatus Node::Status() {
     std::lock_guard l(docker_mu_);
     s.docker_version = docker_version_;
   }
+  if (docker_) {
+    if (auto w = docker_->WarmStatus()) {
+      s.docker_warm.target = w->target;
+      s.docker_warm.ready = w->ready;
+    }
+  }
   s.pool = pool_->GetStatus();
   // docs/api.md's third mode: tasks in containers and as processes at once.
   if (s.pool.running_docker > 0 && s.pool.running_process > 0) s.mode = "mixed";
@@ -350,13 +404,19 @@ void Node::StopPool(const StopOptions& options) {
       last_force_stop_seq_ = ++control_seq_;
     }
     // Interrupt a drain in progress without waiting behind it.
-    auto interrupt = std::make_shared<std::jthread>([this] { pool_->Stop(true); });
+    auto interrupt = std::make_shared<std::jthread>([this] {
+      pool_->Stop(true);
+      StopWarm();
+    });
     Control([interrupt] {
       if (interrupt->joinable()) interrupt->join();
     });
     return;
   }
-  Control([this, drain] { pool_->Stop(false, drain); });
+  Control([this, drain] {
+    pool_->Stop(false, drain);
+    StopWarm();
+  });
 }
 
 void Node::StartPool() {
@@ -374,7 +434,9 @@ void Node::StartPool() {
     runner::Status st = pool_->Start();
     if (!st.ok()) {
       spdlog::error("pool start failed node_id={} error={}", node_id_, st.error().message);
+      return;
     }
+    StartWarm();
   });
 }
 
@@ -414,6 +476,12 @@ void Node::OnNotify(std::string_view channel, std::string_view payload) {
 void Node::OnSample(const ResourceSample& sample) {
   (void)sample;
   if (!selector_ || !docker_) return;
+  if (auto w = docker_->WarmStatus()) {
+    metrics_.GetGauge("runner_docker_warm_ready", "warm Docker containers ready for a task")
+        .Set(w->ready);
+    metrics_.GetGauge("runner_docker_warm_target", "warm Docker containers this node keeps ready")
+        .Set(w->target);
+  }
   const bool up = selector_->Refresh();
   docker_gauge_.Set(up ? 1 : 0);
   bool need_version = false;

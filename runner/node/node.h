@@ -92,6 +92,9 @@ class Node : public NodeControl {
   void OnNotify(std::string_view channel, std::string_view payload);
   void OnSample(const ResourceSample& sample);
   void RefreshDockerVersion();
+  // Warm Docker containers fill while the pool runs; a stopped pool has none.
+  void StartWarm();
+  void StopWarm();
   // Runs `op` on the control thread after the previous control op.
   void Control(std::function<void()> op);
 

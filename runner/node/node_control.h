@@ -47,6 +47,12 @@ struct NodeStatus {
   std::string mode;  // docker | process | mixed
   bool docker_available = false;
   std::string docker_version;  // empty when unavailable
+  // Warm Docker containers (isolation/docker/warm_pool.h): how many this
+  // node keeps, and how many are ready now. Zero when off.
+  struct DockerWarm {
+    int target = 0;
+    int ready = 0;
+  } docker_warm;
   PoolStatus pool;
   ResourceSample resources;
   bool backpressure = false;

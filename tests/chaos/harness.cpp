@@ -484,7 +484,9 @@ void RemoveContainersOfNodes(const std::string& docker_host, const std::set<std:
     auto list = client.ContainerList({"io.runner.node=" + node});
     if (!list) continue;
     for (const auto& c : *list) {
-      if (c.labels.contains("io.runner.task")) (void)client.ContainerRemove(c.id, true);
+      if (c.labels.contains("io.runner.task") || c.labels.contains("io.runner.warm")) {
+        (void)client.ContainerRemove(c.id, true);
+      }
     }
   }
 }

@@ -138,3 +138,27 @@ TEST_CASE("the API token and the secret key file can come from files, not the co
   REQUIRE(key.ok());
   CHECK(key->secret_key_file == "/etc/runner/secret.key");
 }
+
+TEST_CASE("warm containers default to one per worker and can be turned off or widened",
+          "[api][config]") {
+  auto defaults = LoadConfig(With({}, {}));
+  REQUIRE(defaults.ok());
+  CHECK(defaults->warm_containers == -1);  // one per worker (runner/node/node.cpp)
+  CHECK(defaults->warm_images.empty());
+
+  auto off = LoadConfig(With({{"warm-containers", "0"}}, {}));
+  REQUIRE(off.ok());
+  CHECK(off->warm_containers == 0);
+
+  auto env =
+      LoadConfig(With({}, {{"RUNNER_WARM_CONTAINERS", "3"}, {"RUNNER_WARM_IMAGES", "a:1,,b:2"}}));
+  REQUIRE(env.ok());
+  CHECK(env->warm_containers == 3);
+  CHECK(env->warm_images == std::vector<std::string>{"a:1", "b:2"});
+
+  for (const char* bad : {"-1", "many", "1001"}) {
+    auto c = LoadConfig(With({{"warm-containers", bad}}, {}));
+    REQUIRE_FALSE(c.ok());
+    CHECK(c.error().message.find("--warm-containers") != std::string::npos);
+  }
+}

@@ -1,0 +1,374 @@
+#include "isolation/docker/container_run.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/json.hpp>
+#include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+
+namespace runner::isolation::docker {
+
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr std::string_view kEnospc = "No space left on device";
+
+std::string Bytes(int64_t n) { return std::to_string(n) + " bytes"; }
+
+std::string_view ActionName(OverLimitAction a) {
+  switch (a) {
+    case OverLimitAction::kThrottle:
+      return "throttle";
+    case OverLimitAction::kKill:
+      return "kill";
+    case OverLimitAction::kWarn:
+      break;
+  }
+  return "warn";
+}
+
+// Serialises the callbacks of one Run() (the Observer contract).
+class SerialObserver {
+ public:
+  explicit SerialObserver(Observer& inner) : inner_(inner) {}
+  void OnStarted(std::string_view handle) {
+    std::lock_guard lock(mu_);
+    inner_.OnStarted("docker", handle);
+  }
+  void OnOutput(OutputStream stream, std::string_view data) {
+    std::lock_guard lock(mu_);
+    inner_.OnOutput(stream, data);
+  }
+  void OnUsage(const UsageSample& sample) {
+    std::lock_guard lock(mu_);
+    inner_.OnUsage(sample);
+  }
+  void OnOverLimit(std::string_view resource, OverLimitAction action, std::string_view message) {
+    std::lock_guard lock(mu_);
+    inner_.OnOverLimit(resource, action, message);
+  }
+
+ private:
+  std::mutex mu_;
+  Observer& inner_;
+};
+
+}  // namespace
+
+RunResult DockerErrorResult(const Error& e) {
+  RunResult r;
+  r.kind = RunResult::Kind::kError;
+  r.error_code = e.code;
+  r.message = e.message;
+  r.isolation = "docker";
+  return r;
+}
+
+struct ContainerRun::Shared {
+  explicit Shared(Observer& observer) : obs(observer) {}
+  SerialObserver obs;
+  std::mutex state_mu;
+  std::string thread_error;  // guarded by state_mu
+  std::string kill_reason;   // guarded by state_mu; set by the over-limit policy
+  std::atomic<bool> kill_requested{false};
+  std::atomic<bool> saw_enospc{false};
+  UsageSample last_sample;     // guarded by state_mu
+  int64_t peak_memory = 0;     // guarded by state_mu
+  int64_t peak_max_usage = 0;  // guarded by state_mu
+};
+
+ContainerRun::ContainerRun(EngineClient& client, const DockerIsolatorOptions& options,
+                           const TaskSpec& spec, std::string id, bool storage_opt)
+    : client_(client),
+      options_(options),
+      spec_(spec),
+      id_(std::move(id)),
+      storage_opt_(storage_opt) {}
+
+ContainerRun::~ContainerRun() = default;
+
+Status ContainerRun::RegisterWait() {
+  auto waiter = client_.ContainerWaitBegin(id_);
+  if (!waiter) return waiter.error();
+  waiter_ = std::move(*waiter);
+  return {};
+}
+
+RunResult ContainerRun::Follow(Observer& observer, std::stop_token stop) {
+  const std::string& task = spec_.task_id;
+  RunResult result;
+  result.isolation = "docker";
+  Shared shared(observer);
+  const auto started = Clock::now();
+  spdlog::debug("docker started task={} worker={} container={}", task, spec_.worker_id,
+                id_.substr(0, 12));
+  shared.obs.OnStarted(id_);
+
+  std::promise<void> logs_finished;
+  auto logs_done = logs_finished.get_future();
+  std::jthread logs_thread([&, finished = std::move(logs_finished)](std::stop_token st) mutable {
+    LogsLoop(shared, st);
+    finished.set_value();
+  });
+  std::jthread stats_thread([&](std::stop_token st) { StatsLoop(shared, st); });
+
+  Exit exit = WaitForExit(shared, stop, started);
+
+  // The follow stream ends by itself when the container exits; give it a
+  // moment to deliver the last output, then stop it.
+  if (exit.status_code) logs_done.wait_for(std::chrono::seconds(5));
+  logs_thread.request_stop();
+  stats_thread.request_stop();
+  logs_thread.join();
+  stats_thread.join();
+
+  {
+    std::lock_guard lock(shared.state_mu);
+    result.usage.cpu_seconds = shared.last_sample.cpu_seconds;
+    // max_usage (cgroup v1) catches peaks between samples; it includes page
+    // cache, so it can exceed the working set the samples report.
+    result.usage.peak_memory = std::max(shared.peak_memory, shared.peak_max_usage);
+    result.usage.duration = std::chrono::duration<double>(exit.finished_at - started).count();
+    if (!shared.thread_error.empty()) {
+      return DockerErrorResult(MakeError("internal", "task " + task + ": " + shared.thread_error));
+    }
+  }
+  if (exit.wait_error) {
+    RunResult r = DockerErrorResult(*exit.wait_error);
+    r.usage = result.usage;
+    return r;
+  }
+  return Outcome(shared, exit, std::move(result));
+}
+
+void ContainerRun::LogsLoop(Shared& shared, std::stop_token st) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  SerialObserver& obs = shared.obs;
+  std::string window;  // tail of stderr+stdout to spot ENOSPC across chunk borders
+  auto sink = [&](FrameStream s, std::string_view data) {
+    if (s == FrameStream::kError) {
+      spdlog::warn("docker log stream error task={} message={}", task, data);
+      return;
+    }
+    if (!shared.saw_enospc.load()) {
+      window.append(data.substr(data.size() > 256 ? data.size() - 256 : 0));
+      if (window.find(kEnospc) != std::string::npos) shared.saw_enospc = true;
+      if (window.size() > 256) window.erase(0, window.size() - 64);
+    }
+    obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
+  };
+  try {
+    Status ls = client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
+    if (!ls && ls.error().code != "cancelled") {
+      spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard lock(shared.state_mu);
+    shared.thread_error = e.what();
+  }
+}
+
+void ContainerRun::StatsLoop(Shared& shared, std::stop_token st) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  const TaskSpec& spec = spec_;
+  const bool storage_opt = storage_opt_;
+  SerialObserver& obs = shared.obs;
+  std::condition_variable_any stats_cv;
+  std::mutex stats_mu;
+  try {
+    std::optional<CpuCounters> prev;
+    bool warned_cpu = false, warned_mem = false, warned_disk = false;
+    double current_cpus = spec.limits.cpus;
+    auto over = [&](std::string_view resource, bool& done, const std::string& message) {
+      if (done) return;
+      done = true;
+      OverLimitAction action = options_.over_limit.action;
+      spdlog::warn("docker over limit task={} container={} resource={} action={} message={}", task,
+                   id.substr(0, 12), resource, ActionName(action), message);
+      if (action == OverLimitAction::kThrottle) {
+        double target = current_cpus > 0 ? current_cpus / 2 : 0.5;
+        target = std::max(target, 0.01);
+        json::object res{{"NanoCpus", static_cast<int64_t>(std::llround(target * 1e9))}};
+        if (Status us = client_.ContainerUpdate(id, res); us) {
+          current_cpus = target;
+        } else {
+          spdlog::warn("docker throttle failed task={} error={}", task, us.error().message);
+        }
+      } else if (action == OverLimitAction::kKill) {
+        std::lock_guard lock(shared.state_mu);
+        if (shared.kill_reason.empty()) shared.kill_reason = message;
+        shared.kill_requested = true;
+      }
+      obs.OnOverLimit(resource, action, message);
+    };
+    while (!st.stop_requested()) {
+      {
+        std::unique_lock lock(stats_mu);
+        if (stats_cv.wait_for(lock, st, options_.stats_interval, [] { return false; })) break;
+      }
+      if (st.stop_requested()) break;
+      auto stats = client_.ContainerStatsOnce(id);
+      if (!stats || stats->empty) continue;
+      UsageSample sample;
+      sample.cpu_seconds = static_cast<double>(stats->cpu.total_usage) / 1e9;
+      sample.cpu_percent = prev ? CpuPercent(*prev, stats->cpu) : 0;
+      sample.memory = stats->memory;
+      sample.disk = storage_opt ? 0 : stats->shmem;
+      sample.pids = stats->pids;
+      prev = stats->cpu;
+      {
+        std::lock_guard lock(shared.state_mu);
+        shared.last_sample = sample;
+        shared.peak_memory = std::max(shared.peak_memory, sample.memory);
+        shared.peak_max_usage = std::max(shared.peak_max_usage, stats->memory_max_usage);
+      }
+      obs.OnUsage(sample);
+      double soft = options_.over_limit.soft_fraction;
+      if (spec.limits.memory > 0 &&
+          static_cast<double>(sample.memory) >= soft * static_cast<double>(spec.limits.memory)) {
+        over("memory", warned_mem,
+             "uses " + Bytes(sample.memory) + " of its memory limit of " +
+                 Bytes(spec.limits.memory));
+      }
+      if (spec.limits.cpus > 0 && prev && sample.cpu_percent >= soft * spec.limits.cpus * 100) {
+        over("cpu", warned_cpu,
+             "uses " + std::to_string(static_cast<int>(sample.cpu_percent)) +
+                 "% CPU with a limit of " +
+                 std::to_string(static_cast<int>(spec.limits.cpus * 100)) + "%");
+      }
+      if (spec.limits.disk > 0 && sample.disk > 0 &&
+          static_cast<double>(sample.disk) >= soft * static_cast<double>(spec.limits.disk)) {
+        over("disk", warned_disk,
+             "wrote " + Bytes(sample.disk) + " of its disk limit of " + Bytes(spec.limits.disk));
+      }
+    }
+  } catch (const std::exception& e) {
+    std::lock_guard lock(shared.state_mu);
+    shared.thread_error = e.what();
+  }
+}
+
+ContainerRun::Exit ContainerRun::WaitForExit(Shared& shared, std::stop_token stop,
+                                             Clock::time_point started) {
+  const std::string& task = spec_.task_id;
+  const std::string& id = id_;
+  const TaskSpec& spec = spec_;
+  Exit exit;
+  Ending& ending = exit.ending;
+  std::optional<int64_t>& status_code = exit.status_code;
+  std::optional<Error>& wait_error = exit.wait_error;
+  Clock::time_point& finished_at = exit.finished_at;
+  const auto timeout_at =
+      spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
+  Clock::time_point give_up = Clock::time_point::max();
+  while (true) {
+    auto polled = waiter_->Poll(std::chrono::milliseconds(50));
+    if (!polled) {
+      wait_error = polled.error();
+      break;
+    }
+    if (polled->has_value()) {
+      status_code = **polled;
+      finished_at = Clock::now();
+      break;
+    }
+    if (ending == Ending::kNone) {
+      if (stop.stop_requested()) {
+        ending = Ending::kStop;
+      } else if (Clock::now() >= timeout_at) {
+        ending = Ending::kTimeout;
+      } else if (shared.kill_requested.load()) {
+        ending = Ending::kKill;
+      }
+      if (ending != Ending::kNone) {
+        Status st = ending == Ending::kKill ? client_.ContainerKill(id, "KILL")
+                                            : client_.ContainerStop(id, options_.stop_grace);
+        if (!st) {
+          spdlog::warn("docker stop failed task={} error={}, sending SIGKILL", task,
+                       st.error().message);
+          (void)client_.ContainerKill(id, "KILL");
+        }
+        give_up = Clock::now() + options_.call_timeout;
+      }
+    } else if (Clock::now() >= give_up) {
+      wait_error = MakeError("isolation_unavailable",
+                             "the Docker daemon did not report the exit of container " +
+                                 id.substr(0, 12) + " after it was stopped");
+      break;
+    }
+  }
+  if (!status_code) finished_at = Clock::now();
+  return exit;
+}
+
+RunResult ContainerRun::Outcome(Shared& shared, const Exit& exit, RunResult result) {
+  const TaskSpec& spec = spec_;
+  const std::string& id = id_;
+  const Ending ending = exit.ending;
+  const std::optional<int64_t>& status_code = exit.status_code;
+  result.exit_code = static_cast<int>(*status_code);
+  // OOMKilled is only in inspect. A task that exited 0 succeeded, whatever
+  // its children went through, so the success path skips the call.
+  std::optional<ContainerState> state;
+  if (result.exit_code != 0 || ending != Ending::kNone) {
+    auto inspected = client_.ContainerInspectState(id);
+    if (inspected) {
+      state = *inspected;
+      result.exit_code = state->exit_code;
+    }
+  }
+
+  switch (ending) {
+    case Ending::kTimeout:
+      result.kind = RunResult::Kind::kTimedOut;
+      result.error_code = "timed_out";
+      result.message =
+          "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms";
+      return result;
+    case Ending::kStop:
+      result.kind = RunResult::Kind::kStopped;
+      result.error_code = "cancelled";
+      result.message = "stopped on request";
+      return result;
+    case Ending::kKill: {
+      std::lock_guard lock(shared.state_mu);
+      result.kind = RunResult::Kind::kOverLimit;
+      result.error_code = "over_limit";
+      result.message = "killed by the over-limit policy: " + shared.kill_reason;
+      return result;
+    }
+    case Ending::kNone:
+      break;
+  }
+  if (state && state->oom_killed) {
+    result.kind = RunResult::Kind::kOomKilled;
+    result.error_code = "oom_killed";
+    result.message = "killed for exceeding its memory limit of " + Bytes(spec.limits.memory);
+    return result;
+  }
+  if (result.exit_code != 0 && shared.saw_enospc.load()) {
+    int64_t limit = spec.limits.disk > 0 ? spec.limits.disk : options_.default_tmpfs_bytes;
+    result.kind = RunResult::Kind::kOverLimit;
+    result.error_code = "over_limit";
+    result.message = "wrote past its disk limit of " + Bytes(limit);
+    return result;
+  }
+  result.kind = RunResult::Kind::kExited;
+  if (result.exit_code != 0)
+    result.message = "exited with code " + std::to_string(result.exit_code);
+  return result;
+}
+
+}  // namespace runner::isolation::docker
