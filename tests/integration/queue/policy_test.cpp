@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "runner/queue/migrations.h"
 #include "tests/integration/queue/queue_fixture.h"
 
 using namespace runner::queue;
@@ -365,4 +366,77 @@ TEST_CASE("a capped queue's backlog does not slow the claims of another queue",
   const double after = median_claim(50);
   INFO("median claim before " << before << " ms, after " << after << " ms");
   CHECK(after < before * 2 + 2);
+}
+
+TEST_CASE("a populated database at version 5 upgrades: running tasks keep their slots, caps hold",
+          "[queue][policy][caps][migrate]") {
+  TestDatabase db;
+  {
+    // The schema as version 5 left it.
+    pqxx::connection c(db.conninfo());
+    pqxx::nontransaction(c).exec(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())");
+    for (const auto& m : Migrations()) {
+      if (m.version > 5) continue;
+      pqxx::work tx(c);
+      tx.exec(std::string(m.sql));
+      tx.exec_params("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version,
+                     std::string(m.name));
+      tx.commit();
+    }
+  }
+  // A node of that version (its statements and v5's claim function) fills it:
+  // a cap of 3, 2 per group, three running.
+  StoreOptions old_options;
+  old_options.migrate = false;
+  auto old_node = OpenStore(db, old_options);
+  REQUIRE(old_node->SetQueuePolicy("capped", Caps(3, 2)).ok());
+  std::vector<NewTask> batch;
+  for (int i = 0; i < 4; ++i) {
+    batch.push_back(InGroup("capped", "a"));
+    batch.push_back(InGroup("capped", "b"));
+  }
+  REQUIRE(old_node->SubmitBatch(batch).ok());
+  auto first = old_node->Claim(ClaimFor({"w1", "w2", "w3", "w4"}));
+  REQUIRE((first.ok() && first->size() == 3));
+  CHECK(Scalar(db, "SELECT count(DISTINCT cap_slot) FROM tasks WHERE state = 'running'") == "3");
+  old_node.reset();
+
+  REQUIRE(Migrate(db.conninfo()).ok());
+  CHECK(Scalar(db, "SELECT max(version) FROM schema_migrations") ==
+        std::to_string(Migrations().back().version));
+  auto node = OpenStore(db);
+  auto running = [&] {
+    return std::stoi(Scalar(db, "SELECT count(*) FROM tasks WHERE state = 'running'"));
+  };
+  auto none = node->Claim(ClaimFor({"x1", "x2"}));
+  REQUIRE(none.ok());
+  CHECK(none->empty());  // the three that run before the upgrade fill the cap
+  std::vector<std::pair<std::string, std::string>> live;
+  for (std::size_t i = 0; i < first->size(); ++i) {
+    live.emplace_back((*first)[i].id, "w" + std::to_string(i + 1));
+  }
+  int next_worker = 0;
+  int finished = 0;
+  while (!live.empty()) {
+    auto [id, worker] = live.front();
+    live.erase(live.begin());
+    REQUIRE(node->Finish(id, worker, Report(TaskState::kSucceeded)).ok());
+    ++finished;
+    auto c = node->Claim(
+        ClaimFor({"n" + std::to_string(next_worker), "n" + std::to_string(next_worker + 1)}));
+    REQUIRE(c.ok());
+    for (std::size_t i = 0; i < c->size(); ++i) {
+      live.emplace_back((*c)[i].id, "n" + std::to_string(next_worker + static_cast<int>(i)));
+    }
+    next_worker += 2;
+    CHECK(running() <= 3);
+    CHECK(std::stoi(Scalar(db,
+                           "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM tasks"
+                           " WHERE state = 'running' GROUP BY \"group\") g")) <= 2);
+  }
+  CHECK(finished == 8);
+  CHECK(MaxOverlap(db, "capped", false) <= 3);
+  CHECK(MaxOverlap(db, "capped", true) <= 2);
 }
