@@ -426,7 +426,10 @@ END $$;
 //    row until then); a retry loop for that race and for growth, as in v5;
 // 4. the candidate walk; per group, after its try-lock, one statement counts
 //    its running tasks and, when one more fits, locks the task.
-// Same semantics as v5: nothing counted is read under a lock other claimers
+// A start is recorded when the task passed every fresh check (v5 recorded
+// the time before its slot check, so a start could appear to overlap the
+// finish that freed its slot). Same semantics as v5 otherwise: nothing
+// counted is read under a lock other claimers
 // wait for, caps hold at every instant, a held task keeps its attempts.
 // tasks_running_queue_idx becomes (queue, cap_slot): the slot checks are index
 // probes, and every use of the old one has its column as a prefix.
@@ -466,7 +469,7 @@ BEGIN
       AND pg_advisory_xact_lock_shared()sql" RUNNER_POLICY_LOCK("p.queue") R"sql() IS NOT NULL
     ORDER BY p.queue
   LOOP
-    t := clock_timestamp();
+    t := clock_timestamp();  -- the rate window's "now" (a start is recorded later)
     -- One statement, after the lock: the policy, which run slots running
     -- tasks hold, and up to p_n run slots and rate ring rows that look free,
     -- locked (SKIP LOCKED: claimers pass each other).
@@ -594,7 +597,9 @@ BEGIN
       END IF;
       taken := taken + 1;
       id := c.id; priority := c.priority; fair_seq := c.fair_seq; run_at := c.run_at;
-      started := t;
+      -- After every fresh check it passed: a start recorded after the finish
+      -- that freed its slot (finished_at is that statement's start).
+      started := clock_timestamp();
       cap_slot := slots[taken];
       rate_slot := rates[taken];
       RETURN NEXT;
