@@ -432,9 +432,15 @@ END $$;
 // counted is read under a lock other claimers
 // wait for, caps hold at every instant, a held task keeps its attempts.
 // tasks_running_queue_idx becomes (queue, cap_slot): the slot checks are index
-// probes, and every use of the old one has its column as a prefix.
+// probes, and every use of the old one has its column as a prefix. v1's
+// tasks_running_idx (lease_owner) goes: no statement looks a task up by its
+// lease owner, and with the few rows the statistics of a young queue show,
+// the generic plans of the slot and group counts chose it over the indexes
+// made for them, walking every running task (and every dead entry a claim
+// left since the last vacuum) instead of one slot's or one group's.
 inline constexpr std::string_view kV6CappedClaim = R"sql(
 DROP INDEX tasks_running_queue_idx;
+DROP INDEX tasks_running_idx;
 CREATE INDEX tasks_running_slot_idx ON tasks (queue, cap_slot) WHERE state = 'running';
 
 CREATE OR REPLACE FUNCTION runner_claim_capped(p_queues text[], p_skip text[], p_n integer, p_exclude text)
@@ -486,9 +492,11 @@ BEGIN
       INTO pol.queue, pol.max_running, pol.max_running_per_group, pol.rate_count, pol.rate_per,
            pol.paused, pol.run_slots, pol.rate_slots, used, more, rates
       FROM queue_policies p
-      LEFT JOIN LATERAL (SELECT array_agg(r.cap_slot) AS used FROM tasks r
-                         WHERE p.max_running IS NOT NULL AND r.state = 'running'
-                           AND r.queue = p.queue AND r.id IS DISTINCT FROM p_exclude) u ON true
+      LEFT JOIN LATERAL (SELECT array_agg(x.s) AS used FROM (
+                           SELECT r.cap_slot AS s FROM tasks r
+                           WHERE p.max_running IS NOT NULL AND r.state = 'running'
+                             AND r.queue = p.queue AND r.id IS DISTINCT FROM p_exclude
+                           ORDER BY r.queue, r.cap_slot) x) u ON true
       WHERE p.queue = qname;
     CONTINUE WHEN NOT FOUND OR pol.paused OR NOT runner_policy_caps(pol);
     allowed := p_n;
@@ -499,9 +507,15 @@ BEGIN
       slots := '{}';
       FOR pass IN 1..4 LOOP
         IF cardinality(more) > 0 THEN
-          slots := slots || ARRAY(SELECT x FROM unnest(more) x WHERE NOT EXISTS (
-            SELECT 1 FROM tasks r WHERE r.state = 'running' AND r.queue = qname
-              AND r.cap_slot = x AND r.id IS DISTINCT FROM p_exclude));
+          -- (An ordered range: the one plan that walks tasks_running_slot_idx
+          -- over those slots alone, whatever the statistics say.)
+          slots := slots || ARRAY(SELECT x FROM unnest(more) x WHERE x <> ALL(coalesce((
+            SELECT array_agg(y.s) FROM (
+              SELECT r.cap_slot AS s FROM tasks r
+              WHERE r.state = 'running' AND r.queue = qname AND r.id IS DISTINCT FROM p_exclude
+                AND r.cap_slot BETWEEN (SELECT min(m) FROM unnest(more) m)
+                                   AND (SELECT max(m) FROM unnest(more) m)
+              ORDER BY r.queue, r.cap_slot) y), '{}')));
         ELSIF pol.run_slots < pol.max_running THEN
           SELECT p.run_slots INTO have FROM queue_policies p WHERE p.queue = qname
             FOR NO KEY UPDATE;
@@ -577,9 +591,11 @@ BEGIN
                      SELECT 1 FROM (SELECT 1 FROM tasks l WHERE l.id = c.id AND l.state = 'queued'
                                     FOR UPDATE SKIP LOCKED) k) END
               INTO gn, got
-              FROM (SELECT count(*)::integer AS n FROM tasks q
-                    WHERE q.state = 'running' AND q.queue = qname
-                      AND coalesce(q."group", '') = c.g AND q.id IS DISTINCT FROM p_exclude) x;
+              FROM (SELECT count(*)::integer AS n FROM (
+                      SELECT 1 FROM tasks q
+                      WHERE q.state = 'running' AND q.queue = qname
+                        AND coalesce(q."group", '') = c.g AND q.id IS DISTINCT FROM p_exclude
+                      ORDER BY q.queue, coalesce(q."group", '')) r) x;
           ELSE
             gn := pol.max_running_per_group;
           END IF;
