@@ -9,7 +9,9 @@
 #include <mutex>
 #include <thread>
 
+#include "base/ulid.h"
 #include "runner/queue/migrations.h"
+#include "runner/queue/queue_sql.h"
 #include "tests/integration/queue/queue_fixture.h"
 
 using namespace runner::queue;
@@ -386,22 +388,33 @@ TEST_CASE("a populated database at version 5 upgrades: running tasks keep their 
       tx.commit();
     }
   }
-  // A node of that version (its statements and v5's claim function) fills it:
-  // a cap of 3, 2 per group, three running.
-  StoreOptions old_options;
-  old_options.migrate = false;
-  auto old_node = OpenStore(db, old_options);
-  REQUIRE(old_node->SetQueuePolicy("capped", Caps(3, 2)).ok());
-  std::vector<NewTask> batch;
-  for (int i = 0; i < 4; ++i) {
-    batch.push_back(InGroup("capped", "a"));
-    batch.push_back(InGroup("capped", "b"));
+  // What a node of that version leaves: a cap of 3, 2 per group, eight tasks
+  // in two groups, three of them started by the claim statement (unchanged
+  // since) through v5's claim function. Raw SQL: this build's store prepares
+  // statements that need the newer schema.
+  std::vector<std::pair<std::string, std::string>> live;  // (task, worker)
+  {
+    pqxx::connection c(db.conninfo());
+    pqxx::nontransaction tx(c);
+    tx.exec(std::string(sql::kSessionPlanSettings));
+    tx.exec(
+        "INSERT INTO queue_policies (queue, max_running, max_running_per_group)"
+        " VALUES ('capped', 3, 2)");
+    for (int i = 0; i < 8; ++i) {
+      tx.exec_params(
+          "INSERT INTO tasks (id, queue, state, image, command, timeout, \"group\")"
+          " VALUES ($1, 'capped', 'queued', 'img', ARRAY['true'], 60, $2)",
+          runner::NewUlid(), std::string(i % 2 == 0 ? "a" : "b"));
+    }
+    c.prepare(sql::kClaim.name, std::string(sql::kClaim.text));
+    auto r = tx.exec_prepared(sql::kClaim.name, "{w1,w2,w3,w4}", "old-node", int64_t{30000},
+                              nullptr, int64_t{4}, nullptr);
+    REQUIRE(r.size() == 3);
+    for (const auto& row : tx.exec("SELECT id, lease_owner FROM tasks WHERE state = 'running'")) {
+      live.emplace_back(row[0].as<std::string>(), row[1].as<std::string>());
+    }
   }
-  REQUIRE(old_node->SubmitBatch(batch).ok());
-  auto first = old_node->Claim(ClaimFor({"w1", "w2", "w3", "w4"}));
-  REQUIRE((first.ok() && first->size() == 3));
   CHECK(Scalar(db, "SELECT count(DISTINCT cap_slot) FROM tasks WHERE state = 'running'") == "3");
-  old_node.reset();
 
   REQUIRE(Migrate(db.conninfo()).ok());
   CHECK(Scalar(db, "SELECT max(version) FROM schema_migrations") ==
@@ -413,10 +426,6 @@ TEST_CASE("a populated database at version 5 upgrades: running tasks keep their 
   auto none = node->Claim(ClaimFor({"x1", "x2"}));
   REQUIRE(none.ok());
   CHECK(none->empty());  // the three that run before the upgrade fill the cap
-  std::vector<std::pair<std::string, std::string>> live;
-  for (std::size_t i = 0; i < first->size(); ++i) {
-    live.emplace_back((*first)[i].id, "w" + std::to_string(i + 1));
-  }
   int next_worker = 0;
   int finished = 0;
   while (!live.empty()) {
