@@ -10,7 +10,10 @@
 // unnamed group with no policy: today's plain claim, the baseline; (b) in
 // `groups` groups (round-robin claims); (c) the same with caps set
 // (max_running, max_running_per_group: the capped claim); (d) caps and a rate
-// limit. Each run starts at `depth` queued (topped up after each). Then the
+// limit. Each run starts at `depth` queued (topped up after each); the
+// settings take turns within every round (odd rounds in reverse order), and
+// each setting's ratio to plain is reported both as the ratio of the median
+// runs and as the median of the ratios within a round. Then the
 // fairness figure: how many tasks of a `fair_big`-task group start between a
 // 3-task group's submit and its last task's start, uncapped and capped.
 //
@@ -298,14 +301,31 @@ json::object GroupsBench(int depth, int groups, int tasks, int rounds) {
     s.next_group = depth;
     Analyze(s.db->conninfo());
   }
+  // Odd rounds take the settings in reverse order, so that none always runs
+  // first (right after the previous round's top-ups) or last.
   for (int round = 0; round < rounds; ++round) {
-    for (auto& s : settings) {
+    for (std::size_t k = 0; k < settings.size(); ++k) {
+      auto& s = settings[round % 2 == 0 ? k : settings.size() - 1 - k];
       for (int claimers : {1, 4}) {
         RunStats d = RunStore(*s.store, claimers, depth, false, tasks);
         s.runs[claimers].push_back(d);
         // Back to `depth` queued, the groups continuing in turn.
         FillGroups(*s.store, d.tasks, s.groups, s.next_group);
         s.next_group += d.tasks;
+      }
+    }
+  }
+  // The ratio to plain within each round (runs a few seconds apart, so a
+  // change in the shared host's load hits both), and its median: steadier on
+  // a noisy host than the ratio of the medians, which may come from
+  // different rounds. Both are reported.
+  std::map<std::string, std::map<int, std::vector<double>>> paired;  // setting, claimers
+  for (auto& s : settings) {
+    for (auto& [claimers, v] : s.runs) {
+      const auto& base = settings.front().runs[claimers];
+      for (std::size_t r = 0; r < v.size() && r < base.size(); ++r) {
+        paired[s.name][claimers].push_back((v[r].tasks / v[r].seconds) /
+                                           (base[r].tasks / base[r].seconds));
       }
     }
   }
@@ -325,14 +345,18 @@ json::object GroupsBench(int depth, int groups, int tasks, int rounds) {
       o["groups"] = s.groups;
       o["queued_at_start"] = depth;
       o["vs_plain"] = ratio;
+      const std::vector<double>& pr = paired[s.name][claimers];
+      const double paired_ratio = runner::bench::Median(pr);
+      o["vs_plain_same_round_median"] = paired_ratio;
+      o["vs_plain_each_round"] = json::array(pr.begin(), pr.end());
       json::array each;
-      for (const auto& r : v) each.push_back(r.tasks / r.seconds);
+      for (const auto& r : s.runs.at(claimers)) each.push_back(r.tasks / r.seconds);
       o["tasks_per_second_each_round"] = each;
       out.push_back(o);
       std::printf(
-          "%-19s claimers=%d, %d queued in %4d groups: %6.0f tasks/s (%.2fx plain) claim p50/p99 "
-          "%.2f/%.2f ms finish p50/p99 %.2f/%.2f ms\n",
-          s.name, claimers, depth, s.groups, tps, ratio, Percentile(m.claim_ms, 0.5),
+          "%-19s claimers=%d, %d queued in %4d groups: %6.0f tasks/s (%.2fx plain, %.2fx within "
+          "a round) claim p50/p99 %.2f/%.2f ms finish p50/p99 %.2f/%.2f ms\n",
+          s.name, claimers, depth, s.groups, tps, ratio, paired_ratio, Percentile(m.claim_ms, 0.5),
           Percentile(m.claim_ms, 0.99), Percentile(m.finish_ms, 0.5),
           Percentile(m.finish_ms, 0.99));
     }

@@ -198,6 +198,8 @@ const std::vector<Migration> kMigrations = {
     {3, "task groups and queue policies", kV2QueuePolicies},
     {4, "task secrets", kV4Secrets},
     {5, "queue cap slots and rate rings", kV5CapSlots},
+    {6, "capped claim in fewer statements", kV6CappedClaim},
+    {7, "capped finishes wake only waiting claimers", kV7WaitingClaims},
 };
 
 }  // namespace

@@ -253,12 +253,19 @@ inline constexpr Statement kHeartbeat{
 // No row back: the lease was not held and nothing was written.
 // $1 id, $2 worker, $3 state, $4 exit_code, $5 error, $6 usage, $7 isolation_used,
 // $8 retryable, $9 max delay.
-// A capped queue's task ended: wake the claimers (its slot is free now).
+// A capped queue's task ended: its slot is free now; the claimers are woken
+// when one may be waiting for it, i.e. while the queue's waiting_until (set by
+// a claim a cap held back) is ahead. Read FOR SHARE: a claim setting it either
+// waits for this finish to commit (and then sees the slot free) or commits
+// first (and this finish sees it). See queue_policy_schema.h, v7.
 inline constexpr Statement kFinish{
     "finish", RUNNER_FINISH_CTES
+    "), wt AS MATERIALIZED ("
+    "  SELECT p.queue, p.waiting_until FROM queue_policies p JOIN tasks t ON t.queue = p.queue"
+    "  JOIN u ON u.id = t.id WHERE t.capped FOR SHARE OF p"
     "), nt AS MATERIALIZED ("
-    "  SELECT count(pg_notify('runner_tasks', t.queue)) AS n FROM tasks t JOIN u ON u.id = t.id"
-    "  WHERE t.capped"
+    "  SELECT count(pg_notify('runner_tasks', wt.queue)) AS n FROM wt"
+    "  WHERE wt.waiting_until > clock_timestamp()"
     ") SELECT u.retry, u.has_dependents, nt.n FROM u, nt"};
 
 // kFinish, then the claim of one task for the same worker ($2), in one

@@ -74,7 +74,10 @@ TEST_CASE("a slot freed by a finish is taken at once, on either node, not at the
   // On: the finishing worker claims the next task in its finish statement.
   // Off: the finish notifies, and a claimer (of either node) takes the slot.
   const bool claim_on_finish = GENERATE(true, false);
-  INFO("claim_on_finish=" << claim_on_finish);
+  // The slot: of the queue (max_running 1), or of the tasks' one group
+  // (max_running_per_group 1).
+  const bool by_group = GENERATE(false, true);
+  INFO("claim_on_finish=" << claim_on_finish << " by_group=" << by_group);
   TestDatabase db;
   TempDir dir_a, dir_b;
   runner::metrics::Registry reg_a, reg_b;
@@ -82,7 +85,11 @@ TEST_CASE("a slot freed by a finish is taken at once, on either node, not at the
   auto a = SlowPollNode(db, dir_a, reg_a, work, 1, claim_on_finish);
   auto b = SlowPollNode(db, dir_b, reg_b, work, 1, claim_on_finish);
   QueuePolicy one;
-  one.max_running = 1;
+  if (by_group) {
+    one.max_running_per_group = 1;
+  } else {
+    one.max_running = 1;
+  }
   REQUIRE(a->postgres().SetQueuePolicy("one", one).ok());
   REQUIRE(a->Start().ok());
   REQUIRE(b->Start().ok());
@@ -98,6 +105,7 @@ TEST_CASE("a slot freed by a finish is taken at once, on either node, not at the
   constexpr int kTasks = 4;
   auto task = Command({"true"});
   task.queue = "one";
+  if (by_group) task.group = "g";
   REQUIRE(a->postgres().SubmitBatch(std::vector<runner::queue::NewTask>(kTasks, task)).ok());
   const auto t0 = std::chrono::steady_clock::now();
   REQUIRE(WaitFor(
