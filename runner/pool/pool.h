@@ -18,6 +18,11 @@
 // A worker whose isolator throws is replaced (worker.failed); its task is
 // failed, never left running.
 //
+// One class, its parts in their own files: pool.cpp (lifecycle, scale,
+// status), pool_workers.cpp (the worker threads, running and reporting a
+// task), claimer.cpp (batch claims, FinishAndClaim), lease_keeper.cpp
+// (heartbeat, cancel watcher); reaper.h is a class of its own.
+//
 // Thread-safety: every public method may be called from any thread. Start,
 // Stop and Scale are serialised internally; Stop(force) interrupts a graceful
 // Stop in progress. The destructor force-stops.

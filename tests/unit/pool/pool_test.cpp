@@ -18,15 +18,15 @@
 #include "runner/pool/idle_backoff.h"
 #include "runner/pressure/monitor.h"
 #include "tests/support/fakes/isolator_fake.h"
+#include "tests/support/fakes/queue_store_fake.h"
 #include "tests/support/services.h"
-#include "tests/unit/pool/queue_store_fake.h"
 
 using namespace std::chrono_literals;
 using runner::pool::Pool;
 using runner::pool::PoolOptions;
-using runner::pool::testing::FakeQueueStore;
 using runner::queue::TaskState;
 using runner::testing::FakeIsolator;
+using runner::testing::FakeQueueStore;
 using runner::testing::WaitFor;
 
 namespace {

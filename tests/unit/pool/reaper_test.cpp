@@ -10,16 +10,16 @@
 #include <vector>
 
 #include "tests/support/fakes/manual_clock.h"
+#include "tests/support/fakes/queue_store_fake.h"
 #include "tests/support/services.h"
-#include "tests/unit/pool/queue_store_fake.h"
 
 namespace runner::pool {
 namespace {
 
 using namespace std::chrono_literals;
+using runner::testing::FakeQueueStore;
 using runner::testing::ManualClock;
 using runner::testing::WaitFor;
-using testing::FakeQueueStore;
 
 struct Hook {
   std::mutex mu;

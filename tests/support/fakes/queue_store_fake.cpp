@@ -1,10 +1,10 @@
-#include "tests/unit/pool/queue_store_fake.h"
+#include "tests/support/fakes/queue_store_fake.h"
 
 #include <algorithm>
 
 #include "base/ulid.h"
 
-namespace runner::pool::testing {
+namespace runner::testing {
 
 std::string FakeQueueStore::AddTask(std::vector<std::string> command, double timeout) {
   std::lock_guard lock(mu_);
@@ -334,4 +334,4 @@ Result<queue::ReapReport> FakeQueueStore::Reap(const queue::ReapPolicy&) {
 
 Status FakeQueueStore::Ping() { return {}; }
 
-}  // namespace runner::pool::testing
+}  // namespace runner::testing

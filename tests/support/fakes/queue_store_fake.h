@@ -17,7 +17,7 @@
 
 #include "runner/queue/queue_store.h"
 
-namespace runner::pool::testing {
+namespace runner::testing {
 
 class FakeQueueStore : public queue::QueueStore {
  public:
@@ -116,4 +116,4 @@ class FakeQueueStore : public queue::QueueStore {
   int reaps_ = 0;
 };
 
-}  // namespace runner::pool::testing
+}  // namespace runner::testing
