@@ -11,141 +11,38 @@
 
 #include "base/error_codes.h"
 #include "base/ulid.h"
+#include "runner/queue/connection_pool.h"
 #include "runner/queue/queue_sql.h"
 #include "runner/queue/validation.h"
 
 namespace runner::queue {
 namespace json = boost::json;
 
-// ---------------------------------------------------------------------------
-// The pool
-// ---------------------------------------------------------------------------
-
-class PostgresStore::Pool {
- public:
-  Pool(std::string conninfo, int size, std::chrono::milliseconds acquire_timeout,
-       std::chrono::milliseconds statement_timeout)
-      : conninfo_(WithConnectTimeout(conninfo, 5)),
-        size_(size),
-        acquire_timeout_(acquire_timeout),
-        statement_timeout_(statement_timeout) {}
-
-  // A borrowed connection; returned (or dropped when broken) on destruction.
-  class Lease {
-   public:
-    Lease(Pool* pool, std::unique_ptr<pqxx::connection> conn)
-        : pool_(pool), conn_(std::move(conn)) {}
-    Lease(Lease&& other) noexcept
-        : pool_(std::exchange(other.pool_, nullptr)),
-          conn_(std::move(other.conn_)),
-          broken_(other.broken_) {}
-    Lease& operator=(Lease&&) = delete;
-    Lease(const Lease&) = delete;
-    ~Lease() {
-      if (pool_ != nullptr) pool_->Return(std::move(conn_), broken_);
-    }
-    pqxx::connection& conn() { return *conn_; }
-    void MarkBroken() { broken_ = true; }
-
-   private:
-    Pool* pool_;
-    std::unique_ptr<pqxx::connection> conn_;
-    bool broken_ = false;
-  };
-
-  Result<Lease> Acquire() {
-    std::unique_lock lock(mu_);
-    bool ready =
-        cv_.wait_for(lock, acquire_timeout_, [&] { return !idle_.empty() || open_ < size_; });
-    if (!ready) {
-      return Error{"unavailable", "all " + std::to_string(size_) +
-                                      " database connections stayed busy for " +
-                                      std::to_string(acquire_timeout_.count()) + " ms"};
-    }
-    if (!idle_.empty()) {
-      auto conn = std::move(idle_.back());
-      idle_.pop_back();
-      return Lease(this, std::move(conn));
-    }
-    ++open_;
-    lock.unlock();
-    try {
-      return Lease(this, Connect());
-    } catch (const pqxx::failure& e) {
-      lock.lock();
-      --open_;
-      cv_.notify_one();
-      return Error{"unavailable", std::string("cannot connect to the database: ") + e.what()};
-    }
-  }
-
- private:
-  std::unique_ptr<pqxx::connection> Connect() {
-    auto conn = std::make_unique<pqxx::connection>(conninfo_);
-    {
-      pqxx::nontransaction tx(*conn);
-      tx.exec("SET statement_timeout = " + std::to_string(statement_timeout_.count()) +
-              "; SET lock_timeout = " + std::to_string(statement_timeout_.count()) +
-              "; SET idle_in_transaction_session_timeout = 60000"
-              "; SET application_name = 'runner-queue'; " +
-              std::string(sql::kSessionPlanSettings));
-    }
-    // Prepared at connect, not lazily on first use: a bad statement shows up
-    // here rather than in the middle of a claim.
-    for (const auto& s : sql::kPrepared) {
-      conn->prepare(s.name, std::string(s.text));
-      conn->prepare_now(s.name);
-    }
-    return conn;
-  }
-
-  void Return(std::unique_ptr<pqxx::connection> conn, bool broken) {
-    std::lock_guard lock(mu_);
-    if (broken || !conn || !conn->is_open()) {
-      --open_;
-    } else {
-      idle_.push_back(std::move(conn));
-    }
-    cv_.notify_one();
-  }
-
-  const std::string conninfo_;
-  const int size_;
-  const std::chrono::milliseconds acquire_timeout_;
-  const std::chrono::milliseconds statement_timeout_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<pqxx::connection>> idle_;  // guarded by mu_
-  int open_ = 0;  // connections existing, idle or lent; guarded by mu_
-};
-
 namespace {
-
-using Lease = PostgresStore::Pool::Lease;
 
 // Runs f(connection) with a pooled connection, mapping database failures to
 // Error values. Deadlocks and serialization failures are retried.
 template <class R, class F>
-R Execute(PostgresStore::Pool& pool, std::string_view op, F&& f) {
+R Execute(ConnectionPool& pool, std::string_view op, F&& f) {
   for (int attempt = 0;; ++attempt) {
-    auto lease = pool.Acquire();
-    if (!lease.ok()) return lease.error();
+    auto borrowed = pool.Acquire();
+    if (!borrowed.ok()) return borrowed.error();
     try {
-      return f(lease->conn());
+      return f(borrowed->conn());
     } catch (const pqxx::broken_connection& e) {
-      lease->MarkBroken();
+      borrowed->MarkBroken();
       spdlog::warn("queue database connection lost op={} error=\"{}\"", op, e.what());
       return Error{"unavailable",
                    "database connection lost during " + std::string(op) + ": " + e.what()};
     } catch (const pqxx::in_doubt_error& e) {
-      lease->MarkBroken();
+      borrowed->MarkBroken();
       return Error{"unavailable", "database connection lost while committing " + std::string(op) +
                                       ": " + e.what()};
     } catch (const pqxx::sql_error& e) {
       const std::string& state = e.sqlstate();
       if ((state == "40P01" || state == "40001") && attempt < 3) continue;
       if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
-        lease->MarkBroken();
+        borrowed->MarkBroken();
         return Error{"unavailable",
                      "database unavailable during " + std::string(op) + ": " + e.what()};
       }
@@ -155,7 +52,7 @@ R Execute(PostgresStore::Pool& pool, std::string_view op, F&& f) {
       spdlog::error("queue sql error op={} sqlstate={} error=\"{}\"", op, state, e.what());
       return Error{"internal", "database error during " + std::string(op) + ": " + e.what()};
     } catch (const pqxx::failure& e) {
-      lease->MarkBroken();
+      borrowed->MarkBroken();
       return Error{"unavailable", "database failure during " + std::string(op) + ": " + e.what()};
     }
   }
@@ -630,8 +527,9 @@ json::object TaskInsertRecord(const NewTask& nt, const StoreOptions& opts) {
 
 PostgresStore::PostgresStore(StoreOptions options)
     : options_(std::move(options)),
-      pool_(std::make_unique<Pool>(options_.conninfo, std::max(1, options_.pool_size),
-                                   options_.acquire_timeout, options_.statement_timeout)) {}
+      connections_(
+          std::make_unique<ConnectionPool>(options_.conninfo, std::max(1, options_.pool_size),
+                                           options_.acquire_timeout, options_.statement_timeout)) {}
 
 PostgresStore::~PostgresStore() = default;
 
@@ -650,7 +548,7 @@ Result<std::unique_ptr<PostgresStore>> PostgresStore::Open(const StoreOptions& o
 }
 
 Status PostgresStore::Ping() {
-  return Execute<Status>(*pool_, "ping", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "ping", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     tx.exec("SELECT 1");
     return {};
@@ -673,7 +571,7 @@ Result<std::vector<SubmitOutcome>> PostgresStore::SubmitBatch(std::span<const Ne
   using R = Result<std::vector<SubmitOutcome>>;
   const bool independent = std::none_of(tasks.begin(), tasks.end(),
                                         [](const NewTask& t) { return !t.depends_on.empty(); });
-  return Execute<R>(*pool_, "submit", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "submit", [&](pqxx::connection& c) -> R {
     if (independent) return InsertIndependentTasks(c, options_, tasks);
     pqxx::work tx(c);
     std::vector<SubmitOutcome> out;
@@ -692,7 +590,7 @@ Result<std::vector<SubmitOutcome>> PostgresStore::SubmitBatch(std::span<const Ne
 }
 
 Result<Task> PostgresStore::Get(std::string_view id) {
-  return Execute<Result<Task>>(*pool_, "get", [&](pqxx::connection& c) -> Result<Task> {
+  return Execute<Result<Task>>(*connections_, "get", [&](pqxx::connection& c) -> Result<Task> {
     pqxx::nontransaction tx(c);
     auto r = tx.exec_prepared(sql::kTaskById.name, std::string(id));
     if (r.empty()) return NotFound(id);
@@ -754,27 +652,28 @@ Result<TaskPage> PostgresStore::List(const TaskFilter& filter) {
   }
   query += sql::kListTasksOrder;
   query += " LIMIT " + std::to_string(filter.limit + 1);
-  return Execute<Result<TaskPage>>(*pool_, "list", [&](pqxx::connection& c) -> Result<TaskPage> {
-    pqxx::nontransaction tx(c);
-    auto r = tx.exec_params(query, pqxx::prepare::make_dynamic_params(params));
-    TaskPage page;
-    for (const auto& row : r) {
-      if (static_cast<int>(page.tasks.size()) == filter.limit) break;
-      page.tasks.push_back(RowToTask(row));
-    }
-    if (static_cast<int>(r.size()) > filter.limit && !page.tasks.empty()) {
-      const Task& last = page.tasks.back();
-      auto micros =
-          std::chrono::duration_cast<std::chrono::microseconds>(last.created_at.time_since_epoch())
-              .count();
-      page.next_cursor = std::to_string(micros) + "." + last.id;
-    }
-    return page;
-  });
+  return Execute<Result<TaskPage>>(
+      *connections_, "list", [&](pqxx::connection& c) -> Result<TaskPage> {
+        pqxx::nontransaction tx(c);
+        auto r = tx.exec_params(query, pqxx::prepare::make_dynamic_params(params));
+        TaskPage page;
+        for (const auto& row : r) {
+          if (static_cast<int>(page.tasks.size()) == filter.limit) break;
+          page.tasks.push_back(RowToTask(row));
+        }
+        if (static_cast<int>(r.size()) > filter.limit && !page.tasks.empty()) {
+          const Task& last = page.tasks.back();
+          auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
+                            last.created_at.time_since_epoch())
+                            .count();
+          page.next_cursor = std::to_string(micros) + "." + last.id;
+        }
+        return page;
+      });
 }
 
 Result<Task> PostgresStore::Cancel(std::string_view id) {
-  return Execute<Result<Task>>(*pool_, "cancel", [&](pqxx::connection& c) -> Result<Task> {
+  return Execute<Result<Task>>(*connections_, "cancel", [&](pqxx::connection& c) -> Result<Task> {
     pqxx::work tx(c);
     std::string tid(id);
     auto r = tx.exec_prepared(sql::kLockTask.name, tid);
@@ -807,7 +706,7 @@ Result<StateCounts> PostgresStore::Counts() {
     }
   }
   auto fresh = Execute<Result<StateCounts>>(
-      *pool_, "counts", [&](pqxx::connection& c) -> Result<StateCounts> {
+      *connections_, "counts", [&](pqxx::connection& c) -> Result<StateCounts> {
         pqxx::nontransaction tx(c);
         auto r = tx.exec_prepared(sql::kCounts.name);
         StateCounts counts;
@@ -832,31 +731,32 @@ Result<LogPage> PostgresStore::Logs(std::string_view task_id, LogStream stream, 
   std::optional<std::string> stream_code;
   if (stream == LogStream::kStdout) stream_code = "0";
   if (stream == LogStream::kStderr) stream_code = "1";
-  return Execute<Result<LogPage>>(*pool_, "logs", [&](pqxx::connection& c) -> Result<LogPage> {
-    pqxx::work tx(c);  // one snapshot: truncated flag and chunks agree
-    auto t = tx.exec_prepared(sql::kLogState.name, std::string(task_id));
-    if (t.empty()) return NotFound(task_id);
-    LogPage page;
-    page.truncated = t[0][0].as<bool>();
-    page.last_seq = after_seq;
-    auto r = tx.exec_prepared(sql::kLogChunks.name, std::string(task_id), after_seq,
-                              NullableCStr(stream_code), 1000);
-    std::size_t bytes = 0;
-    for (const auto& row : r) {
-      pqxx::binarystring data(row[2]);
-      if (!page.chunks.empty() && bytes + data.size() > max_bytes) break;
-      LogChunk chunk;
-      chunk.seq = row[0].as<int64_t>();
-      chunk.stream = row[1].as<int>() == 1 ? isolation::OutputStream::kStderr
-                                           : isolation::OutputStream::kStdout;
-      chunk.data = data.str();
-      bytes += chunk.data.size();
-      page.last_seq = chunk.seq;
-      page.chunks.push_back(std::move(chunk));
-    }
-    tx.commit();
-    return page;
-  });
+  return Execute<Result<LogPage>>(
+      *connections_, "logs", [&](pqxx::connection& c) -> Result<LogPage> {
+        pqxx::work tx(c);  // one snapshot: truncated flag and chunks agree
+        auto t = tx.exec_prepared(sql::kLogState.name, std::string(task_id));
+        if (t.empty()) return NotFound(task_id);
+        LogPage page;
+        page.truncated = t[0][0].as<bool>();
+        page.last_seq = after_seq;
+        auto r = tx.exec_prepared(sql::kLogChunks.name, std::string(task_id), after_seq,
+                                  NullableCStr(stream_code), 1000);
+        std::size_t bytes = 0;
+        for (const auto& row : r) {
+          pqxx::binarystring data(row[2]);
+          if (!page.chunks.empty() && bytes + data.size() > max_bytes) break;
+          LogChunk chunk;
+          chunk.seq = row[0].as<int64_t>();
+          chunk.stream = row[1].as<int>() == 1 ? isolation::OutputStream::kStderr
+                                               : isolation::OutputStream::kStdout;
+          chunk.data = data.str();
+          bytes += chunk.data.size();
+          page.last_seq = chunk.seq;
+          page.chunks.push_back(std::move(chunk));
+        }
+        tx.commit();
+        return page;
+      });
 }
 
 Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
@@ -864,7 +764,7 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
   if (request.worker_ids.empty()) return std::vector<Task>{};
   const auto queues = PgArrayOrNull(request.queues);
   const auto skip = PgArrayOrNull(request.skip_isolations);
-  return Execute<R>(*pool_, "claim", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "claim", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);  // one statement: atomic on its own
     auto r = tx.exec_prepared(sql::kClaim.name, PgArray(request.worker_ids), request.node_id,
                               ToMillis(request.lease), NullableCStr(queues),
@@ -881,7 +781,7 @@ Result<std::vector<Task>> PostgresStore::Claim(const ClaimRequest& request) {
 
 Status PostgresStore::WithConnection(std::string_view op,
                                      const std::function<Status(pqxx::connection_base&)>& f) {
-  return Execute<Status>(*pool_, op, [&](pqxx::connection& c) -> Status { return f(c); });
+  return Execute<Status>(*connections_, op, [&](pqxx::connection& c) -> Status { return f(c); });
 }
 
 Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& request) {
@@ -897,7 +797,7 @@ Result<HeartbeatOutcome> PostgresStore::Heartbeat(const HeartbeatRequest& reques
     states.emplace_back(WorkerStateText(w->state));
     tasks.push_back(w->task_id);
   }
-  return Execute<R>(*pool_, "heartbeat", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "heartbeat", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     auto r =
         tx.exec_prepared(sql::kHeartbeat.name, request.node_id, PgArray(ids), PgArray(states),
@@ -912,7 +812,7 @@ Result<std::vector<std::string>> PostgresStore::CancelRequested(std::span<const 
   using R = Result<std::vector<std::string>>;
   if (ids.empty()) return std::vector<std::string>{};
   std::vector<std::string> list(ids.begin(), ids.end());
-  return Execute<R>(*pool_, "cancel_requested", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "cancel_requested", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     auto r = tx.exec_prepared(sql::kCancelRequested.name, PgArray(list));
     std::vector<std::string> out;
@@ -923,7 +823,7 @@ Result<std::vector<std::string>> PostgresStore::CancelRequested(std::span<const 
 
 Status PostgresStore::AppendLogs(std::string_view task_id, std::span<const LogChunk> chunks) {
   if (chunks.empty()) return {};
-  return Execute<Status>(*pool_, "append_logs", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "append_logs", [&](pqxx::connection& c) -> Status {
     pqxx::work tx(c);
     std::string tid(task_id);
     auto r = tx.exec_prepared(sql::kLockLogState.name, tid);
@@ -1002,7 +902,7 @@ Result<FinishOutcome> PostgresStore::Finish(std::string_view task_id, std::strin
   auto params = ToFinishParams(report);
   if (!params.ok()) return params.error();
   const FinishParams& p = *params;
-  return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "finish", [&](pqxx::connection& c) -> R {
     std::string tid(task_id);
     bool retry = false;
     bool has_dependents = false;
@@ -1032,7 +932,7 @@ Result<FinishAndNext> PostgresStore::FinishAndClaim(std::string_view task_id,
   const FinishParams& p = *params;
   const auto queues = PgArrayOrNull(next.queues);
   const auto skip = PgArrayOrNull(next.skip_isolations);
-  return Execute<R>(*pool_, "finish", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "finish", [&](pqxx::connection& c) -> R {
     std::string tid(task_id);
     FinishAndNext out;
     bool settle = false;
@@ -1076,7 +976,7 @@ Status PostgresStore::ReleaseTask(std::string_view task_id, std::string_view wor
                                   const std::optional<Deferral>& deferral) {
   const int64_t delay_ms = deferral ? ToMillis(deferral->delay) : 0;
   const auto why = ErrorJson(deferral ? std::optional<TaskError>(deferral->why) : std::nullopt);
-  return Execute<Status>(*pool_, "release", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "release", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     auto r = tx.exec_prepared(sql::kRelease.name, std::string(task_id), std::string(worker_id),
                               delay_ms, NullableCStr(why));
@@ -1091,7 +991,7 @@ Status PostgresStore::ReleaseTask(std::string_view task_id, std::string_view wor
 // --- nodes and workers ---------------------------------------------------------
 
 Status PostgresStore::RegisterNode(const NodeInfo& node) {
-  return Execute<Status>(*pool_, "register_node", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "register_node", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     tx.exec_prepared(sql::kUpsertNode.name, node.id, node.host, node.pid, node.mode, node.target);
     return {};
@@ -1099,7 +999,7 @@ Status PostgresStore::RegisterNode(const NodeInfo& node) {
 }
 
 Status PostgresStore::DeregisterNode(std::string_view node_id) {
-  return Execute<Status>(*pool_, "deregister_node", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "deregister_node", [&](pqxx::connection& c) -> Status {
     pqxx::work tx(c);
     tx.exec_prepared(sql::kDeleteNodeWorkers.name, std::string(node_id));
     tx.exec_prepared(sql::kDeleteNode.name, std::string(node_id));
@@ -1109,7 +1009,7 @@ Status PostgresStore::DeregisterNode(std::string_view node_id) {
 }
 
 Status PostgresStore::RegisterWorker(const WorkerInfo& worker) {
-  return Execute<Status>(*pool_, "register_worker", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "register_worker", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     tx.exec_prepared(sql::kUpsertWorker.name, worker.id, worker.node_id,
                      std::string(WorkerStateText(worker.state)), NullableCStr(worker.task_id));
@@ -1118,7 +1018,7 @@ Status PostgresStore::RegisterWorker(const WorkerInfo& worker) {
 }
 
 Status PostgresStore::RemoveWorker(std::string_view worker_id) {
-  return Execute<Status>(*pool_, "remove_worker", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "remove_worker", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     tx.exec_prepared(sql::kDeleteWorker.name, std::string(worker_id));
     return {};
@@ -1127,7 +1027,7 @@ Status PostgresStore::RemoveWorker(std::string_view worker_id) {
 
 Result<std::vector<WorkerInfo>> PostgresStore::ListWorkers() {
   using R = Result<std::vector<WorkerInfo>>;
-  return Execute<R>(*pool_, "list_workers", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "list_workers", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     std::vector<WorkerInfo> out;
     for (const auto& row : tx.exec_prepared(sql::kListWorkers.name)) {
@@ -1146,7 +1046,7 @@ Result<std::vector<WorkerInfo>> PostgresStore::ListWorkers() {
 
 Result<std::vector<NodeInfo>> PostgresStore::ListNodes() {
   using R = Result<std::vector<NodeInfo>>;
-  return Execute<R>(*pool_, "list_nodes", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "list_nodes", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     std::vector<NodeInfo> out;
     for (const auto& row : tx.exec_prepared(sql::kListNodes.name)) {
@@ -1165,7 +1065,7 @@ Result<std::vector<NodeInfo>> PostgresStore::ListNodes() {
 
 Result<std::vector<std::string>> PostgresStore::DeadNodeIds(std::chrono::milliseconds dead_after) {
   using R = Result<std::vector<std::string>>;
-  return Execute<R>(*pool_, "dead_nodes", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "dead_nodes", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     std::vector<std::string> out;
     for (const auto& row : tx.exec_prepared(sql::kDeadNodes.name, ToMillis(dead_after))) {
@@ -1178,7 +1078,7 @@ Result<std::vector<std::string>> PostgresStore::DeadNodeIds(std::chrono::millise
 // --- events ----------------------------------------------------------------------
 
 Status PostgresStore::Emit(const NewEvent& event) {
-  return Execute<Status>(*pool_, "emit", [&](pqxx::connection& c) -> Status {
+  return Execute<Status>(*connections_, "emit", [&](pqxx::connection& c) -> Status {
     pqxx::nontransaction tx(c);
     tx.exec_prepared(sql::kInsertEvent.name, event.kind, NullableCStr(event.task_id),
                      NullableCStr(event.worker_id), event.data_json);
@@ -1188,7 +1088,7 @@ Status PostgresStore::Emit(const NewEvent& event) {
 
 Result<std::vector<Event>> PostgresStore::EventsAfter(int64_t after_id, std::size_t limit) {
   using R = Result<std::vector<Event>>;
-  return Execute<R>(*pool_, "events_after", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "events_after", [&](pqxx::connection& c) -> R {
     pqxx::nontransaction tx(c);
     std::vector<Event> out;
     auto r = tx.exec_prepared(sql::kEventsAfter.name, after_id,
@@ -1211,7 +1111,7 @@ Result<std::vector<Event>> PostgresStore::EventsAfter(int64_t after_id, std::siz
 
 Result<ReapReport> PostgresStore::Reap(const ReapPolicy& policy) {
   using R = Result<ReapReport>;
-  return Execute<R>(*pool_, "reap", [&](pqxx::connection& c) -> R {
+  return Execute<R>(*connections_, "reap", [&](pqxx::connection& c) -> R {
     pqxx::work tx(c);
     ReapReport report;
     // Transaction-scoped: released at commit or rollback, even if we crash.

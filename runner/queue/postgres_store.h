@@ -40,6 +40,8 @@ class connection_base;
 
 namespace runner::queue {
 
+class ConnectionPool;
+
 struct StoreOptions {
   std::string conninfo;       // libpq key=value or postgresql:// URL
   int pool_size = 8;          // connections at most
@@ -125,8 +127,6 @@ class PostgresStore final : public QueueStore, public QueuePolicyStore {
 
   const StoreOptions& options() const { return options_; }
 
-  class Pool;  // the bounded connection pool (postgres_store.cpp)
-
  private:
   explicit PostgresStore(StoreOptions options);
   // Release (no deferral: at once, "released") and Defer share one statement.
@@ -134,7 +134,7 @@ class PostgresStore final : public QueueStore, public QueuePolicyStore {
                      const std::optional<Deferral>& deferral);
 
   StoreOptions options_;
-  std::unique_ptr<Pool> pool_;
+  std::unique_ptr<ConnectionPool> connections_;
 
   std::mutex counts_mu_;
   StateCounts counts_;                                 // guarded by counts_mu_
