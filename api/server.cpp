@@ -17,10 +17,10 @@
 #include <unordered_map>
 
 #include "api/auth.h"
-#include "api/http_workers.h"
 #include "api/event_hub.h"
 #include "api/http_front.h"
 #include "api/http_reply.h"
+#include "api/http_workers.h"
 #include "api/routes_queues.h"
 #include "api/routes_schedules.h"
 #include "api/task_json.h"
@@ -162,8 +162,8 @@ Status ApiServer::Listen() {
   // Workers run complete requests; SSE streams hold one for their life, so
   // the pool grows past http_threads up to max_streams + 256 more.
   workers_ = std::make_unique<HttpWorkers>(options_.http_threads,
-                                                options_.http_threads + options_.max_streams + 256,
-                                                options_.max_connections + 16);
+                                           options_.http_threads + options_.max_streams + 256,
+                                           options_.max_connections + 16);
   FrontOptions front;
   front.max_connections = options_.max_connections;
   front.max_body_bytes = options_.max_body_bytes;
