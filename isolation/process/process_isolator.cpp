@@ -450,6 +450,7 @@ struct PrebuiltRequest {
   unsigned strings_size = 0;
   unsigned argc = 0, envc = 0;
   unsigned limit_count = 0;
+  int cgroup_index = -1;
   struct {
     int resource;
     unsigned long long cur, max;
@@ -948,8 +949,15 @@ bool TaskRun::SpawnPrebuilt(Prebuilt& sb, const std::vector<std::string>& env) {
     req.limits[req.limit_count++] = {static_cast<int>(l.resource), l.value.rlim_cur,
                                      l.value.rlim_max};
   }
+  // The init joins the v1 cgroups, and clones the task into the v2 one.
   std::vector<int> joins;
-  if (cgroup_) joins = cgroup_->JoinFds(true);
+  if (cgroup_) {
+    joins = cgroup_->JoinFds(cgroup_->v2_dir_fd() < 0);
+    if (cgroup_->v2_dir_fd() >= 0) {
+      req.cgroup_index = static_cast<int>(joins.size());
+      joins.push_back(cgroup_->v2_dir_fd());
+    }
+  }
   std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<size_t>(joins.size(), 1)));
   iovec iov{&req, sizeof(req)};
   msghdr msg{};

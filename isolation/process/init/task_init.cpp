@@ -43,6 +43,7 @@
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -258,8 +259,11 @@ void FinishPrebuilt(const char* name) {
   Check(name[0] != '\0' && name[0] != '.' && strchr(name, '/') == nullptr, "the work dir's name");
   char dir[512];
   BindWork("/work", "/tmp", "/dev/shm", Join(dir, sizeof(dir), "/.w", name));
-  Check(umount2("/.w", MNT_DETACH) == 0, "detach the work root");
-  Check(rmdir("/.w") == 0, "rmdir .w");
+  // Covered, not unmounted: an unmount waits for an RCU grace period (up to
+  // a millisecond on a busy host); the namespace goes as a whole later.
+  Check(mount("none", "/.w", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k,nr_inodes=1,mode=000") == 0,
+        "cover the work root");
   Check(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0, "make / private");
   Check(mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
               nullptr) == 0,
@@ -275,6 +279,7 @@ struct Request {
   unsigned strings_size;
   unsigned argc, envc;
   unsigned limit_count;
+  int cgroup_index;  // which SCM_RIGHTS descriptor is the v2 cgroup's directory, or -1
   struct {
     int resource;
     unsigned long long cur, max;
@@ -297,6 +302,9 @@ bool ReadAll(int fd, void* buf, size_t size) {
 }
 
 void Phase(const char* name);
+
+// The task's v2 cgroup (a directory): the task is cloned into it.
+int g_cgroup_fd = -1;
 
 // Waits for the request; its exe, argv and envp point into a buffer that
 // lives as long as we do. Exits quietly on EOF (the runner let us go).
@@ -357,6 +365,10 @@ void AwaitRequest(int ctrl, const char** exe, char*** argv, char*** envp) {
   // The task's cgroups first (we are counted in them, as a cold init is),
   // then its rlimits (the task inherits them), then its work dir.
   for (size_t i = 0; i < fd_count; ++i) {
+    if (static_cast<int>(i) == req.cgroup_index) {
+      g_cgroup_fd = fds[i];
+      continue;
+    }
     Check(write(fds[i], "0", 1) == 1, "join the task cgroup");
     close(fds[i]);
   }
@@ -513,9 +525,27 @@ int main(int argc, char** argv, char** envp) {
   sigfillset(&all);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &all, nullptr);
-  pid_t task = fork();
+  pid_t task = -1;
+  bool join_v2 = false;
+  if (g_cgroup_fd >= 0) {
+    // Straight into the task's v2 cgroup: a move by cgroup.procs waits for
+    // an RCU grace period.
+    clone_args args{};
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<unsigned long long>(g_cgroup_fd);
+    task = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+    join_v2 = task < 0;
+  }
+  if (task < 0) task = fork();
   Check(task >= 0, "fork the task");
   if (task == 0) {
+    if (join_v2) {
+      int procs = openat(g_cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+      Check(procs >= 0 && write(procs, "0", 1) == 1, "join the task cgroup");
+      close(procs);
+    }
+    if (g_cgroup_fd >= 0) close(g_cgroup_fd);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     setpgid(0, 0);
     Phase("task_forked");
@@ -528,6 +558,7 @@ int main(int argc, char** argv, char** envp) {
     Record(2, 0, errno, "exec");
     _exit(errno == ENOENT ? 127 : 126);
   }
+  if (g_cgroup_fd >= 0) close(g_cgroup_fd);
   for (;;) {
     siginfo_t info{};
     int sig = sigwaitinfo(&all, &info);
