@@ -290,8 +290,12 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
     if (init > 0) {
       // The runner waits for the report pipe to close at exec: this waiting
       // copy never execs, so it must not hold its end (every sandboxed start
-      // on this path waited out kExecReportTimeout, 10 s).
-      if (p.report_fd >= 0) ::close(p.report_fd);
+      // on this path waited out kExecReportTimeout, 10 s), nor the ends of
+      // other spawns' report pipes it inherited from a thread spawning at
+      // the same moment (the pre-built pool's thread and a worker: the
+      // worker's start waited 10 s, and a cancel with it). It needs none of
+      // its descriptors but the task's stdio.
+      ::syscall(SYS_close_range, 3U, ~0U, 0U);
       // killpg reaches the init itself; this copy must outlive a SIGTERM (its
       // signals stay blocked), or its death SIGKILLs the init (PDEATHSIG) and
       // the task gets no kill grace.
@@ -1597,6 +1601,7 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
         if (!mounted) ::umount2(root, MNT_DETACH);
       } else {
         shared_work_root_ = true;
+        own_work_root_mount_ = !mounted;
       }
     }
     prebuilt_ =
@@ -1612,7 +1617,7 @@ ProcessIsolator::~ProcessIsolator() {
   // Idle pre-built sandboxes go first (their inits killed and reaped), then
   // the shared work root (no sandbox sees it any more).
   prebuilt_.reset();
-  if (shared_work_root_) {
+  if (own_work_root_mount_) {
     cleaner_->Wait();
     ::umount2(options_.work_root.c_str(), MNT_DETACH);
   }

@@ -27,6 +27,11 @@
 //     recycles) them while the worker reports the result: Run() returns once
 //     nothing of the task runs any more, not once its sandbox is cleared.
 //     WaitForCleanup() waits for that; the destructor does too.
+// With prebuilt_sandboxes > 0 (a sandbox only), a pool thread keeps that many
+// sandboxes built ahead (PrebuiltPool in the .cpp; init/task_init.cpp, flag
+// 'w'), and Run() hands its task to one of them instead of cloning a new
+// init: the cgroup, rlimits, work dir and the task's argv/env go over a unix
+// socket. One task per sandbox; a dead one is replaced; the rest as above.
 // Results: kExited (exit_code; 128+signal and a message "killed by SIGKILL" when
 // killed by a signal; 127 when the command is not found), kTimedOut, kStopped, kOomKilled (the
 // memory cgroup recorded an OOM kill), kOverLimit (the work dir filled up to limits.disk, or the
@@ -136,6 +141,7 @@ class ProcessIsolator : public Isolator {
   // The work root bound onto itself and made a shared mount, so the tmpfs
   // work dirs mounted in it reach the pre-built sandboxes (root only).
   bool shared_work_root_ = false;
+  bool own_work_root_mount_ = false;  // we made that bind mount: undone at destruction
   int devnull_ = -1;                  // stdin of every task
   std::unique_ptr<Cleaner> cleaner_;  // last: drained first
 };
