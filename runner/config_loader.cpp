@@ -242,7 +242,7 @@ const std::vector<Setting>& Settings() {
          return std::nullopt;
        }},
       {"process-prebuilt", "tasks.processPrebuilt",
-       "on (default): keep sandboxes built ahead of their task (one per worker, plus one); off: "
+       "on: keep sandboxes built ahead of their task (one per worker, plus one); off (default): "
        "build each at its start",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          if (v != "on" && v != "off") return "must be on or off";

@@ -1585,42 +1585,21 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   // task opens its own.
   devnull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (options_.prebuilt_sandboxes > 0 && sandbox_->usable() && devnull_ >= 0) {
-    if (::geteuid() == 0 && options_.use_tmpfs) {
-      // Tmpfs work dirs are mounted after the sandbox that runs the task was
-      // built: they reach it by propagation from a shared work root.
-      const char* root = options_.work_root.c_str();
-      struct statx stx {};
-      bool mounted = ::statx(AT_FDCWD, root, 0, STATX_BASIC_STATS, &stx) == 0 &&
-                     (stx.stx_attributes & STATX_ATTR_MOUNT_ROOT) != 0;
-      if (!mounted && ::mount(root, root, nullptr, MS_BIND, nullptr) != 0) {
-        spdlog::warn("process isolation: cannot bind the work root {}: {}", root,
-                     std::strerror(errno));
-      } else if (::mount(nullptr, root, nullptr, MS_SHARED, nullptr) != 0) {
-        spdlog::warn("process isolation: cannot make the work root {} shared: {}", root,
-                     std::strerror(errno));
-        if (!mounted) ::umount2(root, MNT_DETACH);
-      } else {
-        shared_work_root_ = true;
-        own_work_root_mount_ = !mounted;
-      }
-    }
+    // A tmpfs work dir (root, a disk limit) is mounted after the sandbox that
+    // would run it was built, and would reach it only if the work root were a
+    // shared mount: making it one is a host mount that outlives a crashed
+    // runner. Such tasks start cold (shared_work_root_ stays false).
     prebuilt_ =
         std::make_unique<PrebuiltPool>(options_, *sandbox_, devnull_, options_.prebuilt_sandboxes);
-    spdlog::info("process isolation: {} pre-built sandboxes{}", options_.prebuilt_sandboxes,
-                 shared_work_root_ || ::geteuid() != 0 || !options_.use_tmpfs
-                     ? ""
-                     : " (tasks with a disk limit start cold)");
+    spdlog::info(
+        "process isolation: {} pre-built sandboxes{}", options_.prebuilt_sandboxes,
+        ::geteuid() != 0 || !options_.use_tmpfs ? "" : " (tasks with a disk limit start cold)");
   }
 }
 
 ProcessIsolator::~ProcessIsolator() {
-  // Idle pre-built sandboxes go first (their inits killed and reaped), then
-  // the shared work root (no sandbox sees it any more).
+  // Idle pre-built sandboxes go first (their inits killed and reaped).
   prebuilt_.reset();
-  if (own_work_root_mount_) {
-    cleaner_->Wait();
-    ::umount2(options_.work_root.c_str(), MNT_DETACH);
-  }
   if (devnull_ >= 0) ::close(devnull_);
 }
 

@@ -138,10 +138,9 @@ class ProcessIsolator : public Isolator {
   std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
   std::unique_ptr<Sandbox> sandbox_;
   std::unique_ptr<PrebuiltPool> prebuilt_;  // null: prebuilt_sandboxes is 0 or no sandbox
-  // The work root bound onto itself and made a shared mount, so the tmpfs
-  // work dirs mounted in it reach the pre-built sandboxes (root only).
+  // A tmpfs work dir reaches the pre-built sandboxes: never for now (see the
+  // constructor); such tasks start cold.
   bool shared_work_root_ = false;
-  bool own_work_root_mount_ = false;  // we made that bind mount: undone at destruction
   int devnull_ = -1;                  // stdin of every task
   std::unique_ptr<Cleaner> cleaner_;  // last: drained first
 };

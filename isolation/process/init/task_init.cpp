@@ -27,8 +27,9 @@
 // Pre-built ('w'): argv is runner-task-init FLAGS UID GID BPF_FD STATUS_FD
 // CTRL_FD WORK_ROOT. The init is started before any task is known: it builds
 // the root as above, but instead of the task's work dir it binds the runner's
-// whole work root at /.w (a slave of the host's shared work root mount, so a
-// tmpfs work dir the runner mounts later shows up in it), and waits on
+// whole work root at /.w (recursively, and a slave where the host's mount is
+// shared, so a mount under it reaches us; the runner sends tasks with a tmpfs
+// work dir to cold inits all the same), and waits on
 // CTRL_FD (a unix socket) for one request (struct Request, then the exe, argv
 // and envp as NUL-terminated strings; the task cgroup's cgroup.procs
 // descriptors ride along as SCM_RIGHTS). Then it joins the cgroups, sets the

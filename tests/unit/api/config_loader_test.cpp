@@ -105,10 +105,10 @@ TEST_CASE("process tasks are sandboxed as nobody unless the operator says otherw
   auto env = LoadConfig(With({}, {{"RUNNER_PROCESS_SANDBOX", "off"}}));
   REQUIRE(env.ok());
   CHECK_FALSE(env->process_sandbox);
-  CHECK(d->process_prebuilt);  // sandboxes built ahead, unless turned off
-  auto pre = LoadConfig(With({}, {{"RUNNER_PROCESS_PREBUILT", "off"}}));
+  CHECK_FALSE(d->process_prebuilt);  // sandboxes built at each start, unless turned on
+  auto pre = LoadConfig(With({}, {{"RUNNER_PROCESS_PREBUILT", "on"}}));
   REQUIRE(pre.ok());
-  CHECK_FALSE(pre->process_prebuilt);
+  CHECK(pre->process_prebuilt);
   REQUIRE_FALSE(LoadConfig(With({{"process-prebuilt", "2"}}, {})).ok());
   auto bad = LoadConfig(With({{"process-sandbox", "maybe"}}, {}));
   REQUIRE_FALSE(bad.ok());
