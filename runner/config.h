@@ -57,6 +57,9 @@ struct Config {
   isolation::OverLimitPolicy over_limit;
   bool allow_network = false;   // operator may allow a network (Docker: bridge; process: host)
   bool process_sandbox = true;  // process tasks in namespaces + seccomp as process_uid:gid
+  // Keep sandboxes built ahead of their task (one per worker, plus one).
+  // Off by default until it has run in CI for a while.
+  bool process_prebuilt = false;
   uint32_t process_uid = 65534;
   uint32_t process_gid = 65534;
   int64_t log_cap = 1 << 20;    // bytes stored per task

@@ -241,6 +241,14 @@ const std::vector<Setting>& Settings() {
          c.process_sandbox = v == "on";
          return std::nullopt;
        }},
+      {"process-prebuilt", "tasks.processPrebuilt",
+       "on: keep sandboxes built ahead of their task (one per worker, plus one); off (default): "
+       "build each at its start",
+       [](Config& c, const std::string& v) -> std::optional<std::string> {
+         if (v != "on" && v != "off") return "must be on or off";
+         c.process_prebuilt = v == "on";
+         return std::nullopt;
+       }},
       {"process-user", "tasks.processUser", "UID:GID process tasks run as (default 65534:65534)",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          const std::string kHow = "must be UID:GID with numbers other than 0, like 65534:65534";

@@ -118,13 +118,14 @@ std::string Json(const std::vector<double>& v) {
 // Where a sandboxed start's time goes: serial tasks with the init's phase
 // timestamps, medians of each step in microseconds.
 std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOptions options,
-                           int tasks) {
-  options.work_root = root / "work-trace";
+                           int tasks, bool prebuilt) {
+  options.work_root = root / (prebuilt ? "work-trace-pre" : "work-trace");
   options.sandbox.trace_phases = true;
+  options.prebuilt_sandboxes = prebuilt ? 2 : 0;
   ProcessIsolator traced(options);
-  const std::vector<std::string> phases = {"init_started", "root_built",         "network_ready",
-                                           "task_forked",  "privileges_dropped", "seccomp_loaded"};
-  const std::vector<std::string> steps = {
+  std::vector<std::string> phases = {"init_started", "root_built",         "network_ready",
+                                     "task_forked",  "privileges_dropped", "seccomp_loaded"};
+  std::vector<std::string> steps = {
       "runner: work dir, cgroup, clone3 with namespaces, exec of the init",
       "init: mounts and pivot_root (the new root)",
       "init: hostname (and loopback when no pre-made netns)",
@@ -132,6 +133,17 @@ std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOpt
       "task: drop uid/gid, capabilities, no_new_privs",
       "task: load the seccomp filter",
       "task: exec /bin/true, exit, namespace teardown, reap, report"};
+  if (prebuilt) {
+    // Built ahead: the start begins at the request.
+    phases = {"request_received", "request_done", "task_forked", "privileges_dropped",
+              "seccomp_loaded"};
+    steps = {"runner: work dir, cgroup, take a pre-built sandbox, send the request",
+             "init: join cgroups, rlimits, bind the work dir, finish the root",
+             "init: fork of the task",
+             "task: drop uid/gid, capabilities, no_new_privs",
+             "task: load the seccomp filter",
+             "task: exec /bin/true, exit, namespace teardown, reap, report"};
+  }
   std::vector<std::vector<double>> us(steps.size());
   for (int i = 0; i < tasks; ++i) {
     TaskSpec spec;
@@ -139,6 +151,12 @@ std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOpt
     spec.worker_id = "bench";
     spec.command = {"/bin/true"};
     StderrObserver obs;
+    if (prebuilt) {
+      // Serial starts measure a ready sandbox's path, not the wait for one.
+      for (int w = 0; w < 500 && traced.PrebuiltReady() < 2; ++w) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
     double t0 = NowNs();
     RunResult r = traced.Run(spec, obs, {});
     double t_end = NowNs();
@@ -152,9 +170,11 @@ std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOpt
     at.push_back(t_end);
     for (size_t s = 0; s < steps.size(); ++s) us[s].push_back((at[s + 1] - at[s]) / 1000);
   }
-  std::string json = "  \"sandboxed_start_breakdown_us\": {\n";
+  std::string json = prebuilt ? "  \"prebuilt_start_breakdown_us\": {\n"
+                              : "  \"sandboxed_start_breakdown_us\": {\n";
   double total = 0;
-  std::printf("where a sandboxed no-op task's time goes (median of %d serial tasks):\n", tasks);
+  std::printf("where a %s no-op task's time goes (median of %d serial tasks):\n",
+              prebuilt ? "pre-built sandbox's" : "sandboxed", tasks);
   for (size_t s = 0; s < steps.size(); ++s) {
     double m = Median(us[s]);
     total += m;
@@ -247,11 +267,20 @@ int main(int argc, char** argv) {
   for (int threads : {1, 4}) {
     std::vector<double> bare, isolator, off, limited, ratio, ratio_off, ratio_limited, on_vs_off;
     std::vector<double> cpu_bare, cpu_iso, cpu_off, cpu_lim;
+    std::vector<double> pre, pre_limited, cpu_pre, cpu_pre_lim, pre_vs_off, pre_lim_vs_off;
+    // Pre-built sandboxes, as a node of `threads` workers keeps them (one
+    // per worker and one more).
+    ProcessIsolatorOptions pre_options = options;
+    pre_options.work_root = root / ("work-pre-" + std::to_string(threads));
+    pre_options.prebuilt_sandboxes = static_cast<size_t>(threads) + 1;
+    ProcessIsolator iso_pre(pre_options);
     auto run = [&](bool limited_run) { return run_on(iso, limited_run); };
     Rate(20, threads, [](int) { BareTrue(); });  // warm-up
     Rate(20, threads, run(false));
     Rate(20, threads, run_on(iso_off, false));
     Rate(20, threads, run(true));
+    Rate(20, threads, run_on(iso_pre, false));
+    Rate(20, threads, run_on(iso_pre, true));
     auto measure = [&](const std::function<void(int)>& one, std::vector<double>& rates,
                        std::vector<double>& cpu) {
       double c0 = CpuSeconds();
@@ -263,6 +292,10 @@ int main(int argc, char** argv) {
       measure(run_on(iso_off, false), off, cpu_off);
       measure(run(false), isolator, cpu_iso);
       measure(run(true), limited, cpu_lim);
+      measure(run_on(iso_pre, false), pre, cpu_pre);
+      measure(run_on(iso_pre, true), pre_limited, cpu_pre_lim);
+      pre_vs_off.push_back(pre.back() / off.back());
+      pre_lim_vs_off.push_back(pre_limited.back() / off.back());
       ratio.push_back(isolator.back() / bare.back());
       ratio_off.push_back(off.back() / bare.back());
       ratio_limited.push_back(limited.back() / bare.back());
@@ -276,6 +309,11 @@ int main(int argc, char** argv) {
         "all limits %.0f tasks/s (%.2f cpu ms)\n",
         threads, b, Median(cpu_bare), o, Median(cpu_off), s, Median(cpu_iso), 100 * qo, l,
         Median(cpu_lim));
+    std::printf(
+        "%d thread(s): pre-built sandboxes %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of "
+        "pairs); pre-built with all limits %.0f tasks/s (%.2f cpu ms), %.0f%% of off\n",
+        threads, Median(pre), Median(cpu_pre), 100 * Median(pre_vs_off), Median(pre_limited),
+        Median(cpu_pre_lim), 100 * Median(pre_lim_vs_off));
     char buf[1024];
     std::snprintf(buf, sizeof(buf),
                   "  \"%s\": {\n    \"bare_tasks_per_s\": %.1f,\n"
@@ -292,12 +330,27 @@ int main(int argc, char** argv) {
                   threads == 1 ? "serial" : "parallel_4", b, o, qo, Median(ratio_off),
                   Median(cpu_off), s, q, l, ql, Median(cpu_bare), Median(cpu_iso), Median(cpu_lim));
     json += buf;
+    std::snprintf(buf, sizeof(buf),
+                  "    \"prebuilt_sandboxes\": %d,\n"
+                  "    \"prebuilt_tasks_per_s\": %.1f,\n"
+                  "    \"prebuilt_vs_sandbox_off\": %.3f,\n"
+                  "    \"prebuilt_cpu_ms_per_task\": %.3f,\n"
+                  "    \"prebuilt_all_limits_tasks_per_s\": %.1f,\n"
+                  "    \"prebuilt_all_limits_vs_sandbox_off\": %.3f,\n"
+                  "    \"prebuilt_all_limits_cpu_ms_per_task\": %.3f,\n",
+                  threads + 1, Median(pre), Median(pre_vs_off), Median(cpu_pre),
+                  Median(pre_limited), Median(pre_lim_vs_off), Median(cpu_pre_lim));
+    json += buf;
+    json += "    \"blocks_prebuilt\": " + Json(pre) + ",\n";
+    json += "    \"blocks_prebuilt_all_limits\": " + Json(pre_limited) + ",\n";
     json += "    \"blocks_bare\": " + Json(bare) + ",\n";
     json += "    \"blocks_sandbox_off\": " + Json(off) + ",\n";
     json += "    \"blocks_isolator\": " + Json(isolator) + ",\n";
     json += "    \"blocks_isolator_all_limits\": " + Json(limited) + "\n  },\n";
+    iso_pre.WaitForCleanup();
   }
-  json += StartBreakdown(root, options, tasks * 2);
+  json += StartBreakdown(root, options, tasks * 2, false);
+  json += StartBreakdown(root, options, tasks * 2, true);
   std::time_t now = std::time(nullptr);
   char when[64];
   std::strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));

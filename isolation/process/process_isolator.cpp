@@ -8,8 +8,10 @@
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -19,7 +21,9 @@
 #include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -123,6 +127,7 @@ constexpr std::chrono::milliseconds kDrainAfterExit{2000};
 constexpr std::chrono::milliseconds kExecReportTimeout{10000};
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr double kRearmFraction = 0.8;
+constexpr std::chrono::milliseconds kPrebuiltWait{5};
 
 // Owns one file descriptor.
 class UniqueFd {
@@ -195,7 +200,7 @@ struct ChildPlan {
   int netns_fd = -1;
   const char* uid_map = nullptr;
   const char* gid_map = nullptr;
-  int keep_fds[2] = {-1, -1};
+  int keep_fds[3] = {-1, -1, -1};
   // After a plain fork: create these namespaces here, and (CLONE_NEWPID) run
   // the init as our child, which is pid 1 of the new namespace.
   int unshare_flags = 0;
@@ -266,7 +271,9 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
     ::execve(p.path, p.argv, p.envp);
     ReportAndExit(p, kExec);
   }
-  for (int fd : p.keep_fds) ::fcntl(fd, F_SETFD, 0);
+  for (int fd : p.keep_fds) {
+    if (fd >= 0) ::fcntl(fd, F_SETFD, 0);
+  }
   // The sandbox's init starts with every signal blocked and unblocks them
   // once it forwards them: a stop's SIGTERM sent before then stays pending.
   // Unblocked, pid 1 of a new namespace drops it (no handler yet), and the
@@ -283,8 +290,12 @@ RUNNER_CHILD_CODE bool WriteAll(const char* path, const char* text) {
     if (init > 0) {
       // The runner waits for the report pipe to close at exec: this waiting
       // copy never execs, so it must not hold its end (every sandboxed start
-      // on this path waited out kExecReportTimeout, 10 s).
-      if (p.report_fd >= 0) ::close(p.report_fd);
+      // on this path waited out kExecReportTimeout, 10 s), nor the ends of
+      // other spawns' report pipes it inherited from a thread spawning at
+      // the same moment (the pre-built pool's thread and a worker: the
+      // worker's start waited 10 s, and a cancel with it). It needs none of
+      // its descriptors but the task's stdio.
+      ::syscall(SYS_close_range, 3U, ~0U, 0U);
       // killpg reaches the init itself; this copy must outlive a SIGTERM (its
       // signals stay blocked), or its death SIGKILLs the init (PDEATHSIG) and
       // the task gets no kill grace.
@@ -430,7 +441,294 @@ std::pair<double, int64_t> ProcUsage(pid_t pid) {
   }
 }
 
+// A pre-built sandbox (see PrebuiltPool): the init waits on `ctrl`.
+struct Prebuilt {
+  pid_t pid = -1;  // the init (a fork's waiting copy in TSan builds)
+  UniqueFd pidfd, ctrl, status_read, out, err, mount_ns;
+};
+
+// The request a pre-built init waits for (layout of init/task_init.cpp's
+// Request), followed by the strings.
+struct PrebuiltRequest {
+  unsigned magic = 0x72756e31;
+  unsigned strings_size = 0;
+  unsigned argc = 0, envc = 0;
+  unsigned limit_count = 0;
+  int cgroup_index = -1;
+  struct {
+    int resource;
+    unsigned long long cur, max;
+  } limits[8]{};
+  char name[256]{};
+};
+
+// Kills a pre-built init that no task will use, and reaps it.
+void Discard(Prebuilt& p) {
+  if (p.pid <= 0) return;
+  p.ctrl.Reset();  // EOF: an idle init leaves by itself
+  ::kill(p.pid, SIGKILL);
+  while (::waitpid(p.pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  p.pid = -1;
+}
+
 }  // namespace
+
+// Sandboxes built ahead of their task (namespaces, root, network; the init
+// waiting for its request), kept ready by a thread of their own so that a
+// task's start pays only its per-task parts. Single use: each is handed to
+// one task and never back. The thread that builds them must outlive them
+// (PR_SET_PDEATHSIG is per thread): the pool's own.
+class ProcessIsolator::PrebuiltPool {
+ public:
+  PrebuiltPool(const ProcessIsolatorOptions& options, Sandbox& sandbox, int devnull, size_t size)
+      : options_(options), sandbox_(sandbox), devnull_(devnull), size_(size) {
+    thread_ = std::jthread([this](std::stop_token stop) { Loop(stop); });
+  }
+  ~PrebuiltPool() {
+    thread_.request_stop();
+    cv_.notify_all();
+    thread_.join();
+    std::lock_guard lock(mu_);
+    for (Prebuilt& p : ready_) Discard(p);
+    ready_.clear();
+  }
+
+  // A live pre-built sandbox, or nullopt (none ready: the caller builds one
+  // cold). When none is ready but one is being built, waits up to
+  // kPrebuiltWait for it: its build is already under way on another core,
+  // and a cold start would do all of it again. Dead ones met on the way are
+  // reaped and replaced.
+  std::optional<Prebuilt> Take() {
+    for (;;) {
+      std::optional<Prebuilt> p;
+      {
+        std::unique_lock lock(mu_);
+        if (ready_.empty() && building_) {
+          cv_.wait_for(lock, kPrebuiltWait, [&] { return !ready_.empty() || !building_; });
+        }
+        if (ready_.empty()) {
+          ++misses_;
+          cv_.notify_all();
+          return std::nullopt;
+        }
+        p = std::move(ready_.front());
+        ready_.pop_front();
+      }
+      cv_.notify_all();
+      pollfd pfd{p->pidfd.get(), POLLIN, 0};
+      if (p->pidfd.get() >= 0 && ::poll(&pfd, 1, 0) == 0) return p;
+      Discard(*p);
+      std::string why = ReadSandboxReport(p->status_read.get()).setup_error;
+      spdlog::warn("process isolation: a pre-built sandbox died before its task ({}); replaced",
+                   why.empty() ? "killed" : why);
+      std::lock_guard lock(mu_);
+      ++replaced_;
+    }
+  }
+
+  size_t ready() {
+    std::lock_guard lock(mu_);
+    return ready_.size();
+  }
+  // Keeps `size` ready from now on; idle ones beyond it are let go.
+  void Resize(size_t size) {
+    std::deque<Prebuilt> extra;
+    {
+      std::lock_guard lock(mu_);
+      size_ = size;
+      while (ready_.size() > size_) {
+        extra.push_back(std::move(ready_.back()));
+        ready_.pop_back();
+      }
+    }
+    cv_.notify_all();
+    for (Prebuilt& p : extra) Discard(p);
+  }
+  std::vector<pid_t> pids() {
+    std::lock_guard lock(mu_);
+    std::vector<pid_t> out;
+    for (const Prebuilt& p : ready_) out.push_back(p.pid);
+    return out;
+  }
+  uint64_t replaced() {
+    std::lock_guard lock(mu_);
+    return replaced_;
+  }
+
+ private:
+  void Loop(std::stop_token stop) {
+    int failures = 0;
+    while (!stop.stop_requested()) {
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, stop, [&] { return ready_.size() < size_; });
+        if (stop.stop_requested()) break;
+        building_ = true;
+      }
+      auto built = Build();
+      {
+        std::lock_guard lock(mu_);
+        building_ = false;
+        if (built.ok()) ready_.push_back(std::move(built).value());
+      }
+      cv_.notify_all();
+      if (!built.ok()) {
+        // Cold starts still work (and report the cause to their task).
+        if (++failures == 1 || failures % 100 == 0) {
+          spdlog::warn("process isolation: cannot pre-build a sandbox: {}", built.error().message);
+        }
+        std::unique_lock lock(mu_);
+        cv_.wait_for(lock, stop, std::chrono::milliseconds(200), [] { return false; });
+        continue;
+      }
+      failures = 0;
+    }
+  }
+
+  Result<Prebuilt> Build();
+
+  const ProcessIsolatorOptions& options_;
+  Sandbox& sandbox_;
+  const int devnull_;
+  std::mutex mu_;
+  size_t size_;  // guarded by mu_
+  std::condition_variable_any cv_;
+  std::deque<Prebuilt> ready_;  // guarded by mu_
+  uint64_t replaced_ = 0;       // guarded by mu_
+  uint64_t misses_ = 0;         // guarded by mu_
+  bool building_ = false;       // guarded by mu_
+  std::jthread thread_;         // last: started once the rest is set
+};
+
+Result<Prebuilt> ProcessIsolator::PrebuiltPool::Build() {
+  Prebuilt p;
+  auto status = Pipe();
+  if (!status.ok()) return status.error();
+  auto out = Pipe();
+  if (!out.ok()) return out.error();
+  auto err = Pipe();
+  if (!err.ok()) return err.error();
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    return MakeError("internal", std::string("socketpair: ") + std::strerror(errno));
+  }
+  p.ctrl = UniqueFd(sv[0]);
+  UniqueFd ctrl_child(sv[1]);
+  int ns_flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
+  const SandboxOptions& so = sandbox_.options();
+  UniqueFd netns;
+  bool lo_up = false;
+  if (!so.allow_network) {
+    netns = UniqueFd(sandbox_.TakeNetns());
+    if (netns.get() < 0) {
+      ns_flags |= CLONE_NEWNET;
+      lo_up = true;
+    }
+  }
+  std::string uid_map, gid_map;
+  if (sandbox_.user_namespace()) {
+    ns_flags |= CLONE_NEWUSER;
+    uid_map = "0 " + std::to_string(::geteuid()) + " 1\n";
+    gid_map = "0 " + std::to_string(::getegid()) + " 1\n";
+  }
+  std::string work_root = options_.work_root.string();
+  std::vector<std::string> argv_storage = PrebuiltInitArgs(
+      sandbox_, lo_up, sandbox_.filter_fd(), status->second.get(), ctrl_child.get(), work_root);
+  std::vector<char*> argv = CStrings(argv_storage);
+  std::vector<std::string> no_env;
+  std::vector<char*> envp = CStrings(no_env);
+
+  ChildPlan plan;
+  plan.argv = argv.data();
+  plan.envp = envp.data();
+  plan.cwd = work_root.c_str();
+  plan.parent = 0;
+  plan.exec_fd = sandbox_.init_fd();
+  plan.netns_fd = netns.get();
+  plan.uid_map = uid_map.empty() ? nullptr : uid_map.c_str();
+  plan.gid_map = gid_map.empty() ? nullptr : gid_map.c_str();
+  plan.keep_fds[0] = sandbox_.filter_fd();
+  plan.keep_fds[1] = status->second.get();
+  plan.keep_fds[2] = ctrl_child.get();
+  plan.stdin_fd = devnull_;
+  plan.stdout_fd = out->second.get();
+  plan.stderr_fd = err->second.get();
+  ChildReport shared_report;
+  plan.report = &shared_report;
+
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd = -1;
+  pid_t pid = -1;
+#ifdef RUNNER_SHARED_SPAWN
+  if (options_.shared_memory_spawn) {
+    clone_args args{};
+    args.flags = CLONE_PIDFD | static_cast<uint64_t>(ns_flags);
+    args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    args.exit_signal = SIGCHLD;
+    pid = static_cast<pid_t>(CloneSharingMemory(args, plan));
+    if (pid < 0) pidfd = -1;
+  }
+#endif
+  int spawn_errno = 0;
+  UniqueFd report_read;
+  if (pid < 0) {
+    auto report = Pipe();
+    if (!report.ok()) {
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      return report.error();
+    }
+    report_read = std::move(report->first);
+    plan.report = nullptr;
+    plan.report_fd = report->second.get();
+    if (!kTsan) {
+      // As TaskRun::Spawn: raw clone3, only raw system calls until exec.
+      clone_args args{};
+      args.flags = CLONE_PIDFD | static_cast<uint64_t>(ns_flags);
+      args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+      args.exit_signal = SIGCHLD;
+      long r = ::syscall(SYS_clone3, &args, sizeof(args));
+      if (r == 0) ChildMain(plan);
+      pid = static_cast<pid_t>(r);
+      if (r < 0) pidfd = -1;
+    }
+    if (pid < 0) {
+      plan.unshare_flags = ns_flags;  // the fork makes its child pid 1 of the new namespace
+      pid = ::fork();
+      if (pid == 0) ChildMain(plan);
+    }
+    spawn_errno = errno;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) return MakeError("internal", std::string("fork: ") + std::strerror(spawn_errno));
+  p.pid = pid;
+  ChildStage stage = shared_report.stage;
+  int stage_errno = shared_report.err;
+  if (report_read.get() >= 0) {
+    pollfd pfd{report_read.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, static_cast<int>(kExecReportTimeout.count())) > 0) {
+      unsigned char msg[1 + sizeof(int)];
+      if (::read(report_read.get(), msg, sizeof(msg)) == static_cast<ssize_t>(sizeof(msg))) {
+        stage = static_cast<ChildStage>(msg[0]);
+        std::memcpy(&stage_errno, msg + 1, sizeof(int));
+      }
+    }
+  }
+  if (stage != 0) {
+    Discard(p);
+    return MakeError("internal",
+                     std::string("cannot start a pre-built init: ") + std::strerror(stage_errno));
+  }
+  p.pidfd = UniqueFd(pidfd >= 0 ? pidfd : static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  p.mount_ns =
+      UniqueFd(::open(("/proc/" + std::to_string(pid) + "/ns/mnt").c_str(), O_RDONLY | O_CLOEXEC));
+  p.status_read = std::move(status->first);
+  p.out = std::move(out->first);
+  p.err = std::move(err->first);
+  return p;
+}
 
 // What a finished task leaves: its cgroup (killing anything left, then
 // returning a limit-free one to the spares) and its work dir, cleaned up in
@@ -463,7 +761,8 @@ class TaskRun {
  public:
   TaskRun(const ProcessIsolatorOptions& options, const CgroupHost& cgroups, CgroupSpares& spares,
           ProcessIsolator::Cleaner& cleaner, WorkRoot& work_root, int devnull, Sandbox* sandbox,
-          const TaskSpec& spec, Observer& observer, std::stop_token stop)
+          ProcessIsolator::PrebuiltPool* prebuilt, bool prebuilt_tmpfs, const TaskSpec& spec,
+          Observer& observer, std::stop_token stop)
       : options_(options),
         host_(cgroups),
         spares_(spares),
@@ -471,6 +770,8 @@ class TaskRun {
         work_root_(work_root),
         devnull_(devnull),
         sandbox_(sandbox),
+        prebuilt_(prebuilt),
+        prebuilt_tmpfs_(prebuilt_tmpfs),
         spec_(spec),
         observer_(observer),
         stop_(stop) {}
@@ -490,6 +791,11 @@ class TaskRun {
 
   Status Prepare();
   Status Spawn();
+  // Hands the task to a pre-built sandbox; false (the sandbox discarded) when
+  // it cannot take it: the caller starts the task cold.
+  bool SpawnPrebuilt(Prebuilt& sandbox, const std::vector<std::string>& env);
+  // The task's rlimits (set in the child before exec, or by a pre-built init).
+  std::vector<ChildPlan::Limit> RLimits() const;
   void Loop();
   void Terminate(Ending why, std::string message);
   void KillEverything();
@@ -508,6 +814,8 @@ class TaskRun {
   WorkRoot& work_root_;
   const int devnull_;       // the tasks' stdin, or -1: open one
   Sandbox* const sandbox_;  // null: the task runs bare (--process-sandbox off)
+  ProcessIsolator::PrebuiltPool* const prebuilt_;  // null: every start is cold
+  const bool prebuilt_tmpfs_;  // a tmpfs work dir reaches pre-built sandboxes (shared work root)
   const TaskSpec& spec_;
   Observer& observer_;
   std::stop_token stop_;
@@ -518,6 +826,7 @@ class TaskRun {
   std::unique_ptr<TaskCgroup> cgroup_;
   std::string name_;
   std::string exe_;
+  bool tmpfs_ = false;  // the work dir is a tmpfs mount
 
   pid_t pid_ = -1;
   bool reaped_ = false;
@@ -550,6 +859,7 @@ Status TaskRun::Prepare() {
 
   std::string base = SafeName(spec_);
   bool tmpfs = options_.use_tmpfs && ::geteuid() == 0 && spec_.limits.disk > 0;
+  tmpfs_ = tmpfs;
   for (int n = 1;; ++n) {
     name_ = n == 1 ? base : base + "." + std::to_string(n);
     auto dir = work_root_.Acquire(name_, spec_.limits.disk, tmpfs);
@@ -597,6 +907,111 @@ Status TaskRun::Prepare() {
   return {};
 }
 
+std::vector<ChildPlan::Limit> TaskRun::RLimits() const {
+  std::vector<ChildPlan::Limit> out;
+  auto add_limit = [&](__rlimit_resource_t resource, rlim_t value) {
+    out.push_back({resource, rlimit{value, value}});
+  };
+  add_limit(RLIMIT_CORE, 0);
+  rlimit nofile{};
+  ::getrlimit(RLIMIT_NOFILE, &nofile);
+  add_limit(RLIMIT_NOFILE, std::min<rlim_t>(options_.open_files, nofile.rlim_max));
+  const Limits& lim = spec_.limits;
+  if (lim.disk > 0) add_limit(RLIMIT_FSIZE, static_cast<rlim_t>(lim.disk));
+  if (lim.memory > 0 && !(cgroup_ && cgroup_->limits_memory())) {
+    add_limit(RLIMIT_AS, static_cast<rlim_t>(std::max<int64_t>(lim.memory * 4, 64 << 20)));
+  }
+  if (lim.pids > 0 && !(cgroup_ && cgroup_->limits_pids()) && ::geteuid() != 0) {
+    // Per user, not per task, and ignored for root: only a coarse floor.
+    add_limit(RLIMIT_NPROC, static_cast<rlim_t>(lim.pids));
+  }
+  if (spec_.timeout.count() > 0) {
+    double cores = lim.cpus > 0 ? std::ceil(lim.cpus) : static_cast<double>(HostCores());
+    double secs = std::chrono::duration<double>(spec_.timeout).count() * std::max(cores, 1.0);
+    add_limit(RLIMIT_CPU, static_cast<rlim_t>(std::ceil(secs)) + 5);
+  }
+  return out;
+}
+
+bool TaskRun::SpawnPrebuilt(Prebuilt& sb, const std::vector<std::string>& env) {
+  PrebuiltRequest req;
+  const fs::path& dir = work_dir_->path();
+  std::string name = dir.filename().string();
+  if (dir.parent_path() != options_.work_root || name.size() >= sizeof(req.name)) {
+    Discard(sb);
+    return false;
+  }
+  std::memcpy(req.name, name.c_str(), name.size() + 1);
+  std::string strings = SandboxExePath(exe_, dir);
+  strings.push_back('\0');
+  for (const std::string& a : spec_.command) strings.append(a).push_back('\0');
+  for (const std::string& e : env) strings.append(e).push_back('\0');
+  req.strings_size = static_cast<unsigned>(strings.size());
+  req.argc = static_cast<unsigned>(spec_.command.size());
+  req.envc = static_cast<unsigned>(env.size());
+  for (const ChildPlan::Limit& l : RLimits()) {
+    req.limits[req.limit_count++] = {static_cast<int>(l.resource), l.value.rlim_cur,
+                                     l.value.rlim_max};
+  }
+  // The init joins the v1 cgroups, and clones the task into the v2 one.
+  std::vector<int> joins;
+  if (cgroup_) {
+    joins = cgroup_->JoinFds(cgroup_->v2_dir_fd() < 0);
+    if (cgroup_->v2_dir_fd() >= 0) {
+      req.cgroup_index = static_cast<int>(joins.size());
+      joins.push_back(cgroup_->v2_dir_fd());
+    }
+  }
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * std::max<size_t>(joins.size(), 1)));
+  iovec iov{&req, sizeof(req)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!joins.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * joins.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * joins.size());
+    std::memcpy(CMSG_DATA(c), joins.data(), sizeof(int) * joins.size());
+  }
+  wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (wake_.get() < 0) {
+    Discard(sb);
+    return false;
+  }
+  start_ = Clock::now();
+  ssize_t sent;
+  do {
+    sent = ::sendmsg(sb.ctrl.get(), &msg, MSG_NOSIGNAL);
+  } while (sent < 0 && errno == EINTR);
+  bool ok = sent == static_cast<ssize_t>(sizeof(req));
+  for (size_t off = 0; ok && off < strings.size();) {
+    ssize_t n = ::send(sb.ctrl.get(), strings.data() + off, strings.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) ok = false;
+    if (n > 0) off += static_cast<size_t>(n);
+  }
+  if (!ok) {
+    // It died after Take() looked: the cgroups never saw it.
+    spdlog::warn("process isolation: a pre-built sandbox (pid {}) did not take its task: {}",
+                 sb.pid, std::strerror(errno));
+    Discard(sb);
+    return false;
+  }
+  sb.ctrl.Reset();
+  pid_ = sb.pid;
+  sb.pid = -1;
+  pidfd_ = std::move(sb.pidfd);
+  out_ = std::move(sb.out);
+  err_ = std::move(sb.err);
+  status_read_ = std::move(sb.status_read);
+  mount_ns_ = std::move(sb.mount_ns);
+  if (cgroup_) cgroup_->DoneJoining();
+  return true;
+}
+
 Status TaskRun::Spawn() {
   // argv and envp, built before fork.
   std::vector<std::string> argv_storage = spec_.command;
@@ -608,6 +1023,11 @@ Status TaskRun::Spawn() {
   for (const auto& [k, v] : spec_.env) env[k] = v;
   std::vector<std::string> env_storage;
   for (const auto& [k, v] : env) env_storage.push_back(k + "=" + v);
+  if (sandbox_ != nullptr && prebuilt_ != nullptr && (!tmpfs_ || prebuilt_tmpfs_)) {
+    if (std::optional<Prebuilt> sb = prebuilt_->Take()) {
+      if (SpawnPrebuilt(*sb, env_storage)) return {};
+    }
+  }
   UniqueFd status_write;
   int netns_fd = -1;
   UniqueFd netns;
@@ -687,27 +1107,7 @@ Status TaskRun::Spawn() {
     plan.join_count = joins_all.size();
   }
 
-  auto add_limit = [&](__rlimit_resource_t resource, rlim_t value) {
-    plan.limits[plan.limit_count++] = {resource, rlimit{value, value}};
-  };
-  add_limit(RLIMIT_CORE, 0);
-  rlimit nofile{};
-  ::getrlimit(RLIMIT_NOFILE, &nofile);
-  add_limit(RLIMIT_NOFILE, std::min<rlim_t>(options_.open_files, nofile.rlim_max));
-  const Limits& lim = spec_.limits;
-  if (lim.disk > 0) add_limit(RLIMIT_FSIZE, static_cast<rlim_t>(lim.disk));
-  if (lim.memory > 0 && !(cgroup_ && cgroup_->limits_memory())) {
-    add_limit(RLIMIT_AS, static_cast<rlim_t>(std::max<int64_t>(lim.memory * 4, 64 << 20)));
-  }
-  if (lim.pids > 0 && !(cgroup_ && cgroup_->limits_pids()) && ::geteuid() != 0) {
-    // Per user, not per task, and ignored for root: only a coarse floor.
-    add_limit(RLIMIT_NPROC, static_cast<rlim_t>(lim.pids));
-  }
-  if (spec_.timeout.count() > 0) {
-    double cores = lim.cpus > 0 ? std::ceil(lim.cpus) : static_cast<double>(HostCores());
-    double secs = std::chrono::duration<double>(spec_.timeout).count() * std::max(cores, 1.0);
-    add_limit(RLIMIT_CPU, static_cast<rlim_t>(std::ceil(secs)) + 5);
-  }
+  for (const ChildPlan::Limit& l : RLimits()) plan.limits[plan.limit_count++] = l;
 
   ChildPlan cloned_plan = plan;
   cloned_plan.join_fds = joins_v1.data();
@@ -1184,17 +1584,40 @@ ProcessIsolator::ProcessIsolator(ProcessIsolatorOptions options) : options_(std:
   // Last: nothing after it throws, so the destructor closes it. -1: each
   // task opens its own.
   devnull_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (options_.prebuilt_sandboxes > 0 && sandbox_->usable() && devnull_ >= 0) {
+    // A tmpfs work dir (root, a disk limit) is mounted after the sandbox that
+    // would run it was built, and would reach it only if the work root were a
+    // shared mount: making it one is a host mount that outlives a crashed
+    // runner. Such tasks start cold (shared_work_root_ stays false).
+    prebuilt_ =
+        std::make_unique<PrebuiltPool>(options_, *sandbox_, devnull_, options_.prebuilt_sandboxes);
+    spdlog::info(
+        "process isolation: {} pre-built sandboxes{}", options_.prebuilt_sandboxes,
+        ::geteuid() != 0 || !options_.use_tmpfs ? "" : " (tasks with a disk limit start cold)");
+  }
 }
 
 ProcessIsolator::~ProcessIsolator() {
+  // Idle pre-built sandboxes go first (their inits killed and reaped).
+  prebuilt_.reset();
   if (devnull_ >= 0) ::close(devnull_);
 }
 
 void ProcessIsolator::WaitForCleanup() { cleaner_->Wait(); }
 
+size_t ProcessIsolator::PrebuiltReady() const { return prebuilt_ ? prebuilt_->ready() : 0; }
+std::vector<int> ProcessIsolator::PrebuiltPids() const {
+  return prebuilt_ ? prebuilt_->pids() : std::vector<int>{};
+}
+uint64_t ProcessIsolator::PrebuiltReplaced() const { return prebuilt_ ? prebuilt_->replaced() : 0; }
+void ProcessIsolator::SetPrebuiltSandboxes(size_t count) {
+  if (prebuilt_) prebuilt_->Resize(count);
+}
+
 RunResult ProcessIsolator::Run(const TaskSpec& spec, Observer& observer, std::stop_token stop) {
   TaskRun run(options_, cgroups_, *cgroup_spares_, *cleaner_, *work_root_, devnull_,
-              sandbox_->enabled() ? sandbox_.get() : nullptr, spec, observer, std::move(stop));
+              sandbox_->enabled() ? sandbox_.get() : nullptr, prebuilt_.get(), shared_work_root_,
+              spec, observer, std::move(stop));
   return run.Run();
 }
 

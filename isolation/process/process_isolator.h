@@ -27,6 +27,11 @@
 //     recycles) them while the worker reports the result: Run() returns once
 //     nothing of the task runs any more, not once its sandbox is cleared.
 //     WaitForCleanup() waits for that; the destructor does too.
+// With prebuilt_sandboxes > 0 (a sandbox only), a pool thread keeps that many
+// sandboxes built ahead (PrebuiltPool in the .cpp; init/task_init.cpp, flag
+// 'w'), and Run() hands its task to one of them instead of cloning a new
+// init: the cgroup, rlimits, work dir and the task's argv/env go over a unix
+// socket. One task per sandbox; a dead one is replaced; the rest as above.
 // Results: kExited (exit_code; 128+signal and a message "killed by SIGKILL" when
 // killed by a signal; 127 when the command is not found), kTimedOut, kStopped, kOomKilled (the
 // memory cgroup recorded an OOM kill), kOverLimit (the work dir filled up to limits.disk, or the
@@ -55,6 +60,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "isolation/isolator.h"
 #include "isolation/process/cgroup.h"
@@ -85,6 +91,12 @@ struct ProcessIsolatorOptions {
   // The sandbox of every task (sandbox.h): on by default; off runs tasks
   // bare, as the runner's user with its view of the host.
   SandboxOptions sandbox;
+  // Sandboxes kept built ahead of their task (namespaces made, root mounted
+  // and pivoted, the init waiting for the task's request), so a start pays
+  // only its per-task parts: joining the cgroups, rlimits, binding the work
+  // dir, dropping privileges, seccomp, exec. 0: every start builds its own.
+  // Each is used by one task only. The node sets it from its worker count.
+  size_t prebuilt_sandboxes = 0;
 };
 
 class ProcessIsolator : public Isolator {
@@ -107,8 +119,17 @@ class ProcessIsolator : public Isolator {
   const Sandbox& sandbox() const { return *sandbox_; }
   // Blocks until the cgroups and work dirs of every finished Run() are gone.
   void WaitForCleanup();
+  // Pre-built sandboxes ready now, their inits' pids, and how many died
+  // before their task and were replaced (tests, status).
+  size_t PrebuiltReady() const;
+  std::vector<int> PrebuiltPids() const;
+  uint64_t PrebuiltReplaced() const;
+  // How many to keep ready from now on (the node follows its worker count).
+  // Only when prebuilt_sandboxes was above 0 at construction; 0 lets all go.
+  void SetPrebuiltSandboxes(size_t count);
 
   class Cleaner;
+  class PrebuiltPool;
 
  private:
   ProcessIsolatorOptions options_;
@@ -116,6 +137,10 @@ class ProcessIsolator : public Isolator {
   std::unique_ptr<WorkRoot> work_root_;
   std::unique_ptr<CgroupSpares> cgroup_spares_;  // limit-free cgroups for reuse
   std::unique_ptr<Sandbox> sandbox_;
+  std::unique_ptr<PrebuiltPool> prebuilt_;  // null: prebuilt_sandboxes is 0 or no sandbox
+  // A tmpfs work dir reaches the pre-built sandboxes: never for now (see the
+  // constructor); such tasks start cold.
+  bool shared_work_root_ = false;
   int devnull_ = -1;                  // stdin of every task
   std::unique_ptr<Cleaner> cleaner_;  // last: drained first
 };

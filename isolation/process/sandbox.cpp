@@ -133,10 +133,7 @@ std::vector<std::string> SandboxInitArgs(const Sandbox& sandbox, bool loopback_u
   if (loopback_up) flags += "l";
   if (sandbox.options().allow_network) flags += "h";
   if (sandbox.options().trace_phases) flags += "t";
-  std::string path = exe;
-  const std::string prefix = work_dir.string() + "/";
-  if (path.rfind(prefix, 0) == 0)
-    path = std::string(kSandboxWorkDir) + "/" + path.substr(prefix.size());
+  std::string path = SandboxExePath(exe, work_dir);
   std::vector<std::string> args = {"runner-task-init",
                                    flags,
                                    std::to_string(sandbox.options().uid),
@@ -146,6 +143,31 @@ std::vector<std::string> SandboxInitArgs(const Sandbox& sandbox, bool loopback_u
                                    path};
   args.insert(args.end(), command.begin(), command.end());
   return args;
+}
+
+std::string SandboxExePath(const std::string& exe, const std::filesystem::path& work_dir) {
+  const std::string prefix = work_dir.string() + "/";
+  if (exe.rfind(prefix, 0) == 0)
+    return std::string(kSandboxWorkDir) + "/" + exe.substr(prefix.size());
+  return exe;
+}
+
+std::vector<std::string> PrebuiltInitArgs(const Sandbox& sandbox, bool loopback_up, int filter_fd,
+                                          int status_fd, int ctrl_fd,
+                                          const std::string& work_root) {
+  std::string flags = "-w";
+  if (sandbox.user_namespace()) flags += "u";
+  if (loopback_up) flags += "l";
+  if (sandbox.options().allow_network) flags += "h";
+  if (sandbox.options().trace_phases) flags += "t";
+  return {"runner-task-init",
+          flags,
+          std::to_string(sandbox.options().uid),
+          std::to_string(sandbox.options().gid),
+          std::to_string(filter_fd),
+          std::to_string(status_fd),
+          std::to_string(ctrl_fd),
+          work_root};
 }
 
 SandboxReport ReadSandboxReport(int fd) {

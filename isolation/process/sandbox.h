@@ -93,6 +93,16 @@ std::vector<std::string> SandboxInitArgs(const Sandbox& sandbox, bool loopback_u
                                          const std::filesystem::path& work_dir,
                                          const std::vector<std::string>& command);
 
+// A pre-built init's argv (init/task_init.cpp, flag 'w'): it builds the
+// sandbox with the whole of `work_root` at a hidden place, then waits on
+// `ctrl_fd` for its task.
+std::vector<std::string> PrebuiltInitArgs(const Sandbox& sandbox, bool loopback_up, int filter_fd,
+                                          int status_fd, int ctrl_fd, const std::string& work_root);
+
+// Where the task sees `exe` (resolved on the host): /work/... when it lies
+// in the work dir, else unchanged.
+std::string SandboxExePath(const std::string& exe, const std::filesystem::path& work_dir);
+
 // What the init reported through the status pipe.
 struct SandboxReport {
   std::optional<int> task_status;  // wait status of the task's first process

@@ -116,6 +116,9 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     po.sandbox.gid = config.process_gid;
     po.sandbox.allow_network = config.allow_network;
     po.stop_grace = Ms(config.kill_grace);
+    // One ready per worker, plus one being used up as the next is built.
+    po.prebuilt_sandboxes =
+        config.process_prebuilt && config.process_sandbox ? static_cast<size_t>(workers) + 1 : 0;
     node->process_ = std::make_unique<isolation::process::ProcessIsolator>(po);
     if (config.mode != isolation::IsolationMode::kProcess) {
       isolation::docker::DockerIsolatorOptions dopt;
@@ -393,7 +396,13 @@ NodeStatus Node::Status() {
   return s;
 }
 
-runner::Status Node::Scale(int count) { return pool_->Scale(count); }
+runner::Status Node::Scale(int count) {
+  runner::Status st = pool_->Scale(count);
+  if (st.ok() && process_ && config_.process_prebuilt) {
+    process_->SetPrebuiltSandboxes(static_cast<size_t>(count) + 1);
+  }
+  return st;
+}
 
 void Node::StopPool(const StopOptions& options) {
   const bool force = options.force;

@@ -21,13 +21,30 @@
 // argv: runner-task-init FLAGS UID GID BPF_FD STATUS_FD EXE ARG0 ARGS...
 //   FLAGS: 'u' the runner is not root (user namespaces), 'l' bring up lo,
 //          'h' keep the host network (lo is the host's then), 't' write
-//          the CLOCK_MONOTONIC time of each phase to stderr (benchmarks).
+//          the CLOCK_MONOTONIC time of each phase to stderr (benchmarks),
+//          'w' pre-built (below).
+//
+// Pre-built ('w'): argv is runner-task-init FLAGS UID GID BPF_FD STATUS_FD
+// CTRL_FD WORK_ROOT. The init is started before any task is known: it builds
+// the root as above, but instead of the task's work dir it binds the runner's
+// whole work root at /.w (recursively, and a slave where the host's mount is
+// shared, so a mount under it reaches us; the runner sends tasks with a tmpfs
+// work dir to cold inits all the same), and waits on
+// CTRL_FD (a unix socket) for one request (struct Request, then the exe, argv
+// and envp as NUL-terminated strings; the task cgroup's cgroup.procs
+// descriptors ride along as SCM_RIGHTS). Then it joins the cgroups, sets the
+// rlimits, binds the named work dir at /work (its tmp/ at /tmp and
+// /dev/shm), detaches /.w and removes its mount point, makes the root private
+// and read-only, and goes on with step 2. EOF on CTRL_FD (the runner drops
+// the pre-built sandbox, or stops) ends it. One request per init: a task
+// never sees what another saw.
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -37,6 +54,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -145,9 +163,39 @@ void TopLevel(const char* name) {
   }
 }
 
-void BuildRoot() {
-  // Nothing of what follows may reach the host's mount table.
-  Check(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0, "make / private");
+// Binds the work dir (our cwd, on the host) and its tmp/ at /tmp/work, /tmp/tmp
+// and /tmp/dev/shm: one size limit for all of them. `dir` is "." or (pre-built)
+// /.w/<name>.
+void BindWork(const char* work, const char* tmp, const char* shm, const char* dir) {
+  char sub[512];
+  Check(mount(dir, work, nullptr, MS_BIND, nullptr) == 0, "bind the work dir");
+  Check(mount(Join(sub, sizeof(sub), dir, "tmp"), tmp, nullptr, MS_BIND, nullptr) == 0,
+        "bind the work dir's tmp");
+  Check(mount(sub, shm, nullptr, MS_BIND, nullptr) == 0, "bind dev/shm");
+  for (const char* m : {work, tmp, shm}) {
+    Check(mount(nullptr, m, nullptr, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, nullptr) == 0, m);
+  }
+}
+
+// `work_root` null: the work dir is our cwd, bound now, and the root is made
+// read-only. Else (pre-built) the host's work root is bound at /.w and the
+// root stays writable until FinishPrebuilt().
+void BuildRoot(const char* work_root) {
+  // Nothing of what follows may reach the host's mount table. Pre-built: a
+  // slave, so the host's mounts (the tmpfs work dirs) still reach us, until
+  // FinishPrebuilt() makes everything private.
+  if (work_root == nullptr) {
+    Check(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0, "make / private");
+  } else {
+    Check(mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) == 0, "make / a slave");
+  }
+  // The work root may lie under the host's /tmp, which the root's tmpfs hides:
+  // held by a descriptor until it is bound.
+  int work_root_fd = -1;
+  if (work_root != nullptr) {
+    work_root_fd = open(work_root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Check(work_root_fd >= 0, "open the work root");
+  }
   Check(
       mount("tmpfs", kRoot, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=256,mode=0755") == 0,
       "mount the root tmpfs");
@@ -174,25 +222,163 @@ void BuildRoot() {
   Check(symlink("/proc/self/fd/1", "/tmp/dev/stdout") == 0, "symlink stdout");
   Check(symlink("/proc/self/fd/2", "/tmp/dev/stderr") == 0, "symlink stderr");
 
-  // The work dir (our cwd, on the host) and its tmp/: one size limit for both.
   Check(mkdir("/tmp/work", 0755) == 0, "mkdir work");
-  Check(mount(".", "/tmp/work", nullptr, MS_BIND, nullptr) == 0, "bind the work dir");
   Check(mkdir("/tmp/tmp", 01777) == 0, "mkdir tmp");
-  Check(mount("tmp", "/tmp/tmp", nullptr, MS_BIND, nullptr) == 0, "bind the work dir's tmp");
   Check(mkdir("/tmp/dev/shm", 01777) == 0, "mkdir dev/shm");
-  Check(mount("tmp", "/tmp/dev/shm", nullptr, MS_BIND, nullptr) == 0, "bind dev/shm");
-  for (const char* m : {"/tmp/work", "/tmp/tmp", "/tmp/dev/shm"}) {
-    Check(mount(nullptr, m, nullptr, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV, nullptr) == 0, m);
+  if (work_root == nullptr) {
+    BindWork("/tmp/work", "/tmp/tmp", "/tmp/dev/shm", ".");
+  } else {
+    Check(mkdir("/tmp/.w", 0700) == 0, "mkdir .w");
+    char fd_path[64] = "/proc/self/fd/";
+    char digits[16];
+    int n = 0;
+    for (int v = work_root_fd; n == 0 || v != 0; v /= 10)
+      digits[n++] = static_cast<char>('0' + v % 10);
+    size_t len = strlen(fd_path);
+    while (n > 0) fd_path[len++] = digits[--n];
+    fd_path[len] = '\0';
+    // Recursive: a tmpfs work dir the runner mounted before this point
+    // (the request may already be waiting) comes along; later ones arrive by
+    // propagation.
+    Check(mount(fd_path, "/tmp/.w", nullptr, MS_BIND | MS_REC, nullptr) == 0, "bind the work root");
+    close(work_root_fd);
   }
 
   Check(chdir(kRoot) == 0, "chdir to the new root");
   Check(syscall(SYS_pivot_root, ".", ".") == 0, "pivot_root");
   Check(umount2(".", MNT_DETACH) == 0, "detach the host's root");
   Check(chdir("/") == 0, "chdir /");
+  if (work_root != nullptr) return;
   Check(mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
               nullptr) == 0,
         "make the root read-only");
   Check(chdir("/work") == 0, "chdir /work");
+}
+
+// Pre-built, once the request named the work dir: what BuildRoot() left out.
+void FinishPrebuilt(const char* name) {
+  Check(name[0] != '\0' && name[0] != '.' && strchr(name, '/') == nullptr, "the work dir's name");
+  char dir[512];
+  BindWork("/work", "/tmp", "/dev/shm", Join(dir, sizeof(dir), "/.w", name));
+  // Covered, not unmounted: an unmount waits for an RCU grace period (up to
+  // a millisecond on a busy host); the namespace goes as a whole later.
+  Check(mount("none", "/.w", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "size=4k,nr_inodes=1,mode=000") == 0,
+        "cover the work root");
+  Check(mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) == 0, "make / private");
+  Check(mount(nullptr, "/", nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV,
+              nullptr) == 0,
+        "make the root read-only");
+  Check(chdir("/work") == 0, "chdir /work");
+}
+
+// The request of a pre-built init (layout shared with process_isolator.cpp's
+// PrebuiltRequest), followed by `strings_size` bytes: the exe, argc argv
+// strings and envc envp strings, each NUL-terminated.
+struct Request {
+  unsigned magic;  // kRequestMagic
+  unsigned strings_size;
+  unsigned argc, envc;
+  unsigned limit_count;
+  int cgroup_index;  // which SCM_RIGHTS descriptor is the v2 cgroup's directory, or -1
+  struct {
+    int resource;
+    unsigned long long cur, max;
+  } limits[8];
+  char name[256];  // the work dir, under the work root
+};
+constexpr unsigned kRequestMagic = 0x72756e31;  // "run1"
+
+// Reads all of `size` bytes; false on EOF or error.
+bool ReadAll(int fd, void* buf, size_t size) {
+  char* p = static_cast<char*>(buf);
+  while (size > 0) {
+    ssize_t n = read(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+void Phase(const char* name);
+
+// The task's v2 cgroup (a directory): the task is cloned into it.
+int g_cgroup_fd = -1;
+
+// Waits for the request; its exe, argv and envp point into a buffer that
+// lives as long as we do. Exits quietly on EOF (the runner let us go).
+void AwaitRequest(int ctrl, const char** exe, char*** argv, char*** envp) {
+  Request req{};
+  int fds[16];
+  size_t fd_count = 0;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(fds))];
+  iovec iov{&req, sizeof(req)};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  do {
+    n = recvmsg(ctrl, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) _exit(0);
+  Phase("request_received");
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+      fd_count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      if (fd_count > 16) fd_count = 16;
+      memcpy(fds, CMSG_DATA(c), fd_count * sizeof(int));
+    }
+  }
+  errno = EPROTO;
+  Check(n == static_cast<ssize_t>(sizeof(req)) && req.magic == kRequestMagic &&
+            req.limit_count <= 8 && req.strings_size < (64U << 20),
+        "read the request");
+  char* strings = static_cast<char*>(malloc(req.strings_size + 1));
+  Check(strings != nullptr, "allocate the request");
+  errno = EPROTO;
+  Check(ReadAll(ctrl, strings, req.strings_size), "read the request's strings");
+  strings[req.strings_size] = '\0';
+  close(ctrl);
+  char** list = static_cast<char**>(malloc((req.argc + req.envc + 2) * sizeof(char*)));
+  Check(list != nullptr, "allocate the request");
+  char* p = strings;
+  char* end = strings + req.strings_size;
+  auto next = [&]() {
+    errno = EPROTO;
+    Check(p < end, "parse the request");
+    char* s = p;
+    p += strlen(p) + 1;
+    return s;
+  };
+  *exe = next();
+  for (unsigned i = 0; i < req.argc; ++i) list[i] = next();
+  list[req.argc] = nullptr;
+  for (unsigned i = 0; i < req.envc; ++i) list[req.argc + 1 + i] = next();
+  list[req.argc + 1 + req.envc] = nullptr;
+  *argv = list;
+  *envp = list + req.argc + 1;
+  req.name[sizeof(req.name) - 1] = '\0';
+
+  // The task's cgroups first (we are counted in them, as a cold init is),
+  // then its rlimits (the task inherits them), then its work dir.
+  for (size_t i = 0; i < fd_count; ++i) {
+    if (static_cast<int>(i) == req.cgroup_index) {
+      g_cgroup_fd = fds[i];
+      continue;
+    }
+    Check(write(fds[i], "0", 1) == 1, "join the task cgroup");
+    close(fds[i]);
+  }
+  for (unsigned i = 0; i < req.limit_count; ++i) {
+    rlimit r{static_cast<rlim_t>(req.limits[i].cur), static_cast<rlim_t>(req.limits[i].max)};
+    Check(setrlimit(static_cast<__rlimit_resource_t>(req.limits[i].resource), &r) == 0,
+          "set the task's rlimits");
+  }
+  FinishPrebuilt(req.name);
 }
 
 void LoopbackUp() {
@@ -308,6 +494,7 @@ int main(int argc, char** argv, char** envp) {
   g_timing = strchr(flags, 't') != nullptr;
   Phase("init_started");
   const unsigned uid = Number(argv[2]), gid = Number(argv[3]);
+  const bool prebuilt = strchr(flags, 'w') != nullptr;
   const int bpf_fd = static_cast<int>(Number(argv[4]));
   g_status_fd = static_cast<int>(Number(argv[5]));
   const char* exe = argv[6];
@@ -321,11 +508,15 @@ int main(int argc, char** argv, char** envp) {
   sock_fprog prog{static_cast<unsigned short>(got / static_cast<ssize_t>(sizeof(sock_filter))),
                   filter};
 
-  BuildRoot();
+  BuildRoot(prebuilt ? argv[7] : nullptr);
   Phase("root_built");
   Check(sethostname("runner-task", 11) == 0, "sethostname");
   if (strchr(flags, 'l') != nullptr) LoopbackUp();
   Phase("network_ready");
+  if (prebuilt) {
+    AwaitRequest(static_cast<int>(Number(argv[6])), &exe, &task_argv, &envp);
+    Phase("request_done");
+  }
 
   // The runner starts us with every signal blocked (a SIGTERM sent before we
   // wait for signals stays pending instead of being dropped: pid 1 of a
@@ -335,9 +526,27 @@ int main(int argc, char** argv, char** envp) {
   sigfillset(&all);
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &all, nullptr);
-  pid_t task = fork();
+  pid_t task = -1;
+  bool join_v2 = false;
+  if (g_cgroup_fd >= 0) {
+    // Straight into the task's v2 cgroup: a move by cgroup.procs waits for
+    // an RCU grace period.
+    clone_args args{};
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = SIGCHLD;
+    args.cgroup = static_cast<unsigned long long>(g_cgroup_fd);
+    task = static_cast<pid_t>(syscall(SYS_clone3, &args, sizeof(args)));
+    join_v2 = task < 0;
+  }
+  if (task < 0) task = fork();
   Check(task >= 0, "fork the task");
   if (task == 0) {
+    if (join_v2) {
+      int procs = openat(g_cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+      Check(procs >= 0 && write(procs, "0", 1) == 1, "join the task cgroup");
+      close(procs);
+    }
+    if (g_cgroup_fd >= 0) close(g_cgroup_fd);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     setpgid(0, 0);
     Phase("task_forked");
@@ -350,6 +559,7 @@ int main(int argc, char** argv, char** envp) {
     Record(2, 0, errno, "exec");
     _exit(errno == ENOENT ? 127 : 126);
   }
+  if (g_cgroup_fd >= 0) close(g_cgroup_fd);
   for (;;) {
     siginfo_t info{};
     int sig = sigwaitinfo(&all, &info);

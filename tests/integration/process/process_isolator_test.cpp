@@ -98,6 +98,8 @@ ProcessIsolatorOptions Options(const testing::TempDir& dir) {
   o.cgroup_parent = kCgroupParent;
   o.sample_interval = 100ms;
   o.stop_grace = 1s;
+  // ctest it_process_prebuilt: the same tests with pre-built sandboxes.
+  if (const char* n = std::getenv("RUNNER_TEST_PREBUILT")) o.prebuilt_sandboxes = std::atoi(n);
   return o;
 }
 
@@ -127,10 +129,40 @@ std::vector<int> ProcessesWith(const std::string& needle) {
   return found;
 }
 
-// No child of this test process is left, not even a zombie.
+// No child of this test process is left, not even a zombie; with pre-built
+// sandboxes (RUNNER_TEST_PREBUILT), but for their idle inits: ones still
+// waiting for a task (no child of their own).
 bool NoChildren() {
   int status = 0;
-  return ::waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD;
+  if (std::getenv("RUNNER_TEST_PREBUILT") == nullptr) {
+    return ::waitpid(-1, &status, WNOHANG) < 0 && errno == ECHILD;
+  }
+  auto only_idle_inits = [] {
+    for (const auto& t : fs::directory_iterator("/proc/self/task")) {
+      std::ifstream in(t.path() / "children");
+      int pid = 0;
+      while (in >> pid) {
+        std::string base = "/proc/" + std::to_string(pid);
+        std::ifstream cmd(base + "/cmdline");
+        std::string cmdline((std::istreambuf_iterator<char>(cmd)),
+                            std::istreambuf_iterator<char>());
+        std::ifstream kids(base + "/task/" + std::to_string(pid) + "/children");
+        std::string grandchildren((std::istreambuf_iterator<char>(kids)),
+                                  std::istreambuf_iterator<char>());
+        if (cmdline.rfind(std::string("runner-task-init\0-w", 19), 0) != 0 ||
+            grandchildren.find_first_not_of(' ') != std::string::npos) {
+          return false;
+        }
+      }
+    }
+    return true;
+  };
+  // One being built may not have exec'd the init yet.
+  for (int i = 0; i < 100; ++i) {
+    if (only_idle_inits()) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
 }
 
 std::string Trim(std::string s) {

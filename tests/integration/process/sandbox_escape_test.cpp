@@ -20,6 +20,7 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <csignal>
+#include <cstdlib>
 #include <fstream>
 #include <mutex>
 #include <stop_token>
@@ -64,6 +65,8 @@ ProcessIsolatorOptions Options(const testing::TempDir& dir) {
   o.cgroup_parent = "runner-it-escape";
   o.sample_interval = 100ms;
   o.stop_grace = 500ms;
+  // ctest it_process_prebuilt: the same tests with pre-built sandboxes.
+  if (const char* n = std::getenv("RUNNER_TEST_PREBUILT")) o.prebuilt_sandboxes = std::atoi(n);
   return o;
 }
 

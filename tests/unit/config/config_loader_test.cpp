@@ -105,6 +105,11 @@ TEST_CASE("process tasks are sandboxed as nobody unless the operator says otherw
   auto env = LoadConfig(With({}, {{"RUNNER_PROCESS_SANDBOX", "off"}}));
   REQUIRE(env.ok());
   CHECK_FALSE(env->process_sandbox);
+  CHECK_FALSE(d->process_prebuilt);  // sandboxes built at each start, unless turned on
+  auto pre = LoadConfig(With({}, {{"RUNNER_PROCESS_PREBUILT", "on"}}));
+  REQUIRE(pre.ok());
+  CHECK(pre->process_prebuilt);
+  REQUIRE_FALSE(LoadConfig(With({{"process-prebuilt", "2"}}, {})).ok());
   auto bad = LoadConfig(With({{"process-sandbox", "maybe"}}, {}));
   REQUIRE_FALSE(bad.ok());
   CHECK_THAT(bad.error().message, Catch::Contains("on or off"));
