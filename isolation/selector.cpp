@@ -68,14 +68,7 @@ bool IsolationSelector::docker_available() {
 }
 
 std::string IsolationSelector::Mode() {
-  switch (default_mode_) {
-    case IsolationMode::kDocker:
-      return "docker";
-    case IsolationMode::kProcess:
-      return "process";
-    case IsolationMode::kAuto:
-      break;
-  }
+  if (default_mode_ != IsolationMode::kAuto) return std::string(ToString(default_mode_));
   return docker_available() ? "docker" : "process";
 }
 

@@ -27,7 +27,10 @@
 #include <thread>
 #include <vector>
 
+#include "bench/common/stats.h"
 #include "isolation/process/process_isolator.h"
+
+using runner::bench::Median;
 
 namespace {
 
@@ -97,12 +100,6 @@ double CpuSeconds() {
   ::getrusage(RUSAGE_SELF, &self);
   ::getrusage(RUSAGE_CHILDREN, &children);
   return secs(self) + secs(children);
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 std::string Json(const std::vector<double>& v) {
