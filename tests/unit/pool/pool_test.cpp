@@ -474,7 +474,9 @@ TEST_CASE("claims skip the isolations the node cannot run and take them once it 
   std::string id = h.store.AddTask({"ok"});
   REQUIRE(h.pool->Start().ok());
   h.pool->Wake();
-  std::this_thread::sleep_for(300ms);  // thirty polls
+  // Ten claim statements (polls) ran, and none took it: counted, not slept.
+  const auto polls = h.store.ClaimTimes().size();
+  REQUIRE(WaitFor([&] { return h.store.ClaimTimes().size() >= polls + 10; }, 5s));
   CHECK(h.store.ClaimCounts()[id] == 0);
   CHECK(h.store.TaskById(id).state == TaskState::kQueued);
 
