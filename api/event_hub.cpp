@@ -47,7 +47,7 @@ void EventSubscription::Close() {
   cv_.notify_all();
 }
 
-EventHub::EventHub(queue::QueueStore& store, EventHubOptions options, Clock& clock)
+EventHub::EventHub(queue::EventLog& store, EventHubOptions options, Clock& clock)
     : store_(store), options_(options), clock_(clock) {}
 
 EventHub::~EventHub() { Stop(); }

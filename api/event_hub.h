@@ -66,7 +66,7 @@ class EventSubscription {
 
 class EventHub {
  public:
-  EventHub(queue::QueueStore& store, EventHubOptions options, Clock& clock = SystemClock());
+  EventHub(queue::EventLog& store, EventHubOptions options, Clock& clock = SystemClock());
   ~EventHub();
   EventHub(const EventHub&) = delete;
   EventHub& operator=(const EventHub&) = delete;
@@ -89,7 +89,7 @@ class EventHub {
   bool SkipToEnd();
   void PollOnce();
 
-  queue::QueueStore& store_;
+  queue::EventLog& store_;
   const EventHubOptions options_;
   Clock& clock_;  // paces the poller and times holes
   std::mutex mu_;

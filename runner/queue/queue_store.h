@@ -171,11 +171,11 @@ struct ReapReport {
   int deleted_events = 0;
 };
 
-class QueueStore {
+// The queue as clients see it: submit, read, list, cancel, logs.
+class TaskStore {
  public:
-  virtual ~QueueStore() = default;
+  virtual ~TaskStore() = default;
 
-  // --- tasks, for clients ---------------------------------------------------
   // Validates, inserts, notifies. Same idempotency key -> the existing task.
   virtual Result<SubmitOutcome> Submit(const NewTask& task) = 0;
   virtual Result<Task> Get(std::string_view id) = 0;
@@ -186,8 +186,13 @@ class QueueStore {
   virtual Result<StateCounts> Counts() = 0;
   virtual Result<LogPage> Logs(std::string_view task_id, LogStream stream, int64_t after_seq,
                                std::size_t max_bytes) = 0;
+};
 
-  // --- workers of a node ----------------------------------------------------
+// What a node's workers do with the tasks they run: claim, renew, report.
+class LeaseStore {
+ public:
+  virtual ~LeaseStore() = default;
+
   // One statement, FOR UPDATE SKIP LOCKED: at most one task per given worker,
   // by priority desc, run_at, id; only tasks whose dependencies all succeeded.
   virtual Result<std::vector<Task>> Claim(const ClaimRequest& request) = 0;
@@ -230,8 +235,13 @@ class QueueStore {
   // not the task's. A task with a cancel request ends cancelled instead.
   virtual Status Defer(std::string_view task_id, std::string_view worker_id,
                        const Deferral& deferral) = 0;
+};
 
-  // --- nodes and workers ----------------------------------------------------
+// Nodes and workers: who is alive.
+class MembershipStore {
+ public:
+  virtual ~MembershipStore() = default;
+
   virtual Status RegisterNode(const NodeInfo& node) = 0;
   virtual Status DeregisterNode(std::string_view node_id) = 0;
   virtual Status RegisterWorker(const WorkerInfo& worker) = 0;
@@ -240,15 +250,36 @@ class QueueStore {
   virtual Result<std::vector<NodeInfo>> ListNodes() = 0;      // live nodes
   // Nodes the database considers dead (for container reaping).
   virtual Result<std::vector<std::string>> DeadNodeIds(std::chrono::milliseconds dead_after) = 0;
+};
 
-  // --- events ---------------------------------------------------------------
+// The events table: written by every node, read by the event streams.
+class EventLog {
+ public:
+  virtual ~EventLog() = default;
+
   virtual Status Emit(const NewEvent& event) = 0;
   virtual Result<std::vector<Event>> EventsAfter(int64_t after_id, std::size_t limit) = 0;
+};
 
-  // --- recovery and health --------------------------------------------------
+// Recovery and health: the reaper's pass and a liveness check.
+class RecoveryStore {
+ public:
+  virtual ~RecoveryStore() = default;
+
   // Guarded by an advisory lock: one node reaps at a time.
   virtual Result<ReapReport> Reap(const ReapPolicy& policy) = 0;
   virtual Status Ping() = 0;
+};
+
+// The whole store, every role (PostgresStore). A component takes the role it
+// uses, so a test's fake implements that role and not twenty-five methods.
+class QueueStore : public TaskStore,
+                   public LeaseStore,
+                   public MembershipStore,
+                   public EventLog,
+                   public RecoveryStore {
+ public:
+  ~QueueStore() override = default;
 };
 
 }  // namespace runner::queue
