@@ -1,5 +1,6 @@
 # Writes OUT, a C++ file that links the binary BIN into a library as the
-# symbols SYMBOL_start and SYMBOL_end (used for the Docker warm launcher). The
+# symbols SYMBOL_start and SYMBOL_end (the Docker warm launcher, the process
+# sandbox's task init). The
 # binary's hash is in the text, so a compiler cache sees a new binary as a new
 # source.
 file(SHA256 ${BIN} hash)
