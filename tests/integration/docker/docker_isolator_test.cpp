@@ -19,9 +19,14 @@
 #include <random>
 #include <thread>
 
+#include "tests/integration/docker/docker_test_support.h"
 #include "tests/support/services.h"
 
 namespace {
+
+using runner::testing::docker::Collector;
+using runner::testing::docker::RandomId;
+using runner::testing::docker::SpecOn;
 
 using namespace std::chrono_literals;
 using runner::isolation::Limits;
@@ -34,16 +39,6 @@ using runner::isolation::docker::DockerIsolatorOptions;
 using runner::isolation::docker::EngineClient;
 using runner::isolation::docker::EngineClientOptions;
 using Clock = std::chrono::steady_clock;
-
-std::string RandomId() {
-  static std::mt19937_64 rng{std::random_device{}()};
-  static std::mutex mu;
-  std::lock_guard lock(mu);
-  const char* hex = "0123456789abcdef";
-  std::string s;
-  for (int i = 0; i < 10; ++i) s += hex[rng() % 16];
-  return s;
-}
 
 // One id for the whole test run: every container of this suite carries it.
 const std::string& RunNode() {
@@ -63,44 +58,7 @@ DockerIsolator& Shared() {
   return isolator;
 }
 
-TaskSpec Spec(std::vector<std::string> command) {
-  TaskSpec s;
-  s.task_id = "t-" + RandomId();
-  s.worker_id = "w-test";
-  s.node_id = RunNode();
-  s.image = "runner-task:latest";
-  s.command = std::move(command);
-  s.timeout = 60s;
-  return s;
-}
-
-class Collector : public runner::isolation::Observer {
- public:
-  void OnStarted(std::string_view, std::string_view handle) override {
-    std::lock_guard lock(mu);
-    container = handle;
-    started = true;
-  }
-  void OnOutput(OutputStream s, std::string_view data) override {
-    std::lock_guard lock(mu);
-    (s == OutputStream::kStdout ? out : err) += data;
-  }
-  void OnUsage(const UsageSample& sample) override {
-    std::lock_guard lock(mu);
-    samples.push_back(sample);
-  }
-  void OnOverLimit(std::string_view resource, runner::isolation::OverLimitAction,
-                   std::string_view) override {
-    std::lock_guard lock(mu);
-    over_limit.emplace_back(resource);
-  }
-
-  std::mutex mu;
-  std::string container, out, err;
-  std::vector<UsageSample> samples;
-  std::vector<std::string> over_limit;
-  std::atomic<bool> started{false};
-};
+TaskSpec Spec(std::vector<std::string> command) { return SpecOn(RunNode(), std::move(command)); }
 
 size_t ContainersLabelled(const std::string& label) {
   auto list = Shared().client().ContainerList({label});

@@ -15,9 +15,14 @@
 #include <thread>
 
 #include "isolation/docker/docker_isolator.h"
+#include "tests/integration/docker/docker_test_support.h"
 #include "tests/support/services.h"
 
 namespace {
+
+using runner::testing::docker::Collector;
+using runner::testing::docker::RandomId;
+using runner::testing::docker::SpecOn;
 
 using namespace std::chrono_literals;
 using runner::isolation::OutputStream;
@@ -29,16 +34,6 @@ using Clock = std::chrono::steady_clock;
 namespace json = boost::json;
 
 constexpr const char* kImage = "runner-task:latest";
-
-std::string RandomId() {
-  static std::mt19937_64 rng{std::random_device{}()};
-  static std::mutex mu;
-  std::lock_guard lock(mu);
-  const char* hex = "0123456789abcdef";
-  std::string s;
-  for (int i = 0; i < 10; ++i) s += hex[rng() % 16];
-  return s;
-}
 
 const std::string& RunNode() {
   static const std::string id = "it-warm-" + RandomId();
@@ -55,32 +50,7 @@ DockerIsolatorOptions Options(int per_image, const std::string& node = RunNode()
   return o;
 }
 
-TaskSpec Spec(std::vector<std::string> command) {
-  TaskSpec s;
-  s.task_id = "t-" + RandomId();
-  s.worker_id = "w-test";
-  s.node_id = RunNode();
-  s.image = kImage;
-  s.command = std::move(command);
-  s.timeout = 60s;
-  return s;
-}
-
-class Collector : public runner::isolation::Observer {
- public:
-  void OnStarted(std::string_view, std::string_view handle) override {
-    std::lock_guard lock(mu);
-    container = handle;
-    started = true;
-  }
-  void OnOutput(OutputStream s, std::string_view data) override {
-    std::lock_guard lock(mu);
-    (s == OutputStream::kStdout ? out : err) += data;
-  }
-  std::mutex mu;
-  std::string container, out, err;
-  std::atomic<bool> started{false};
-};
+TaskSpec Spec(std::vector<std::string> command) { return SpecOn(RunNode(), std::move(command)); }
 
 bool WaitReady(DockerIsolator& iso, int n, std::chrono::seconds within = 60s) {
   return runner::testing::WaitFor(
