@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "isolation/process/process_isolator.h"
+#include "tests/integration/process/capture.h"
 #include "tests/support/services.h"
 
 namespace runner::isolation::process {
@@ -27,36 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using Kind = RunResult::Kind;
-
-class Capture : public Observer {
- public:
-  void OnStarted(std::string_view, std::string_view handle) override {
-    std::lock_guard lock(mu_);
-    handle_ = handle;
-  }
-  void OnOutput(OutputStream stream, std::string_view data) override {
-    std::lock_guard lock(mu_);
-    (stream == OutputStream::kStdout ? out_ : err_).append(data);
-  }
-  void OnUsage(const UsageSample&) override {}
-  void OnOverLimit(std::string_view, OverLimitAction, std::string_view) override {}
-  std::string out() {
-    std::lock_guard lock(mu_);
-    return out_;
-  }
-  std::string err() {
-    std::lock_guard lock(mu_);
-    return err_;
-  }
-  int pid() {
-    std::lock_guard lock(mu_);
-    return handle_.empty() ? -1 : std::stoi(handle_);
-  }
-
- private:
-  std::mutex mu_;
-  std::string out_, err_, handle_;
-};
 
 ProcessIsolatorOptions Options(const testing::TempDir& dir, size_t prebuilt = 2) {
   ProcessIsolatorOptions o;
