@@ -121,6 +121,10 @@ bool EventHub::SkipToEnd() {
 }
 
 void EventHub::PollOnce() {
+  // The poll's time is taken before it reads: a hole is dated from the read
+  // that first saw it, not from the end of publishing (a subscriber may act
+  // on what was published, the clock included, before the settle below).
+  const auto now = clock_.Now();
   // Read from the lowest unsettled id, page by page; publish what is new.
   int64_t cursor = low_;
   for (;;) {
@@ -140,7 +144,6 @@ void EventHub::PollOnce() {
   }
   // Advance low_ over contiguous published ids; a hole blocks it until it
   // fills or hole_wait passes.
-  const auto now = clock_.Now();
   while (!published_.empty()) {
     auto first = published_.begin();
     if (*first == low_ + 1) {
