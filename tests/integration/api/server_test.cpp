@@ -392,32 +392,6 @@ TEST_CASE("with a token, the API needs it but health and metrics do not", "[api]
   CHECK(anon.Get(("/api/v1/tasks/" + id + "/logs?token=s3cret").c_str())->status == 401);
 }
 
-TEST_CASE("a non-loopback listen without a token refuses to start", "[api][auth]") {
-  runner::testing::TestDatabase db;
-  runner::metrics::Registry registry;
-  struct NoNode : runner::NodeControl {
-    runner::NodeStatus Status() override { return {}; }
-    runner::Status Scale(int) override { return {}; }
-    void StopPool(const runner::StopOptions&) override {}
-    void StartPool() override {}
-    bool Running() override { return true; }
-  } node;
-  runner::queue::StoreOptions so;
-  so.conninfo = db.conninfo();
-  auto store = runner::queue::PostgresStore::Open(so);
-  REQUIRE(store.ok());
-  runner::api::ApiOptions options;
-  options.listen = "0.0.0.0:0";
-  runner::api::ApiServer open_server(options, **store, node, registry);
-  auto st = open_server.Start();
-  REQUIRE_FALSE(st.ok());
-  CHECK(st.error().message.find("--api-token") != std::string::npos);
-  options.api_token = "t";
-  runner::api::ApiServer guarded(options, **store, node, registry);
-  CHECK(guarded.Start().ok());
-  guarded.Stop();
-}
-
 TEST_CASE("/metrics is accepted by promtool and health endpoints answer", "[api][metrics]") {
   ApiFixture f;
   std::string id = f.Submit(R"({"command":["true"]})");
