@@ -68,7 +68,7 @@ constexpr std::size_t kMaxClaimBatch = 16;
 
 void Pool::ClaimLoop(std::stop_token stop) {
   IdleBackoff backoff(options_.poll_interval, options_.idle_backoff_max);
-  auto next_poll = SteadyClock::now();
+  auto next_poll = clock_.Now();
   while (!stop.stop_requested()) {
     CollectExitedWorkers();
     std::vector<std::string> ids;
@@ -85,7 +85,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
           }
         }
       }
-      const auto now = SteadyClock::now();
+      const auto now = clock_.Now();
       const bool want =
           !ids.empty() && (notify_wake_ || (idle_wake_ && backlog_possible_) || now >= next_poll);
       idle_wake_ = false;
@@ -93,7 +93,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
         const auto until =
             ids.empty() ? now + std::max(options_.poll_interval, milliseconds(1000)) : next_poll;
         const bool have_idle = !ids.empty();
-        claim_cv_.wait_until(lock, stop, until, [&] {
+        clock_.WaitUntil(claim_cv_, lock, stop, until, [&] {
           return exit_pending_ || idle_wake_ || (have_idle && notify_wake_) ||
                  (accepting_ && !throttled_ && !can_claim);
         });
@@ -109,11 +109,11 @@ void Pool::ClaimLoop(std::stop_token stop) {
       req = ClaimRequestLocked(ids);
     }
 
-    const auto t0 = SteadyClock::now();
+    const auto t0 = SteadyClock::now();  // the metric: real time
     auto claimed = store_.Claim(req);
-    const auto t1 = SteadyClock::now();
     metrics_->claims.Inc();
-    metrics_->claim_duration.Observe(Seconds(t1 - t0));
+    metrics_->claim_duration.Observe(Seconds(SteadyClock::now() - t0));
+    const auto t1 = clock_.Now();  // the next poll: the pool's clock
 
     std::vector<std::pair<std::string, std::string>> to_release;  // task id, worker id
     bool rate_check = false;
@@ -171,7 +171,7 @@ void Pool::ClaimLoop(std::stop_token stop) {
       // opens, not at the idle poll.
       if (auto opens = store_.NextRateOpening(req)) {
         std::lock_guard lock(mu_);
-        next_poll = std::min(next_poll, SteadyClock::now() + *opens + milliseconds(1));
+        next_poll = std::min(next_poll, clock_.Now() + *opens + milliseconds(1));
       }
     }
     for (auto& [task_id, worker_id] : to_release) {

@@ -18,16 +18,18 @@ using internal::SteadyClock;
 using std::chrono::milliseconds;
 
 Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
-           metrics::Registry& metrics)
+           metrics::Registry& metrics, Clock& clock)
     : store_(store),
       picker_(std::move(picker)),
       options_(std::move(options)),
       metrics_(std::make_unique<Metrics>(metrics)),
+      clock_(clock),
       reaper_(store, ReaperOptions{.node_id = options_.node_id,
                                    .lease = options_.lease,
                                    .interval = options_.reap_interval,
                                    .policy = options_.reap_policy,
-                                   .reap = options_.reap}) {
+                                   .reap = options_.reap},
+              clock) {
   // spdlog's registry is a lazily built static inside the (uninstrumented)
   // shared library: build it on this thread before any pool thread logs.
   (void)spdlog::default_logger_raw();

@@ -42,6 +42,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/clock.h"
 #include "base/result.h"
 #include "isolation/isolator.h"
 #include "runner/metrics/registry.h"
@@ -106,8 +107,10 @@ struct WorkerSnapshot {
 
 class Pool {
  public:
+  // `clock` paces the claim loop (its polls, back-off and rate-limit
+  // wake-ups) and the reaper; tests pass a ManualClock.
   Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
-       metrics::Registry& metrics);
+       metrics::Registry& metrics, Clock& clock = SystemClock());
   ~Pool();
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
@@ -241,6 +244,7 @@ class Pool {
   std::mutex sinks_mu_;
   std::set<std::shared_ptr<TaskLogSink>> sinks_;  // guarded by sinks_mu_
 
+  Clock& clock_;
   Reaper reaper_;  // its own thread; declared after what it uses
   std::jthread claimer_;
   std::jthread heartbeat_;

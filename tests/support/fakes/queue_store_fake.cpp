@@ -159,7 +159,7 @@ Result<std::vector<queue::Task>> FakeQueueStore::Claim(const queue::ClaimRequest
     auto& t = tasks_[id];
     if (t.state != queue::TaskState::kQueued) continue;
     if (auto d = deferred_until_.find(id);
-        d != deferred_until_.end() && Steady::now() < d->second) {
+        d != deferred_until_.end() && clock_.Now() < d->second) {
       continue;
     }
     if (std::find(request.skip_isolations.begin(), request.skip_isolations.end(),
@@ -258,7 +258,7 @@ Status FakeQueueStore::Defer(std::string_view task_id, std::string_view worker_i
   queue::Task* t = RequeueLocked(task_id, worker_id);
   if (t == nullptr) return MakeError("conflict", "not held");
   t->error = deferral.why;
-  deferred_until_[t->id] = Steady::now() + deferral.delay;
+  deferred_until_[t->id] = clock_.Now() + deferral.delay;
   ++deferrals_;
   return {};
 }

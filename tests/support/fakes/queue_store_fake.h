@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/clock.h"
 #include "runner/queue/queue_store.h"
 
 namespace runner::testing {
@@ -22,6 +23,10 @@ namespace runner::testing {
 class FakeQueueStore : public queue::QueueStore {
  public:
   using Steady = std::chrono::steady_clock;
+
+  // `clock` dates deferrals (a deferred task is claimable again at its
+  // Now() + delay); tests that drive the pool's clock by hand pass theirs.
+  explicit FakeQueueStore(Clock& clock = SystemClock()) : clock_(clock) {}
 
   // Adds a queued task running `command`; returns its id.
   std::string AddTask(std::vector<std::string> command, double timeout = 0);
@@ -88,6 +93,7 @@ class FakeQueueStore : public queue::QueueStore {
   std::string LogsOf(const std::string& task_id) const;
 
  private:
+  Clock& clock_;
   // Back to queued with the attempt given back when `worker_id` holds the
   // task (Release and Defer); nullptr otherwise. The caller holds mu_.
   queue::Task* RequeueLocked(std::string_view task_id, std::string_view worker_id);

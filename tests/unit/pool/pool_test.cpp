@@ -18,6 +18,7 @@
 #include "runner/pool/idle_backoff.h"
 #include "runner/pressure/monitor.h"
 #include "tests/support/fakes/isolator_fake.h"
+#include "tests/support/fakes/manual_clock.h"
 #include "tests/support/fakes/queue_store_fake.h"
 #include "tests/support/services.h"
 
@@ -405,7 +406,9 @@ TEST_CASE("a worker whose isolator throws is replaced and its task is failed", "
 
 TEST_CASE("a task the node cannot start goes back to the queue without spending its attempt",
           "[pool][defer]") {
-  FakeQueueStore store;
+  // The pool's claim loop and the store's deferral both run on this clock.
+  runner::testing::ManualClock clock(std::chrono::system_clock::now());
+  FakeQueueStore store(clock);
   FakeIsolator iso;
   runner::metrics::Registry registry;
   std::atomic<bool> down{true};
@@ -417,10 +420,15 @@ TEST_CASE("a task the node cannot start goes back to the queue without spending 
         if (down) return runner::MakeError("isolation_unavailable", "docker is down (fake)");
         return &iso;
       },
-      options, registry);
+      options, registry, clock);
   std::string id = store.AddTask({"ok"});
   REQUIRE(pool.Start().ok());
-  REQUIRE(WaitFor([&] { return store.Deferrals() >= 1; }, 5s));
+  REQUIRE(WaitFor(
+      [&] {
+        clock.Advance(10ms);
+        return store.Deferrals() >= 1;
+      },
+      5s, 5ms));
   // Back in the queue, attempt given back, and the error says why it waits.
   auto waiting = store.TaskById(id);
   CHECK(waiting.state != TaskState::kFailed);
@@ -428,14 +436,31 @@ TEST_CASE("a task the node cannot start goes back to the queue without spending 
   REQUIRE(waiting.error.has_value());
   CHECK(waiting.error->code == "isolation_unavailable");
   CHECK(waiting.error->message.find("waits in the queue") != std::string::npos);
-  // The deferral holds it back: not claimed again at once (the poll is 10 ms).
+  // The deferral holds it back while the pool keeps polling: four more claim
+  // statements as the clock moves a poll interval (10 ms; the idle back-off
+  // is at most 50 ms) at a time, all within the 300 ms deferral.
   const int claims = store.ClaimCounts()[id];
-  std::this_thread::sleep_for(150ms);
+  const std::size_t statements = store.ClaimTimes().size();
+  int advanced_ms = 0;
+  REQUIRE(WaitFor(
+      [&] {
+        if (advanced_ms + 10 < 250) {
+          clock.Advance(10ms);
+          advanced_ms += 10;
+        }
+        return store.ClaimTimes().size() >= statements + 4;
+      },
+      5s, 5ms));
   CHECK(store.ClaimCounts()[id] == claims);
   CHECK(iso.Started() == 0);
 
   down = false;
-  REQUIRE(WaitFor([&] { return store.TaskById(id).state == TaskState::kSucceeded; }, 5s));
+  REQUIRE(WaitFor(
+      [&] {
+        clock.Advance(10ms);
+        return store.TaskById(id).state == TaskState::kSucceeded;
+      },
+      5s, 5ms));
   CHECK(store.TaskById(id).attempt == 1);  // claimed twice, counted once
   CHECK(registry.Render().find("runner_tasks_finished_total{state=\"deferred\"}") !=
         std::string::npos);
