@@ -29,8 +29,8 @@ void Discard(Prebuilt& p) {
   p.pid = -1;
 }
 
-ProcessIsolator::PrebuiltPool::PrebuiltPool(const ProcessIsolatorOptions& options,
-                                            Sandbox& sandbox, int devnull, size_t size)
+ProcessIsolator::PrebuiltPool::PrebuiltPool(const ProcessIsolatorOptions& options, Sandbox& sandbox,
+                                            int devnull, size_t size)
     : options_(options), sandbox_(sandbox), devnull_(devnull), size_(size) {
   thread_ = std::jthread([this](std::stop_token stop) { Loop(stop); });
 }
@@ -148,8 +148,9 @@ Result<Prebuilt> ProcessIsolator::PrebuiltPool::Build() {
   UniqueFd ctrl_child(sv[1]);
   SandboxClone clone = PlanSandboxClone(sandbox_);
   std::string work_root = options_.work_root.string();
-  std::vector<std::string> argv_storage = PrebuiltInitArgs(
-      sandbox_, clone.loopback_up, sandbox_.filter_fd(), status->second.get(), ctrl_child.get(), work_root);
+  std::vector<std::string> argv_storage =
+      PrebuiltInitArgs(sandbox_, clone.loopback_up, sandbox_.filter_fd(), status->second.get(),
+                       ctrl_child.get(), work_root);
   std::vector<char*> argv = CStrings(argv_storage);
   std::vector<std::string> no_env;
   std::vector<char*> envp = CStrings(no_env);
@@ -178,8 +179,8 @@ Result<Prebuilt> ProcessIsolator::PrebuiltPool::Build() {
                      std::string("cannot start a pre-built init: ") + std::strerror(child->err));
   }
   p.pidfd = std::move(child->pidfd);
-  p.mount_ns =
-      UniqueFd(::open(("/proc/" + std::to_string(p.pid) + "/ns/mnt").c_str(), O_RDONLY | O_CLOEXEC));
+  p.mount_ns = UniqueFd(
+      ::open(("/proc/" + std::to_string(p.pid) + "/ns/mnt").c_str(), O_RDONLY | O_CLOEXEC));
   p.status_read = std::move(status->first);
   p.out = std::move(out->first);
   p.err = std::move(err->first);

@@ -24,11 +24,12 @@ Pool::Pool(queue::QueueStore& store, IsolatorPicker picker, PoolOptions options,
       options_(std::move(options)),
       metrics_(std::make_unique<Metrics>(metrics)),
       clock_(clock),
-      reaper_(store, ReaperOptions{.node_id = options_.node_id,
-                                   .lease = options_.lease,
-                                   .interval = options_.reap_interval,
-                                   .policy = options_.reap_policy,
-                                   .reap = options_.reap},
+      reaper_(store,
+              ReaperOptions{.node_id = options_.node_id,
+                            .lease = options_.lease,
+                            .interval = options_.reap_interval,
+                            .policy = options_.reap_policy,
+                            .reap = options_.reap},
               clock) {
   // spdlog's registry is a lazily built static inside the (uninstrumented)
   // shared library: build it on this thread before any pool thread logs.

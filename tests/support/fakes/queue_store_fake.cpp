@@ -158,8 +158,7 @@ Result<std::vector<queue::Task>> FakeQueueStore::Claim(const queue::ClaimRequest
     if (next >= request.worker_ids.size()) break;
     auto& t = tasks_[id];
     if (t.state != queue::TaskState::kQueued) continue;
-    if (auto d = deferred_until_.find(id);
-        d != deferred_until_.end() && clock_.Now() < d->second) {
+    if (auto d = deferred_until_.find(id); d != deferred_until_.end() && clock_.Now() < d->second) {
       continue;
     }
     if (std::find(request.skip_isolations.begin(), request.skip_isolations.end(),

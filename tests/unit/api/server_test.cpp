@@ -74,8 +74,7 @@ TEST_CASE("pool routes pass each command to the node, in order, with its options
   REQUIRE(drained->status == 202);
   CHECK(boost::json::parse(drained->body).at("pool").at("state").as_string() == "draining");
   REQUIRE(client.Post("/api/v1/pool/start", "{}", "application/json")->status == 202);
-  REQUIRE(client.Post("/api/v1/pool/stop", R"({"force":true})", "application/json")->status ==
-          202);
+  REQUIRE(client.Post("/api/v1/pool/stop", R"({"force":true})", "application/json")->status == 202);
 
   auto commands = f.node.Commands();
   REQUIRE(commands.size() == 4);
@@ -102,8 +101,7 @@ TEST_CASE("a bad pool command is a 400 that never reaches the node", "[api][serv
   CHECK(ErrorCode(too_many) == "validation_failed");
   CHECK(too_many->body.find("--max-workers") != std::string::npos);
   CHECK(client.Post("/api/v1/pool/scale", R"({"count":0})", "application/json")->status == 400);
-  CHECK(client.Post("/api/v1/pool/start", R"({"force":true})", "application/json")->status ==
-        400);
+  CHECK(client.Post("/api/v1/pool/start", R"({"force":true})", "application/json")->status == 400);
   CHECK(client.Post("/api/v1/pool/stop", R"({"drain":1})", "application/json")->status == 400);
   auto unknown_param = client.Post("/api/v1/pool/start?now=1", "{}", "application/json");
   REQUIRE(unknown_param->status == 400);
