@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/error_codes.h"
 #include "base/result.h"
 
 namespace runner::isolation {
@@ -110,6 +111,45 @@ struct RunResult {
   Usage usage;
   std::string isolation;  // "docker" or "process": what actually ran it
 };
+
+// How a run ended, as every isolator reports it: `kind`, the error code that
+// goes with it (base/error_codes.h: timed_out, cancelled, oom_killed,
+// over_limit; nonzero_exit for kExited with an exit code other than 0, set
+// before this call) and what happened. Exit code and usage stay the caller's.
+inline void SetEnding(RunResult& r, RunResult::Kind kind, std::string message) {
+  using Kind = RunResult::Kind;
+  r.kind = kind;
+  switch (kind) {
+    case Kind::kExited:
+      r.error_code = r.exit_code != 0 ? errc::kNonzeroExit : "";
+      break;
+    case Kind::kTimedOut:
+      r.error_code = errc::kTimedOut;
+      break;
+    case Kind::kStopped:
+      r.error_code = errc::kCancelled;
+      break;
+    case Kind::kOomKilled:
+      r.error_code = errc::kOomKilled;
+      break;
+    case Kind::kOverLimit:
+      r.error_code = errc::kOverLimit;
+      break;
+    case Kind::kError:
+      if (r.error_code.empty()) r.error_code = errc::kInternal;
+      break;
+  }
+  r.message = std::move(message);
+}
+
+// A run that could not start the task: kError with `code` (an errc code).
+inline RunResult RunError(std::string isolation, std::string code, std::string message) {
+  RunResult r;
+  r.isolation = std::move(isolation);
+  r.error_code = std::move(code);
+  SetEnding(r, RunResult::Kind::kError, std::move(message));
+  return r;
+}
 
 class Observer {
  public:

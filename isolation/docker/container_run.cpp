@@ -65,14 +65,7 @@ class SerialObserver {
 
 }  // namespace
 
-RunResult DockerErrorResult(const Error& e) {
-  RunResult r;
-  r.kind = RunResult::Kind::kError;
-  r.error_code = e.code;
-  r.message = e.message;
-  r.isolation = "docker";
-  return r;
-}
+RunResult DockerErrorResult(const Error& e) { return RunError("docker", e.code, e.message); }
 
 struct ContainerRun::Shared {
   explicit Shared(Observer& observer) : obs(observer) {}
@@ -332,42 +325,33 @@ RunResult ContainerRun::Outcome(Shared& shared, const Exit& exit, RunResult resu
 
   switch (ending) {
     case Ending::kTimeout:
-      result.kind = RunResult::Kind::kTimedOut;
-      result.error_code = "timed_out";
-      result.message =
-          "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms";
+      SetEnding(result, RunResult::Kind::kTimedOut,
+                "stopped after its timeout of " + std::to_string(spec.timeout.count()) + " ms");
       return result;
     case Ending::kStop:
-      result.kind = RunResult::Kind::kStopped;
-      result.error_code = "cancelled";
-      result.message = "stopped on request";
+      SetEnding(result, RunResult::Kind::kStopped, "stopped on request");
       return result;
     case Ending::kKill: {
       std::lock_guard lock(shared.state_mu);
-      result.kind = RunResult::Kind::kOverLimit;
-      result.error_code = "over_limit";
-      result.message = "killed by the over-limit policy: " + shared.kill_reason;
+      SetEnding(result, RunResult::Kind::kOverLimit,
+                "killed by the over-limit policy: " + shared.kill_reason);
       return result;
     }
     case Ending::kNone:
       break;
   }
   if (state && state->oom_killed) {
-    result.kind = RunResult::Kind::kOomKilled;
-    result.error_code = "oom_killed";
-    result.message = "killed for exceeding its memory limit of " + Bytes(spec.limits.memory);
+    SetEnding(result, RunResult::Kind::kOomKilled,
+              "killed for exceeding its memory limit of " + Bytes(spec.limits.memory));
     return result;
   }
   if (result.exit_code != 0 && shared.saw_enospc.load()) {
     int64_t limit = spec.limits.disk > 0 ? spec.limits.disk : options_.default_tmpfs_bytes;
-    result.kind = RunResult::Kind::kOverLimit;
-    result.error_code = "over_limit";
-    result.message = "wrote past its disk limit of " + Bytes(limit);
+    SetEnding(result, RunResult::Kind::kOverLimit, "wrote past its disk limit of " + Bytes(limit));
     return result;
   }
-  result.kind = RunResult::Kind::kExited;
-  if (result.exit_code != 0)
-    result.message = "exited with code " + std::to_string(result.exit_code);
+  SetEnding(result, RunResult::Kind::kExited,
+            result.exit_code != 0 ? "exited with code " + std::to_string(result.exit_code) : "");
   return result;
 }
 

@@ -566,19 +566,17 @@ RunResult TaskRun::Finish() {
   RunResult r;
   r.isolation = "process";
   if (!sandbox_report_.setup_error.empty() && ending_ == Ending::kNone) {
-    r.kind = RunResult::Kind::kError;
-    r.error_code = "isolation_unavailable";
-    r.message = "cannot build the process sandbox: " + sandbox_report_.setup_error +
-                " (check the runner's log at start; --process-sandbox off runs tasks bare)";
-    return r;
+    return RunError("process", errc::kIsolationUnavailable,
+                    "cannot build the process sandbox: " + sandbox_report_.setup_error +
+                        " (check the runner's log at start; --process-sandbox off runs tasks "
+                        "bare)");
   }
   if (sandbox_report_.exec_errno != 0 && ending_ == Ending::kNone) {
     int e = sandbox_report_.exec_errno;
-    r.kind = RunResult::Kind::kExited;
     r.exit_code = e == ENOENT ? 127 : 126;
-    r.error_code = "nonzero_exit";
-    r.message = e == ENOENT ? "command not found in the sandbox: " + spec_.command[0]
-                            : "cannot run " + spec_.command[0] + ": " + std::strerror(e);
+    SetEnding(r, RunResult::Kind::kExited,
+              e == ENOENT ? "command not found in the sandbox: " + spec_.command[0]
+                          : "cannot run " + spec_.command[0] + ": " + std::strerror(e));
     observer_.OnOutput(OutputStream::kStderr, "runner: " + r.message + "\n");
     return r;
   }
@@ -597,71 +595,54 @@ RunResult TaskRun::Finish() {
   const Limits& lim = spec_.limits;
   switch (ending_) {
     case Ending::kTimeout:
-      r.kind = RunResult::Kind::kTimedOut;
-      r.error_code = "timed_out";
-      r.message = "the task " + ending_message_ + " (limit set by its timeout)";
+      SetEnding(r, RunResult::Kind::kTimedOut,
+                "the task " + ending_message_ + " (limit set by its timeout)");
       return r;
     case Ending::kStop:
-      r.kind = RunResult::Kind::kStopped;
-      r.error_code = "cancelled";
-      r.message = "the task was stopped before it finished";
+      SetEnding(r, RunResult::Kind::kStopped, "the task was stopped before it finished");
       return r;
     case Ending::kPolicyKill:
     case Ending::kDisk:
-      r.kind = RunResult::Kind::kOverLimit;
-      r.error_code = "over_limit";
-      r.message = ending_message_;
+      SetEnding(r, RunResult::Kind::kOverLimit, ending_message_);
       return r;
     case Ending::kNone:
       break;
   }
   if (final_stats_.oom_kills > 0 && code != 0) {
-    r.kind = RunResult::Kind::kOomKilled;
-    r.error_code = "oom_killed";
-    r.message = "the task exceeded its memory limit of " + Bytes(lim.memory) +
-                " and was killed; raise limits.memory";
+    SetEnding(r, RunResult::Kind::kOomKilled,
+              "the task exceeded its memory limit of " + Bytes(lim.memory) +
+                  " and was killed; raise limits.memory");
     return r;
   }
   bool disk_full = lim.disk > 0 && (work_dir_->Full() || work_dir_->UsedBytes() >= lim.disk);
   if (lim.disk > 0 && ((signaled && WTERMSIG(status_) == SIGXFSZ) || (disk_full && code != 0))) {
-    r.kind = RunResult::Kind::kOverLimit;
-    r.error_code = "over_limit";
-    r.message = "the task tried to write more than its disk limit of " + Bytes(lim.disk) +
-                "; raise limits.disk or write less";
+    SetEnding(r, RunResult::Kind::kOverLimit,
+              "the task tried to write more than its disk limit of " + Bytes(lim.disk) +
+                  "; raise limits.disk or write less");
     return r;
   }
-  r.kind = RunResult::Kind::kExited;
-  if (code != 0) r.error_code = "nonzero_exit";
-  if (signaled) r.message = "the task was killed by " + SignalName(WTERMSIG(status_));
+  SetEnding(r, RunResult::Kind::kExited,
+            signaled ? "the task was killed by " + SignalName(WTERMSIG(status_)) : "");
   return r;
 }
 
 RunResult TaskRun::Run() {
-  RunResult failed;
-  failed.isolation = "process";
   if (spec_.command.empty() || spec_.command[0].empty()) {
-    failed.error_code = "validation_failed";
-    failed.message = "the task has no command";
-    return failed;
+    return RunError("process", errc::kValidationFailed, "the task has no command");
   }
   if (sandbox_ != nullptr && !sandbox_->usable()) {
-    failed.error_code = "isolation_unavailable";
-    failed.message = "process tasks must run in the sandbox, which this host cannot build: " +
-                     sandbox_->unavailable_reason();
-    return failed;
+    return RunError("process", errc::kIsolationUnavailable,
+                    "process tasks must run in the sandbox, which this host cannot build: " +
+                        sandbox_->unavailable_reason());
   }
   if (Status st = Prepare(); !st.ok()) {
-    failed.error_code = "internal";
-    failed.message = st.error().message;
-    return failed;
+    return RunError("process", errc::kInternal, st.error().message);
   }
   if (exe_.empty()) {
     exec_stage_ = kExec;
     exec_errno_ = ENOENT;
   } else if (Status st = Spawn(); !st.ok()) {
-    failed.error_code = "internal";
-    failed.message = st.error().message;
-    return failed;
+    return RunError("process", errc::kInternal, st.error().message);
   }
   if (exec_stage_ != 0) {
     if (pid_ > 0) {
@@ -681,16 +662,13 @@ RunResult TaskRun::Run() {
       // What a shell does: the task ran and failed with 127/126.
       RunResult r;
       r.isolation = "process";
-      r.kind = RunResult::Kind::kExited;
       r.exit_code = exec_errno_ == ENOENT ? 127 : 126;
-      r.error_code = "nonzero_exit";
-      r.message = exec_errno_ == ENOENT ? "command not found: " + spec_.command[0] : message;
+      SetEnding(r, RunResult::Kind::kExited,
+                exec_errno_ == ENOENT ? "command not found: " + spec_.command[0] : message);
       observer_.OnOutput(OutputStream::kStderr, "runner: " + r.message + "\n");
       return r;
     }
-    failed.error_code = "internal";
-    failed.message = message;
-    return failed;
+    return RunError("process", errc::kInternal, message);
   }
   observer_.OnStarted("process", std::to_string(pid_));
   spdlog::debug("process isolation: started task_id={} worker_id={} pid={} dir={}", spec_.task_id,
