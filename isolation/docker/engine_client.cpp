@@ -573,17 +573,13 @@ Result<ContainerState> EngineClient::ContainerInspectState(std::string_view id) 
   return out;
 }
 
-Status EngineClient::ContainerLogs(std::string_view id, const LogsOptions& options,
-                                   const FrameSink& sink, std::stop_token stop,
-                                   Clock::time_point deadline) {
+Result<std::unique_ptr<HttpExchange>> EngineClient::OpenStream(const std::string& target,
+                                                               Clock::time_point deadline,
+                                                               std::string_view what) {
   auto prefix = Prefix();
   if (!prefix) return prefix.error();
-  std::string target = *prefix + "/containers/" + std::string(id) +
-                       "/logs?follow=" + (options.follow ? "1" : "0") +
-                       "&stdout=" + (options.stdout_stream ? "1" : "0") +
-                       "&stderr=" + (options.stderr_stream ? "1" : "0");
-  auto header_deadline = std::min(deadline, Clock::now() + options_.call_timeout);
-  auto exchange = Open("GET", target, header_deadline);
+  auto exchange =
+      Open("GET", *prefix + target, std::min(deadline, Clock::now() + options_.call_timeout));
   if (!exchange) return exchange.error();
   HttpExchange& ex = **exchange;
   if (ex.status() != 200) {
@@ -591,16 +587,43 @@ Status EngineClient::ContainerLogs(std::string_view id, const LogsOptions& optio
     resp.status = ex.status();
     auto body = ex.ReadAll(Clock::now() + options_.quick_timeout);
     if (body) resp.body = *body;
-    return ApiError(resp, "container logs");
+    return ApiError(resp, what);
   }
-  FrameDemuxer demux;
+  return exchange;
+}
+
+Result<EngineClient::StreamEnd> EngineClient::ReadStream(
+    HttpExchange& ex, std::stop_token stop, Clock::time_point deadline,
+    const std::function<Result<bool>(std::string_view)>& on_chunk) {
   while (!ex.body_done()) {
-    if (stop.stop_requested()) return MakeError("cancelled", "log streaming stopped");
-    if (Clock::now() >= deadline) return ex.Timeout("streaming logs");
+    if (stop.stop_requested()) return StreamEnd::kStopped;
+    if (Clock::now() >= deadline) return StreamEnd::kDeadline;
     if (!ex.PollBody(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)))) continue;
-    if (Status st = ex.ReadError(); !st) return st;
-    if (Status st = demux.Feed(ex.TakeChunk(), sink); !st) return st;
+    if (Status st = ex.ReadError(); !st) return st.error();
+    auto more = on_chunk(ex.TakeChunk());
+    if (!more) return more.error();
+    if (!*more) return StreamEnd::kSinkDone;
   }
+  return StreamEnd::kBodyDone;
+}
+
+Status EngineClient::ContainerLogs(std::string_view id, const LogsOptions& options,
+                                   const FrameSink& sink, std::stop_token stop,
+                                   Clock::time_point deadline) {
+  std::string target = "/containers/" + std::string(id) +
+                       "/logs?follow=" + (options.follow ? "1" : "0") +
+                       "&stdout=" + (options.stdout_stream ? "1" : "0") +
+                       "&stderr=" + (options.stderr_stream ? "1" : "0");
+  auto exchange = OpenStream(target, deadline, "container logs");
+  if (!exchange) return exchange.error();
+  FrameDemuxer demux;
+  auto end = ReadStream(**exchange, stop, deadline, [&](std::string_view chunk) -> Result<bool> {
+    if (Status st = demux.Feed(chunk, sink); !st) return st.error();
+    return true;
+  });
+  if (!end) return end.error();
+  if (*end == StreamEnd::kStopped) return MakeError("cancelled", "log streaming stopped");
+  if (*end == StreamEnd::kDeadline) return (*exchange)->Timeout("streaming logs");
   return {};
 }
 
@@ -615,27 +638,13 @@ Result<ContainerStats> EngineClient::ContainerStatsOnce(std::string_view id) {
 Status EngineClient::ContainerStatsStream(
     std::string_view id, const std::function<bool(const ContainerStats&)>& on_sample,
     std::stop_token stop, Clock::time_point deadline) {
-  auto prefix = Prefix();
-  if (!prefix) return prefix.error();
-  auto exchange = Open("GET", *prefix + "/containers/" + std::string(id) + "/stats?stream=true",
-                       std::min(deadline, Clock::now() + options_.call_timeout));
+  auto exchange = OpenStream("/containers/" + std::string(id) + "/stats?stream=true", deadline,
+                             "container stats");
   if (!exchange) return exchange.error();
-  HttpExchange& ex = **exchange;
-  if (ex.status() != 200) {
-    Response resp;
-    resp.status = ex.status();
-    auto body = ex.ReadAll(Clock::now() + options_.quick_timeout);
-    if (body) resp.body = *body;
-    return ApiError(resp, "container stats");
-  }
-  // One JSON document per line.
+  // One JSON document per line; a stop or the deadline ends it quietly.
   std::string pending;
-  while (!ex.body_done()) {
-    if (stop.stop_requested()) return {};
-    if (Clock::now() >= deadline) return {};
-    if (!ex.PollBody(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)))) continue;
-    if (Status st = ex.ReadError(); !st) return st;
-    pending.append(ex.TakeChunk());
+  auto end = ReadStream(**exchange, stop, deadline, [&](std::string_view chunk) -> Result<bool> {
+    pending.append(chunk);
     size_t nl;
     while ((nl = pending.find('\n')) != std::string::npos) {
       std::string line = pending.substr(0, nl);
@@ -643,10 +652,12 @@ Status EngineClient::ContainerStatsStream(
       if (line.empty()) continue;
       auto stats = ParseContainerStats(line);
       if (!stats) return stats.error();
-      if (!on_sample(*stats)) return {};
+      if (!on_sample(*stats)) return false;
     }
     if (pending.size() > kMaxBodyBytes) return MakeError("internal", "stats line too long");
-  }
+    return true;
+  });
+  if (!end) return end.error();
   return {};
 }
 

@@ -175,6 +175,19 @@ class EngineClient {
                                              std::chrono::steady_clock::time_point deadline,
                                              const std::string& body = {}, bool upgrade = false);
   Error ApiError(const Response& response, std::string_view what) const;
+  // A streaming GET of `target` (prefixed): its exchange once the head came
+  // (by `deadline` or call_timeout), or the Engine's error for `what`.
+  Result<std::unique_ptr<HttpExchange>> OpenStream(const std::string& target,
+                                                   std::chrono::steady_clock::time_point deadline,
+                                                   std::string_view what);
+  // How a streamed body ended (ReadStream).
+  enum class StreamEnd { kBodyDone, kSinkDone, kStopped, kDeadline };
+  // Hands each chunk of `ex`'s body to `on_chunk` until the body ends, it
+  // answers false, `stop` is requested or `deadline` passes; its error ends
+  // the read too.
+  Result<StreamEnd> ReadStream(HttpExchange& ex, std::stop_token stop,
+                               std::chrono::steady_clock::time_point deadline,
+                               const std::function<Result<bool>(std::string_view)>& on_chunk);
   Result<std::string> Prefix();
 
   EngineClientOptions options_;
