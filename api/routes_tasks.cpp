@@ -24,6 +24,14 @@ namespace json = boost::json;
 using httplib::Request;
 using httplib::Response;
 
+namespace {
+
+Error TaskNotFound(const std::string& id) {
+  return MakeError("not_found", "no task with id " + id);
+}
+
+}  // namespace
+
 void ApiServer::TaskRoutes() {
   httplib::Server& s = *http_;
   const std::optional<std::string> token = options_.api_token;
@@ -88,32 +96,31 @@ void ApiServer::TaskRoutes() {
           SendJson(res, 200, body);
         }));
 
-  auto task_not_found = [](const std::string& id) {
-    return MakeError("not_found", "no task with id " + id);
-  };
-
   s.Get(R"(/api/v1/tasks/([^/]+))",
-        Guarded(Access::kToken, [this, task_not_found](const Request& req, Response& res) {
+        Guarded(Access::kToken, [this](const Request& req, Response& res) {
           std::string id = req.matches[1];
-          if (!IsUlid(id)) return SendError(res, task_not_found(id));
+          if (!IsUlid(id)) return SendError(res, TaskNotFound(id));
           auto task = store_.Get(id);
           if (!task) return SendError(res, task.error());
           SendJson(res, 200, TaskToJson(*task));
         }));
 
   s.Post(R"(/api/v1/tasks/([^/]+)/cancel)",
-         Guarded(Access::kToken, [this, task_not_found](const Request& req, Response& res) {
+         Guarded(Access::kToken, [this](const Request& req, Response& res) {
            std::string id = req.matches[1];
-           if (!IsUlid(id)) return SendError(res, task_not_found(id));
+           if (!IsUlid(id)) return SendError(res, TaskNotFound(id));
            auto task = store_.Cancel(id);
            if (!task) return SendError(res, task.error());
            SendJson(res, 202, TaskToJson(*task));
          }));
+}
 
-  // Logs: text, or SSE when follow=1. Token via query only for the SSE form.
+// Logs: text, or SSE when follow=1. Token via query only for the SSE form.
+void ApiServer::TaskLogRoutes() {
+  httplib::Server& s = *http_;
+  const std::optional<std::string> token = options_.api_token;
   s.Get(R"(/api/v1/tasks/([^/]+)/logs)",
-        Guarded(Access::kTokenOrQuery, [this, token, task_not_found](const Request& req,
-                                                                     Response& res) {
+        Guarded(Access::kTokenOrQuery, [this, token](const Request& req, Response& res) {
           std::string id = req.matches[1];
           if (auto e = UnknownParam(req, {"stream", "follow", "token"})) return SendError(res, *e);
           bool follow = req.has_param("follow") && req.get_param_value("follow") != "0" &&
@@ -135,7 +142,7 @@ void ApiServer::TaskRoutes() {
                   res, MakeError("validation_failed", "stream: must be stdout, stderr or all"));
             }
           }
-          if (!IsUlid(id)) return SendError(res, task_not_found(id));
+          if (!IsUlid(id)) return SendError(res, TaskNotFound(id));
           auto task = store_.Get(id);
           if (!task) return SendError(res, task.error());
 

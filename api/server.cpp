@@ -272,6 +272,7 @@ void ApiServer::Routes() {
   ScheduleRoutes(s, token_only, schedules_, store_);
   QueueRoutes(s, token_only, store_);
   TaskRoutes();
+  TaskLogRoutes();
   PoolRoutes();
   EventRoutes();
   OpsRoutes();  // last: it ends with the dashboard's catch-all

@@ -132,6 +132,7 @@ class ApiServer {
   // and routes_schedules.cpp are free functions over the store.
   void Routes();
   void TaskRoutes();
+  void TaskLogRoutes();
   void PoolRoutes();
   void EventRoutes();
   void OpsRoutes();
