@@ -132,6 +132,13 @@ bool DayMatches(const CronExpr& e, const chr::year_month_day& ymd, const chr::we
 }  // namespace
 
 Result<CronExpr> ParseCron(const std::string& input) {
+  // Every minute listed one by one in every field is under 400 characters;
+  // a longer text is a mistake or an attack, and is not echoed back.
+  if (input.size() > kMaxCronLength) {
+    return MakeError("validation_failed", "cron: " + std::to_string(input.size()) +
+                                              " characters; at most " +
+                                              std::to_string(kMaxCronLength));
+  }
   const std::string text = ExpandMacro(input);
   if (!text.empty() && text[0] == '@') {
     return MakeError(

@@ -58,6 +58,10 @@ std::optional<Error> ValidateSpec(const ScheduleSpec& spec) {
   } else if (!std::isfinite(*spec.every) || *spec.every < kMinEvery || *spec.every > kMaxEvery) {
     return bad("every: must be a number of seconds from 1 to 31622400");
   }
+  if (spec.timezone.size() > 128) {  // not echoed back
+    return bad("timezone: " + std::to_string(spec.timezone.size()) +
+               " characters; an IANA time zone name is at most 128");
+  }
   if (auto zone = TimeZone::Load(spec.timezone); !zone) {
     return bad("timezone: " + spec.timezone +
                " is not an IANA time zone this host knows (such as UTC or Europe/Berlin)");

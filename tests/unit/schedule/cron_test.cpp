@@ -103,6 +103,37 @@ TEST_CASE("bad cron expressions name the field and the fault", "[cron]") {
   CHECK_THAT(ParseError("1,,2 * * * *"), Catch::Contains("empty list item"));
   CHECK_THAT(ParseError("@reboot"), Catch::Contains("unknown macro"));
   CHECK_THAT(ParseError("-1 * * * *"), Catch::Contains("minute"));
+  CHECK_THAT(ParseError("60 * * * *"), Catch::Contains("minute: 60 is out of range 0-59"));
+  CHECK_THAT(ParseError("* * * * */0"), Catch::Contains("day of week: step 0 is out of range"));
+  CHECK_THAT(ParseError("*/60 * * * *"), Catch::Contains("minute: step 60 is out of range 1-59"));
+  CHECK_THAT(ParseError("*/x * * * *"), Catch::Contains("minute: step 'x' is not a number"));
+  CHECK_THAT(ParseError("1-2-3 * * * *"), Catch::Contains("minute: '2-3' is not a number"));
+  CHECK_THAT(ParseError("0 0 * * mon-fri,saturday"),
+             Catch::Contains("day of week: 'saturday' is not a number or a name"));
+  CHECK_THAT(ParseError("0 0 * dec-jan *"),
+             Catch::Contains("month: range 'dec-jan' runs backwards"));
+  CHECK_THAT(ParseError("* * * * * *"), Catch::Contains("has 6 fields"));
+  CHECK_THAT(ParseError(""), Catch::Contains("has 0 fields"));
+  CHECK_THAT(ParseError("99999999999 * * * *"), Catch::Contains("minute: '99999999999' is not"));
+}
+
+TEST_CASE("a huge cron expression is refused without being echoed back", "[cron]") {
+  // Every minute listed, in every field that has that many values: accepted.
+  std::string minutes;
+  for (int m = 0; m < 60; ++m) minutes += (m ? "," : "") + std::to_string(m);
+  REQUIRE(ParseCron(minutes + " * * * *").ok());
+  // A list of a hundred thousand items: refused by its length, which the
+  // message gives instead of the text.
+  std::string huge = "0";
+  for (int i = 0; i < 100000; ++i) huge += ",0";
+  huge += " * * * *";
+  const std::string why = ParseError(huge);
+  CHECK(why == "cron: " + std::to_string(huge.size()) + " characters; at most 1000");
+  // The bound is on the text, exactly: 1000 bytes pass, 1001 do not.
+  const std::string padded = "0" + std::string(1000 - 8, ' ') + "* * * *";
+  REQUIRE(padded.size() == 1000);
+  CHECK(ParseCron(padded).ok());
+  CHECK(ParseError(padded + " ") == "cron: 1001 characters; at most 1000");
 }
 
 TEST_CASE("a local time that spring-forward skips fires once, at the end of the gap",
