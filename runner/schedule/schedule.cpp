@@ -49,6 +49,11 @@ std::optional<Error> ValidateSpec(const ScheduleSpec& spec) {
   if (!queue::IsValidQueueName(spec.name)) {
     return bad("name: must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
   }
+  // The name is a path segment (/api/v1/schedules/NAME): browsers and curl
+  // resolve "." and ".." away, so such a schedule could not be reached.
+  if (spec.name == "." || spec.name == "..") {
+    return bad("name: '" + spec.name + "' cannot name a schedule (it is a path segment)");
+  }
   if (spec.cron.has_value() == spec.every.has_value()) {
     return bad("cron, every: give exactly one of cron (an expression) and every (seconds)");
   }

@@ -283,6 +283,7 @@ TEST_CASE("hostile and mistaken schedule requests get a clear 400, 404 or 409 an
       {R"({"name":")" + std::string(200, 'n') + R"(","every":5,)" + task + "}", "validation_failed",
        "name:"},
       {R"({"name":5,"every":5,)" + task + "}", "validation_failed", "name: must be a string"},
+      {R"({"name":"..","every":5,)" + task + "}", "validation_failed", "name: '..' cannot"},
       {R"({"name":"x","every":5,"retries":3,)" + task + "}", "validation_failed", "retries:"},
       {R"({"name":"x","every":5,"task":{"command":["true"],"bogus":1}})", "validation_failed",
        "task.bogus: unknown field"},

@@ -76,6 +76,12 @@ TEST_CASE("a schedule's validation names the field and what is wrong", "[schedul
   CHECK(Why(s).rfind("name:", 0) == 0);
   s.name = std::string(64, 'n');
   CHECK(Why(s).empty());
+  s.name = "..";
+  CHECK(Why(s).rfind("name: '..' cannot name a schedule", 0) == 0);
+  s.name = ".";
+  CHECK(Why(s).rfind("name:", 0) == 0);
+  s.name = "...";  // not a path segment of its own
+  CHECK(Why(s).empty());
   s = Spec();
   s.timezone = std::string(100000, 'A');
   CHECK(Why(s) == "timezone: 100000 characters; an IANA time zone name is at most 128");
