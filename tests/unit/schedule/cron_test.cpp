@@ -1,8 +1,12 @@
 #include "runner/schedule/cron.h"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <limits>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "runner/schedule/time_zone.h"
 
@@ -219,4 +223,92 @@ TEST_CASE("unknown and hostile zone names are refused", "[cron][tz]") {
   }
   auto not_tzif = TimeZone::Load("zone.tab");  // a file of the database, not a zone
   CHECK_FALSE(not_tzif.ok());
+}
+
+namespace {
+
+// The cron's match of a local wall-clock minute (seconds as if UTC), by the
+// rules of crontab(5), written out again here.
+bool Matches(const CronExpr& e, UnixSeconds local) {
+  namespace chr = std::chrono;
+  const std::int64_t day = local >= 0 ? local / 86400 : (local - 86399) / 86400;
+  const std::int64_t secs = local - day * 86400;
+  const chr::sys_days sd{chr::days{day}};
+  const chr::year_month_day ymd{sd};
+  const bool dom = e.days_of_month[static_cast<unsigned>(ymd.day())];
+  const bool dow = e.days_of_week[chr::weekday{sd}.c_encoding()];
+  const bool day_ok = e.dom_restricted && e.dow_restricted ? dom || dow
+                      : e.dom_restricted                   ? dom
+                      : e.dow_restricted                   ? dow
+                                                           : true;
+  return day_ok && e.months[static_cast<unsigned>(ymd.month())] &&
+         e.hours[static_cast<std::size_t>(secs / 3600)] &&
+         e.minutes[static_cast<std::size_t>(secs % 3600 / 60)];
+}
+
+// The slots in (from, to], found by walking UTC minute by minute: a minute
+// fires when a matching local minute is newly reached by the wall clock,
+// that is, lies above the highest local time shown so far and at or below
+// the local time now. A spring-forward's skipped minutes are reached at
+// once at the end of the gap (one slot); a fall-back's repeated ones are
+// not new the second time.
+std::vector<UnixSeconds> Walk(const CronExpr& e, const TimeZone& zone, UnixSeconds from,
+                              UnixSeconds to) {
+  std::vector<UnixSeconds> out;
+  UnixSeconds shown = std::numeric_limits<UnixSeconds>::min();
+  for (UnixSeconds t = from - 2 * 86400; t <= to; t += 60) {
+    const UnixSeconds local = t + zone.OffsetAt(t);
+    bool fire = false;
+    if (shown != std::numeric_limits<UnixSeconds>::min()) {
+      for (UnixSeconds l = local; l > shown && !fire; l -= 60) fire = Matches(e, l);
+    }
+    shown = std::max(shown, local);
+    if (fire && t > from) out.push_back(t);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("next slots agree with a minute-by-minute walk of the wall clock across DST days",
+          "[cron][dst]") {
+  struct Window {
+    const char* zone;
+    const char* from;  // UTC; the walk covers three days from here
+  };
+  const Window windows[] = {
+      {"Europe/Berlin", "2026-03-28 00:00"},    {"Europe/Berlin", "2026-10-24 00:00"},
+      {"America/New_York", "2026-03-07 00:00"}, {"America/New_York", "2026-10-31 00:00"},
+      {"Australia/Sydney", "2026-04-04 00:00"}, {"Australia/Sydney", "2026-10-03 00:00"},
+      {"Asia/Kolkata", "2026-06-01 00:00"},     {"UTC", "2026-02-27 00:00"},
+  };
+  const char* crons[] = {"* * * * *",      "*/15 * * * *",   "30 2 * * *",
+                         "0,30 1-3 * * *", "0 * * * *",      "@daily",
+                         "59 1 * * sun",   "15 2 25,29 * 6", "0 0 28-31 2 *"};
+  for (const auto& w : windows) {
+    const auto zone = Zone(w.zone);
+    const UnixSeconds from = Utc(w.from);
+    const UnixSeconds to = from + 3 * 86400;
+    for (const char* cron : crons) {
+      INFO(cron << " in " << w.zone << " from " << w.from);
+      auto e = ParseCron(cron);
+      REQUIRE(e.ok());
+      const auto expected = Walk(*e, zone, from, to);
+      std::vector<UnixSeconds> got;
+      for (auto t = NextSlot(*e, zone, from); t && *t <= to; t = NextSlot(*e, zone, *t)) {
+        got.push_back(*t);
+      }
+      CHECK(got == expected);
+      // And from any instant, not only from the previous slot.
+      for (UnixSeconds after = from; after < to; after += 7 * 60 + 13) {
+        const auto next = NextSlot(*e, zone, after);
+        const auto it = std::upper_bound(expected.begin(), expected.end(), after);
+        if (it == expected.end()) {
+          CHECK((!next || *next > to));
+        } else {
+          CHECK(next == std::optional<UnixSeconds>(*it));
+        }
+      }
+    }
+  }
 }
