@@ -1,8 +1,13 @@
 #include "runner/schedule/scheduler.h"
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
+#include <memory>
 #include <pqxx/pqxx>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "runner/queue/postgres_store.h"
@@ -513,6 +518,68 @@ TEST_CASE("a paused schedule runs when triggered and stays paused on its slots",
   CHECK(Count(f.db,
               "SELECT count(*) FROM events WHERE kind = 'schedule.fired' AND "
               "(data->>'trigger')::boolean") == 2);
+}
+
+}  // namespace runner::schedule
+
+namespace runner::schedule {
+
+TEST_CASE("a schedule whose slots cannot be computed neither spins the loop nor holds up others",
+          "[schedule]") {
+  // Real time: what is measured is how often the loop passes.
+  TestDatabase db;
+  queue::StoreOptions options;
+  options.conninfo = db.conninfo();
+  auto q = queue::PostgresStore::Open(options);
+  REQUIRE(q.ok());
+  auto store = ScheduleStore::Open(options);
+  REQUIRE(store.ok());
+  ScheduleSpec spec;
+  spec.name = "lost-zone";
+  spec.cron = "* * * * *";
+  spec.timezone = "Europe/Berlin";
+  spec.task.command = {"true"};
+  REQUIRE((*store)->Create(spec, SystemClock().SystemNow()).ok());
+  // Its zone leaves tzdata (as Debian moved US/Eastern to tzdata-legacy),
+  // with a slot due.
+  {
+    pqxx::connection c(db.conninfo());
+    pqxx::nontransaction tx(c);
+    tx.exec(
+        "UPDATE schedules SET timezone = 'Mars/Olympus_Mons', next_run_at = now() - "
+        "interval '1 minute'");
+  }
+  spec.name = "healthy";
+  spec.cron.reset();
+  spec.timezone = "UTC";
+  spec.every = 1;
+  spec.overlap = Overlap::kAllow;
+  REQUIRE((*store)->Create(spec, SystemClock().SystemNow()).ok());
+
+  auto out = std::make_shared<std::ostringstream>();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*out);
+  auto logger = spdlog::default_logger();
+  logger->sinks().push_back(sink);
+  metrics::Registry registry;
+  {
+    Scheduler scheduler(**store, SystemClock(), registry);
+    scheduler.Start();
+    std::this_thread::sleep_for(2500ms);
+    scheduler.Stop();
+  }
+  logger->sinks().pop_back();
+  const std::string log = out->str();
+  int passes = 0;
+  for (auto at = log.find("cannot compute slots"); at != std::string::npos;
+       at = log.find("cannot compute slots", at + 1)) {
+    ++passes;
+  }
+  INFO(passes << " passes tried the broken schedule");
+  CHECK(passes >= 1);
+  CHECK(passes <= 5);  // once a poll (1 s), not every 10 ms
+  CHECK(log.find("schedule=lost-zone") != std::string::npos);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE schedule = 'healthy'") >= 2);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE schedule = 'lost-zone'") == 0);
 }
 
 }  // namespace runner::schedule
