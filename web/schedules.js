@@ -63,7 +63,8 @@ function render(list) {
     tr.setAttribute('data-schedule', s.name);
     tr.appendChild(cell(s.name, 'mono'));
     tr.appendChild(cell(when(s), 'mono'));
-    tr.appendChild(cell(s.paused ? 'paused' : fmt(s.next_run_at)));
+    // Paused: no tasks, but the next slot is still shown (as the API does).
+    tr.appendChild(cell(s.paused ? `paused · next ${fmt(s.next_run_at)}` : fmt(s.next_run_at)));
     const last = cell(s.last_task_id ? '' : '–', 'mono');
     if (s.last_task_id) {
       const a = document.createElement('a');

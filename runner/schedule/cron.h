@@ -15,6 +15,7 @@
 // Thread-safety: value types; any thread.
 
 #include <bitset>
+#include <cstddef>
 #include <optional>
 #include <string>
 
@@ -32,6 +33,9 @@ struct CronExpr {
   bool dom_restricted = false;
   bool dow_restricted = false;
 };
+
+// The longest expression accepted (in bytes).
+inline constexpr std::size_t kMaxCronLength = 1000;
 
 // Errors (code `validation_failed`) name the field and what is wrong:
 // "cron: hour: 24 is out of range 0-23".

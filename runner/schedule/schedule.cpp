@@ -49,6 +49,11 @@ std::optional<Error> ValidateSpec(const ScheduleSpec& spec) {
   if (!queue::IsValidQueueName(spec.name)) {
     return bad("name: must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
   }
+  // The name is a path segment (/api/v1/schedules/NAME): browsers and curl
+  // resolve "." and ".." away, so such a schedule could not be reached.
+  if (spec.name == "." || spec.name == "..") {
+    return bad("name: '" + spec.name + "' cannot name a schedule (it is a path segment)");
+  }
   if (spec.cron.has_value() == spec.every.has_value()) {
     return bad("cron, every: give exactly one of cron (an expression) and every (seconds)");
   }
@@ -57,6 +62,10 @@ std::optional<Error> ValidateSpec(const ScheduleSpec& spec) {
     if (!expr) return expr.error();
   } else if (!std::isfinite(*spec.every) || *spec.every < kMinEvery || *spec.every > kMaxEvery) {
     return bad("every: must be a number of seconds from 1 to 31622400");
+  }
+  if (spec.timezone.size() > 128) {  // not echoed back
+    return bad("timezone: " + std::to_string(spec.timezone.size()) +
+               " characters; an IANA time zone name is at most 128");
   }
   if (auto zone = TimeZone::Load(spec.timezone); !zone) {
     return bad("timezone: " + spec.timezone +

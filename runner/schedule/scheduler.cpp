@@ -56,14 +56,18 @@ void Scheduler::Poke() {
 void Scheduler::Loop(std::stop_token stop) {
   while (!stop.stop_requested()) {
     auto wait = std::chrono::duration_cast<Clock::Duration>(options_.poll);
+    const Micros pass_at = ToMicros(clock_.SystemNow());
     auto pass = RunOnce();
     if (!pass.ok()) {
       spdlog::warn("schedules: pass failed error=\"{}\"", pass.error().message);
       wait = std::chrono::duration_cast<Clock::Duration>(options_.retry);
-    } else if (auto earliest = store_.EarliestNext(); earliest.ok() && earliest->has_value()) {
+    } else if (auto earliest = store_.EarliestNext();
+               earliest.ok() && earliest->has_value() && **earliest > pass_at) {
+      // Due after the pass began: wake for it (at least 10 ms on). A slot
+      // still there from before the pass is one the pass could not fire
+      // (its zone left tzdata): retrying it at once spun the loop at
+      // 100 passes a second, so it waits for the poll like the rest.
       const Micros now = ToMicros(clock_.SystemNow());
-      // At least 10 ms: a schedule that stays due (its slots cannot be
-      // computed) must not spin the loop.
       const auto until = std::chrono::microseconds(std::max<Micros>(10'000, **earliest - now));
       wait = std::min(wait, std::chrono::duration_cast<Clock::Duration>(until));
     }

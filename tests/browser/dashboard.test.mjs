@@ -198,9 +198,17 @@ describe('dashboard against a runner', () => {
     const row = '#schedule-table tr[data-schedule="browser-nightly"]';
     await page.waitForSelector(row, { timeout: 20000 });
     assert.match(await page.textContent(row), /30 3 \* \* \* \(Europe\/Berlin\)/);
+    // the next run is shown, as the browser formats the API's next_run_at
+    const next = await page.evaluate((iso) => new Date(iso).toLocaleString(), made.json.next_run_at);
+    assert.ok((await page.textContent(row)).includes(next), `next run ${next} in the row`);
     await page.click(`${row} [data-testid="schedule-pause"]`);
     await waitFor(async () => (await runner.api('/api/v1/schedules/browser-nightly')).json.paused === true,
       { timeout: 15000, what: 'the schedule paused' });
+    // paused still shows its next slot
+    await page.waitForFunction(({ sel, text }) => {
+      const r = document.querySelector(sel);
+      return r && r.textContent.includes(`paused · next ${text}`);
+    }, { sel: row, text: next }, { timeout: 15000 });
     await page.click(`${row} [data-testid="schedule-resume"]`);
     await waitFor(async () => (await runner.api('/api/v1/schedules/browser-nightly')).json.paused === false,
       { timeout: 15000, what: 'the schedule resumed' });

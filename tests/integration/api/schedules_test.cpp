@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
+#include <string>
+#include <vector>
 
 #include "tests/integration/api/api_fixture.h"
 
@@ -245,4 +247,128 @@ TEST_CASE("a schedule's secrets reach its tasks but never an answer", "[api][sch
   REQUIRE(res);
   REQUIRE(res->status == 201);
   CHECK(f.Json(res).at("secrets").as_array().empty());
+}
+
+TEST_CASE("hostile and mistaken schedule requests get a clear 400, 404 or 409 and change nothing",
+          "[api][schedules]") {
+  ApiFixture f;
+  auto res = f.http().Post("/api/v1/schedules",
+                           R"({"name":"keep","every":3600,"task":{"command":["true"]}})",
+                           "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  const std::string before = f.http().Get("/api/v1/schedules/keep")->body;
+
+  std::string huge_list = "0";
+  for (int i = 0; i < 100000; ++i) huge_list += ",0";
+  const std::string task = R"("task":{"command":["true"]})";
+  struct Case {
+    std::string body;
+    std::string code;
+    std::string message;  // the start of the message
+  };
+  const std::vector<Case> cases = {
+      {R"({"name":"x","cron":"*/0 * * * *",)" + task + "}", "validation_failed",
+       "cron: minute: step 0 is out of range 1-59"},
+      {R"({"name":"x","cron":"60 * * * *",)" + task + "}", "validation_failed",
+       "cron: minute: 60 is out of range 0-59"},
+      {R"({"name":"x","cron":")" + huge_list + R"( * * * *",)" + task + "}", "validation_failed",
+       "cron: " + std::to_string(huge_list.size() + 8) + " characters; at most 1000"},
+      {R"({"name":"x","every":1e300,)" + task + "}", "validation_failed", "every:"},
+      {R"({"name":"x","every":0,)" + task + "}", "validation_failed", "every:"},
+      {R"({"name":"x","every":-1,)" + task + "}", "validation_failed", "every:"},
+      {R"({"name":"x","every":"5",)" + task + "}", "validation_failed", "every: must be a number"},
+      {R"({"name":"x","every":true,)" + task + "}", "validation_failed", "every: must be a number"},
+      {R"({"name":"a/b","every":5,)" + task + "}", "validation_failed", "name:"},
+      {R"({"name":")" + std::string(200, 'n') + R"(","every":5,)" + task + "}", "validation_failed",
+       "name:"},
+      {R"({"name":5,"every":5,)" + task + "}", "validation_failed", "name: must be a string"},
+      {R"({"name":"..","every":5,)" + task + "}", "validation_failed", "name: '..' cannot"},
+      {R"({"name":"x","every":5,"retries":3,)" + task + "}", "validation_failed", "retries:"},
+      {R"({"name":"x","every":5,"task":{"command":["true"],"bogus":1}})", "validation_failed",
+       "task.bogus: unknown field"},
+      {R"({"name":"x","every":5,"timezone":")" + std::string(5000, 'Z') + R"(",)" + task + "}",
+       "validation_failed", "timezone: 5000 characters"},
+      {R"({"name":"x","every":5,"paused":"yes",)" + task + "}", "validation_failed", "paused:"},
+      {"not json", "bad_request", "the body must be a JSON object"},
+      {"[]", "bad_request", "the body must be a JSON object"},
+      // The name exists: 409, whatever else the body says.
+      {R"({"name":"keep","cron":"@daily",)" + task + "}", "conflict", "a schedule named keep"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.body.substr(0, 200));
+    res = f.http().Post("/api/v1/schedules", c.body, "application/json");
+    REQUIRE(res);
+    CHECK(res->status == (c.code == "conflict" ? 409 : 400));
+    CHECK(f.ErrorCode(res) == c.code);
+    CHECK(MessageOf(f, res).rfind(c.message, 0) == 0);
+    CHECK(res->body.size() < 2000);  // nothing huge is echoed back
+  }
+
+  // PUT: a body that disagrees with the path, a bad one, and a missing schedule.
+  res = f.http().Put("/api/v1/schedules/keep", R"({"name":"other","every":5,)" + task + "}",
+                     "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK(MessageOf(f, res).rfind("name: must match the name in the path", 0) == 0);
+  res = f.http().Put("/api/v1/schedules/keep", R"({"cron":"61 * * * *",)" + task + "}",
+                     "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK(MessageOf(f, res).rfind("cron: minute: 61", 0) == 0);
+  res = f.http().Put("/api/v1/schedules/keep", R"({"cron":"@daily","every":5,)" + task + "}",
+                     "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK(MessageOf(f, res).rfind("cron, every:", 0) == 0);
+  res =
+      f.http().Put("/api/v1/schedules/missing", R"({"every":5,)" + task + "}", "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 404);
+  CHECK(f.ErrorCode(res) == "not_found");
+  // Names that cannot exist are simply not found.
+  for (const std::string& path :
+       {std::string("/api/v1/schedules/a%2Fb"), "/api/v1/schedules/" + std::string(200, 'n'),
+        std::string("/api/v1/schedules/nope")}) {
+    INFO(path);
+    CHECK(f.http().Get(path.c_str())->status == 404);
+    CHECK(f.http().Delete(path.c_str())->status == 404);
+    CHECK(f.http().Post((path + "/trigger").c_str(), "", "application/json")->status == 404);
+  }
+  // None of it changed the schedule, made another or made a task.
+  CHECK(f.http().Get("/api/v1/schedules/keep")->body == before);
+  CHECK(f.Json(f.http().Get("/api/v1/schedules")).at("schedules").as_array().size() == 1);
+  CHECK(f.Json(f.http().Get("/api/v1/tasks")).at("tasks").as_array().empty());
+
+  // every -> cron and back: the timing changes, the rest and created_at stay.
+  res = f.http().Put("/api/v1/schedules/keep",
+                     R"({"cron":"0 3 * * mon-fri","timezone":"America/New_York",)" + task + "}",
+                     "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK(f.Json(res).at("every").is_null());
+  CHECK(f.Json(res).at("cron").as_string() == "0 3 * * mon-fri");
+  CHECK(f.Json(res).at("created_at") ==
+        f.Json(f.http().Get("/api/v1/schedules/keep")).at("created_at"));
+
+  // A paused schedule can still be run by hand: a task now, and it stays paused
+  // with the same next slot.
+  res = f.http().Put(
+      "/api/v1/schedules/keep",
+      R"({"cron":"0 3 * * mon-fri","timezone":"America/New_York","paused":true,)" + task + "}",
+      "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const auto paused = f.Json(res).as_object();
+  CHECK(paused.at("next_run_at").is_string());
+  res = f.http().Post("/api/v1/schedules/keep/trigger", "", "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 201);
+  CHECK(f.Json(res).at("schedule").as_string() == "keep");
+  CHECK(f.Json(res).at("scheduled_for").is_string());
+  const auto after = f.Json(f.http().Get("/api/v1/schedules/keep")).as_object();
+  CHECK(after.at("paused").as_bool());
+  CHECK(after.at("next_run_at") == paused.at("next_run_at"));
+  CHECK(after.at("last_task_id") == f.Json(res).at("id"));
+  CHECK(f.Json(f.http().Get("/api/v1/tasks?schedule=keep")).at("tasks").as_array().size() == 1);
 }

@@ -199,6 +199,27 @@ TEST_CASE("schedule add, schedules, pause, resume, trigger and rm drive a schedu
   auto bad = Runner(f.base(), "schedule add x --cron '61 * * * *' -- true");
   CHECK(bad.code == 1);
   CHECK(bad.err.find("cron: minute") != std::string::npos);
+  // The API's refusals reach the user with the field named, and change nothing.
+  struct Refused {
+    const char* args;
+    const char* says;
+  };
+  for (const auto& r :
+       {Refused{"schedule add x --every 0 -- true", "every:"},
+        Refused{"schedule add x --cron '*/0 * * * *' -- true", "step 0"},
+        Refused{"schedule add a/b --every 5 -- true", "name:"},
+        Refused{"schedule add x --cron '@daily' --timezone Mars/Base -- true", "timezone:"},
+        Refused{"schedule add nightly --every 5 -- true", "a schedule named nightly"},
+        Refused{"schedule pause missing", "no schedule named missing"},
+        Refused{"schedule trigger missing", "no schedule named missing"}}) {
+    INFO(r.args);
+    auto out = Runner(f.base(), r.args);
+    CHECK(out.code == 1);
+    CHECK(out.err.find(r.says) != std::string::npos);
+  }
+  auto not_number = Runner(f.base(), "schedule add x --every soon -- true");
+  CHECK(not_number.code != 0);
+  CHECK(f.Json(f.http().Get("/api/v1/schedules")).at("schedules").as_array().size() == 1);
 
   // A schedule's secret survives pause and resume (which write the schedule
   // back with its secrets' names) and reaches the task it makes.

@@ -1,8 +1,13 @@
 #include "runner/schedule/scheduler.h"
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <catch2/catch.hpp>
+#include <memory>
 #include <pqxx/pqxx>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "runner/queue/postgres_store.h"
@@ -403,4 +408,178 @@ TEST_CASE("the running loop makes each task within a second of its slot", "[sche
 }
 
 }  // namespace
+}  // namespace runner::schedule
+
+namespace runner::schedule {
+namespace {
+
+// Schedule-store statements (of any node) waiting for a row lock.
+int BlockedOnLock(const TestDatabase& db) {
+  return Count(db,
+               "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND "
+               "application_name = 'runner-schedules' AND wait_event_type = 'Lock'");
+}
+
+// Holds the schedule's row lock until Release(), so the test can line up
+// a DELETE and a fire behind it in the order it wants.
+struct RowLock {
+  pqxx::connection conn;
+  pqxx::work tx;
+  RowLock(const TestDatabase& db, const std::string& name) : conn(db.conninfo()), tx(conn) {
+    tx.exec("SELECT 1 FROM schedules WHERE name = " + tx.quote(name) + " FOR UPDATE");
+  }
+  void Release() { tx.abort(); }
+};
+
+}  // namespace
+
+TEST_CASE("a schedule deleted while its slot fires loses nothing and fires nothing after",
+          "[schedule]") {
+  Fixture f;
+  auto api = ScheduleStore::Open(f.options);  // the DELETE comes from another node
+  REQUIRE(api.ok());
+  f.Every("racing", 10, Overlap::kAllow);
+  f.clock.Advance(10s);
+
+  SECTION("the DELETE takes the row first: the fire finds no schedule and makes no task") {
+    RowLock lock(f.db, "racing");
+    Status deleted = Status{};
+    std::thread del([&] { deleted = (*api)->Delete("racing"); });
+    REQUIRE(testing::WaitFor([&] { return BlockedOnLock(f.db) == 1; }, 10s, 10ms));
+    Result<PassReport> pass = PassReport{};
+    std::thread fire([&] { pass = f.scheduler->RunOnce(); });
+    REQUIRE(testing::WaitFor([&] { return BlockedOnLock(f.db) == 2; }, 10s, 10ms));
+    lock.Release();
+    del.join();
+    fire.join();
+    REQUIRE(deleted.ok());
+    REQUIRE(pass.ok());
+    CHECK(pass->fired == 0);
+    CHECK(f.Tasks("racing") == 0);
+    CHECK(Count(f.db, "SELECT count(*) FROM events WHERE kind = 'schedule.fired'") == 0);
+  }
+  SECTION("the fire takes the row first: its slot's task is made, then the schedule goes") {
+    RowLock lock(f.db, "racing");
+    Result<PassReport> pass = PassReport{};
+    std::thread fire([&] { pass = f.scheduler->RunOnce(); });
+    REQUIRE(testing::WaitFor([&] { return BlockedOnLock(f.db) == 1; }, 10s, 10ms));
+    Status deleted = Status{};
+    std::thread del([&] { deleted = (*api)->Delete("racing"); });
+    REQUIRE(testing::WaitFor([&] { return BlockedOnLock(f.db) == 2; }, 10s, 10ms));
+    lock.Release();
+    fire.join();
+    del.join();
+    REQUIRE(pass.ok());
+    REQUIRE(deleted.ok());
+    CHECK(pass->fired == 1);
+    CHECK(f.Tasks("racing") == 1);
+    CHECK(Count(f.db, "SELECT count(*) FROM events WHERE kind = 'schedule.fired'") == 1);
+  }
+  CHECK(Count(f.db, "SELECT count(*) FROM schedules") == 0);
+  CHECK(Count(f.db, "SELECT count(*) FROM events WHERE kind = 'schedule.deleted'") == 1);
+  // Nothing afterwards, on either node.
+  const int made = f.Tasks("racing");
+  for (int i = 0; i < 3; ++i) {
+    f.clock.Advance(10s);
+    CHECK(f.Pass().fired == 0);
+  }
+  CHECK(f.Tasks("racing") == made);
+  CHECK((*api)->Trigger("racing", f.clock.SystemNow()).error().code == "not_found");
+}
+
+TEST_CASE("a paused schedule runs when triggered and stays paused on its slots", "[schedule]") {
+  Fixture f;
+  auto made = f.Every("held", 10);  // overlap skip
+  ScheduleSpec spec = made.spec;
+  spec.task.command = {"true"};
+  spec.paused = true;
+  REQUIRE(f.store->Replace(spec, f.clock.SystemNow()).ok());
+  f.clock.Advance(3s);
+  auto id = f.store->Trigger("held", f.clock.SystemNow());
+  REQUIRE(id.ok());
+  CHECK(Scalar(f.db,
+               "SELECT schedule || ' ' || extract(epoch FROM scheduled_for)::bigint || ' ' "
+               "|| state FROM tasks WHERE id = '" +
+                   *id + "'") == "held 1780272003 queued");
+  auto s = f.store->Get("held");
+  REQUIRE(s.ok());
+  CHECK(s->spec.paused);
+  CHECK(s->last_task_id == *id);
+  CHECK(ToMicros(*s->next_run_at) == ToMicros(kStart + 10s));  // the slots did not move
+  // A manual run ignores overlap: a second one while the first is queued.
+  REQUIRE(f.store->Trigger("held", f.clock.SystemNow()).ok());
+  CHECK(f.Tasks("held") == 2);
+  // The slots stay paused.
+  f.clock.Advance(30s);
+  auto pass = f.Pass();
+  CHECK(pass.fired == 0);
+  CHECK(pass.skipped == 0);
+  CHECK(f.Tasks("held") == 2);
+  CHECK(Count(f.db,
+              "SELECT count(*) FROM events WHERE kind = 'schedule.fired' AND "
+              "(data->>'trigger')::boolean") == 2);
+}
+
+}  // namespace runner::schedule
+
+namespace runner::schedule {
+
+TEST_CASE("a schedule whose slots cannot be computed neither spins the loop nor holds up others",
+          "[schedule]") {
+  // Real time: what is measured is how often the loop passes.
+  TestDatabase db;
+  queue::StoreOptions options;
+  options.conninfo = db.conninfo();
+  auto q = queue::PostgresStore::Open(options);
+  REQUIRE(q.ok());
+  auto store = ScheduleStore::Open(options);
+  REQUIRE(store.ok());
+  ScheduleSpec spec;
+  spec.name = "lost-zone";
+  spec.cron = "* * * * *";
+  spec.timezone = "Europe/Berlin";
+  spec.task.command = {"true"};
+  REQUIRE((*store)->Create(spec, SystemClock().SystemNow()).ok());
+  // Its zone leaves tzdata (as Debian moved US/Eastern to tzdata-legacy),
+  // with a slot due.
+  {
+    pqxx::connection c(db.conninfo());
+    pqxx::nontransaction tx(c);
+    tx.exec(
+        "UPDATE schedules SET timezone = 'Mars/Olympus_Mons', next_run_at = now() - "
+        "interval '1 minute'");
+  }
+  spec.name = "healthy";
+  spec.cron.reset();
+  spec.timezone = "UTC";
+  spec.every = 1;
+  spec.overlap = Overlap::kAllow;
+  REQUIRE((*store)->Create(spec, SystemClock().SystemNow()).ok());
+
+  auto out = std::make_shared<std::ostringstream>();
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*out);
+  auto logger = spdlog::default_logger();
+  logger->sinks().push_back(sink);
+  metrics::Registry registry;
+  {
+    Scheduler scheduler(**store, SystemClock(), registry);
+    scheduler.Start();
+    std::this_thread::sleep_for(2500ms);
+    scheduler.Stop();
+  }
+  logger->sinks().pop_back();
+  const std::string log = out->str();
+  int passes = 0;
+  for (auto at = log.find("cannot compute slots"); at != std::string::npos;
+       at = log.find("cannot compute slots", at + 1)) {
+    ++passes;
+  }
+  INFO(passes << " passes tried the broken schedule");
+  CHECK(passes >= 1);
+  CHECK(passes <= 5);  // once a poll (1 s), not every 10 ms
+  CHECK(log.find("schedule=lost-zone") != std::string::npos);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE schedule = 'healthy'") >= 2);
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE schedule = 'lost-zone'") == 0);
+}
+
 }  // namespace runner::schedule

@@ -1,6 +1,7 @@
 #include "runner/schedule/schedule.h"
 
 #include <catch2/catch.hpp>
+#include <limits>
 
 namespace runner::schedule {
 namespace {
@@ -59,6 +60,31 @@ TEST_CASE("a schedule's validation names the field and what is wrong", "[schedul
   s = Spec();
   s.every = 0.5;
   CHECK(Why(s).rfind("every:", 0) == 0);
+  s = Spec();
+  s.every = 1e300;
+  CHECK(Why(s).rfind("every: must be a number of seconds from 1 to 31622400", 0) == 0);
+  s.every = -5;
+  CHECK(Why(s).rfind("every:", 0) == 0);
+  s.every = std::numeric_limits<double>::quiet_NaN();
+  CHECK(Why(s).rfind("every:", 0) == 0);
+  s.every = 1.5;  // whole seconds are not required; at least one is
+  CHECK(Why(s).empty());
+  s = Spec();
+  s.name = "a/b";
+  CHECK(Why(s).rfind("name:", 0) == 0);
+  s.name = std::string(200, 'n');
+  CHECK(Why(s).rfind("name:", 0) == 0);
+  s.name = std::string(64, 'n');
+  CHECK(Why(s).empty());
+  s.name = "..";
+  CHECK(Why(s).rfind("name: '..' cannot name a schedule", 0) == 0);
+  s.name = ".";
+  CHECK(Why(s).rfind("name:", 0) == 0);
+  s.name = "...";  // not a path segment of its own
+  CHECK(Why(s).empty());
+  s = Spec();
+  s.timezone = std::string(100000, 'A');
+  CHECK(Why(s) == "timezone: 100000 characters; an IANA time zone name is at most 128");
   s = Spec();
   s.timezone = "Europe/Atlantis";
   CHECK(Why(s).rfind("timezone: Europe/Atlantis", 0) == 0);
