@@ -11,8 +11,9 @@ namespace runner::pool {
 
 using std::chrono::milliseconds;
 
-Reaper::Reaper(queue::QueueStore& store, ReaperOptions options, Clock& clock)
-    : store_(store), options_(std::move(options)), clock_(clock) {}
+Reaper::Reaper(queue::MembershipStore& membership, queue::RecoveryStore& recovery,
+               ReaperOptions options, Clock& clock)
+    : membership_(membership), recovery_(recovery), options_(std::move(options)), clock_(clock) {}
 
 void Reaper::SetOrphanReaper(OrphanReaper reaper) {
   std::lock_guard lock(mu_);
@@ -50,7 +51,7 @@ void Reaper::RunOnce() {
     const auto dead_after = std::min(options_.policy.node_dead_after,
                                      std::max(milliseconds(1), options_.lease * 2 / 3));
     std::vector<std::string> nodes;
-    auto dead = store_.DeadNodeIds(dead_after);
+    auto dead = membership_.DeadNodeIds(dead_after);
     if (dead.ok()) nodes = *dead;
     // Never our own containers while we run (a database outage makes our
     // heartbeat look old): our leases are ours to stop.
@@ -58,7 +59,7 @@ void Reaper::RunOnce() {
     if (!nodes.empty()) reaper(nodes);
   }
   if (!options_.reap) return;
-  auto r = store_.Reap(options_.policy);
+  auto r = recovery_.Reap(options_.policy);
   if (!r.ok()) {
     spdlog::warn("reap failed node_id={} error={}", options_.node_id, ErrorText(r.error()));
   } else if (r->ran && (r->requeued || r->failed_lease_lost || r->dead_workers || r->dead_nodes)) {

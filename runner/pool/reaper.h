@@ -42,7 +42,10 @@ struct ReaperOptions {
 
 class Reaper {
  public:
-  Reaper(queue::QueueStore& store, ReaperOptions options, Clock& clock = SystemClock());
+  // Reads dead nodes from `membership`, reaps through `recovery` (the two
+  // roles of QueueStore it uses).
+  Reaper(queue::MembershipStore& membership, queue::RecoveryStore& recovery, ReaperOptions options,
+         Clock& clock = SystemClock());
   ~Reaper() { Stop(); }
   Reaper(const Reaper&) = delete;
   Reaper& operator=(const Reaper&) = delete;
@@ -60,7 +63,8 @@ class Reaper {
  private:
   void Loop(std::stop_token stop);
 
-  queue::QueueStore& store_;
+  queue::MembershipStore& membership_;
+  queue::RecoveryStore& recovery_;
   const ReaperOptions options_;
   Clock& clock_;
   std::mutex mu_;

@@ -51,7 +51,7 @@ TEST_CASE("a pass reaps dead nodes' containers, never this node's, before the qu
           "[pool][reaper]") {
   FakeQueueStore store;
   store.SetDeadNodes({"dead-a", "self"});  // our heartbeat looks old during an outage
-  Reaper reaper(store, Options());
+  Reaper reaper(store, store, Options());
   Hook hook;
   reaper.SetOrphanReaper(hook.Make(store));
 
@@ -75,7 +75,7 @@ TEST_CASE("no dead node: the hook is not called; reap off: the queue is left alo
   FakeQueueStore store;
   auto options = Options();
   options.reap = false;
-  Reaper reaper(store, options);
+  Reaper reaper(store, store, options);
   Hook hook;
   reaper.SetOrphanReaper(hook.Make(store));
   reaper.RunOnce();
@@ -88,7 +88,7 @@ TEST_CASE("passes follow the interval on the node's clock", "[pool][reaper]") {
   ManualClock clock(std::chrono::system_clock::now());
   auto options = Options();
   options.interval = 1h;  // never passes in real time during the test
-  Reaper reaper(store, options, clock);
+  Reaper reaper(store, store, options, clock);
   reaper.Start();
   REQUIRE(WaitFor([&] { return store.Reaps() == 1; }, 5s));  // the first at once
   clock.Advance(59min);
