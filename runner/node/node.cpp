@@ -73,6 +73,11 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   if (key_file.has_parent_path()) {
     std::error_code key_ec;
     std::filesystem::create_directories(key_file.parent_path(), key_ec);
+    if (key_ec) {
+      return MakeError("internal", "cannot create " + key_file.parent_path().string() +
+                                       " for the secret key: " + key_ec.message() +
+                                       " (check --secret-key-file and --data-dir)");
+    }
   }
   auto key = secrets::SecretKey::LoadOrCreate(key_file);
   if (!key) return key.error();
@@ -105,6 +110,11 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
   const std::filesystem::path data_dir(config.data_dir);
   std::error_code ec;
   std::filesystem::create_directories(data_dir / "work", ec);
+  if (ec) {
+    return MakeError("internal", "cannot create the tasks' work root " +
+                                     (data_dir / "work").string() + ": " + ec.message() +
+                                     " (check --data-dir and its permissions)");
+  }
   if (hooks.isolator_override != nullptr) {
     node->override_ = hooks.isolator_override;
   } else {

@@ -527,3 +527,20 @@ TEST_CASE("a node killed mid-task has the task re-run on another node as attempt
   CHECK(done->node_id == b->node_id());
   b->Shutdown(runner::StopOptions{false, 10s});
 }
+
+TEST_CASE("a data dir the node cannot create its work root in is a clear error at create",
+          "[node][config]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  // A file where the data dir should be: nothing can be created under it.
+  const auto blocker = dir.path() / "not-a-dir";
+  std::ofstream(blocker) << "x";
+  config.data_dir = blocker.string();
+  config.secret_key_file = (dir.path() / "secret.key").string();
+  auto node = Node::Create(config, db.conninfo(), registry);
+  REQUIRE_FALSE(node.ok());
+  CHECK(node.error().message.find(blocker.string() + "/work") != std::string::npos);
+  CHECK(node.error().message.find("--data-dir") != std::string::npos);
+}
