@@ -98,188 +98,238 @@ std::vector<std::string> ClientFlagsAfterSubcommand(const CLI::App& app, int arg
   return out;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Every subcommand, its arguments and where CLI11 parses them to.
+struct Cli {
   CLI::App app{"runner: a job runner appliance (REST API, CLI, dashboard)", "runner"};
-  app.require_subcommand(1);
-
   runner::app::CommandContext ctx;
   std::string token;
-  if (auto server = Env("RUNNER_SERVER"); server && !server->empty()) ctx.client.server = *server;
-  if (auto env_token = Env("RUNNER_API_TOKEN")) token = *env_token;
 
   // serve and migrate: the node's configuration.
   std::map<std::string, std::string> serve_values;
   std::optional<std::string> config_path;
-  auto add_config = [&](CLI::App* cmd, bool all) {
-    cmd->add_option("--config", config_path, "YAML configuration file (RUNNER_CONFIG)");
-    for (const auto& f : runner::ConfigFlags()) {
-      if (!all && f.name != "database-url" && f.name != "data-dir") continue;
-      cmd->add_option("--" + f.name, serve_values[f.name], f.help);
-    }
-  };
-  auto* serve = app.add_subcommand("serve", "run a node: the worker pool, REST API and dashboard");
-  add_config(serve, true);
-  auto* migrate = app.add_subcommand("migrate", "apply the database schema and exit");
-  add_config(migrate, false);
+  CLI::App* serve = nullptr;
+  CLI::App* migrate = nullptr;
 
   runner::app::SubmitArgs submit_args;
-  auto* submit = app.add_subcommand("submit", "submit a task: runner submit [opts] -- CMD ARGS...");
-  AddClientOptions(submit, ctx, token);
-  submit->add_option("command", submit_args.command, "the command and its arguments, after --")
-      ->required();
-  AddTaskOptions(submit, submit_args);
-  submit->add_flag("--wait,-w", submit_args.wait, "wait and exit with the task's exit code");
-
-  auto* status = app.add_subcommand("status", "show the pool, queue and host");
-  AddClientOptions(status, ctx, token);
-
+  CLI::App* submit = nullptr;
+  CLI::App* status = nullptr;
   std::optional<std::string> list_state, list_queue;
   int list_limit = 50;
-  auto* list = app.add_subcommand("list", "list tasks, newest first");
-  AddClientOptions(list, ctx, token);
-  list->add_option("--state", list_state,
-                   "queued, running, succeeded, failed, cancelled, "
-                   "timed_out");
-  list->add_option("--queue", list_queue, "only this queue");
-  list->add_option("--limit", list_limit, "at most this many (1..1000)")
+  CLI::App* list = nullptr;
+  std::string logs_id, logs_stream = "all";
+  bool logs_follow = false;
+  CLI::App* logs = nullptr;
+  std::string cancel_id;
+  CLI::App* cancel = nullptr;
+
+  CLI::App* workers = nullptr;
+  int scale_count = 0;
+  CLI::App* scale = nullptr;
+  bool stop_force = false;
+  std::optional<double> stop_drain;
+  CLI::App* stop = nullptr;
+  CLI::App* start = nullptr;
+
+  CLI::App* queues = nullptr;
+  runner::app::QueueSetArgs queue_set;
+  CLI::App* queue_set_cmd = nullptr;
+  std::string queue_name;
+  CLI::App* queue_pause = nullptr;
+  CLI::App* queue_resume = nullptr;
+
+  CLI::App* schedules = nullptr;
+  runner::app::ScheduleArgs schedule_args;
+  CLI::App* schedule_add = nullptr;
+  std::string schedule_name;
+  std::vector<std::pair<std::string, CLI::App*>> schedule_actions;
+};
+
+void AddNodeCommands(Cli& c) {
+  auto add_config = [&](CLI::App* cmd, bool all) {
+    cmd->add_option("--config", c.config_path, "YAML configuration file (RUNNER_CONFIG)");
+    for (const auto& f : runner::ConfigFlags()) {
+      if (!all && f.name != "database-url" && f.name != "data-dir") continue;
+      cmd->add_option("--" + f.name, c.serve_values[f.name], f.help);
+    }
+  };
+  c.serve = c.app.add_subcommand("serve", "run a node: the worker pool, REST API and dashboard");
+  add_config(c.serve, true);
+  c.migrate = c.app.add_subcommand("migrate", "apply the database schema and exit");
+  add_config(c.migrate, false);
+}
+
+void AddTaskCommands(Cli& c) {
+  c.submit = c.app.add_subcommand("submit", "submit a task: runner submit [opts] -- CMD ARGS...");
+  AddClientOptions(c.submit, c.ctx, c.token);
+  c.submit->add_option("command", c.submit_args.command, "the command and its arguments, after --")
+      ->required();
+  AddTaskOptions(c.submit, c.submit_args);
+  c.submit->add_flag("--wait,-w", c.submit_args.wait, "wait and exit with the task's exit code");
+
+  c.status = c.app.add_subcommand("status", "show the pool, queue and host");
+  AddClientOptions(c.status, c.ctx, c.token);
+
+  c.list = c.app.add_subcommand("list", "list tasks, newest first");
+  AddClientOptions(c.list, c.ctx, c.token);
+  c.list->add_option("--state", c.list_state,
+                     "queued, running, succeeded, failed, cancelled, "
+                     "timed_out");
+  c.list->add_option("--queue", c.list_queue, "only this queue");
+  c.list->add_option("--limit", c.list_limit, "at most this many (1..1000)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
 
-  auto* workers = app.add_subcommand("workers", "list the workers of all live nodes");
-  AddClientOptions(workers, ctx, token);
-
-  int scale_count = 0;
-  auto* scale = app.add_subcommand("scale", "set the number of workers");
-  AddClientOptions(scale, ctx, token);
-  scale->add_option("count", scale_count, "workers wanted (1..max-workers)")->required();
-
-  bool stop_force = false;
-  std::optional<double> stop_drain;
-  auto* stop = app.add_subcommand("stop", "stop the pool (graceful unless --force)");
-  AddClientOptions(stop, ctx, token);
-  stop->add_flag("--force", stop_force, "stop running tasks at once and requeue them");
-  stop->add_option("--drain-timeout", stop_drain, "seconds to let running tasks finish");
-
-  auto* start = app.add_subcommand("start", "start the pool again after stop");
-  AddClientOptions(start, ctx, token);
-
-  std::string logs_id, logs_stream = "all";
-  bool logs_follow = false;
-  auto* logs = app.add_subcommand("logs", "print a task's output");
-  AddClientOptions(logs, ctx, token);
-  logs->add_option("id", logs_id, "task id")->required();
-  logs->add_flag("--follow,-f", logs_follow, "follow live until the task ends");
-  logs->add_option("--stream", logs_stream, "stdout, stderr or all")
+  c.logs = c.app.add_subcommand("logs", "print a task's output");
+  AddClientOptions(c.logs, c.ctx, c.token);
+  c.logs->add_option("id", c.logs_id, "task id")->required();
+  c.logs->add_flag("--follow,-f", c.logs_follow, "follow live until the task ends");
+  c.logs->add_option("--stream", c.logs_stream, "stdout, stderr or all")
       ->check(CLI::IsMember({"stdout", "stderr", "all"}))
       ->capture_default_str();
 
-  auto* queues = app.add_subcommand("queues", "list queues: counts, policy, throttle state");
-  AddClientOptions(queues, ctx, token);
-  auto* queue_cmd = app.add_subcommand("queue", "set, pause or resume a queue's policy");
+  c.cancel = c.app.add_subcommand("cancel", "cancel a task");
+  AddClientOptions(c.cancel, c.ctx, c.token);
+  c.cancel->add_option("id", c.cancel_id, "task id")->required();
+}
+
+void AddPoolCommands(Cli& c) {
+  c.workers = c.app.add_subcommand("workers", "list the workers of all live nodes");
+  AddClientOptions(c.workers, c.ctx, c.token);
+
+  c.scale = c.app.add_subcommand("scale", "set the number of workers");
+  AddClientOptions(c.scale, c.ctx, c.token);
+  c.scale->add_option("count", c.scale_count, "workers wanted (1..max-workers)")->required();
+
+  c.stop = c.app.add_subcommand("stop", "stop the pool (graceful unless --force)");
+  AddClientOptions(c.stop, c.ctx, c.token);
+  c.stop->add_flag("--force", c.stop_force, "stop running tasks at once and requeue them");
+  c.stop->add_option("--drain-timeout", c.stop_drain, "seconds to let running tasks finish");
+
+  c.start = c.app.add_subcommand("start", "start the pool again after stop");
+  AddClientOptions(c.start, c.ctx, c.token);
+}
+
+void AddQueueCommands(Cli& c) {
+  c.queues = c.app.add_subcommand("queues", "list queues: counts, policy, throttle state");
+  AddClientOptions(c.queues, c.ctx, c.token);
+  auto* queue_cmd = c.app.add_subcommand("queue", "set, pause or resume a queue's policy");
   queue_cmd->require_subcommand(1);
-  runner::app::QueueSetArgs queue_set;
-  auto* queue_set_cmd = queue_cmd->add_subcommand("set", "replace a queue's policy");
-  AddClientOptions(queue_set_cmd, ctx, token);
-  queue_set_cmd->add_option("name", queue_set.name, "queue name")->required();
-  queue_set_cmd->add_option("--max-running", queue_set.max_running, "tasks running at once");
-  queue_set_cmd->add_option("--max-running-per-group", queue_set.max_running_per_group,
-                            "tasks running at once per group");
-  queue_set_cmd->add_option("--rate", queue_set.rate, "COUNT/SECONDS: starts per window");
-  queue_set_cmd->add_flag("--paused", queue_set.paused, "start nothing of this queue");
-  std::string queue_name;
-  auto* queue_pause = queue_cmd->add_subcommand("pause", "start no task of the queue");
-  AddClientOptions(queue_pause, ctx, token);
-  queue_pause->add_option("name", queue_name, "queue name")->required();
-  auto* queue_resume = queue_cmd->add_subcommand("resume", "start its tasks again");
-  AddClientOptions(queue_resume, ctx, token);
-  queue_resume->add_option("name", queue_name, "queue name")->required();
+  c.queue_set_cmd = queue_cmd->add_subcommand("set", "replace a queue's policy");
+  AddClientOptions(c.queue_set_cmd, c.ctx, c.token);
+  c.queue_set_cmd->add_option("name", c.queue_set.name, "queue name")->required();
+  c.queue_set_cmd->add_option("--max-running", c.queue_set.max_running, "tasks running at once");
+  c.queue_set_cmd->add_option("--max-running-per-group", c.queue_set.max_running_per_group,
+                              "tasks running at once per group");
+  c.queue_set_cmd->add_option("--rate", c.queue_set.rate, "COUNT/SECONDS: starts per window");
+  c.queue_set_cmd->add_flag("--paused", c.queue_set.paused, "start nothing of this queue");
+  c.queue_pause = queue_cmd->add_subcommand("pause", "start no task of the queue");
+  AddClientOptions(c.queue_pause, c.ctx, c.token);
+  c.queue_pause->add_option("name", c.queue_name, "queue name")->required();
+  c.queue_resume = queue_cmd->add_subcommand("resume", "start its tasks again");
+  AddClientOptions(c.queue_resume, c.ctx, c.token);
+  c.queue_resume->add_option("name", c.queue_name, "queue name")->required();
+}
 
-  std::string cancel_id;
-  auto* cancel = app.add_subcommand("cancel", "cancel a task");
-  AddClientOptions(cancel, ctx, token);
-  cancel->add_option("id", cancel_id, "task id")->required();
-
-  auto* schedules = app.add_subcommand("schedules", "list the schedules");
-  AddClientOptions(schedules, ctx, token);
+void AddScheduleCommands(Cli& c) {
+  c.schedules = c.app.add_subcommand("schedules", "list the schedules");
+  AddClientOptions(c.schedules, c.ctx, c.token);
   auto* schedule =
-      app.add_subcommand("schedule", "add, remove, pause, resume or trigger a schedule");
+      c.app.add_subcommand("schedule", "add, remove, pause, resume or trigger a schedule");
   schedule->require_subcommand(1);
-  runner::app::ScheduleArgs schedule_args;
-  auto* schedule_add = schedule->add_subcommand(
+  runner::app::ScheduleArgs& args = c.schedule_args;
+  c.schedule_add = schedule->add_subcommand(
       "add", "runner schedule add NAME (--cron EXPR [--timezone TZ] | --every S) [opts] -- CMD...");
-  AddClientOptions(schedule_add, ctx, token);
-  schedule_add->add_option("name", schedule_args.name, "the schedule's name")->required();
-  schedule_add->add_option("command", schedule_args.task.command, "the command, after --")
-      ->required();
-  schedule_add->add_option("--cron", schedule_args.cron, "cron expression, e.g. '30 3 * * *'");
-  schedule_add->add_option("--timezone", schedule_args.timezone, "IANA zone of --cron (UTC)");
-  schedule_add->add_option("--every", schedule_args.every, "seconds between runs (>= 1)");
-  schedule_add->add_option("--overlap", schedule_args.overlap, "skip, allow or cancel_previous")
+  CLI::App* add = c.schedule_add;
+  AddClientOptions(add, c.ctx, c.token);
+  add->add_option("name", args.name, "the schedule's name")->required();
+  add->add_option("command", args.task.command, "the command, after --")->required();
+  add->add_option("--cron", args.cron, "cron expression, e.g. '30 3 * * *'");
+  add->add_option("--timezone", args.timezone, "IANA zone of --cron (UTC)");
+  add->add_option("--every", args.every, "seconds between runs (>= 1)");
+  add->add_option("--overlap", args.overlap, "skip, allow or cancel_previous")
       ->check(CLI::IsMember({"skip", "allow", "cancel_previous"}));
-  schedule_add->add_option("--catch-up", schedule_args.catch_up, "none, latest or all")
+  add->add_option("--catch-up", args.catch_up, "none, latest or all")
       ->check(CLI::IsMember({"none", "latest", "all"}));
-  schedule_add->add_flag("--paused", schedule_args.paused, "create it paused");
-  AddTaskOptions(schedule_add, schedule_args.task);
-  std::string schedule_name;
-  std::vector<std::pair<std::string, CLI::App*>> schedule_actions;
+  add->add_flag("--paused", args.paused, "create it paused");
+  AddTaskOptions(add, args.task);
   for (const char* action : {"rm", "pause", "resume", "trigger"}) {
     auto* cmd = schedule->add_subcommand(action, std::string(action) + " a schedule");
-    AddClientOptions(cmd, ctx, token);
-    cmd->add_option("name", schedule_name, "the schedule's name")->required();
-    schedule_actions.emplace_back(action, cmd);
+    AddClientOptions(cmd, c.ctx, c.token);
+    cmd->add_option("name", c.schedule_name, "the schedule's name")->required();
+    c.schedule_actions.emplace_back(action, cmd);
   }
+}
 
-  std::vector<std::string> args = ClientFlagsAfterSubcommand(app, argc, argv);
+// serve or migrate: the configuration from flags, file and environment.
+int RunNodeCommand(Cli& c) {
+  runner::ConfigSources sources;
+  CLI::App* cmd = c.serve->parsed() ? c.serve : c.migrate;
+  for (const auto& [name, value] : c.serve_values) {
+    if (cmd->get_option_no_throw("--" + name) != nullptr &&
+        cmd->get_option("--" + name)->count() > 0) {
+      sources.flags[name] = value;
+    }
+  }
+  sources.config_path = c.config_path ? c.config_path : Env("RUNNER_CONFIG");
+  auto config = runner::LoadConfig(sources);
+  if (!config) {
+    std::cerr << "runner " << cmd->get_name() << ": " << config.error().message << "\n";
+    return 2;
+  }
+  return c.serve->parsed() ? runner::app::RunServe(*config) : runner::app::RunMigrate(*config);
+}
+
+// The parsed client command's exit code.
+int RunClientCommand(Cli& c) {
+  using namespace runner::app;
+  if (c.submit->parsed()) return RunSubmit(c.ctx, c.submit_args);
+  if (c.status->parsed()) return RunStatus(c.ctx);
+  if (c.list->parsed()) return RunList(c.ctx, c.list_state, c.list_queue, c.list_limit);
+  if (c.workers->parsed()) return RunWorkers(c.ctx);
+  if (c.scale->parsed()) return RunScale(c.ctx, c.scale_count);
+  if (c.stop->parsed()) return RunStop(c.ctx, c.stop_force, c.stop_drain);
+  if (c.start->parsed()) return RunStart(c.ctx);
+  if (c.logs->parsed()) return RunLogs(c.ctx, c.logs_id, c.logs_follow, c.logs_stream);
+  if (c.cancel->parsed()) return RunCancel(c.ctx, c.cancel_id);
+  if (c.schedules->parsed()) return RunSchedules(c.ctx);
+  if (c.schedule_add->parsed()) return RunScheduleAdd(c.ctx, c.schedule_args);
+  for (const auto& [action, cmd] : c.schedule_actions) {
+    if (cmd->parsed()) return RunScheduleAction(c.ctx, action, c.schedule_name);
+  }
+  if (c.queues->parsed()) return RunQueues(c.ctx);
+  if (c.queue_set_cmd->parsed()) return RunQueueSet(c.ctx, c.queue_set);
+  if (c.queue_pause->parsed()) return RunQueuePause(c.ctx, c.queue_name, true);
+  if (c.queue_resume->parsed()) return RunQueuePause(c.ctx, c.queue_name, false);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Cli c;
+  c.app.require_subcommand(1);
+  if (auto server = Env("RUNNER_SERVER"); server && !server->empty()) c.ctx.client.server = *server;
+  if (auto env_token = Env("RUNNER_API_TOKEN")) c.token = *env_token;
+  AddNodeCommands(c);
+  AddTaskCommands(c);
+  AddPoolCommands(c);
+  AddQueueCommands(c);
+  AddScheduleCommands(c);
+
+  std::vector<std::string> args = ClientFlagsAfterSubcommand(c.app, argc, argv);
   std::vector<char*> arg_ptrs;
   for (auto& a : args) arg_ptrs.push_back(a.data());
   try {
-    app.parse(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
+    c.app.parse(static_cast<int>(arg_ptrs.size()), arg_ptrs.data());
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    return c.app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    return c.app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    c.app.exit(e);
     return 2;
   }
-  if (!token.empty()) ctx.client.token = token;
-
-  if (serve->parsed() || migrate->parsed()) {
-    runner::ConfigSources sources;
-    CLI::App* cmd = serve->parsed() ? serve : migrate;
-    for (const auto& [name, value] : serve_values) {
-      if (cmd->get_option_no_throw("--" + name) != nullptr &&
-          cmd->get_option("--" + name)->count() > 0) {
-        sources.flags[name] = value;
-      }
-    }
-    sources.config_path = config_path ? config_path : Env("RUNNER_CONFIG");
-    auto config = runner::LoadConfig(sources);
-    if (!config) {
-      std::cerr << "runner " << cmd->get_name() << ": " << config.error().message << "\n";
-      return 2;
-    }
-    return serve->parsed() ? runner::app::RunServe(*config) : runner::app::RunMigrate(*config);
-  }
-  if (submit->parsed()) return runner::app::RunSubmit(ctx, submit_args);
-  if (status->parsed()) return runner::app::RunStatus(ctx);
-  if (list->parsed()) return runner::app::RunList(ctx, list_state, list_queue, list_limit);
-  if (workers->parsed()) return runner::app::RunWorkers(ctx);
-  if (scale->parsed()) return runner::app::RunScale(ctx, scale_count);
-  if (stop->parsed()) return runner::app::RunStop(ctx, stop_force, stop_drain);
-  if (start->parsed()) return runner::app::RunStart(ctx);
-  if (logs->parsed()) return runner::app::RunLogs(ctx, logs_id, logs_follow, logs_stream);
-  if (cancel->parsed()) return runner::app::RunCancel(ctx, cancel_id);
-  if (schedules->parsed()) return runner::app::RunSchedules(ctx);
-  if (schedule_add->parsed()) return runner::app::RunScheduleAdd(ctx, schedule_args);
-  for (const auto& [action, cmd] : schedule_actions) {
-    if (cmd->parsed()) return runner::app::RunScheduleAction(ctx, action, schedule_name);
-  }
-  if (queues->parsed()) return runner::app::RunQueues(ctx);
-  if (queue_set_cmd->parsed()) return runner::app::RunQueueSet(ctx, queue_set);
-  if (queue_pause->parsed()) return runner::app::RunQueuePause(ctx, queue_name, true);
-  if (queue_resume->parsed()) return runner::app::RunQueuePause(ctx, queue_name, false);
-  return 2;
+  if (!c.token.empty()) c.ctx.client.token = c.token;
+  if (c.serve->parsed() || c.migrate->parsed()) return RunNodeCommand(c);
+  return RunClientCommand(c);
 }
