@@ -174,6 +174,8 @@ DockerIsolator::DockerIsolator(DockerIsolatorOptions options)
     wo.per_image = options_.warm_per_image;
     wo.images = options_.warm_images;
     wo.node_id = options_.node_id;
+    wo.in_flight_wait = options_.warm_wait;
+    wo.refill_lanes = options_.warm_lanes;
     warm_ = std::make_unique<WarmPool>(client_, options_, std::move(wo));
   }
 }
