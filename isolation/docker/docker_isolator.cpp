@@ -204,11 +204,7 @@ ContainerRemoval::~ContainerRemoval() {
                  id_.substr(0, 12));
     return;
   }
-  const auto t0 = Clock::now();
   Status st = client_->ContainerRemove(id_, /*force=*/true);
-  spdlog::debug("docker container removed task={} container={} ms={:.1f}", task_id_,
-                id_.substr(0, 12),
-                std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
   if (st) return;
   const bool unreachable = st.error().code == "isolation_unavailable";
   if (unreachable && state_->draining) {

@@ -318,7 +318,6 @@ Result<std::string> WarmPool::StartOne(const std::string& image) {
     std::lock_guard lock(mu_);
     entrypoints_[image] = entrypoint;
   }
-  const auto t0 = std::chrono::steady_clock::now();
   auto created = client_.ContainerCreate(
       BuildWarmConfig(image, entrypoint, iso_, options_.node_id, token_, launcher_path_),
       "runner-warm-" + token_.substr(0, 8) + "-" + RandomToken().substr(0, 8));
@@ -330,10 +329,6 @@ Result<std::string> WarmPool::StartOne(const std::string& image) {
     }
     return st.error();
   }
-  spdlog::debug(
-      "docker warm container started image={} container={} ms={:.1f}", image,
-      created->substr(0, 12),
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   return *created;
 }
 
