@@ -105,28 +105,47 @@ int main(int argc, char** argv) {
   int tasks = 12;
   int idle_warm = 100;
   int idle_seconds = 30;
+  // The warm path's wait for a container being started (DockerIsolatorOptions::
+  // warm_wait) and refill lanes; --alt-wait adds a fourth path, "warm-alt",
+  // with that wait instead, to compare both in the same rounds.
+  int warm_wait_ms = -1;  // -1: the isolator's default
+  int warm_lanes = -1;
+  int alt_wait_ms = -1;
   std::vector<int> levels{1, 4, 16};
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool debug = false;  // --debug: the isolator's phase log (where each task's time goes)
+  for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    if (a == "--out") out = argv[i + 1];
-    if (a == "--docker-host") host = argv[i + 1];
-    if (a == "--rounds") rounds = std::stoi(argv[i + 1]);
-    if (a == "--tasks") tasks = std::stoi(argv[i + 1]);
-    if (a == "--idle-warm") idle_warm = std::stoi(argv[i + 1]);
-    if (a == "--idle-seconds") idle_seconds = std::stoi(argv[i + 1]);
+    if (a == "--debug") {
+      debug = true;
+      continue;
+    }
+    if (i + 1 >= argc) break;
+    const std::string v = argv[++i];
+    if (a == "--out") out = v;
+    if (a == "--docker-host") host = v;
+    if (a == "--rounds") rounds = std::stoi(v);
+    if (a == "--tasks") tasks = std::stoi(v);
+    if (a == "--idle-warm") idle_warm = std::stoi(v);
+    if (a == "--idle-seconds") idle_seconds = std::stoi(v);
+    if (a == "--warm-wait") warm_wait_ms = std::stoi(v);
+    if (a == "--warm-lanes") warm_lanes = std::stoi(v);
+    if (a == "--alt-wait") alt_wait_ms = std::stoi(v);
     if (a == "--levels") {
       levels.clear();
-      std::stringstream ss(argv[i + 1]);
+      std::stringstream ss(v);
       std::string n;
       while (std::getline(ss, n, ',')) levels.push_back(std::stoi(n));
     }
   }
-  spdlog::set_level(spdlog::level::warn);
+  spdlog::set_level(debug ? spdlog::level::debug : spdlog::level::warn);
+  const double load_before = LoadAverage();
   const std::string node = "bench-docker-" + RandomHex(8);
 
   DockerIsolatorOptions options;
   options.docker_host = host;
   options.node_id = node;
+  if (warm_wait_ms >= 0) options.warm_wait = std::chrono::milliseconds(warm_wait_ms);
+  if (warm_lanes > 0) options.warm_lanes = warm_lanes;
   DockerIsolator isolator(options);  // cold: no warm containers
   auto& client = isolator.client();
   auto api = client.ApiVersion();
@@ -224,37 +243,47 @@ int main(int argc, char** argv) {
     warm_options.warm_per_image = concurrency;
     warm_options.warm_images = {"runner-task:latest"};
     DockerIsolator warm(warm_options);
-    if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120))) {
+    DockerIsolatorOptions alt_options = warm_options;
+    if (alt_wait_ms >= 0) alt_options.warm_wait = std::chrono::milliseconds(alt_wait_ms);
+    DockerIsolator alt(alt_options);
+    const int npaths = alt_wait_ms >= 0 ? 4 : 3;
+    if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120)) ||
+        (npaths == 4 && (!alt.StartWarmPool() || !WaitWarmFull(alt, std::chrono::seconds(120))))) {
       std::cerr << "the warm pool did not fill\n";
       return 1;
     }
     run_on(warm);  // warm-up of the warm path
+    if (npaths == 4) run_on(alt);
 
-    enum Path { kRaw = 0, kCold = 1, kWarm = 2 };
-    const char* names[] = {"raw", "cold", "warm"};
-    std::vector<double> lat[3], tput[3], cpu_ms[3], warm_vs_cold;
-    int fail[3] = {0, 0, 0};
+    enum Path { kRaw = 0, kCold = 1, kWarm = 2, kAlt = 3 };
+    const char* names[] = {"raw", "cold", "warm", "warm-alt"};
+    std::vector<double> lat[4], tput[4], cpu_ms[4], warm_vs_cold;
+    int fail[4] = {0, 0, 0, 0};
     uint64_t hits_before = warm.WarmStatus()->hits, misses_before = warm.WarmStatus()->misses;
+    uint64_t alt_hits0 = alt.WarmStatus() ? alt.WarmStatus()->hits : 0;
+    uint64_t alt_misses0 = alt.WarmStatus() ? alt.WarmStatus()->misses : 0;
     for (int r = 0; r < rounds; ++r) {
-      double round_median[3] = {0, 0, 0};
-      for (int k = 0; k < 3; ++k) {
-        const int path = (r + k) % 3;  // rotate which goes first
+      double round_median[4] = {0, 0, 0, 0};
+      for (int k = 0; k < npaths; ++k) {
+        const int path = (r + k) % npaths;  // rotate which goes first
+        DockerIsolator& pool = path == kAlt ? alt : warm;
         // Every path starts idle: the warm pool full, no removal pending.
-        if (path == kWarm && !WaitWarmFull(warm, std::chrono::seconds(120))) {
+        if (path >= kWarm && !WaitWarmFull(pool, std::chrono::seconds(120))) {
           std::cerr << "the warm pool did not refill\n";
         }
         isolator.WaitForCleanup();
         warm.WaitForCleanup();
+        alt.WaitForCleanup();
         const double busy0 = HostBusySeconds();
         Round round = path == kRaw ? RunConcurrently(concurrency, tasks, raw_task)
                       : path == kCold
                           ? RunConcurrently(concurrency, tasks, [&] { return run_on(isolator); })
-                          : RunConcurrently(concurrency, tasks, [&] { return run_on(warm); });
+                          : RunConcurrently(concurrency, tasks, [&] { return run_on(pool); });
         // The work a path leaves behind is its cost too: removals, and the
         // warm path's replacements.
         isolator.WaitForCleanup();
-        warm.WaitForCleanup();
-        if (path == kWarm) WaitWarmFull(warm, std::chrono::seconds(120));
+        pool.WaitForCleanup();
+        if (path >= kWarm) WaitWarmFull(pool, std::chrono::seconds(120));
         const double busy = HostBusySeconds() - busy0;
         round_median[path] = Median(round.latencies_ms);
         lat[path].insert(lat[path].end(), round.latencies_ms.begin(), round.latencies_ms.end());
@@ -271,7 +300,7 @@ int main(int argc, char** argv) {
                      {"rounds", rounds},
                      {"tasks_per_round", tasks},
                      {"warm_containers", concurrency}};
-    for (int p = 0; p < 3; ++p) {
+    for (int p = 0; p < npaths; ++p) {
       std::printf(
           "concurrency %2d %-4s: median %6.1f ms (p90 %6.1f) | %5.2f tasks/s | host CPU %5.1f "
           "ms/task | failures %d\n",
@@ -296,9 +325,23 @@ int main(int argc, char** argv) {
     row["cold_over_raw_throughput"] = Median(tput[kCold]) / Median(tput[kRaw]);
     row["warm_over_raw_throughput"] = Median(tput[kWarm]) / Median(tput[kRaw]);
     row["warm_hit_rate"] = hits / std::max(1.0, hits + misses);
+    if (npaths == 4) {
+      auto a = *alt.WarmStatus();
+      const double ah = static_cast<double>(a.hits - alt_hits0);
+      const double am = static_cast<double>(a.misses - alt_misses0);
+      std::printf(
+          "concurrency %2d: warm-alt (wait %d ms)/cold throughput %.2fx, median latency %.2fx, "
+          "hit rate %.0f%%\n",
+          concurrency, alt_wait_ms, Median(tput[kAlt]) / Median(tput[kCold]),
+          Median(lat[kAlt]) / Median(lat[kCold]), 100 * ah / std::max(1.0, ah + am));
+      row["warm_alt_wait_ms"] = alt_wait_ms;
+      row["warm_alt_over_cold_throughput"] = Median(tput[kAlt]) / Median(tput[kCold]);
+      row["warm_alt_hit_rate"] = ah / std::max(1.0, ah + am);
+    }
     row["load_average_1m_after"] = LoadAverage();
     results.push_back(std::move(row));
     warm.StopWarmPool();
+    alt.StopWarmPool();
   }
 
   // Idle: this process's CPU while it keeps `idle_warm` warm containers ready.
@@ -361,7 +404,11 @@ int main(int argc, char** argv) {
        "busy CPU of the whole host (/proc/stat) from a round's start until its removals (and "
        "the warm path's replacements) are done, per task; other tenants of the host count too"},
       {"hardware_threads", std::thread::hardware_concurrency()},
-      {"note", "the host is shared with other builds; see load_average_1m_after"},
+      {"note", "the host is shared with other builds; see load_average_1m_before/after"},
+      {"load_average_1m_before", load_before},
+      {"load_average_1m_after", LoadAverage()},
+      {"warm_wait_ms", static_cast<int64_t>(options.warm_wait.count())},
+      {"warm_lanes", options.warm_lanes},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
       {"sequential", std::move(sequential)},
       {"results", std::move(results)},

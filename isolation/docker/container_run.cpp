@@ -119,7 +119,9 @@ RunResult ContainerRun::Follow(Observer& observer, std::stop_token stop) {
 
   // The follow stream ends by itself when the container exits; give it a
   // moment to deliver the last output, then stop it.
+  exit_seen_at = Clock::now();
   if (exit.status_code) logs_done.wait_for(std::chrono::seconds(5));
+  logs_ended_at = Clock::now();
   logs_thread.request_stop();
   stats_thread.request_stop();
   logs_thread.join();
@@ -162,7 +164,9 @@ void ContainerRun::LogsLoop(Shared& shared, std::stop_token st) {
     obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
   };
   try {
-    Status ls = client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
+    Status ls = attached_
+                    ? attached_->Follow(sink, st, Clock::time_point::max())
+                    : client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
     if (!ls && ls.error().code != "cancelled") {
       spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
     }

@@ -45,10 +45,20 @@ class ContainerRun {
 
   // Registers `wait?condition=next-exit`, so an exit right after start is seen.
   Status RegisterWait();
+  // The container's output comes on this attached stream (a warm
+  // container's, ContainerAttach) instead of a logs follow stream: one call
+  // fewer, and the stream ends with the container's output, before the
+  // daemon reports the exit. Before Follow().
+  void UseAttachedOutput(std::unique_ptr<AttachedOutput> output) { attached_ = std::move(output); }
   // Follows the running container to its end (see the header comment).
   RunResult Follow(Observer& observer, std::stop_token stop);
 
   const std::string& id() const { return id_; }
+
+  // When Follow() saw the exit and when the output stream ended (the
+  // isolator's phase log).
+  std::chrono::steady_clock::time_point exit_seen_at;
+  std::chrono::steady_clock::time_point logs_ended_at;
 
  private:
   struct Shared;  // what the log and stats threads share with Follow()
@@ -76,6 +86,7 @@ class ContainerRun {
   std::string id_;
   bool storage_opt_;
   std::unique_ptr<PendingWait> waiter_;
+  std::unique_ptr<AttachedOutput> attached_;
 };
 
 }  // namespace runner::isolation::docker

@@ -77,6 +77,11 @@ struct DockerIsolatorOptions {
   // default for tasks; 0 = default_tmpfs_bytes). Tasks with the same limit, or
   // none when this is 0, match.
   int64_t warm_disk = 0;
+  // How long a task that finds no warm container ready waits for one being
+  // started (0: it runs cold at once), and how many starts run at once
+  // (WarmPoolOptions::in_flight_wait, refill_lanes).
+  std::chrono::milliseconds warm_wait{0};
+  int warm_lanes = 2;
   std::string node_id;
 };
 

@@ -136,6 +136,39 @@ class HttpExchange {
     if (op_ec_) return IoError("sending the stream");
     return {};
   }
+  // Raw bytes on a hijacked connection: what followed the response header
+  // first, then the socket. Like PollBody(): true when a read finished (then
+  // TakeRaw() or RawError() tell what came), false while still in flight.
+  bool PollRaw(Clock::time_point until) {
+    if (!op_in_flight_ && buffer_.size() > 0) {
+      const auto data = buffer_.data();
+      raw_.assign(static_cast<const char*>(data.data()), data.size());
+      buffer_.consume(buffer_.size());
+      op_ec_ = {};
+      return true;
+    }
+    if (!op_in_flight_) {
+      StartOp();
+      op_in_flight_ = true;
+      socket_.async_read_some(asio::buffer(chunk_.data(), chunk_.size()),
+                              [this](boost::system::error_code ec, size_t n) {
+                                raw_n_ = n;
+                                Done(ec);
+                              });
+    }
+    if (!Drive(until)) return false;
+    op_in_flight_ = false;
+    raw_.assign(chunk_.data(), raw_n_);
+    return true;
+  }
+  std::string_view TakeRaw() const { return raw_; }
+  // The end of a hijacked stream is EOF (no error); anything else is an error.
+  bool RawEnded() const { return op_ec_ == asio::error::eof; }
+  Status RawError() const {
+    if (!op_ec_ || RawEnded()) return {};
+    return IoError("reading the attached stream");
+  }
+
   // Ends what we send (the daemon sees the end of the attached stdin).
   void CloseSend() {
     boost::system::error_code ignored;
@@ -283,6 +316,8 @@ class HttpExchange {
   beast::flat_buffer buffer_;
   http::response_parser<http::buffer_body> parser_;
   std::array<char, 16 * 1024> chunk_{};
+  std::string raw_;  // the last PollRaw() bytes
+  size_t raw_n_ = 0;
   bool op_done_ = false;
   bool op_pending_ = false;
   bool op_in_flight_ = false;
@@ -313,6 +348,26 @@ Result<std::optional<int64_t>> PendingWait::Poll(std::chrono::milliseconds slice
     return MakeError("internal", "the Docker daemon's wait answer lacks StatusCode: " + body_);
   }
   return std::optional<int64_t>(code->to_number<int64_t>());
+}
+
+AttachedOutput::AttachedOutput(std::unique_ptr<HttpExchange> exchange)
+    : exchange_(std::move(exchange)) {}
+AttachedOutput::~AttachedOutput() = default;
+
+Status AttachedOutput::Follow(const FrameSink& sink, std::stop_token stop,
+                              Clock::time_point deadline) {
+  FrameDemuxer demux;
+  while (true) {
+    if (stop.stop_requested()) return MakeError("cancelled", "log streaming stopped");
+    if (Clock::now() >= deadline) return exchange_->Timeout("streaming the attached output");
+    if (!exchange_->PollRaw(std::min(deadline, Clock::now() + std::chrono::milliseconds(100)))) {
+      continue;
+    }
+    if (Status st = exchange_->RawError(); !st) return st;
+    if (exchange_->TakeRaw().empty() && exchange_->RawEnded()) return {};
+    if (Status st = demux.Feed(exchange_->TakeRaw(), sink); !st) return st;
+    if (exchange_->RawEnded()) return {};
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -742,6 +797,29 @@ Status EngineClient::ContainerAttachStdin(std::string_view id, std::string_view 
   if (Status st = ex.WriteRaw(data, deadline); !st) return st;
   ex.CloseSend();
   return {};
+}
+
+Result<std::unique_ptr<AttachedOutput>> EngineClient::ContainerAttach(std::string_view id,
+                                                                      std::string_view data) {
+  auto prefix = Prefix();
+  if (!prefix) return prefix.error();
+  const auto deadline = Clock::now() + options_.call_timeout;
+  auto exchange = Open(
+      "POST",
+      *prefix + "/containers/" + std::string(id) + "/attach?stream=1&stdin=1&stdout=1&stderr=1",
+      deadline, {}, /*upgrade=*/true);
+  if (!exchange) return exchange.error();
+  HttpExchange& ex = **exchange;
+  if (ex.status() != 101 && ex.status() != 200) {
+    Response response;
+    response.status = ex.status();
+    auto text = ex.ReadAll(deadline);
+    if (text) response.body = std::move(*text);
+    return ApiError(response, "container attach");
+  }
+  if (Status st = ex.WriteRaw(data, deadline); !st) return st.error();
+  ex.CloseSend();
+  return std::make_unique<AttachedOutput>(std::move(*exchange));
 }
 
 Status EngineClient::ContainerUpdate(std::string_view id, const json::object& resources) {

@@ -102,6 +102,26 @@ class PendingWait {
   std::string body_;
 };
 
+// The output of a container attached with stdin, stdout and stderr (POST
+// /attach, hijacked) once its stdin was written and closed: the same
+// multiplexed frames as a logs follow stream, from the moment of the attach.
+class AttachedOutput {
+ public:
+  explicit AttachedOutput(std::unique_ptr<HttpExchange> exchange);
+  ~AttachedOutput();
+  AttachedOutput(const AttachedOutput&) = delete;
+  AttachedOutput& operator=(const AttachedOutput&) = delete;
+
+  // Streams the frames to `sink` until the container's output ends (its
+  // process exited), `stop` is requested or `deadline` passes (an Error with
+  // code "cancelled" / "timed_out" in the last two cases).
+  Status Follow(const FrameSink& sink, std::stop_token stop,
+                std::chrono::steady_clock::time_point deadline);
+
+ private:
+  std::unique_ptr<HttpExchange> exchange_;
+};
+
 class EngineClient {
  public:
   explicit EngineClient(EngineClientOptions options = {});
@@ -158,6 +178,13 @@ class EngineClient {
   // POST /attach (stdin only, hijacked): writes `data` to the container's
   // stdin, then ends it (with StdinOnce the container's stdin closes).
   Status ContainerAttachStdin(std::string_view id, std::string_view data);
+  // POST /attach with stdin, stdout and stderr: once the daemon attached the
+  // output (its 101 answer), writes `data` to the container's stdin and ends
+  // it; the output follows on the returned stream. A container started with
+  // StdinOnce loses nothing of its output this way if it writes only after
+  // reading its stdin (the warm launcher).
+  Result<std::unique_ptr<AttachedOutput>> ContainerAttach(std::string_view id,
+                                                          std::string_view data);
   // POST /update with a Resources object, e.g. {"NanoCpus": 250000000}.
   Status ContainerUpdate(std::string_view id, const boost::json::object& resources);
 

@@ -145,12 +145,14 @@ Status WarmPool::Start() {
     launcher_dir_ = written->first;
     launcher_path_ = written->second;
   }
-  if (thread_.joinable()) return {};
+  if (!threads_.empty()) return {};
   {
     std::lock_guard lock(mu_);
     stopping_ = false;
   }
-  thread_ = std::jthread([this](std::stop_token st) { Loop(st); });
+  for (int lane = 0; lane < std::max(1, options_.refill_lanes); ++lane) {
+    threads_.emplace_back([this, lane](std::stop_token st) { Loop(st, lane); });
+  }
   spdlog::info("docker warm pool started per_image={} images={} token={}", options_.per_image,
                options_.images.size(), token_);
   return {};
@@ -162,11 +164,10 @@ void WarmPool::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  if (thread_.joinable()) {
-    thread_.request_stop();
-    cv_.notify_all();
-    thread_.join();
-  }
+  for (auto& t : threads_) t.request_stop();
+  cv_.notify_all();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
   {
     std::lock_guard lock(mu_);
     DropReadyLocked();
@@ -189,18 +190,17 @@ std::optional<std::string> WarmPool::Take(const TaskSpec& spec, bool tmpfs_disk)
     // on (the loop is told at once).
     last_miss_ = std::chrono::steady_clock::now();
     cv_.notify_all();
-    // A container being started for this image, or about to be (a refill
-    // is due), is nearer than a cold one, which needs the same create and
-    // start from scratch and would compete with it for the daemon: wait for
-    // it (one taker per such container).
-    const int due = std::max(
-        0, options_.per_image - DeferredLocked(spec.image, last_miss_) - starting_[spec.image]);
-    if (options_.in_flight_wait.count() > 0 && !failed_ && !stopping_ &&
-        starting_[spec.image] + due > waiting_[spec.image]) {
+    // A waiting taker has a start of its own begun on a free lane (the
+    // loops count waiting_) and takes whichever container is ready first:
+    // one started earlier for the pool is nearer than a cold create and
+    // start, which would compete with it for the daemon.
+    if (options_.in_flight_wait.count() > 0 && !failed_ && !stopping_ && !paused_ &&
+        waiting_[spec.image] < std::max(1, options_.refill_lanes)) {
       ++waiting_[spec.image];
+      cv_.notify_all();
       const uint64_t failures = start_failures_;
       cv_.wait_for(lock, options_.in_flight_wait, [&] {
-        return !ready.empty() || start_failures_ != failures || failed_ || stopping_;
+        return !ready.empty() || start_failures_ != failures || failed_ || stopping_ || paused_;
       });
       --waiting_[spec.image];
     }
@@ -356,7 +356,9 @@ void WarmPool::CheckAlive() {
   }
 }
 
-void WarmPool::Loop(std::stop_token stop) {
+void WarmPool::Loop(std::stop_token stop, int lane) {
+  // Lane 0 keeps the pool (removals, checks, pings); every lane starts containers.
+  const bool keeper = lane == 0;
   auto next_check = std::chrono::steady_clock::now() + options_.check_every;
   std::chrono::milliseconds backoff = options_.retry;
   while (!stop.stop_requested()) {
@@ -366,7 +368,7 @@ void WarmPool::Loop(std::stop_token stop) {
       failed = failed_;
     }
     if (failed) {
-      if (!client_.Ping()) {
+      if (!keeper || !client_.Ping()) {
         std::unique_lock lock(mu_);
         cv_.wait_for(lock, stop, options_.retry, [] { return false; });
         continue;
@@ -375,16 +377,22 @@ void WarmPool::Loop(std::stop_token stop) {
       failed_ = false;
       spdlog::info("docker answers again: the warm pool is rebuilt");
     }
-    RemoveDropped();
+    if (keeper) RemoveDropped();
     if (std::chrono::steady_clock::now() >= next_check) {
-      CheckAlive();
+      if (keeper) CheckAlive();
       next_check = std::chrono::steady_clock::now() + options_.check_every;
       continue;
     }
-    // One container at a time, for the image with the fewest ready.
+    // One container at a time per lane, for the image that lacks the most.
     std::string image;
     {
       std::unique_lock lock(mu_);
+      // Containers an image lacks: its share of the pool and one per
+      // waiting taker, less those ready, being started or deferred.
+      auto lacking = [&](const std::string& img, std::chrono::steady_clock::time_point now) {
+        return options_.per_image + waiting_[img] -
+               (static_cast<int>(ready_[img].size()) + starting_[img] + DeferredLocked(img, now));
+      };
       // needed() also sets `until`: the next check, or the next moment a
       // deferred replacement becomes due.
       auto until = next_check;
@@ -394,9 +402,7 @@ void WarmPool::Loop(std::stop_token stop) {
         until = next_check;
         bool any = false;
         for (const auto& img : options_.images) {
-          const int ready = static_cast<int>(ready_[img].size());
-          if (ready >= options_.per_image) continue;
-          if (ready + DeferredLocked(img, now) < options_.per_image) any = true;
+          if (lacking(img, now) > 0) any = true;
           for (const auto& [id, taken] : in_use_[img]) {
             if (now - taken < options_.refill_after) {
               until = std::min(until, taken + options_.refill_after);
@@ -405,31 +411,29 @@ void WarmPool::Loop(std::stop_token stop) {
         }
         return any;
       };
+      auto removals = [&] { return keeper && !dropped_.empty(); };
       bool due = false;
       while (!stop.stop_requested()) {
-        if (needed() || !dropped_.empty()) {
+        if (needed() || removals()) {
           due = true;
           break;
         }
         if (std::chrono::steady_clock::now() >= next_check) break;
         // (A predicate that is always false would sleep through notifications.)
         const auto wake = until;
-        cv_.wait_until(lock, stop, wake, [&] { return needed() || !dropped_.empty(); });
+        cv_.wait_until(lock, stop, wake, [&] { return needed() || removals(); });
       }
       if (!due || !needed()) continue;  // time to check, stopping, or only removals to do
       const auto now = std::chrono::steady_clock::now();
-      int best = INT32_MAX;
+      int most = 0;
       for (const auto& img : options_.images) {
-        const int have = static_cast<int>(ready_[img].size()) + DeferredLocked(img, now);
-        if (have < options_.per_image && have < best) {
-          best = have;
+        const int lack = lacking(img, now);
+        if (lack > most) {
+          most = lack;
           image = img;
         }
       }
-    }
-    {
-      std::lock_guard lock(mu_);
-      ++starting_[image];
+      ++starting_[image];  // under the same lock as the choice: lanes never double-count
     }
     auto started = StartOne(image);
     if (!started) {

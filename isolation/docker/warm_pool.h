@@ -20,13 +20,15 @@
 // container's main process. Nothing of a task is in a warm container before
 // it is taken, and no container is given to a second task.
 //
-// A background thread keeps `per_image` ready containers per image: it
-// refills after each task that took one (Release(), or `refill_after` past
-// its Take()), not while Pause(true) (backpressure), and when
-// the daemon fails a call it drops every ready container (removed once the
-// daemon answers) and tries again every `retry`, so a Docker outage or
-// restart leaves no stale container in the pool. Every `check_every` it lists
-// its containers and drops any that is no longer running.
+// Background threads, one per refill lane (`refill_lanes`, each starting one
+// container at a time), keep `per_image` ready containers per image: they
+// refill after each task that took one (Release(), or `refill_after` past
+// its Take(); at once while tasks come faster than containers), not while
+// Pause(true) (backpressure), and when the daemon fails a call the pool drops
+// every ready container (removed once the daemon answers) and lane 0 tries
+// again every `retry`, so a Docker outage or restart leaves no stale
+// container in the pool. Every `check_every` lane 0 lists its containers and
+// drops any that is no longer running.
 //
 // Thread-safety: every method may be called from any thread.
 
@@ -65,12 +67,14 @@ struct WarmPoolOptions {
   // come faster than containers and a replacement starts at once.
   std::chrono::milliseconds burst_memory{10000};
   // How long Take() waits for a container being started when none is ready
-  // (0: never; the task starts cold at once). Measured off by default: at 1
-  // and 4 workers, waiting serialised every task behind the one refill and
-  // gave 0.97x / 0.95x the cold throughput, where starting cold beside the
-  // refill uses the daemon's second core and gave 1.33x / 1.08x
-  // (bench/docker, README).
+  // (0: never; the task starts cold at once). A waiting taker has a start of
+  // its own begun on a free lane (at most `refill_lanes` takers wait per
+  // image; others go cold) and takes the first container that is ready.
   std::chrono::milliseconds in_flight_wait{0};
+  // Starts in flight at once (each a create and start; one thread each).
+  // One lane serialised every refill: a task that waited for it waited for
+  // the whole create and start.
+  int refill_lanes = 2;
 };
 
 struct WarmStats {
@@ -131,7 +135,9 @@ class WarmPool {
   const std::string& launcher_path() const { return launcher_path_; }
 
  private:
-  void Loop(std::stop_token stop);
+  // One refill lane; lane 0 also removes dropped containers, checks the
+  // ready ones and pings a failed daemon.
+  void Loop(std::stop_token stop, int lane);
   // Creates and starts one warm container of `image`; its id.
   Result<std::string> StartOne(const std::string& image);
   // Moves every ready container to the removal list (under mu_).
@@ -164,7 +170,7 @@ class WarmPool {
   bool failed_ = false;                              // guarded by mu_
   uint64_t hits_ = 0;                                // guarded by mu_
   uint64_t misses_ = 0;                              // guarded by mu_
-  std::jthread thread_;
+  std::vector<std::jthread> threads_;                // one per refill lane
 };
 
 }  // namespace runner::isolation::docker

@@ -139,6 +139,27 @@ TEST_CASE("a matching task takes a warm container and runs as a cold one would",
   CHECK(WaitReady(iso, 1));
 }
 
+TEST_CASE("a warm task's output comes whole on its attach stream, to the exit", "[warm][run]") {
+  // The attach stream that writes argv and env carries the output back (no
+  // logs call): megabytes on both streams, interleaved, and the last line
+  // written just before exit all arrive.
+  auto& iso = Warm();
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  auto spec = Spec({"sh", "-c",
+                    "yes 0123456789abcdef | head -c 2000000; yes err | head -c 500000 >&2; "
+                    "echo last"});
+  Collector c;
+  RunResult r = iso.Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code == 0);
+  CHECK(c.out.size() == 2000000 + 5);
+  CHECK(c.out.substr(0, 17) == "0123456789abcdef\n");
+  CHECK(c.out.substr(c.out.size() - 5) == "last\n");
+  CHECK(c.err.size() == 500000);
+  CHECK(c.err.find_first_not_of("er\n") == std::string::npos);
+}
+
 TEST_CASE("a command that does not exist exits 127 in a warm container", "[warm][run]") {
   auto& iso = Warm();
   REQUIRE(iso.StartWarmPool().ok());
