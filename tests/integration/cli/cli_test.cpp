@@ -141,6 +141,11 @@ TEST_CASE("serve refuses a public listen without a token", "[cli][auth]") {
                   "serve --listen 0.0.0.0:0 --mode process --database-url '" + db.url() + "'");
   CHECK(r.code == 1);
   CHECK(r.err.find("--api-token") != std::string::npos);
+  // Refused before it touched the database: no schema, so no node, worker or claim.
+  pqxx::connection conn(db.conninfo());
+  pqxx::work tx(conn);
+  CHECK(tx.exec1("SELECT to_regclass('schema_migrations') IS NULL")[0].as<bool>());
+  CHECK(tx.exec1("SELECT to_regclass('tasks') IS NULL")[0].as<bool>());
 }
 
 TEST_CASE("migrate applies the schema and exits", "[cli]") {
