@@ -81,6 +81,32 @@ TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both iso
   node->Shutdown(runner::StopOptions{true, 0s});
 }
 
+TEST_CASE("a fractional --kill-grace is kept in Docker, not rounded up to whole seconds",
+          "[node][kill_grace][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.warm_containers = 0;
+  config.kill_grace = 0.2;
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  auto t = Command({"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"});
+  t.isolation = runner::isolation::IsolationMode::kDocker;
+  t.timeout = 1;
+  auto done = RunToEnd(*node, t);
+  node->Shutdown(runner::StopOptions{true, 0s});
+  CHECK(done.state == TaskState::kTimedOut);
+  CHECK(done.isolation_used == std::string("docker"));
+  REQUIRE(done.usage.has_value());
+  // 1 s, then 0.2 s of grace. Docker's own stop takes whole seconds: 0.2
+  // became 1, and the task lived 2 s.
+  CHECK(done.usage->duration >= 1.15);
+  CHECK(done.usage->duration < 1.9);
+}
+
 TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, in both isolations",
           "[node][kill_grace][docker]") {
   TestDatabase db;
