@@ -6,6 +6,20 @@ namespace runner::secrets {
 
 OutputMasker::OutputMasker(std::vector<std::string> values) {
   for (auto& v : values) {
+    // A multi-line value (a PEM or SSH key) is also masked line by line: a
+    // task that prints one line of it, or the key with CRLF line ends, would
+    // otherwise show it.
+    if (v.find('\n') != std::string::npos) {
+      std::size_t start = 0;
+      while (start < v.size()) {
+        std::size_t end = v.find('\n', start);
+        if (end == std::string::npos) end = v.size();
+        std::string line = v.substr(start, end - start);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.size() >= kMinSecretLength) values_.push_back(std::move(line));
+        start = end + 1;
+      }
+    }
     if (v.size() >= kMinSecretLength) values_.push_back(std::move(v));
   }
   std::sort(values_.begin(), values_.end(),

@@ -10,7 +10,8 @@
 //
 // Values shorter than kMinSecretLength are not masked: masking "1" or "ab"
 // would shred ordinary output and reveal the value by its gaps. At a position
-// where several values match, the longest wins.
+// where several values match, the longest wins. Each line (4 bytes or longer)
+// of a multi-line value is a value too.
 //
 // Thread-safety: one masker per stream, used by one thread at a time.
 

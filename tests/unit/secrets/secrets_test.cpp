@@ -161,6 +161,24 @@ TEST_CASE("a value of exactly 4 bytes is masked, one of 3 is not", "[secrets][ma
   CHECK(out == "abc *** abc*** wxy");
 }
 
+TEST_CASE("each line of a multi-line value is masked too", "[secrets][mask]") {
+  const std::string key =
+      "-----BEGIN KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACDx\n-----END KEY-----\n";
+  OutputMasker m({key});
+  // Whole, one line alone, and the key with CRLF line ends (as a tool may
+  // print it): no line of it in the clear.
+  std::string crlf = key;
+  for (std::size_t at = crlf.find('\n'); at != std::string::npos; at = crlf.find('\n', at + 2)) {
+    crlf.insert(at, "\r");
+  }
+  std::string out = m.Feed("whole:" + key + "line:QyNTUxOQAAACDx\n" + "crlf:" + crlf);
+  out += m.Flush();
+  CHECK(out.find("b3BlbnNzaC1rZXktdjEAAAAA") == std::string::npos);
+  CHECK(out.find("QyNTUxOQAAACDx") == std::string::npos);
+  CHECK(out.find("line:***\n") != std::string::npos);
+  CHECK(out.rfind("whole:***", 0) == 0);
+}
+
 TEST_CASE("a value that is a prefix of another masks both, longest first", "[secrets][mask]") {
   OutputMasker m({"abcd", "abcdefgh"});
   // The whole longer value, the shorter alone, and the shorter followed by
