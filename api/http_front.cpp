@@ -364,11 +364,13 @@ struct HttpFront::Impl {
     // body is read) reaches a worker without its body.
     if (head.bogus_length) return Dispatch(c);
     if (head.transfer_encoding) {
+      // Up to max_body_bytes of it are read and dropped, so a small chunked
+      // request gets this answer rather than a reset.
       return Refuse(c, 400, "Bad Request",
                     MakeError(errc::kBadRequest,
                               "a chunked request body (Transfer-Encoding) is not accepted; send "
                               "the body with a Content-Length"),
-                    0);
+                    options.max_body_bytes);
     }
     const uint64_t length = head.length.value_or(0);
     if (length > options.max_body_bytes) {
