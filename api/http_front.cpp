@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -145,6 +146,7 @@ struct HeadInfo {
   bool bogus_length = false;       // present but not a number
   bool transfer_encoding = false;
   bool expect_continue = false;
+  std::pair<std::size_t, std::size_t> expect_line{0, 0};  // offset and size, CRLF included
 };
 
 bool EqualsNoCase(std::string_view a, std::string_view b) {
@@ -180,6 +182,10 @@ HeadInfo ScanHead(std::string_view head) {
       auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
       if (value.empty() || ec != std::errc() || ptr != value.data() + value.size()) {
         info.bogus_length = true;
+      } else if (info.length && *info.length != n) {
+        // Two lengths that disagree (RFC 9112 6.3): which one ends the body
+        // is ambiguous, the classic request-smuggling split.
+        info.bogus_length = true;
       } else {
         info.length = n;
       }
@@ -187,6 +193,7 @@ HeadInfo ScanHead(std::string_view head) {
       info.transfer_encoding = true;
     } else if (EqualsNoCase(name, "Expect")) {
       info.expect_continue = true;
+      info.expect_line = {start, (end == std::string_view::npos ? head.size() : end + 2) - start};
     }
   }
   return info;
@@ -300,6 +307,36 @@ struct HttpFront::Impl {
                      [this, c, text](error_code, std::size_t) { Close(c); });
   }
 
+  // Answers `status` and closes, after reading and dropping up to `drain`
+  // bytes of the request's body (within body_timeout) so a client that is
+  // still sending gets the answer rather than a reset. The connection stays
+  // in `waiting` meanwhile: at the cap it is among the first to go.
+  void Refuse(const ConnPtr& c, int status, std::string_view reason, const Error& error,
+              uint64_t drain) {
+    Wait(c);
+    auto text = std::make_shared<std::string>(Answer(status, reason, error));
+    c->stream.expires_after(options.write_timeout);
+    net::async_write(c->stream, net::buffer(*text),
+                     [this, c, text, drain](error_code ec, std::size_t) {
+                       if (c->closed) return;
+                       if (ec || drain == 0 || stopping) return Close(c);
+                       const uint64_t buffered = c->buf.size();
+                       c->buf.clear();
+                       c->stream.expires_after(options.body_timeout);
+                       Drain(c, drain > buffered ? drain - buffered : 0);
+                     });
+  }
+  void Drain(const ConnPtr& c, uint64_t left) {
+    if (left == 0) return Close(c);
+    auto scratch = std::make_shared<std::array<char, 16384>>();
+    c->stream.async_read_some(net::buffer(*scratch),
+                              [this, c, left, scratch](error_code ec, std::size_t n) {
+                                if (c->closed) return;
+                                if (ec || stopping) return Close(c);
+                                Drain(c, n >= left ? 0 : left - n);
+                              });
+  }
+
   void ReadHead(const ConnPtr& c) {
     Wait(c);
     c->stream.expires_after(c->fresh ? options.header_timeout : options.keep_alive_timeout);
@@ -320,24 +357,58 @@ struct HttpFront::Impl {
     c->stream.expires_never();
     c->fresh = false;
     HeadInfo head = ScanHead(std::string_view(c->buf).substr(0, head_bytes));
+    // No worker ever waits for a body: a worker held by each half-sent body
+    // (chunked, over the limit, or behind `Expect: 100-continue`) let a
+    // flood of them take every thread. A body is read here, without a
+    // thread, or refused here; only a bogus length (answered before any
+    // body is read) reaches a worker without its body.
+    if (head.bogus_length) return Dispatch(c);
+    if (head.transfer_encoding) {
+      // Up to max_body_bytes of it are read and dropped, so a small chunked
+      // request gets this answer rather than a reset.
+      return Refuse(c, 400, "Bad Request",
+                    MakeError(errc::kBadRequest,
+                              "a chunked request body (Transfer-Encoding) is not accepted; send "
+                              "the body with a Content-Length"),
+                    options.max_body_bytes);
+    }
+    const uint64_t length = head.length.value_or(0);
+    if (length > options.max_body_bytes) {
+      // Read and dropped (up to a plausible size) so a client still sending
+      // reads the 413 instead of a reset; past that, closed after the answer.
+      const uint64_t absurd = std::max<uint64_t>(uint64_t{options.max_body_bytes} * 16, 64u << 20);
+      return Refuse(c, 413, "Payload Too Large",
+                    MakeError(errc::kPayloadTooLarge,
+                              "the body is over " + std::to_string(options.max_body_bytes) +
+                                  " bytes (Content-Length: " + std::to_string(length) + ")"),
+                    length <= absurd ? length : 0);
+    }
+    if (head.expect_continue) {
+      // Answered here; the handler must not see it and answer it again.
+      c->buf.erase(head.expect_line.first, head.expect_line.second);
+      head_bytes -= head.expect_line.second;
+    }
     const std::size_t have = c->buf.size() - head_bytes;
-    // A body of plausible length is read here, without a thread; anything
-    // else goes to the handler now (cpp-httplib answers a bogus or huge
-    // length at once, reads chunked bodies and answers 100-continue).
-    if (head.length && !head.bogus_length && !head.transfer_encoding && !head.expect_continue &&
-        *head.length <= options.max_body_bytes && have < *head.length) {
-      c->stream.expires_after(options.body_timeout);
-      net::async_read(c->stream, net::dynamic_buffer(c->buf),
-                      net::transfer_exactly(static_cast<std::size_t>(*head.length - have)),
+    if (have >= length) return Dispatch(c);
+    const auto need = static_cast<std::size_t>(length - have);
+    c->stream.expires_after(options.body_timeout);
+    auto read_body = [this, c, need] {
+      net::async_read(c->stream, net::dynamic_buffer(c->buf), net::transfer_exactly(need),
                       [this, c](error_code read_ec, std::size_t) {
                         if (c->closed) return;
                         if (read_ec || stopping) return Close(c);
                         c->stream.expires_never();
                         Dispatch(c);
                       });
-      return;
-    }
-    Dispatch(c);
+    };
+    if (!head.expect_continue) return read_body();
+    static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+    net::async_write(c->stream, net::buffer(kContinue.data(), kContinue.size()),
+                     [this, c, read_body](error_code write_ec, std::size_t) {
+                       if (c->closed) return;
+                       if (write_ec || stopping) return Close(c);
+                       read_body();
+                     });
   }
 
   void Dispatch(const ConnPtr& c) {

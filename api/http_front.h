@@ -12,9 +12,12 @@
 // - head: at most max_head_bytes, complete within header_timeout of the
 //   first wait (keep_alive_timeout for the 2nd and later requests);
 // - body: read before dispatch when Content-Length is at most max_body_bytes,
-//   complete within body_timeout. Bigger, bogus, chunked or `Expect:
-//   100-continue` requests go to the worker after the head; cpp-httplib then
-//   answers 400/413 or reads the body under read_timeout per read;
+//   complete within body_timeout (`Expect: 100-continue` is answered here and
+//   removed from the head). A longer Content-Length gets 413 here and its
+//   body is read and dropped (up to 64 MiB, within body_timeout) before the
+//   close; a chunked body gets 400. Only a bogus Content-Length reaches a
+//   worker without its body, and the server answers it 400 before reading
+//   any: no worker ever waits for a client's bytes;
 // - connections: at most max_connections (and never more than the open-files
 //   limit allows); a new connection past the cap closes the connection that
 //   has waited longest for bytes. When every connection is busy in a

@@ -15,8 +15,16 @@ void Write(const json::value& v, std::string& out) {
         out += "null";  // JSON has no NaN or infinity
         return;
       }
-      char buf[64];
-      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);
+      // Fixed notation with the fewest digits that read back as the same
+      // double. Plain to_chars picks whichever of fixed and scientific is
+      // shorter, so 0.0001 came out as 1e-04 and 1e16 as 1e+16. The longest
+      // fixed form of a double is about 330 characters (2.2e-308).
+      char buf[400];
+      auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::fixed);
+      if (ec != std::errc()) {
+        out += json::serialize(v);  // unreachable for a finite double
+        return;
+      }
       out.append(buf, end);
       return;
     }

@@ -119,11 +119,12 @@ Status ApiServer::Listen() {
   // it gets the Content-Length: 0 it means. (The handler runs before the body
   // is read; the request is the server's own, not a const object.)
   //
-  // A bogus Content-Length (not a number, negative, or absurdly large) is
+  // A bogus Content-Length (not a number, negative, two that disagree) is
   // answered at once, before any body is read, and the connection closed:
   // cpp-httplib would parse "-1" as 2^64-1 and try to skip that many bytes.
-  // (HttpFront reads a body first only when its length is at most
-  // max_body_bytes, so such a request reaches this handler after its head.)
+  // (HttpFront reads a body first; a bogus length is the one request that
+  // reaches this handler without it. HttpFront answers lengths over
+  // max_body_bytes itself; the check below is for callers without it.)
   const std::size_t max_body = options_.max_body_bytes;
   http_->set_pre_routing_handler([max_body](const httplib::Request& req, httplib::Response& res) {
     if (!req.has_header("Content-Length") && !req.has_header("Transfer-Encoding")) {
@@ -135,9 +136,15 @@ Status ApiServer::Listen() {
     uint64_t n = 0;
     auto [end, ec] = std::from_chars(length.data(), length.data() + length.size(), n);
     std::optional<Error> bad;
+    bool disagree = false;
+    for (std::size_t i = 1; i < req.get_header_value_count("Content-Length"); ++i) {
+      disagree = disagree || req.get_header_value("Content-Length", i) != length;
+    }
     if (length.empty() || ec != std::errc() || end != length.data() + length.size()) {
       bad = MakeError("bad_request", "Content-Length: must be a whole number of bytes, got '" +
                                          length.substr(0, 32) + "'");
+    } else if (disagree) {
+      bad = MakeError("bad_request", "Content-Length: given twice with different values");
     } else if (n > std::max<uint64_t>(uint64_t{max_body} * 16, uint64_t{64} << 20)) {
       // Only absurd lengths: a plausible body just over the limit is read and
       // answered 413 by httplib, so an honest client that is still sending

@@ -77,9 +77,6 @@ std::optional<int> WaitSignal(const sigset_t& set, std::optional<std::chrono::se
 }  // namespace
 
 int RunMigrate(const Config& config) {
-  // Every API connection is a descriptor: take the hard limit before any
-  // thread, child process or database connection exists.
-  api::RaiseOpenFilesLimit();
   auto db = OpenDatabase(config);
   if (!db) {
     std::cerr << "runner migrate: " << db.error().message << "\n";
@@ -94,6 +91,11 @@ int RunMigrate(const Config& config) {
 }
 
 int RunServe(const Config& config) {
+  // Every API connection is a descriptor: take the hard limit before any
+  // thread, child process or database connection exists. (It was in
+  // RunMigrate by mistake, so serve raised it only when the API bound, after
+  // the embedded PostgreSQL and the node were up.)
+  api::RaiseOpenFilesLimit();
   // Signals are taken synchronously by this thread only: block them before
   // any other thread starts, so every thread inherits the mask.
   sigset_t stop_signals = StopSignals();

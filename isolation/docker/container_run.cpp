@@ -270,6 +270,9 @@ ContainerRun::Exit ContainerRun::WaitForExit(Shared& shared, std::stop_token sto
   const auto timeout_at =
       spec.timeout.count() > 0 ? started + spec.timeout : Clock::time_point::max();
   Clock::time_point give_up = Clock::time_point::max();
+  // SIGTERM is sent at the ending, SIGKILL at kill_at: both by us, not by
+  // POST /stop, whose grace is whole seconds and which blocks this loop for it.
+  Clock::time_point kill_at = Clock::time_point::max();
   while (true) {
     auto polled = waiter_->Poll(std::chrono::milliseconds(50));
     if (!polled) {
@@ -290,15 +293,26 @@ ContainerRun::Exit ContainerRun::WaitForExit(Shared& shared, std::stop_token sto
         ending = Ending::kKill;
       }
       if (ending != Ending::kNone) {
-        Status st = ending == Ending::kKill ? client_.ContainerKill(id, "KILL")
-                                            : client_.ContainerStop(id, options_.stop_grace);
+        const bool at_once = ending == Ending::kKill || options_.stop_grace.count() <= 0;
+        Status st = client_.ContainerKill(id, at_once ? "KILL" : "TERM");
         if (!st) {
           spdlog::warn("docker stop failed task={} error={}, sending SIGKILL", task,
                        st.error().message);
           (void)client_.ContainerKill(id, "KILL");
+        } else if (!at_once) {
+          kill_at = Clock::now() + options_.stop_grace;
         }
-        give_up = Clock::now() + options_.call_timeout;
+        give_up =
+            (kill_at == Clock::time_point::max() ? Clock::now() : kill_at) + options_.call_timeout;
       }
+    } else if (Clock::now() >= kill_at) {
+      // The grace is over and it still runs (it ignored SIGTERM).
+      kill_at = Clock::time_point::max();
+      Status st = client_.ContainerKill(id, "KILL");
+      if (!st) {
+        spdlog::warn("docker kill failed task={} error={}", task, st.error().message);
+      }
+      give_up = Clock::now() + options_.call_timeout;
     } else if (Clock::now() >= give_up) {
       wait_error = MakeError("isolation_unavailable",
                              "the Docker daemon did not report the exit of container " +

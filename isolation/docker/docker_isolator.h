@@ -58,7 +58,9 @@ struct DockerIsolatorOptions {
   std::string docker_host = "unix:///var/run/docker.sock";
   bool allow_network = false;  // NetworkMode "none" unless the operator allows the default bridge
   OverLimitPolicy over_limit;
-  std::chrono::seconds stop_grace{10};  // SIGTERM, then SIGKILL after this
+  // SIGTERM, then SIGKILL after this (kept to the millisecond: Docker's own
+  // stop takes whole seconds, so a --kill-grace of 0.5 was 1 s in Docker).
+  std::chrono::milliseconds stop_grace{10000};
   // Tasks run as this user (the task image has 65534 = nobody). Empty = the
   // image's default user.
   std::string user = "65534:65534";

@@ -136,7 +136,7 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
       dopt.allow_network = config.allow_network;
       dopt.over_limit = config.over_limit;
       // Docker's stop API takes whole seconds.
-      dopt.stop_grace = std::chrono::seconds(static_cast<int64_t>(std::ceil(config.kill_grace)));
+      dopt.stop_grace = Ms(config.kill_grace);
       dopt.warm_per_image = config.warm_containers < 0 ? workers : config.warm_containers;
       dopt.warm_images = {config.task_image};
       for (const auto& image : config.warm_images) {

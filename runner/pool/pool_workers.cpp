@@ -5,12 +5,14 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <stdexcept>
 #include <utility>
 
 #include "base/ulid.h"
 #include "runner/pool/idle_backoff.h"
 #include "runner/pool/pool.h"
 #include "runner/pool/pool_internal.h"
+#include "runner/secrets/output_masker.h"
 
 namespace runner::pool {
 
@@ -183,6 +185,15 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
   std::vector<std::string> secret_values;
   secret_values.reserve(task.secrets.size());
   for (const auto& [name, value] : task.secrets) secret_values.push_back(value);
+  // An isolator's error text (a daemon's message, an exception) goes to the
+  // task's error, an event and the log: it is masked like the output, in
+  // case it quotes the task's environment.
+  const auto masked = [values = secret_values](std::string text) {
+    if (values.empty()) return text;
+    secrets::OutputMasker masker(values);
+    std::string out = masker.Feed(text);
+    return out + masker.Flush();
+  };
   auto sink = std::make_shared<TaskLogSink>(
       store_, task.id, options_.logs,
       [this, task_id, worker_id](std::string_view resource, isolation::OverLimitAction action,
@@ -224,16 +235,18 @@ std::optional<queue::Task> Pool::RunTask(Worker* w, queue::Task task) {
     sink->EndOfOutput();
     (void)sink->Flush();
     UnregisterSink(sink);
+    const std::string what = masked(e.what());
     TaskOutcome out;
     out.report.state = queue::TaskState::kFailed;
     out.report.error =
         queue::TaskError{"internal", std::string("the ") + std::string(iso->Name()) +
-                                         " isolator failed while running the task: " + e.what()};
+                                         " isolator failed while running the task: " + what};
     out.report.retryable = true;
     out.report.isolation_used = std::string(iso->Name());
     ReportOutcome(w, task, out, started);
-    throw;  // the worker is replaced
+    throw std::runtime_error(what);  // the worker is replaced (its log and event say why)
   }
+  result.message = masked(std::move(result.message));
   sink->EndOfOutput();
   (void)sink->Flush();
   UnregisterSink(sink);

@@ -6,6 +6,20 @@ namespace runner::secrets {
 
 OutputMasker::OutputMasker(std::vector<std::string> values) {
   for (auto& v : values) {
+    // A multi-line value (a PEM or SSH key) is also masked line by line: a
+    // task that prints one line of it, or the key with CRLF line ends, would
+    // otherwise show it.
+    if (v.find('\n') != std::string::npos) {
+      std::size_t start = 0;
+      while (start < v.size()) {
+        std::size_t end = v.find('\n', start);
+        if (end == std::string::npos) end = v.size();
+        std::string line = v.substr(start, end - start);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        if (line.size() >= kMinSecretLength) values_.push_back(std::move(line));
+        start = end + 1;
+      }
+    }
     if (v.size() >= kMinSecretLength) values_.push_back(std::move(v));
   }
   std::sort(values_.begin(), values_.end(),
@@ -27,6 +41,12 @@ std::string OutputMasker::Flush() {
 
 // Overlapping or touching-inside matches merge into one masked region, so
 // two overlapping values never leave the tail of one in the clear.
+//
+// A tail held inside a region (a value repeated without a gap, `yes`-style,
+// keeps the region open to the end of every chunk) does not hold the region
+// with it: the region's `***` goes out now and covered_ remembers how many
+// held bytes it still covers. Holding the whole region grew the buffer with
+// every chunk for as long as the task printed (and rescanned it each time).
 std::string OutputMasker::Scan(bool final) {
   const std::string buf = std::move(pending_);
   pending_.clear();
@@ -36,11 +56,19 @@ std::string OutputMasker::Scan(bool final) {
   constexpr std::size_t kNone = std::string::npos;
   std::size_t region_start = kNone;
   std::size_t region_end = 0;
+  bool region_shown = false;  // its `***` went out with an earlier chunk
+  if (covered_ > 0) {
+    region_start = 0;
+    region_end = std::min(covered_, n);
+    region_shown = true;
+    covered_ = 0;
+  }
   std::size_t i = 0;
   while (i < n) {
     if (region_start != kNone && i >= region_end) {
-      out += kMask;
+      if (!region_shown) out += kMask;
       region_start = kNone;
+      region_shown = false;
     }
     if (region_start == kNone && !first_byte_[static_cast<unsigned char>(buf[i])]) {
       // A run that cannot start a value passes through in one append.
@@ -69,7 +97,12 @@ std::string OutputMasker::Scan(bool final) {
       }
     }
     if (hold) {
-      pending_ = buf.substr(region_start != kNone ? region_start : i);
+      if (region_start != kNone) {
+        // Inside a region (so i < region_end): its mask goes out now.
+        if (!region_shown) out += kMask;
+        covered_ = region_end - i;
+      }
+      pending_ = buf.substr(i);
       return out;
     }
     if (full > 0) {
@@ -80,7 +113,7 @@ std::string OutputMasker::Scan(bool final) {
     }
     ++i;
   }
-  if (region_start != kNone) out += kMask;
+  if (region_start != kNone && !region_shown) out += kMask;
   return out;
 }
 

@@ -5,11 +5,13 @@
 // Output arrives in chunks of any size, so a value may be split across two
 // chunks: the masker holds back the shortest tail that could still become a
 // secret (a proper prefix of one) and releases it with the next chunk or at
-// Flush. Text that cannot start a secret is never held.
+// Flush. Text that cannot start a secret is never held, and at most the
+// longest value's length less one byte is held at any time.
 //
 // Values shorter than kMinSecretLength are not masked: masking "1" or "ab"
 // would shred ordinary output and reveal the value by its gaps. At a position
-// where several values match, the longest wins.
+// where several values match, the longest wins. Each line (4 bytes or longer)
+// of a multi-line value is a value too.
 //
 // Thread-safety: one masker per stream, used by one thread at a time.
 
@@ -43,7 +45,8 @@ class OutputMasker {
 
   std::vector<std::string> values_;  // longest first
   std::array<bool, 256> first_byte_{};
-  std::string pending_;
+  std::string pending_;      // held: a proper prefix of a value starts it
+  std::size_t covered_ = 0;  // leading bytes of pending_ inside a mask already written
 };
 
 }  // namespace runner::secrets

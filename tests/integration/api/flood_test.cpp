@@ -377,3 +377,73 @@ TEST_CASE("a bogus Content-Length is answered and its connection closed, not hel
     ::close(fd);
   }
 }
+
+TEST_CASE("half-sent bodies (chunked, over the limit, behind 100-continue) hold no thread each",
+          "[api][flood]") {
+  // A small worker pool (2 kept, 260 at most): a worker held per half-sent
+  // body, as before, would take them all and leave the new client waiting.
+  ApiFixture f(std::nullopt, [](runner::api::ApiOptions& o) {
+    o.http_threads = 2;
+    o.max_streams = 2;
+    o.body_timeout = 3s;
+  });
+  constexpr int kEach = 300;
+  struct Sockets {
+    std::vector<int> fds;
+    ~Sockets() {
+      for (int fd : fds) ::close(fd);
+    }
+  } chunked, over, expect;
+  const std::string post =
+      "POST /api/v1/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n";
+  const std::string chunked_req = post + "Transfer-Encoding: chunked\r\n\r\n5\r\n{\"com";
+  const std::string over_req = post + "Content-Length: 2000000\r\n\r\n{\"command\":[\"echo\",\"";
+  const std::string expect_req = post + "Content-Length: 30\r\nExpect: 100-continue\r\n\r\n";
+  const int threads_before = ThreadsOfThisProcess();
+  for (int i = 0; i < kEach; ++i) {
+    for (auto [sockets, req] : {std::pair{&chunked, &chunked_req}, std::pair{&over, &over_req},
+                                std::pair{&expect, &expect_req}}) {
+      int fd = Connect(f.port());
+      REQUIRE(fd >= 0);
+      (void)::send(fd, req->data(), req->size(), MSG_NOSIGNAL);
+      sockets->fds.push_back(fd);
+    }
+  }
+  // What each got, from the server's I/O thread, while its body is unsent.
+  auto first_line = [](int fd) {
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string got;
+    char c = 0;
+    while (got.size() < 200 && ::recv(fd, &c, 1, 0) == 1 && c != '\n') got += c;
+    if (!got.empty() && got.back() == '\r') got.pop_back();
+    return got;
+  };
+  CHECK(first_line(chunked.fds.back()) == "HTTP/1.1 400 Bad Request");
+  CHECK(first_line(over.fds.back()) == "HTTP/1.1 413 Payload Too Large");
+  CHECK(first_line(expect.fds.back()) == "HTTP/1.1 100 Continue");
+
+  const int threads_during = ThreadsOfThisProcess();
+  auto [status, ms] = Fresh(f.port(), "/healthz");
+  WARN("half-sent bodies: " << 3 * kEach << " connections, threads " << threads_before
+                            << " before / " << threads_during << " during; /healthz " << ms.count()
+                            << " ms");
+  CHECK(status == "HTTP/1.1 200 OK");
+  CHECK(ms < 1000ms);
+  CHECK(threads_during - threads_before <= 8);
+
+  // The one that waited for 100 Continue sends its body and gets its task.
+  const std::string body = R"({"command":["true"]}          )";
+  REQUIRE(body.size() == 30);
+  (void)::send(expect.fds.front(), body.data(), body.size(), MSG_NOSIGNAL);
+  std::string line = first_line(expect.fds.front());
+  if (line == "HTTP/1.1 100 Continue") {
+    (void)first_line(expect.fds.front());  // the blank line after it
+    line = first_line(expect.fds.front());
+  }
+  CHECK(line == "HTTP/1.1 201 Created");
+  // The rest never send their bodies: closed after body_timeout, by the server.
+  CHECK(ClosedByPeer(expect.fds.back(), 6s));
+  CHECK(ClosedByPeer(over.fds.back(), 6s));
+  CHECK(ClosedByPeer(chunked.fds.back(), 6s));
+}

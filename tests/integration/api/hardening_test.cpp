@@ -57,6 +57,19 @@ TEST_CASE("a bogus Content-Length is answered at once, not held", "[api][errors]
   auto [junk, junk_ms] = RawRequest(f.port(), head + "12abc\r\n\r\n{");
   CHECK(junk == "HTTP/1.1 400 Bad Request");
   CHECK(junk_ms < std::chrono::milliseconds(2000));
+  // Two lengths that disagree: which one ends the body is ambiguous (smuggling).
+  auto [twice, twice_ms] =
+      RawRequest(f.port(),
+                 "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 2\r\nContent-Length: 20\r\n\r\n{}");
+  CHECK(twice == "HTTP/1.1 400 Bad Request");
+  CHECK(twice_ms < std::chrono::milliseconds(2000));
+  // The same length twice is one length.
+  auto [same, same_ms] =
+      RawRequest(f.port(),
+                 "POST /api/v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 20\r\nContent-Length: 20\r\n\r\n{\"command\":[\"true\"]}");
+  CHECK(same == "HTTP/1.1 201 Created");
 }
 
 TEST_CASE("unknown query parameters are a 400 on every route that reads them", "[api][errors]") {
@@ -95,6 +108,15 @@ TEST_CASE("JSON numbers are written as plain decimals, never 5E-1", "[api][json]
   CHECK(runner::api::WriteJson(json::value(0.5)) == "0.5");
   CHECK(runner::api::WriteJson(json::value(2.006296383)) == "2.006296383");
   CHECK(runner::api::WriteJson(json::value(600.0)) == "600");
+  // Where scientific is the shorter text: std::to_chars alone wrote 1e-04,
+  // 5e-05 and 1e+16 (a task's cpu_seconds of 0.0001 went out so).
+  CHECK(runner::api::WriteJson(json::value(0.0001)) == "0.0001");
+  CHECK(runner::api::WriteJson(json::value(0.00005)) == "0.00005");
+  CHECK(runner::api::WriteJson(json::value(-0.0003)) == "-0.0003");
+  CHECK(runner::api::WriteJson(json::value(1e16)) == "10000000000000000");
+  CHECK(runner::api::WriteJson(json::value(1.5e-7)) == "0.00000015");
+  CHECK(json::parse(runner::api::WriteJson(json::value(2.2250738585072014e-308))).as_double() ==
+        2.2250738585072014e-308);
   CHECK(runner::api::WriteJson(json::parse(R"({"a":[1,0.25,"x\"y"],"b":null})")) ==
         R"({"a":[1,0.25,"x\"y"],"b":null})");
 

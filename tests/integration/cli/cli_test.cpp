@@ -141,6 +141,11 @@ TEST_CASE("serve refuses a public listen without a token", "[cli][auth]") {
                   "serve --listen 0.0.0.0:0 --mode process --database-url '" + db.url() + "'");
   CHECK(r.code == 1);
   CHECK(r.err.find("--api-token") != std::string::npos);
+  // Refused before it touched the database: no schema, so no node, worker or claim.
+  pqxx::connection conn(db.conninfo());
+  pqxx::work tx(conn);
+  CHECK(tx.exec1("SELECT to_regclass('schema_migrations') IS NULL")[0].as<bool>());
+  CHECK(tx.exec1("SELECT to_regclass('tasks') IS NULL")[0].as<bool>());
 }
 
 TEST_CASE("migrate applies the schema and exits", "[cli]") {
@@ -353,4 +358,41 @@ TEST_CASE("submit --secret takes NAME=VALUE or the value of an environment varia
   CHECK(with_env.out.find("\"secrets\":[\"A\",\"HOME\"]") != std::string::npos);
   CHECK(r.code == 2);  // B is not set in the CLI's environment
   CHECK(r.err.find("--secret B") != std::string::npos);
+}
+
+TEST_CASE("the CLI shows a task's secret names and never a value: list, logs -f, the end event",
+          "[cli][secrets]") {
+  ApiFixture f;
+  // The value printed whole, and split across two writes 0.3 s apart (cut
+  // from $TOKEN: the command is shown back, so it must not hold the value).
+  auto sub = Runner(f.base(),
+                    "submit --json --secret TOKEN=hunter2-cli-value -- sh -c "
+                    "'echo \"a:$TOKEN\"; printf \"b:%.8s\" \"$TOKEN\"; sleep 0.3; "
+                    "echo \"${TOKEN#????????}\"'");
+  INFO(sub.err);
+  REQUIRE(sub.code == 0);
+  const std::string id(boost::json::parse(sub.out).at("id").as_string());
+  auto follow = Runner(f.base(), "logs -f " + id);
+  INFO(follow.err);
+  CHECK(follow.code == 0);
+  CHECK(follow.out == "a:***\nb:***\n");
+  auto follow_json = Runner(f.base(), "--json logs -f " + id);
+  CHECK(follow_json.code == 0);
+  CHECK(follow_json.out.find("hunter2") == std::string::npos);
+  // The last line is the end event: the task, its secrets by name.
+  std::string end = follow_json.out;
+  while (!end.empty() && end.back() == '\n') end.pop_back();
+  end = end.substr(end.rfind('\n') + 1);
+  CHECK(boost::json::parse(end).at("secrets").as_array() == boost::json::array{"TOKEN"});
+  CHECK(Runner(f.base(), "logs " + id).out == "a:***\nb:***\n");
+  for (const std::string& args : {std::string("--json list"), std::string("list"),
+                                  "--json logs " + id, std::string("--json status")}) {
+    INFO(args);
+    auto r = Runner(f.base(), args);
+    CHECK(r.code == 0);
+    CHECK(r.out.find("hunter2") == std::string::npos);
+    CHECK(r.err.find("hunter2") == std::string::npos);
+  }
+  auto list = Runner(f.base(), "--json list");
+  CHECK(list.out.find("\"secrets\":[\"TOKEN\"]") != std::string::npos);
 }

@@ -81,6 +81,32 @@ TEST_CASE("a task that ignores SIGTERM is killed after --kill-grace, in both iso
   node->Shutdown(runner::StopOptions{true, 0s});
 }
 
+TEST_CASE("a fractional --kill-grace is kept in Docker, not rounded up to whole seconds",
+          "[node][kill_grace][docker]") {
+  TestDatabase db;
+  TempDir dir;
+  runner::metrics::Registry registry;
+  auto config = NodeConfig(dir, 1);
+  config.mode = runner::isolation::IsolationMode::kAuto;
+  config.docker_host = runner::testing::DockerHost();
+  config.warm_containers = 0;
+  config.kill_grace = 0.2;
+  auto node = AutoNode(config, db, registry);
+  REQUIRE(node->Start().ok());
+  auto t = Command({"sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done"});
+  t.isolation = runner::isolation::IsolationMode::kDocker;
+  t.timeout = 1;
+  auto done = RunToEnd(*node, t);
+  node->Shutdown(runner::StopOptions{true, 0s});
+  CHECK(done.state == TaskState::kTimedOut);
+  CHECK(done.isolation_used == std::string("docker"));
+  REQUIRE(done.usage.has_value());
+  // 1 s, then 0.2 s of grace. Docker's own stop takes whole seconds: 0.2
+  // became 1, and the task lived 2 s.
+  CHECK(done.usage->duration >= 1.15);
+  CHECK(done.usage->duration < 1.9);
+}
+
 TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, in both isolations",
           "[node][kill_grace][docker]") {
   TestDatabase db;
@@ -125,7 +151,7 @@ TEST_CASE("a cancelled task that ignores SIGTERM is killed after --kill-grace, i
   node->Shutdown(runner::StopOptions{true, 0s});
 }
 
-TEST_CASE("a docker task gets its secrets as env and its output is masked",
+TEST_CASE("a docker task gets its secrets as env and its output is masked, warm and cold",
           "[node][secrets][docker]") {
   LogCapture log;
   TestDatabase db;
@@ -134,21 +160,38 @@ TEST_CASE("a docker task gets its secrets as env and its output is masked",
   auto config = NodeConfig(dir, 1);
   config.mode = runner::isolation::IsolationMode::kAuto;
   config.docker_host = runner::testing::DockerHost();
+  config.warm_containers = 1;
   auto node = AutoNode(config, db, registry);
   REQUIRE(node->Start().ok());
+  auto& hits = registry.GetCounter("runner_docker_warm_hits_total",
+                                   "Docker tasks that took a warm container");
+  auto& misses =
+      registry.GetCounter("runner_docker_warm_misses_total",
+                          "Docker tasks that found no matching warm container and started cold");
+  // The warm container is up before the task comes, so the task takes it.
+  REQUIRE(WaitFor([&] { return node->Status().docker_warm.ready >= 1; }, 60s));
   auto t = Command({"sh", "-c", "echo \"a:$TOKEN\"; test \"$TOKEN\" = hunter2-docker-value"});
   t.isolation = runner::isolation::IsolationMode::kDocker;
   t.secrets = {{"TOKEN", "hunter2-docker-value"}};
-  auto done = RunToEnd(*node, t);
-  CHECK(done.state == TaskState::kSucceeded);
-  CHECK(done.isolation_used == std::string("docker"));
-  CHECK(done.stdout_tail == "a:***\n");
-  CHECK(done.secret_names == std::vector<std::string>{"TOKEN"});
+  auto warm = RunToEnd(*node, t);
+  CHECK(hits.Value() == 1);
+  // A disk limit no warm container has: the cold path, the same answer.
+  t.limits.disk = 64LL << 20;
+  auto cold = RunToEnd(*node, t);
+  CHECK(misses.Value() == 1);
   node->Shutdown(runner::StopOptions{true, 0s});
+  for (const auto* done : {&warm, &cold}) {
+    CHECK(done->state == TaskState::kSucceeded);
+    CHECK(done->isolation_used == std::string("docker"));
+    CHECK(done->stdout_tail == "a:***\n");
+    CHECK(done->secret_names == std::vector<std::string>{"TOKEN"});
+  }
   // The runner never logs a value with Docker isolation either: the secrets
-  // travel in the container's create request, and the capture sees all levels.
+  // travel in the container's create request (cold) or the launcher's
+  // message (warm), and the capture sees all levels.
   const std::string logged = log.Text();
-  CHECK(logged.find(done.id) != std::string::npos);  // the capture saw this task's lines
+  CHECK(logged.find(warm.id) != std::string::npos);  // the capture saw this task's lines
+  CHECK(logged.find(cold.id) != std::string::npos);
   CHECK(logged.find("hunter2-docker-value") == std::string::npos);
   CHECK(logged.find("hunter2") == std::string::npos);
 }

@@ -33,6 +33,17 @@ isolation::RunResult FakeIsolator::Run(const isolation::TaskSpec& spec,
     return stopped;
   };
   if (what == "throw") throw std::runtime_error("fake isolator exploded");
+  // An isolator whose error quotes the task's environment (as a daemon's
+  // refusal of a container's config might): "fail-env NAME" or "throw-env NAME".
+  if (what == "fail-env" || what == "throw-env") {
+    auto it = spec.env.find(spec.command.at(1));
+    const std::string quoted = spec.command.at(1) + "=" + (it == spec.env.end() ? "" : it->second);
+    if (what == "throw-env") throw std::runtime_error("fake isolator exploded on " + quoted);
+    r.kind = isolation::RunResult::Kind::kError;
+    r.error_code = "internal";
+    r.message = "the daemon refused the config: " + quoted;
+    return r;
+  }
   if (what == "ok" || what == "print") {
     // Each argument is one chunk of output; one that starts with "env:" prints
     // that variable of the task's environment.

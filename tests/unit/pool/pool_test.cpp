@@ -569,6 +569,32 @@ TEST_CASE("secrets reach the task's env and are masked in its output, split chun
   h.pool->Stop(false);
 }
 
+TEST_CASE("an isolator error that quotes a secret is masked in the task's error and events",
+          "[pool][secrets]") {
+  Harness h(FastOptions(1));
+  std::string failed = h.store.AddTask({"fail-env", "TOKEN"});
+  h.store.SetClaimedSecrets(failed, {{"TOKEN", "hunter2-swordfish"}}, std::nullopt);
+  REQUIRE(h.pool->Start().ok());
+  REQUIRE(WaitFor([&] { return h.store.TaskById(failed).error.has_value(); }, 5s));
+  auto t = h.store.TaskById(failed);
+  REQUIRE(t.error.has_value());
+  CHECK(t.error->message == "the daemon refused the config: TOKEN=***");
+
+  // An isolator that throws: the task's error and the worker's failure event.
+  std::string thrown = h.store.AddTask({"throw-env", "TOKEN"});
+  h.store.SetClaimedSecrets(thrown, {{"TOKEN", "hunter2-swordfish"}}, std::nullopt);
+  REQUIRE(WaitFor([&] { return h.store.TaskById(thrown).error.has_value(); }, 5s));
+  CHECK(h.store.TaskById(thrown).error->message.find("TOKEN=***") != std::string::npos);
+  CHECK(h.store.TaskById(thrown).error->message.find("hunter2") == std::string::npos);
+  REQUIRE(WaitFor([&] { return !h.store.EventsOfKind("worker.failed").empty(); }, 5s));
+  for (const auto& e : h.store.EventsOfKind("worker.failed")) {
+    INFO(e.data_json);
+    CHECK(e.data_json.find("TOKEN=***") != std::string::npos);
+    CHECK(e.data_json.find("hunter2") == std::string::npos);
+  }
+  h.pool->Stop(false);
+}
+
 TEST_CASE("a task whose secrets cannot be opened fails and never runs", "[pool][secrets]") {
   Harness h(FastOptions(1));
   std::string id = h.store.AddTask({"print", "ran\n"});

@@ -1,5 +1,6 @@
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <filesystem>
 #include <fstream>
@@ -150,6 +151,73 @@ TEST_CASE("short values are not masked", "[secrets][mask]") {
   OutputMasker m({"abc", "1"});
   CHECK(m.empty());
   CHECK(m.Feed("abc 1") == "abc 1");
+}
+
+TEST_CASE("a value of exactly 4 bytes is masked, one of 3 is not", "[secrets][mask]") {
+  OutputMasker m({"abc", "wxyz"});
+  CHECK_FALSE(m.empty());
+  std::string out = m.Feed("abc wxyz abcwxyz wxy");
+  out += m.Flush();
+  CHECK(out == "abc *** abc*** wxy");
+}
+
+TEST_CASE("each line of a multi-line value is masked too", "[secrets][mask]") {
+  const std::string key =
+      "-----BEGIN KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\nQyNTUxOQAAACDx\n-----END KEY-----\n";
+  OutputMasker m({key});
+  // Whole, one line alone, and the key with CRLF line ends (as a tool may
+  // print it): no line of it in the clear.
+  std::string crlf = key;
+  for (std::size_t at = crlf.find('\n'); at != std::string::npos; at = crlf.find('\n', at + 2)) {
+    crlf.insert(at, "\r");
+  }
+  std::string out = m.Feed("whole:" + key + "line:QyNTUxOQAAACDx\n" + "crlf:" + crlf);
+  out += m.Flush();
+  CHECK(out.find("b3BlbnNzaC1rZXktdjEAAAAA") == std::string::npos);
+  CHECK(out.find("QyNTUxOQAAACDx") == std::string::npos);
+  CHECK(out.find("line:***\n") != std::string::npos);
+  CHECK(out.rfind("whole:***", 0) == 0);
+}
+
+TEST_CASE("a value that is a prefix of another masks both, longest first", "[secrets][mask]") {
+  OutputMasker m({"abcd", "abcdefgh"});
+  // The whole longer value, the shorter alone, and the shorter followed by
+  // a part of the longer that never completes (only the shorter is a value).
+  const std::string text = "abcdefgh abcdX abcdefg";
+  std::string out = m.Feed(text);
+  out += m.Flush();
+  CHECK(out == "*** ***X ***efg");
+  for (std::size_t size : {1u, 2u, 3u, 4u, 5u}) {
+    OutputMasker chunked({"abcd", "abcdefgh"});
+    CHECK(MaskInChunks(chunked, text, size) == out);
+  }
+}
+
+TEST_CASE("a value repeated across every chunk boundary is masked and holds a bounded tail",
+          "[secrets][mask]") {
+  // `yes`-style output of a value with no gap keeps one masked region open to
+  // the end of every chunk; the masker once held that whole region (all of
+  // the task's output, rescanned per chunk) until the stream ended.
+  OutputMasker m({"abab"});
+  std::string out;
+  std::size_t most_held = 0;
+  for (int i = 0; i < 20000; ++i) {
+    out += m.Feed(i % 2 == 0 ? "aba" : "bab");  // "abab..." in 3-byte chunks
+    most_held = std::max(most_held, m.held());
+  }
+  out += m.Flush();
+  CHECK(most_held < 4);
+  CHECK(out == "***");
+
+  // A value that overlaps itself ("aaaa" in a run of a's), split at every byte.
+  OutputMasker run({"aaaa"});
+  std::string masked;
+  for (int i = 0; i < 5000; ++i) {
+    masked += run.Feed("a");
+    CHECK(run.held() < 4);
+  }
+  masked += run.Flush();
+  CHECK(masked == "***");
 }
 
 TEST_CASE("overlapping values leave no part of either in the clear", "[secrets][mask]") {
