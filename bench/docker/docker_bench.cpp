@@ -96,9 +96,8 @@ double LoadAverage() {
   return one;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line (bench/docker/README.md).
+struct Args {
   std::string out = "bench/results/docker.json";
   std::string host = "unix:///var/run/docker.sock";
   int rounds = 5;
@@ -113,49 +112,45 @@ int main(int argc, char** argv) {
   int alt_wait_ms = -1;
   std::vector<int> levels{1, 4, 16};
   bool debug = false;  // --debug: the isolator's phase log (where each task's time goes)
+};
+
+Args ParseArgs(int argc, char** argv) {
+  Args args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--debug") {
-      debug = true;
+      args.debug = true;
       continue;
     }
     if (i + 1 >= argc) break;
     const std::string v = argv[++i];
-    if (a == "--out") out = v;
-    if (a == "--docker-host") host = v;
-    if (a == "--rounds") rounds = std::stoi(v);
-    if (a == "--tasks") tasks = std::stoi(v);
-    if (a == "--idle-warm") idle_warm = std::stoi(v);
-    if (a == "--idle-seconds") idle_seconds = std::stoi(v);
-    if (a == "--warm-wait") warm_wait_ms = std::stoi(v);
-    if (a == "--warm-lanes") warm_lanes = std::stoi(v);
-    if (a == "--alt-wait") alt_wait_ms = std::stoi(v);
+    if (a == "--out") args.out = v;
+    if (a == "--docker-host") args.host = v;
+    if (a == "--rounds") args.rounds = std::stoi(v);
+    if (a == "--tasks") args.tasks = std::stoi(v);
+    if (a == "--idle-warm") args.idle_warm = std::stoi(v);
+    if (a == "--idle-seconds") args.idle_seconds = std::stoi(v);
+    if (a == "--warm-wait") args.warm_wait_ms = std::stoi(v);
+    if (a == "--warm-lanes") args.warm_lanes = std::stoi(v);
+    if (a == "--alt-wait") args.alt_wait_ms = std::stoi(v);
     if (a == "--levels") {
-      levels.clear();
+      args.levels.clear();
       std::stringstream ss(v);
       std::string n;
-      while (std::getline(ss, n, ',')) levels.push_back(std::stoi(n));
+      while (std::getline(ss, n, ',')) args.levels.push_back(std::stoi(n));
     }
   }
-  spdlog::set_level(debug ? spdlog::level::debug : spdlog::level::warn);
-  const double load_before = LoadAverage();
-  const std::string node = "bench-docker-" + RandomHex(8);
+  return args;
+}
 
+// What every phase runs on: the cold isolator and `true` tasks of this node.
+struct Bench {
+  const Args& args;
+  std::string node;
   DockerIsolatorOptions options;
-  options.docker_host = host;
-  options.node_id = node;
-  if (warm_wait_ms >= 0) options.warm_wait = std::chrono::milliseconds(warm_wait_ms);
-  if (warm_lanes > 0) options.warm_lanes = warm_lanes;
-  DockerIsolator isolator(options);  // cold: no warm containers
-  auto& client = isolator.client();
-  auto api = client.ApiVersion();
-  if (!api) {
-    std::cerr << "docker unavailable: " << api.error().message << "\n";
-    return 1;
-  }
-  std::string engine = isolator.EngineVersion();
+  DockerIsolator& isolator;
 
-  auto make_spec = [&] {
+  TaskSpec MakeSpec() const {
     TaskSpec spec;
     spec.task_id = "bench-" + RandomHex(10);
     spec.worker_id = "bench";
@@ -163,22 +158,27 @@ int main(int argc, char** argv) {
     spec.image = "runner-task:latest";
     spec.command = {"true"};
     return spec;
-  };
-
-  auto run_on = [&](DockerIsolator& iso) {
-    NullObserver obs;
-    RunResult r = iso.Run(make_spec(), obs, {});
-    return r.kind == RunResult::Kind::kExited && r.exit_code == 0;
-  };
-  // The raw loop: the same container config, the minimum calls.
-  auto raw_task = [&] { return runner::bench::RawEngineTask(client, options, make_spec()); };
-
-  // Warm-up: first container start pays for image and mount setup.
-  for (int i = 0; i < 2; ++i) {
-    raw_task();
-    run_on(isolator);
   }
+  bool RunOn(DockerIsolator& iso) const {
+    NullObserver obs;
+    RunResult r = iso.Run(MakeSpec(), obs, {});
+    return r.kind == RunResult::Kind::kExited && r.exit_code == 0;
+  }
+  // The raw loop: the same container config, the minimum calls.
+  bool RawTask() const {
+    return runner::bench::RawEngineTask(isolator.client(), options, MakeSpec());
+  }
+};
 
+// Per-task overhead of sequential tasks (cold, warm, raw); nullopt when the
+// warm pool did not fill.
+std::optional<json::object> Sequential(const Bench& b) {
+  const int rounds = b.args.rounds;
+  const int tasks = b.args.tasks;
+  DockerIsolator& isolator = b.isolator;
+  const DockerIsolatorOptions& options = b.options;
+  auto run_on = [&b](DockerIsolator& iso) { return b.RunOn(iso); };
+  auto raw_task = [&b] { return b.RawTask(); };
   // Per-task overhead, sequential tasks each started on an idle path (the
   // warm pool full, no removal pending): what one task costs from the
   // isolator taking it to its result, cold vs warm vs the raw loop.
@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
     DockerIsolator warm(warm_options);
     if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120))) {
       std::cerr << "the warm pool did not fill\n";
-      return 1;
+      return std::nullopt;
     }
     run_on(warm);
     std::vector<double> lat[3];
@@ -236,21 +236,34 @@ int main(int argc, char** argv) {
     warm.StopWarmPool();
   }
 
+  return sequential;
+}
+
+// Latency and throughput at each concurrency level, every path in every
+// round; nullopt when a warm pool did not fill.
+std::optional<json::array> Concurrency(const Bench& b) {
+  const int rounds = b.args.rounds;
+  const int tasks = b.args.tasks;
+  DockerIsolator& isolator = b.isolator;
+  const DockerIsolatorOptions& options = b.options;
+  auto run_on = [&b](DockerIsolator& iso) { return b.RunOn(iso); };
+  auto raw_task = [&b] { return b.RawTask(); };
   json::array results;
-  for (int concurrency : levels) {
+  for (int concurrency : b.args.levels) {
     // The default of `runner serve`: one warm container per worker.
     DockerIsolatorOptions warm_options = options;
     warm_options.warm_per_image = concurrency;
     warm_options.warm_images = {"runner-task:latest"};
     DockerIsolator warm(warm_options);
     DockerIsolatorOptions alt_options = warm_options;
-    if (alt_wait_ms >= 0) alt_options.warm_wait = std::chrono::milliseconds(alt_wait_ms);
+    if (b.args.alt_wait_ms >= 0)
+      alt_options.warm_wait = std::chrono::milliseconds(b.args.alt_wait_ms);
     DockerIsolator alt(alt_options);
-    const int npaths = alt_wait_ms >= 0 ? 4 : 3;
+    const int npaths = b.args.alt_wait_ms >= 0 ? 4 : 3;
     if (!warm.StartWarmPool() || !WaitWarmFull(warm, std::chrono::seconds(120)) ||
         (npaths == 4 && (!alt.StartWarmPool() || !WaitWarmFull(alt, std::chrono::seconds(120))))) {
       std::cerr << "the warm pool did not fill\n";
-      return 1;
+      return std::nullopt;
     }
     run_on(warm);  // warm-up of the warm path
     if (npaths == 4) run_on(alt);
@@ -332,9 +345,9 @@ int main(int argc, char** argv) {
       std::printf(
           "concurrency %2d: warm-alt (wait %d ms)/cold throughput %.2fx, median latency %.2fx, "
           "hit rate %.0f%%\n",
-          concurrency, alt_wait_ms, Median(tput[kAlt]) / Median(tput[kCold]),
+          concurrency, b.args.alt_wait_ms, Median(tput[kAlt]) / Median(tput[kCold]),
           Median(lat[kAlt]) / Median(lat[kCold]), 100 * ah / std::max(1.0, ah + am));
-      row["warm_alt_wait_ms"] = alt_wait_ms;
+      row["warm_alt_wait_ms"] = b.args.alt_wait_ms;
       row["warm_alt_over_cold_throughput"] = Median(tput[kAlt]) / Median(tput[kCold]);
       row["warm_alt_hit_rate"] = ah / std::max(1.0, ah + am);
     }
@@ -344,11 +357,16 @@ int main(int argc, char** argv) {
     alt.StopWarmPool();
   }
 
-  // Idle: this process's CPU while it keeps `idle_warm` warm containers ready.
+  return results;
+}
+
+// This process's CPU while it keeps --idle-warm warm containers ready.
+json::object Idle(const Bench& b) {
+  const DockerIsolatorOptions& options = b.options;
   json::object idle;
-  if (idle_warm > 0) {
+  if (b.args.idle_warm > 0) {
     DockerIsolatorOptions idle_options = options;
-    idle_options.warm_per_image = idle_warm;
+    idle_options.warm_per_image = b.args.idle_warm;
     idle_options.warm_images = {"runner-task:latest"};
     DockerIsolator idle_iso(idle_options);
     const auto fill0 = std::chrono::steady_clock::now();
@@ -357,23 +375,61 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - fill0).count();
     const double self0 = SelfCpuSeconds();
     const double host0 = HostBusySeconds();
-    std::this_thread::sleep_for(std::chrono::seconds(idle_seconds));
-    const double self_pct = (SelfCpuSeconds() - self0) / idle_seconds * 100;
-    const double host_pct = (HostBusySeconds() - host0) / idle_seconds * 100;
+    std::this_thread::sleep_for(std::chrono::seconds(b.args.idle_seconds));
+    const double self_pct = (SelfCpuSeconds() - self0) / b.args.idle_seconds * 100;
+    const double host_pct = (HostBusySeconds() - host0) / b.args.idle_seconds * 100;
     const int ready = idle_iso.WarmStatus()->ready;
     std::printf(
         "idle with %d warm containers (%d ready, filled in %.1f s): this process %.3f%% of a "
         "core, whole host %.1f%% of a core (other tenants included)\n",
-        idle_warm, ready, fill_s, self_pct, host_pct);
-    idle = json::object{{"warm_containers", idle_warm},
+        b.args.idle_warm, ready, fill_s, self_pct, host_pct);
+    idle = json::object{{"warm_containers", b.args.idle_warm},
                         {"ready", ready},
                         {"filled", full},
                         {"fill_seconds", fill_s},
-                        {"seconds", idle_seconds},
+                        {"seconds", b.args.idle_seconds},
                         {"runner_cpu_pct_of_core", self_pct},
                         {"host_cpu_pct_of_core", host_pct}};
     idle_iso.StopWarmPool();
   }
+
+  return idle;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = ParseArgs(argc, argv);
+  spdlog::set_level(args.debug ? spdlog::level::debug : spdlog::level::warn);
+  const double load_before = LoadAverage();
+  const std::string node = "bench-docker-" + RandomHex(8);
+
+  DockerIsolatorOptions options;
+  options.docker_host = args.host;
+  options.node_id = node;
+  if (args.warm_wait_ms >= 0) options.warm_wait = std::chrono::milliseconds(args.warm_wait_ms);
+  if (args.warm_lanes > 0) options.warm_lanes = args.warm_lanes;
+  DockerIsolator isolator(options);  // cold: no warm containers
+  auto& client = isolator.client();
+  auto api = client.ApiVersion();
+  if (!api) {
+    std::cerr << "docker unavailable: " << api.error().message << "\n";
+    return 1;
+  }
+  std::string engine = isolator.EngineVersion();
+
+  Bench b{args, node, options, isolator};
+  // Warm-up: first container start pays for image and mount setup.
+  for (int i = 0; i < 2; ++i) {
+    b.RawTask();
+    b.RunOn(isolator);
+  }
+
+  auto sequential = Sequential(b);
+  if (!sequential) return 1;
+  auto results = Concurrency(b);
+  if (!results) return 1;
+  json::object idle = Idle(b);
 
   isolator.WaitForCleanup();  // its queued removals are not leftovers
   auto leftovers = isolator.ReapOrphans({node});
@@ -410,12 +466,12 @@ int main(int argc, char** argv) {
       {"warm_wait_ms", static_cast<int64_t>(options.warm_wait.count())},
       {"warm_lanes", options.warm_lanes},
       {"leftover_containers_reaped", leftovers ? *leftovers : -1},
-      {"sequential", std::move(sequential)},
-      {"results", std::move(results)},
+      {"sequential", std::move(*sequential)},
+      {"results", std::move(*results)},
       {"idle", std::move(idle)},
   };
-  std::ofstream f(out);
+  std::ofstream f(args.out);
   f << json::serialize(doc) << "\n";
-  std::printf("wrote %s\n", out.c_str());
+  std::printf("wrote %s\n", args.out.c_str());
   return 0;
 }
