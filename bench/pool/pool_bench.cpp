@@ -686,6 +686,100 @@ Options ParseArgs(int argc, char** argv) {
   return o;
 }
 
+// One mode and worker count over its rounds: the runner's rates and its
+// ratio to each peer, round by round.
+struct LevelStats {
+  std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs, wake_p50,
+      wake_p99;
+  // Docker mode, per task: host CPU of the runner's burst and of the raw
+  // loop's, and what the runner's own process and PostgreSQL add.
+  std::vector<double> cpu_mine, cpu_raw, cpu_added;
+  int peer_failures = 0;  // peer measurements (or runner runs) that failed
+};
+
+// The summary line of a level: medians over the rounds (a single round: its
+// own figures) against the targets.
+std::string SummaryLine(const std::string& mode, int workers, int rounds, const LevelStats& s) {
+  std::string line =
+      fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers, Median(s.mine_rates));
+  if (rounds > 1) line += fmt::format(" (median of {} rounds)", rounds);
+  if (s.peer_failures > 0) {
+    line += fmt::format(" | {} comparison(s) FAILED, see the runs' errors", s.peer_failures);
+  }
+  if (!s.vs_floor.empty()) {
+    line += fmt::format(" | vs bare fork/exec serial {:.0f}% (target >= 60%)",
+                        100 * Median(s.vs_floor));
+  }
+  if (!s.vs_queue_loop.empty()) {
+    line += fmt::format(" | vs raw SQL queue + spawn loop {:.0f}%", 100 * Median(s.vs_queue_loop));
+  }
+  if (!s.vs_graphile.empty()) {
+    line += fmt::format(" | vs graphile spawn {:.2f}x (target >= 2x)", Median(s.vs_graphile));
+  }
+  if (!s.vs_raw.empty()) {
+    line +=
+        fmt::format(" | vs raw Engine API loop {:.0f}% (target >= 95%)", 100 * Median(s.vs_raw));
+  }
+  if (!s.vs_xargs.empty()) {
+    line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(s.vs_xargs));
+  }
+  if (!s.cpu_mine.empty()) {
+    line += fmt::format(
+        " | host CPU/task {:.0f} ms (raw loop {:.0f}), of which the runner and PostgreSQL "
+        "add {:.1f} ms",
+        Median(s.cpu_mine), Median(s.cpu_raw), Median(s.cpu_added));
+  }
+  if (!s.wake_p50.empty()) {
+    line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
+                        Median(s.wake_p50), Median(s.wake_p99));
+  }
+  return line;
+}
+
+// What each peer is, with its runs.
+json::object PeersDoc(const std::string& graphile_version, const std::string& docker_cli_version,
+                      const json::array& queue_loop_runs, const json::array& graphile_runs,
+                      const json::array& raw_runs, const json::array& xargs_runs) {
+  return json::object{
+      {"raw_queue_loop",
+       json::object{{"what",
+                     "N threads with a connection each: the runner's claim, then posix_spawn/wait "
+                     "of /bin/true and the runner's finish-and-claim statement, nothing else"},
+                    {"runs", queue_loop_runs}}},
+      {"graphile_spawn",
+       json::object{{"what",
+                     "graphile-worker jobs spawning /bin/true (child_process.spawn, "
+                     "await exit), burst into a warm worker, same PostgreSQL"},
+                    {"version", graphile_version},
+                    {"runs", graphile_runs}}},
+      {"docker_raw_engine_loop",
+       json::object{{"what",
+                     "create (the isolator's config), wait?condition=next-exit, start, "
+                     "wait, remove over the unix socket; N concurrent loops"},
+                    {"runs", raw_runs}}},
+      {"xargs_docker_run", json::object{{"what",
+                                         "seq T | xargs -P N docker run --rm --network none "
+                                         "runner-task:latest true"},
+                                        {"docker_cli", docker_cli_version},
+                                        {"runs", xargs_runs}}},
+  };
+}
+
+// The cost of 100 idle workers, with its summary line (or its error).
+json::object IdleWithSummary(json::array& summary) {
+  json::object idle;
+  try {
+    idle = IdleCost(100, 10);
+    summary.push_back(json::value(fmt::format(
+        "idle 100 workers: {:.2f}% of a core (target < 1%), RSS +{:.1f} MiB (target < 50)",
+        idle["cpu_percent_of_one_core"].to_number<double>(),
+        static_cast<double>(idle["rss_growth_bytes"].to_number<int64_t>()) / (1024 * 1024))));
+  } catch (const std::exception& e) {
+    idle["error"] = e.what();
+  }
+  return idle;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -732,12 +826,7 @@ int main(int argc, char** argv) {
       // Rounds alternate the runner and its peers, so host noise (which moves
       // rates 20-40% between minutes here) hits both; the summary gives the
       // median of each round's ratio.
-      std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs,
-          wake_p50, wake_p99;
-      // Docker mode, per task: host CPU of the runner's burst and of the raw
-      // loop's, and what the runner's own process and PostgreSQL add.
-      std::vector<double> cpu_mine, cpu_raw, cpu_added;
-      int peer_failures = 0;  // peer measurements (or runner runs) that failed
+      LevelStats s;
       double floor_rate = floor;
       for (int round = 0; round < opt.rounds; ++round) {
         json::object run;
@@ -775,7 +864,7 @@ int main(int argc, char** argv) {
         measure_mine();
         if (round % 2 == 0) measure_peers();
         const double mine = TasksPerSecond(run);
-        mine_rates.push_back(mine);
+        s.mine_rates.push_back(mine);
         json::object ratios;
         // A ratio counts only when the peer measured something; a failed
         // peer keeps its error in the peers' runs and in the summary.
@@ -786,16 +875,16 @@ int main(int argc, char** argv) {
             ratios[key] = scale * Ratio(mine, rate);
             into.push_back(Ratio(mine, rate));
           } else {
-            ++peer_failures;
+            ++s.peer_failures;
           }
           runs_of.push_back(std::move(*peer));
         };
         if (!is_docker) {
           run["fork_exec_wait_true_per_second_serial"] = floor_rate;
           ratios["vs_fork_exec_serial_pct"] = 100 * Ratio(mine, floor_rate);
-          vs_floor.push_back(Ratio(mine, floor_rate));
-          compare(q, "vs_raw_queue_loop_pct", 100, vs_queue_loop, queue_loop_runs);
-          compare(g, "vs_graphile_spawn_x", 1, vs_graphile, graphile_runs);
+          s.vs_floor.push_back(Ratio(mine, floor_rate));
+          compare(q, "vs_raw_queue_loop_pct", 100, s.vs_queue_loop, queue_loop_runs);
+          compare(g, "vs_graphile_spawn_x", 1, s.vs_graphile, graphile_runs);
         } else {
           if (raw && run.contains("cpu_ms_per_task") && raw->contains("cpu_ms_per_task")) {
             const auto& m = run.at("cpu_ms_per_task").as_object();
@@ -803,16 +892,16 @@ int main(int argc, char** argv) {
             const auto own = [](const json::object& c) {
               return c.at("self").to_number<double>() + c.at("postgres").to_number<double>();
             };
-            cpu_mine.push_back(m.at("host").to_number<double>());
-            cpu_raw.push_back(r.at("host").to_number<double>());
-            cpu_added.push_back(own(m) - own(r));
+            s.cpu_mine.push_back(m.at("host").to_number<double>());
+            s.cpu_raw.push_back(r.at("host").to_number<double>());
+            s.cpu_added.push_back(own(m) - own(r));
           }
-          compare(raw, "vs_raw_engine_loop_pct", 100, vs_raw, raw_runs);
-          compare(xargs, "vs_xargs_docker_run_x", 1, vs_xargs, xargs_runs);
+          compare(raw, "vs_raw_engine_loop_pct", 100, s.vs_raw, raw_runs);
+          compare(xargs, "vs_xargs_docker_run_x", 1, s.vs_xargs, xargs_runs);
         }
         if (auto it = run.find("submit_to_start_ms_p50"); it != run.end()) {
-          wake_p50.push_back(it->value().to_number<double>());
-          wake_p99.push_back(run.at("submit_to_start_ms_p99").to_number<double>());
+          s.wake_p50.push_back(it->value().to_number<double>());
+          s.wake_p99.push_back(run.at("submit_to_start_ms_p99").to_number<double>());
         }
         run["round"] = round + 1;
         run["ratios"] = std::move(ratios);
@@ -822,58 +911,13 @@ int main(int argc, char** argv) {
         }
         runs.push_back(std::move(run));
       }
-      // Medians over the rounds (a single round: its own figures).
-      std::string line =
-          fmt::format("{:<7} {:>2} workers: runner {:7.1f}/s", mode, workers, Median(mine_rates));
-      if (opt.rounds > 1) line += fmt::format(" (median of {} rounds)", opt.rounds);
-      if (peer_failures > 0) {
-        line += fmt::format(" | {} comparison(s) FAILED, see the runs' errors", peer_failures);
-      }
-      if (!vs_floor.empty()) {
-        line += fmt::format(" | vs bare fork/exec serial {:.0f}% (target >= 60%)",
-                            100 * Median(vs_floor));
-      }
-      if (!vs_queue_loop.empty()) {
-        line +=
-            fmt::format(" | vs raw SQL queue + spawn loop {:.0f}%", 100 * Median(vs_queue_loop));
-      }
-      if (!vs_graphile.empty()) {
-        line += fmt::format(" | vs graphile spawn {:.2f}x (target >= 2x)", Median(vs_graphile));
-      }
-      if (!vs_raw.empty()) {
-        line +=
-            fmt::format(" | vs raw Engine API loop {:.0f}% (target >= 95%)", 100 * Median(vs_raw));
-      }
-      if (!vs_xargs.empty()) {
-        line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(vs_xargs));
-      }
-      if (!cpu_mine.empty()) {
-        line += fmt::format(
-            " | host CPU/task {:.0f} ms (raw loop {:.0f}), of which the runner and PostgreSQL "
-            "add {:.1f} ms",
-            Median(cpu_mine), Median(cpu_raw), Median(cpu_added));
-      }
-      if (!wake_p50.empty()) {
-        line += fmt::format(" | wake-up p50 {:.1f} ms p99 {:.1f} ms (target < 5 / 20)",
-                            Median(wake_p50), Median(wake_p99));
-      }
-      summary.push_back(json::value(line));
+      summary.push_back(json::value(SummaryLine(mode, workers, opt.rounds, s)));
     }
   }
   if (docker) (void)docker->ReapOrphans({bench_node});
 
   json::object idle;
-  if (opt.idle) {
-    try {
-      idle = IdleCost(100, 10);
-      summary.push_back(json::value(fmt::format(
-          "idle 100 workers: {:.2f}% of a core (target < 1%), RSS +{:.1f} MiB (target < 50)",
-          idle["cpu_percent_of_one_core"].to_number<double>(),
-          static_cast<double>(idle["rss_growth_bytes"].to_number<int64_t>()) / (1024 * 1024))));
-    } catch (const std::exception& e) {
-      idle["error"] = e.what();
-    }
-  }
+  if (opt.idle) idle = IdleWithSummary(summary);
 
   json::object doc;
   doc["benchmark"] = "pool end to end: submit -> finished, no-op tasks";
@@ -882,30 +926,8 @@ int main(int argc, char** argv) {
   doc["runs"] = runs;
   if (opt.idle) doc["idle_100_workers"] = idle;
   if (opt.peers) {
-    doc["peers"] = json::object{
-        {"raw_queue_loop",
-         json::object{
-             {"what",
-              "N threads with a connection each: the runner's claim, then posix_spawn/wait "
-              "of /bin/true and the runner's finish-and-claim statement, nothing else"},
-             {"runs", queue_loop_runs}}},
-        {"graphile_spawn",
-         json::object{{"what",
-                       "graphile-worker jobs spawning /bin/true (child_process.spawn, "
-                       "await exit), burst into a warm worker, same PostgreSQL"},
-                      {"version", graphile_version},
-                      {"runs", graphile_runs}}},
-        {"docker_raw_engine_loop",
-         json::object{{"what",
-                       "create (the isolator's config), wait?condition=next-exit, start, "
-                       "wait, remove over the unix socket; N concurrent loops"},
-                      {"runs", raw_runs}}},
-        {"xargs_docker_run", json::object{{"what",
-                                           "seq T | xargs -P N docker run --rm --network none "
-                                           "runner-task:latest true"},
-                                          {"docker_cli", docker_cli_version},
-                                          {"runs", xargs_runs}}},
-    };
+    doc["peers"] = PeersDoc(graphile_version, docker_cli_version, queue_loop_runs, graphile_runs,
+                            raw_runs, xargs_runs);
   }
   doc["summary"] = summary;
   std::ofstream(opt.out) << json::serialize(doc) << "\n";

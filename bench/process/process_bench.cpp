@@ -188,6 +188,122 @@ std::string StartBreakdown(const std::filesystem::path& root, ProcessIsolatorOpt
   return json;
 }
 
+// A no-op task on `which`, with every limit when `limited`; aborts the bench
+// when it fails.
+std::function<void(int)> RunOn(ProcessIsolator& which, bool limited) {
+  return [&which, limited](int i) {
+    TaskSpec spec;
+    spec.task_id = "bench-" + std::to_string(i) + (limited ? "-l" : "");
+    spec.worker_id = "bench";
+    spec.command = {"/bin/true"};
+    if (limited) {
+      spec.limits.memory = 64 << 20;
+      spec.limits.cpus = 1;
+      spec.limits.pids = 64;
+      spec.limits.disk = 16 << 20;
+    }
+    NullObserver obs;
+    RunResult r = which.Run(spec, obs, {});
+    if (r.kind != RunResult::Kind::kExited || r.exit_code != 0) {
+      std::fprintf(stderr, "task failed: %s\n", r.message.c_str());
+      std::abort();
+    }
+  };
+}
+
+// Every path at `threads` threads over `rounds` blocks of `tasks`: the
+// printed lines, and the JSON member for that thread count.
+std::string MeasureThreads(int threads, int rounds, int tasks, const std::filesystem::path& root,
+                           const ProcessIsolatorOptions& options, ProcessIsolator& iso,
+                           ProcessIsolator& iso_off) {
+  const auto run_on = RunOn;
+  std::string out;
+  std::vector<double> bare, isolator, off, limited, ratio, ratio_off, ratio_limited, on_vs_off;
+  std::vector<double> cpu_bare, cpu_iso, cpu_off, cpu_lim;
+  std::vector<double> pre, pre_limited, cpu_pre, cpu_pre_lim, pre_vs_off, pre_lim_vs_off;
+  // Pre-built sandboxes, as a node of `threads` workers keeps them (one
+  // per worker and one more).
+  ProcessIsolatorOptions pre_options = options;
+  pre_options.work_root = root / ("work-pre-" + std::to_string(threads));
+  pre_options.prebuilt_sandboxes = static_cast<size_t>(threads) + 1;
+  ProcessIsolator iso_pre(pre_options);
+  auto run = [&](bool limited_run) { return run_on(iso, limited_run); };
+  Rate(20, threads, [](int) { BareTrue(); });  // warm-up
+  Rate(20, threads, run(false));
+  Rate(20, threads, run_on(iso_off, false));
+  Rate(20, threads, run(true));
+  Rate(20, threads, run_on(iso_pre, false));
+  Rate(20, threads, run_on(iso_pre, true));
+  auto measure = [&](const std::function<void(int)>& one, std::vector<double>& rates,
+                     std::vector<double>& cpu) {
+    double c0 = CpuSeconds();
+    rates.push_back(Rate(tasks, threads, one));
+    cpu.push_back((CpuSeconds() - c0) * 1000 / tasks);
+  };
+  for (int r = 0; r < rounds; ++r) {
+    measure([](int) { BareTrue(); }, bare, cpu_bare);
+    measure(run_on(iso_off, false), off, cpu_off);
+    measure(run(false), isolator, cpu_iso);
+    measure(run(true), limited, cpu_lim);
+    measure(run_on(iso_pre, false), pre, cpu_pre);
+    measure(run_on(iso_pre, true), pre_limited, cpu_pre_lim);
+    pre_vs_off.push_back(pre.back() / off.back());
+    pre_lim_vs_off.push_back(pre_limited.back() / off.back());
+    ratio.push_back(isolator.back() / bare.back());
+    ratio_off.push_back(off.back() / bare.back());
+    ratio_limited.push_back(limited.back() / bare.back());
+    on_vs_off.push_back(isolator.back() / off.back());
+  }
+  double b = Median(bare), s = Median(isolator), l = Median(limited), o = Median(off);
+  double q = Median(ratio), ql = Median(ratio_limited), qo = Median(on_vs_off);
+  std::printf(
+      "%d thread(s): bare %.0f tasks/s (%.2f cpu ms/task); sandbox off %.0f tasks/s (%.2f cpu "
+      "ms); sandbox on %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of pairs); on with "
+      "all limits %.0f tasks/s (%.2f cpu ms)\n",
+      threads, b, Median(cpu_bare), o, Median(cpu_off), s, Median(cpu_iso), 100 * qo, l,
+      Median(cpu_lim));
+  std::printf(
+      "%d thread(s): pre-built sandboxes %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of "
+      "pairs); pre-built with all limits %.0f tasks/s (%.2f cpu ms), %.0f%% of off\n",
+      threads, Median(pre), Median(cpu_pre), 100 * Median(pre_vs_off), Median(pre_limited),
+      Median(cpu_pre_lim), 100 * Median(pre_lim_vs_off));
+  char buf[1024];
+  std::snprintf(buf, sizeof(buf),
+                "  \"%s\": {\n    \"bare_tasks_per_s\": %.1f,\n"
+                "    \"sandbox_off_tasks_per_s\": %.1f,\n"
+                "    \"sandbox_on_vs_off\": %.3f,\n"
+                "    \"sandbox_off_vs_bare\": %.3f,\n"
+                "    \"sandbox_off_cpu_ms_per_task\": %.3f,\n"
+                "    \"isolator_tasks_per_s\": %.1f,\n    \"isolator_vs_bare\": %.3f,\n"
+                "    \"isolator_all_limits_tasks_per_s\": %.1f,\n"
+                "    \"isolator_all_limits_vs_bare\": %.3f,\n"
+                "    \"bare_cpu_ms_per_task\": %.3f,\n"
+                "    \"isolator_cpu_ms_per_task\": %.3f,\n"
+                "    \"isolator_all_limits_cpu_ms_per_task\": %.3f,\n",
+                threads == 1 ? "serial" : "parallel_4", b, o, qo, Median(ratio_off),
+                Median(cpu_off), s, q, l, ql, Median(cpu_bare), Median(cpu_iso), Median(cpu_lim));
+  out += buf;
+  std::snprintf(buf, sizeof(buf),
+                "    \"prebuilt_sandboxes\": %d,\n"
+                "    \"prebuilt_tasks_per_s\": %.1f,\n"
+                "    \"prebuilt_vs_sandbox_off\": %.3f,\n"
+                "    \"prebuilt_cpu_ms_per_task\": %.3f,\n"
+                "    \"prebuilt_all_limits_tasks_per_s\": %.1f,\n"
+                "    \"prebuilt_all_limits_vs_sandbox_off\": %.3f,\n"
+                "    \"prebuilt_all_limits_cpu_ms_per_task\": %.3f,\n",
+                threads + 1, Median(pre), Median(pre_vs_off), Median(cpu_pre), Median(pre_limited),
+                Median(pre_lim_vs_off), Median(cpu_pre_lim));
+  out += buf;
+  out += "    \"blocks_prebuilt\": " + Json(pre) + ",\n";
+  out += "    \"blocks_prebuilt_all_limits\": " + Json(pre_limited) + ",\n";
+  out += "    \"blocks_bare\": " + Json(bare) + ",\n";
+  out += "    \"blocks_sandbox_off\": " + Json(off) + ",\n";
+  out += "    \"blocks_isolator\": " + Json(isolator) + ",\n";
+  out += "    \"blocks_isolator_all_limits\": " + Json(limited) + "\n  },\n";
+  iso_pre.WaitForCleanup();
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -228,27 +344,6 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  auto run_on = [&](ProcessIsolator& which, bool limited) {
-    return [&, limited](int i) {
-      TaskSpec spec;
-      spec.task_id = "bench-" + std::to_string(i) + (limited ? "-l" : "");
-      spec.worker_id = "bench";
-      spec.command = {"/bin/true"};
-      if (limited) {
-        spec.limits.memory = 64 << 20;
-        spec.limits.cpus = 1;
-        spec.limits.pids = 64;
-        spec.limits.disk = 16 << 20;
-      }
-      NullObserver obs;
-      RunResult r = which.Run(spec, obs, {});
-      if (r.kind != RunResult::Kind::kExited || r.exit_code != 0) {
-        std::fprintf(stderr, "task failed: %s\n", r.message.c_str());
-        std::abort();
-      }
-    };
-  };
-
   std::string json = "{\n  \"benchmark\": \"process isolator, no-op tasks (/bin/true)\",\n";
   json +=
       "  \"method\": \"blocks of tasks_per_block tasks, bare / isolator / isolator with all "
@@ -261,91 +356,8 @@ int main(int argc, char** argv) {
   json += "  \"cgroups\": \"" + iso.cgroups().Describe() + "\",\n";
   json += "  \"sandbox\": \"" + iso.sandbox().Describe() + "\",\n";
   json += "  \"target\": \"sandboxed isolator >= 70% of the unsandboxed one at 1 thread\",\n";
-  for (int threads : {1, 4}) {
-    std::vector<double> bare, isolator, off, limited, ratio, ratio_off, ratio_limited, on_vs_off;
-    std::vector<double> cpu_bare, cpu_iso, cpu_off, cpu_lim;
-    std::vector<double> pre, pre_limited, cpu_pre, cpu_pre_lim, pre_vs_off, pre_lim_vs_off;
-    // Pre-built sandboxes, as a node of `threads` workers keeps them (one
-    // per worker and one more).
-    ProcessIsolatorOptions pre_options = options;
-    pre_options.work_root = root / ("work-pre-" + std::to_string(threads));
-    pre_options.prebuilt_sandboxes = static_cast<size_t>(threads) + 1;
-    ProcessIsolator iso_pre(pre_options);
-    auto run = [&](bool limited_run) { return run_on(iso, limited_run); };
-    Rate(20, threads, [](int) { BareTrue(); });  // warm-up
-    Rate(20, threads, run(false));
-    Rate(20, threads, run_on(iso_off, false));
-    Rate(20, threads, run(true));
-    Rate(20, threads, run_on(iso_pre, false));
-    Rate(20, threads, run_on(iso_pre, true));
-    auto measure = [&](const std::function<void(int)>& one, std::vector<double>& rates,
-                       std::vector<double>& cpu) {
-      double c0 = CpuSeconds();
-      rates.push_back(Rate(tasks, threads, one));
-      cpu.push_back((CpuSeconds() - c0) * 1000 / tasks);
-    };
-    for (int r = 0; r < rounds; ++r) {
-      measure([](int) { BareTrue(); }, bare, cpu_bare);
-      measure(run_on(iso_off, false), off, cpu_off);
-      measure(run(false), isolator, cpu_iso);
-      measure(run(true), limited, cpu_lim);
-      measure(run_on(iso_pre, false), pre, cpu_pre);
-      measure(run_on(iso_pre, true), pre_limited, cpu_pre_lim);
-      pre_vs_off.push_back(pre.back() / off.back());
-      pre_lim_vs_off.push_back(pre_limited.back() / off.back());
-      ratio.push_back(isolator.back() / bare.back());
-      ratio_off.push_back(off.back() / bare.back());
-      ratio_limited.push_back(limited.back() / bare.back());
-      on_vs_off.push_back(isolator.back() / off.back());
-    }
-    double b = Median(bare), s = Median(isolator), l = Median(limited), o = Median(off);
-    double q = Median(ratio), ql = Median(ratio_limited), qo = Median(on_vs_off);
-    std::printf(
-        "%d thread(s): bare %.0f tasks/s (%.2f cpu ms/task); sandbox off %.0f tasks/s (%.2f cpu "
-        "ms); sandbox on %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of pairs); on with "
-        "all limits %.0f tasks/s (%.2f cpu ms)\n",
-        threads, b, Median(cpu_bare), o, Median(cpu_off), s, Median(cpu_iso), 100 * qo, l,
-        Median(cpu_lim));
-    std::printf(
-        "%d thread(s): pre-built sandboxes %.0f tasks/s (%.2f cpu ms), %.0f%% of off (median of "
-        "pairs); pre-built with all limits %.0f tasks/s (%.2f cpu ms), %.0f%% of off\n",
-        threads, Median(pre), Median(cpu_pre), 100 * Median(pre_vs_off), Median(pre_limited),
-        Median(cpu_pre_lim), 100 * Median(pre_lim_vs_off));
-    char buf[1024];
-    std::snprintf(buf, sizeof(buf),
-                  "  \"%s\": {\n    \"bare_tasks_per_s\": %.1f,\n"
-                  "    \"sandbox_off_tasks_per_s\": %.1f,\n"
-                  "    \"sandbox_on_vs_off\": %.3f,\n"
-                  "    \"sandbox_off_vs_bare\": %.3f,\n"
-                  "    \"sandbox_off_cpu_ms_per_task\": %.3f,\n"
-                  "    \"isolator_tasks_per_s\": %.1f,\n    \"isolator_vs_bare\": %.3f,\n"
-                  "    \"isolator_all_limits_tasks_per_s\": %.1f,\n"
-                  "    \"isolator_all_limits_vs_bare\": %.3f,\n"
-                  "    \"bare_cpu_ms_per_task\": %.3f,\n"
-                  "    \"isolator_cpu_ms_per_task\": %.3f,\n"
-                  "    \"isolator_all_limits_cpu_ms_per_task\": %.3f,\n",
-                  threads == 1 ? "serial" : "parallel_4", b, o, qo, Median(ratio_off),
-                  Median(cpu_off), s, q, l, ql, Median(cpu_bare), Median(cpu_iso), Median(cpu_lim));
-    json += buf;
-    std::snprintf(buf, sizeof(buf),
-                  "    \"prebuilt_sandboxes\": %d,\n"
-                  "    \"prebuilt_tasks_per_s\": %.1f,\n"
-                  "    \"prebuilt_vs_sandbox_off\": %.3f,\n"
-                  "    \"prebuilt_cpu_ms_per_task\": %.3f,\n"
-                  "    \"prebuilt_all_limits_tasks_per_s\": %.1f,\n"
-                  "    \"prebuilt_all_limits_vs_sandbox_off\": %.3f,\n"
-                  "    \"prebuilt_all_limits_cpu_ms_per_task\": %.3f,\n",
-                  threads + 1, Median(pre), Median(pre_vs_off), Median(cpu_pre),
-                  Median(pre_limited), Median(pre_lim_vs_off), Median(cpu_pre_lim));
-    json += buf;
-    json += "    \"blocks_prebuilt\": " + Json(pre) + ",\n";
-    json += "    \"blocks_prebuilt_all_limits\": " + Json(pre_limited) + ",\n";
-    json += "    \"blocks_bare\": " + Json(bare) + ",\n";
-    json += "    \"blocks_sandbox_off\": " + Json(off) + ",\n";
-    json += "    \"blocks_isolator\": " + Json(isolator) + ",\n";
-    json += "    \"blocks_isolator_all_limits\": " + Json(limited) + "\n  },\n";
-    iso_pre.WaitForCleanup();
-  }
+  for (int threads : {1, 4})
+    json += MeasureThreads(threads, rounds, tasks, root, options, iso, iso_off);
   json += StartBreakdown(root, options, tasks * 2, false);
   json += StartBreakdown(root, options, tasks * 2, true);
   std::time_t now = std::time(nullptr);
