@@ -6,7 +6,9 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,8 +37,9 @@ namespace {
 // A node that polls once a minute: only a notification or a finish that
 // claims can start a task sooner.
 std::unique_ptr<Node> SlowPollNode(const TestDatabase& db, const TempDir& dir,
-                                   runner::metrics::Registry& registry, NoopIsolator& isolator,
-                                   int workers, bool claim_on_finish) {
+                                   runner::metrics::Registry& registry,
+                                   runner::isolation::Isolator& isolator, int workers,
+                                   bool claim_on_finish) {
   auto config = NodeConfig(dir, workers);
   config.poll_interval = 60;
   config.idle_backoff_max = 60;
@@ -128,6 +131,81 @@ TEST_CASE("a slot freed by a finish is taken at once, on either node, not at the
               "second'") == 0);
   CHECK(took < 10.0);  // 4 x 0.3 s of work; a poll would add a minute per task
   CHECK(work.Overlaps() == 0);
+  a->Shutdown(runner::StopOptions{false, 10s});
+  b->Shutdown(runner::StopOptions{false, 10s});
+}
+
+// Runs each task until Release(): what node a holds while node b waits.
+class GateIsolator : public runner::isolation::Isolator {
+ public:
+  std::string_view Name() const override { return "process"; }
+  bool Available() override { return true; }
+  runner::isolation::RunResult Run(const runner::isolation::TaskSpec&, runner::isolation::Observer&,
+                                   std::stop_token stop) override {
+    std::unique_lock lock(mu_);
+    ++started_;
+    cv_.notify_all();
+    cv_.wait(lock, stop, [&] { return released_; });
+    runner::isolation::RunResult r;
+    r.isolation = "process";
+    r.kind = stop.stop_requested() ? runner::isolation::RunResult::Kind::kStopped
+                                   : runner::isolation::RunResult::Kind::kExited;
+    r.exit_code = 0;
+    return r;
+  }
+  int Started() {
+    std::lock_guard lock(mu_);
+    return started_;
+  }
+  void Release() {
+    std::lock_guard lock(mu_);
+    released_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable_any cv_;
+  int started_ = 0;
+  bool released_ = false;
+};
+
+TEST_CASE("a finish on one node wakes the other node's claimer that the cap held back",
+          "[pool][node][policy]") {
+  // Node a holds the queue's only slot, then drains (it claims nothing
+  // more). Node b's claim was held back by the cap and b polls once a
+  // minute: only the finish's notification can start the next task, on b.
+  TestDatabase db;
+  TempDir dir_a, dir_b;
+  runner::metrics::Registry reg_a, reg_b;
+  GateIsolator gate;
+  NoopIsolator quick;
+  auto a = SlowPollNode(db, dir_a, reg_a, gate, 1, false);
+  auto b = SlowPollNode(db, dir_b, reg_b, quick, 1, false);
+  QueuePolicy one;
+  one.max_running = 1;
+  REQUIRE(a->postgres().SetQueuePolicy("one", one).ok());
+  auto task = Command({"true"});
+  task.queue = "one";
+  REQUIRE(a->postgres().SubmitBatch(std::vector<runner::queue::NewTask>(2, task)).ok());
+  REQUIRE(a->Start().ok());
+  REQUIRE(WaitFor([&] { return gate.Started() == 1; }, 10s, 10ms));
+  REQUIRE(b->Start().ok());
+  auto& claims_b = reg_b.GetCounter("runner_claims_total", "");
+  REQUIRE(WaitFor([&] { return b->Listening() && claims_b.Value() >= 1; }, 10s, 10ms));
+  CHECK(Count(db, "SELECT count(*) FROM tasks WHERE state = 'queued'") == 1);  // held back
+
+  a->StopPool(runner::StopOptions{false, 30s});  // drains: finishes its task, claims nothing
+  gate.Release();
+  REQUIRE(WaitFor(
+      [&] { return Count(db, "SELECT count(*) FROM tasks WHERE state = 'succeeded'") == 2; }, 20s,
+      20ms));
+  CHECK(Scalar(db, "SELECT node_id FROM tasks ORDER BY started_at DESC LIMIT 1") == b->node_id());
+  const std::string gap =
+      Scalar(db, "SELECT extract(epoch FROM max(started_at) - min(finished_at))::text FROM tasks");
+  INFO("from a's finish to b's start: " << gap << " s (b polls every 60 s)");
+  CHECK(std::stod(gap) < 2.0);
+  CHECK(quick.Runs().size() == 1);
   a->Shutdown(runner::StopOptions{false, 10s});
   b->Shutdown(runner::StopOptions{false, 10s});
 }
