@@ -12,6 +12,7 @@
 #include "base/error_codes.h"
 #include "base/ulid.h"
 #include "runner/queue/connection_pool.h"
+#include "runner/queue/db_failure.h"
 #include "runner/queue/queue_sql.h"
 #include "runner/queue/task_rows.h"
 #include "runner/queue/validation.h"
@@ -31,31 +32,11 @@ R Execute(ConnectionPool& pool, std::string_view op, F&& f) {
     if (!borrowed.ok()) return borrowed.error();
     try {
       return f(borrowed->conn());
-    } catch (const pqxx::broken_connection& e) {
-      borrowed->MarkBroken();
-      spdlog::warn("queue database connection lost op={} error=\"{}\"", op, e.what());
-      return Error{"unavailable",
-                   "database connection lost during " + std::string(op) + ": " + e.what()};
-    } catch (const pqxx::in_doubt_error& e) {
-      borrowed->MarkBroken();
-      return Error{"unavailable", "database connection lost while committing " + std::string(op) +
-                                      ": " + e.what()};
-    } catch (const pqxx::sql_error& e) {
-      const std::string& state = e.sqlstate();
-      if ((state == "40P01" || state == "40001") && attempt < 3) continue;
-      if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) {
-        borrowed->MarkBroken();
-        return Error{"unavailable",
-                     "database unavailable during " + std::string(op) + ": " + e.what()};
-      }
-      if (state == "57014" || state == "55P03") {
-        return Error{"unavailable", "database too slow for " + std::string(op) + ": " + e.what()};
-      }
-      spdlog::error("queue sql error op={} sqlstate={} error=\"{}\"", op, state, e.what());
-      return Error{"internal", "database error during " + std::string(op) + ": " + e.what()};
-    } catch (const pqxx::failure& e) {
-      borrowed->MarkBroken();
-      return Error{"unavailable", "database failure during " + std::string(op) + ": " + e.what()};
+    } catch (const std::exception&) {
+      DbFailure failure = ClassifyDbFailure(std::current_exception(), op);
+      if (failure.retryable && attempt < 3) continue;
+      if (failure.broken) borrowed->MarkBroken();
+      return failure.error;
     }
   }
 }

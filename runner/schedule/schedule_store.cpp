@@ -8,6 +8,7 @@
 #include <pqxx/pqxx>
 
 #include "base/ulid.h"
+#include "runner/queue/db_failure.h"
 #include "runner/queue/migrations.h"
 #include "runner/schedule/schedule_sql.h"
 #include "runner/secrets/secret_box.h"
@@ -182,7 +183,9 @@ void ScheduleStore::Changed() {
 }
 
 // Runs f(connection) on the store's connection (reopened when broken),
-// mapping database failures to Error values as the queue store does.
+// mapping database failures to Error values as the queue store does
+// (queue::ClassifyDbFailure; a conflict is not retried here: the caller's
+// next pass runs it again).
 template <class R, class F>
 R ScheduleStore::Run(const char* op, F&& f) {
   {
@@ -211,27 +214,10 @@ R ScheduleStore::Run(const char* op, F&& f) {
               std::string(sql::kSessionSettings));
     }
     return f(*conn_);
-  } catch (const pqxx::broken_connection& e) {
-    conn_.reset();
-    return Error{"unavailable",
-                 std::string("database connection lost during ") + op + ": " + e.what()};
-  } catch (const pqxx::in_doubt_error& e) {
-    conn_.reset();
-    return Error{"unavailable",
-                 std::string("database connection lost while committing ") + op + ": " + e.what()};
-  } catch (const pqxx::sql_error& e) {
-    const std::string& state = e.sqlstate();
-    if (state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0) conn_.reset();
-    if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0 || state == "55P03" ||
-        state == "40P01" || state == "40001") {
-      return Error{"unavailable",
-                   std::string("database unavailable during ") + op + ": " + e.what()};
-    }
-    spdlog::error("schedule sql error op={} sqlstate={} error=\"{}\"", op, state, e.what());
-    return Error{"internal", std::string("database error during ") + op + ": " + e.what()};
-  } catch (const pqxx::failure& e) {
-    conn_.reset();
-    return Error{"unavailable", std::string("database failure during ") + op + ": " + e.what()};
+  } catch (const std::exception&) {
+    queue::DbFailure failure = queue::ClassifyDbFailure(std::current_exception(), op);
+    if (failure.broken) conn_.reset();
+    return failure.error;
   }
 }
 
