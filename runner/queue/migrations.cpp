@@ -4,6 +4,7 @@
 
 #include <pqxx/pqxx>
 
+#include "runner/queue/capped_claim_schema.h"
 #include "runner/queue/queue_policy_schema.h"
 
 namespace runner::queue {

@@ -257,7 +257,7 @@ inline constexpr Statement kHeartbeat{
 // when one may be waiting for it, i.e. while the queue's waiting_until (set by
 // a claim a cap held back) is ahead. Read FOR SHARE: a claim setting it either
 // waits for this finish to commit (and then sees the slot free) or commits
-// first (and this finish sees it). See queue_policy_schema.h, v7.
+// first (and this finish sees it). See capped_claim_schema.h, v7.
 inline constexpr Statement kFinish{
     "finish", RUNNER_FINISH_CTES
     "), wt AS MATERIALIZED ("
