@@ -140,17 +140,6 @@ void Monitor::SampleOnce() {
   }
 }
 
-bool Monitor::Throttled() const {
-  std::lock_guard lock(mu_);
-  return throttled_;
-}
-
-std::optional<std::string> Monitor::Reason() const {
-  std::lock_guard lock(mu_);
-  if (!throttled_) return std::nullopt;
-  return reason_;
-}
-
 ResourceSample Monitor::Last() const {
   std::lock_guard lock(mu_);
   return last_;

@@ -10,8 +10,12 @@
 // (stops claiming, logs, emits pool.throttled / pool.resumed).
 // Host gauges (runner_host_*) are updated on every sample.
 //
-// Thread-safety: Start/Stop from one owner thread; SampleOnce, Throttled,
-// Reason and Last from any thread. Callbacks run on the sampling thread
+// Whether the node is throttled is told, never asked: the monitor keeps only
+// the hysteresis state it decides with, and the pool the flag it claims by
+// (Pool::SetBackpressure), which the status and metrics read.
+//
+// Thread-safety: Start/Stop from one owner thread; SampleOnce and Last from
+// any thread. Callbacks run on the sampling thread
 // without the monitor's lock held.
 
 #include <chrono>
@@ -55,8 +59,6 @@ class Monitor {
   // Takes one reading and applies it (what the thread does each interval).
   void SampleOnce();
 
-  bool Throttled() const;
-  std::optional<std::string> Reason() const;
   ResourceSample Last() const;
 
  private:
