@@ -739,8 +739,22 @@ Status EngineClient::ContainerRemove(std::string_view id, bool force) {
                 true, "", options_.call_timeout);
   if (!r) return r.error();
   if (r->status == 404) return {};  // already gone
-  // 409 "removal already in progress" (autoremove, a concurrent reaper): fine.
-  if (r->status == 409 && r->body.find("in progress") != std::string::npos) return {};
+  if (r->status == 409 && r->body.find("in progress") != std::string::npos) {
+    // Another caller (autoremove, a concurrent reaper) is removing it: done
+    // once it is gone, not before (a reaper that went on at once requeued a
+    // task whose first container was still being killed).
+    const auto until = Clock::now() + options_.call_timeout;
+    while (Clock::now() < until) {
+      auto inspect =
+          Call("GET", "/containers/" + std::string(id) + "/json", true, "", options_.quick_timeout);
+      if (!inspect) return inspect.error();
+      if (inspect->status == 404) return {};
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return MakeError("unavailable", "Docker container remove: " + std::string(id) +
+                                        " was still being removed by another caller after " +
+                                        std::to_string(options_.call_timeout.count()) + " ms");
+  }
   if (r->status != 204) return ApiError(*r, "container remove");
   return {};
 }

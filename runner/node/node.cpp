@@ -252,10 +252,15 @@ Result<std::unique_ptr<Node>> Node::Create(const Config& config, std::string con
     node->pool_->SetOrphanReaper([docker](const std::vector<std::string>& ids) {
       auto r = docker->ReapOrphans(ids);
       if (!r.ok()) {
-        spdlog::debug("orphan reaping skipped: {}", r.error().message);
-      } else if (*r > 0) {
-        spdlog::info("removed orphan containers count={}", *r);
+        if (r.error().code == "isolation_unavailable") {
+          spdlog::debug("orphan reaping skipped: {}", r.error().message);
+          return true;  // nothing to learn from a daemon we cannot reach
+        }
+        spdlog::warn("orphan reaping failed: {}", r.error().message);
+        return false;
       }
+      if (*r > 0) spdlog::info("removed orphan containers count={}", *r);
+      return true;
     });
   }
 

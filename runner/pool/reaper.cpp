@@ -56,7 +56,15 @@ void Reaper::RunOnce() {
     // Never our own containers while we run (a database outage makes our
     // heartbeat look old): our leases are ours to stop.
     std::erase(nodes, options_.node_id);
-    if (!nodes.empty()) reaper(nodes);
+    if (!nodes.empty() && !reaper(nodes)) {
+      // Requeued now, their tasks would start a second attempt beside the
+      // first (the chaos soak saw two running containers of one task).
+      spdlog::warn(
+          "reap held node_id={}: containers of dead nodes may still run; leases are requeued "
+          "once they are gone",
+          options_.node_id);
+      return;
+    }
   }
   if (!options_.reap) return;
   auto r = recovery_.Reap(options_.policy);

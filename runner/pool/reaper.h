@@ -30,7 +30,11 @@
 namespace runner::pool {
 
 // Removes containers of the given (dead) nodes (DockerIsolator::ReapOrphans).
-using OrphanReaper = std::function<void(const std::vector<std::string>& node_ids)>;
+// False: some of them may still run (a removal failed, on a daemon that
+// answers), so the pass must not requeue their tasks yet; the next pass tries
+// again. A daemon that cannot be reached answers true: what it runs cannot
+// be known from here, and holding the requeue would hold the tasks forever.
+using OrphanReaper = std::function<bool(const std::vector<std::string>& node_ids)>;
 
 struct ReaperOptions {
   std::string node_id;                       // this node: never reaped while it runs

@@ -246,11 +246,12 @@ TEST_CASE("this node's leftover containers are reaped before its first claim, ne
   std::mutex mu;
   std::vector<std::size_t> own_reaps;  // claims made before each reap that named this node
   h.pool->SetOrphanReaper([&](const std::vector<std::string>& nodes) {
-    if (std::find(nodes.begin(), nodes.end(), self) == nodes.end()) return;
+    if (std::find(nodes.begin(), nodes.end(), self) == nodes.end()) return true;
     std::size_t claims = h.store.ClaimTimes().size();
     std::this_thread::sleep_for(300ms);
     std::lock_guard lock(mu);
     own_reaps.push_back(claims);
+    return true;
   });
   REQUIRE(h.pool->Start().ok());
   REQUIRE(WaitFor([&] { return h.store.CountInState(TaskState::kSucceeded) == 4; }, 10s));

@@ -25,11 +25,13 @@ struct Hook {
   std::mutex mu;
   std::vector<std::vector<std::string>> calls;
   std::vector<int> reaps_before;  // Reap calls already made when the hook ran
+  bool gone = true;               // what the hook answers: the containers are gone
   OrphanReaper Make(FakeQueueStore& store) {
     return [this, &store](const std::vector<std::string>& nodes) {
       std::lock_guard lock(mu);
       calls.push_back(nodes);
       reaps_before.push_back(store.Reaps());
+      return gone;
     };
   }
   std::size_t Count() {
@@ -68,6 +70,23 @@ TEST_CASE("a pass reaps dead nodes' containers, never this node's, before the qu
   // A node silent for 2/3 of the lease counts as dead, though the policy
   // waits 60 s to remove its row.
   CHECK(store.LastDeadAfter() == 20s);
+}
+
+TEST_CASE("a dead node's containers that may still run hold the requeue until they are gone",
+          "[pool][reaper]") {
+  FakeQueueStore store;
+  store.SetDeadNodes({"dead-a"});
+  Reaper reaper(store, store, Options());
+  Hook hook;
+  hook.gone = false;  // a removal failed on a daemon that answers
+  reaper.SetOrphanReaper(hook.Make(store));
+  reaper.RunOnce();
+  reaper.RunOnce();
+  CHECK(hook.Count() == 2);
+  CHECK(store.Reaps() == 0);  // no lease requeued beside a running first attempt
+  hook.gone = true;
+  reaper.RunOnce();
+  CHECK(store.Reaps() == 1);
 }
 
 TEST_CASE("no dead node: the hook is not called; reap off: the queue is left alone",
