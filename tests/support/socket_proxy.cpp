@@ -85,23 +85,36 @@ void SocketProxy::AcceptLoop() {
 }
 
 void SocketProxy::Pump(int a, int b) {
+  // Each direction ends on its own, as on a real socket: a client that
+  // half-closes (the Docker attach stream ends the task's stdin that way)
+  // still reads what the other side sends until that side ends too.
   char buf[65536];
   pollfd fds[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
-  bool open = true;
-  while (open && !stopping_) {
+  bool reading[2] = {true, true};
+  bool failed = false;
+  while ((reading[0] || reading[1]) && !failed && !stopping_) {
+    // A direction that ended is left out (poll ignores a negative fd; a
+    // hung-up one would wake it at once, again and again).
+    fds[0].fd = reading[0] ? a : -1;
+    fds[1].fd = reading[1] ? b : -1;
     if (::poll(fds, 2, 50) <= 0) continue;
-    for (int i = 0; i < 2 && open; ++i) {
-      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+    for (int i = 0; i < 2 && !failed; ++i) {
+      if (!reading[i] || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       ssize_t n = ::read(fds[i].fd, buf, sizeof(buf));
-      if (n <= 0) {
-        open = false;
+      int to = i == 0 ? b : a;
+      if (n == 0) {
+        reading[i] = false;
+        ::shutdown(to, SHUT_WR);  // pass the end on
+        continue;
+      }
+      if (n < 0) {
+        failed = true;
         break;
       }
-      int to = fds[1 - i].fd;
       for (ssize_t off = 0; off < n;) {
         ssize_t w = ::send(to, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
         if (w <= 0) {
-          open = false;
+          failed = true;
           break;
         }
         off += w;
