@@ -173,18 +173,12 @@ struct Bench {
 // Per-task overhead of sequential tasks (cold, warm, raw); nullopt when the
 // warm pool did not fill.
 std::optional<json::object> Sequential(const Bench& b) {
-  const int rounds = b.args.rounds;
-  const int tasks = b.args.tasks;
-  DockerIsolator& isolator = b.isolator;
-  const DockerIsolatorOptions& options = b.options;
-  auto run_on = [&b](DockerIsolator& iso) { return b.RunOn(iso); };
-  auto raw_task = [&b] { return b.RawTask(); };
   // Per-task overhead, sequential tasks each started on an idle path (the
   // warm pool full, no removal pending): what one task costs from the
   // isolator taking it to its result, cold vs warm vs the raw loop.
   json::object sequential;
   {
-    DockerIsolatorOptions warm_options = options;
+    DockerIsolatorOptions warm_options = b.options;
     warm_options.warm_per_image = 1;  // the default for 1 worker
     warm_options.warm_images = {"runner-task:latest"};
     DockerIsolator warm(warm_options);
@@ -192,19 +186,19 @@ std::optional<json::object> Sequential(const Bench& b) {
       std::cerr << "the warm pool did not fill\n";
       return std::nullopt;
     }
-    run_on(warm);
+    b.RunOn(warm);
     std::vector<double> lat[3];
     int fail[3] = {0, 0, 0};
     const uint64_t hits0 = warm.WarmStatus()->hits;
-    const int n = rounds * tasks;
+    const int n = b.args.rounds * b.args.tasks;
     for (int i = 0; i < n; ++i) {
       for (int k = 0; k < 3; ++k) {
         const int path = (i + k) % 3;
-        isolator.WaitForCleanup();
+        b.isolator.WaitForCleanup();
         warm.WaitForCleanup();
         WaitWarmFull(warm, std::chrono::seconds(120));
         const auto t0 = std::chrono::steady_clock::now();
-        const bool ok = path == 0 ? raw_task() : path == 1 ? run_on(isolator) : run_on(warm);
+        const bool ok = path == 0 ? b.RawTask() : path == 1 ? b.RunOn(b.isolator) : b.RunOn(warm);
         lat[path].push_back(
             std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
                 .count());
@@ -242,16 +236,10 @@ std::optional<json::object> Sequential(const Bench& b) {
 // Latency and throughput at each concurrency level, every path in every
 // round; nullopt when a warm pool did not fill.
 std::optional<json::array> Concurrency(const Bench& b) {
-  const int rounds = b.args.rounds;
-  const int tasks = b.args.tasks;
-  DockerIsolator& isolator = b.isolator;
-  const DockerIsolatorOptions& options = b.options;
-  auto run_on = [&b](DockerIsolator& iso) { return b.RunOn(iso); };
-  auto raw_task = [&b] { return b.RawTask(); };
   json::array results;
   for (int concurrency : b.args.levels) {
     // The default of `runner serve`: one warm container per worker.
-    DockerIsolatorOptions warm_options = options;
+    DockerIsolatorOptions warm_options = b.options;
     warm_options.warm_per_image = concurrency;
     warm_options.warm_images = {"runner-task:latest"};
     DockerIsolator warm(warm_options);
@@ -265,8 +253,8 @@ std::optional<json::array> Concurrency(const Bench& b) {
       std::cerr << "the warm pool did not fill\n";
       return std::nullopt;
     }
-    run_on(warm);  // warm-up of the warm path
-    if (npaths == 4) run_on(alt);
+    b.RunOn(warm);  // warm-up of the warm path
+    if (npaths == 4) b.RunOn(alt);
 
     enum Path { kRaw = 0, kCold = 1, kWarm = 2, kAlt = 3 };
     const char* names[] = {"raw", "cold", "warm", "warm-alt"};
@@ -275,7 +263,7 @@ std::optional<json::array> Concurrency(const Bench& b) {
     uint64_t hits_before = warm.WarmStatus()->hits, misses_before = warm.WarmStatus()->misses;
     uint64_t alt_hits0 = alt.WarmStatus() ? alt.WarmStatus()->hits : 0;
     uint64_t alt_misses0 = alt.WarmStatus() ? alt.WarmStatus()->misses : 0;
-    for (int r = 0; r < rounds; ++r) {
+    for (int r = 0; r < b.args.rounds; ++r) {
       double round_median[4] = {0, 0, 0, 0};
       for (int k = 0; k < npaths; ++k) {
         const int path = (r + k) % npaths;  // rotate which goes first
@@ -284,24 +272,25 @@ std::optional<json::array> Concurrency(const Bench& b) {
         if (path >= kWarm && !WaitWarmFull(pool, std::chrono::seconds(120))) {
           std::cerr << "the warm pool did not refill\n";
         }
-        isolator.WaitForCleanup();
+        b.isolator.WaitForCleanup();
         warm.WaitForCleanup();
         alt.WaitForCleanup();
         const double busy0 = HostBusySeconds();
-        Round round = path == kRaw ? RunConcurrently(concurrency, tasks, raw_task)
-                      : path == kCold
-                          ? RunConcurrently(concurrency, tasks, [&] { return run_on(isolator); })
-                          : RunConcurrently(concurrency, tasks, [&] { return run_on(pool); });
+        Round round =
+            path == kRaw ? RunConcurrently(concurrency, b.args.tasks, [&] { return b.RawTask(); })
+            : path == kCold
+                ? RunConcurrently(concurrency, b.args.tasks, [&] { return b.RunOn(b.isolator); })
+                : RunConcurrently(concurrency, b.args.tasks, [&] { return b.RunOn(pool); });
         // The work a path leaves behind is its cost too: removals, and the
         // warm path's replacements.
-        isolator.WaitForCleanup();
+        b.isolator.WaitForCleanup();
         pool.WaitForCleanup();
         if (path >= kWarm) WaitWarmFull(pool, std::chrono::seconds(120));
         const double busy = HostBusySeconds() - busy0;
         round_median[path] = Median(round.latencies_ms);
         lat[path].insert(lat[path].end(), round.latencies_ms.begin(), round.latencies_ms.end());
-        tput[path].push_back(static_cast<double>(tasks) / round.wall_s);
-        cpu_ms[path].push_back(busy * 1000 / tasks);
+        tput[path].push_back(static_cast<double>(b.args.tasks) / round.wall_s);
+        cpu_ms[path].push_back(busy * 1000 / b.args.tasks);
         fail[path] += round.failures;
       }
       warm_vs_cold.push_back(round_median[kWarm] / round_median[kCold]);
@@ -310,8 +299,8 @@ std::optional<json::array> Concurrency(const Bench& b) {
     const double hits = static_cast<double>(w.hits - hits_before);
     const double misses = static_cast<double>(w.misses - misses_before);
     json::object row{{"concurrency", concurrency},
-                     {"rounds", rounds},
-                     {"tasks_per_round", tasks},
+                     {"rounds", b.args.rounds},
+                     {"tasks_per_round", b.args.tasks},
                      {"warm_containers", concurrency}};
     for (int p = 0; p < npaths; ++p) {
       std::printf(

@@ -104,6 +104,19 @@ void Mark(const char* what, Clock::time_point at = Clock::now()) {
   if (t_trace != nullptr) t_trace->Mark(what, at);
 }
 
+// The task's CPU, memory (swap = memory: no swap) and pids limits as Docker
+// resources: in a cold container's HostConfig, or a warm one's update.
+void AddLimits(const Limits& limits, json::object& resources) {
+  if (limits.cpus > 0) {
+    resources["NanoCpus"] = static_cast<int64_t>(std::llround(limits.cpus * 1e9));
+  }
+  if (limits.memory > 0) {
+    resources["Memory"] = limits.memory;
+    resources["MemorySwap"] = limits.memory;  // equal = no swap (0 would mean 2x Memory)
+  }
+  if (limits.pids > 0) resources["PidsLimit"] = limits.pids;
+}
+
 }  // namespace
 
 json::object BuildCreateConfig(const TaskSpec& spec, const DockerIsolatorOptions& options,
@@ -133,14 +146,7 @@ json::object BuildCreateConfig(const TaskSpec& spec, const DockerIsolatorOptions
   config["Labels"] = std::move(labels);
 
   json::object host;
-  if (spec.limits.cpus > 0) {
-    host["NanoCpus"] = static_cast<int64_t>(std::llround(spec.limits.cpus * 1e9));
-  }
-  if (spec.limits.memory > 0) {
-    host["Memory"] = spec.limits.memory;
-    host["MemorySwap"] = spec.limits.memory;  // equal = no swap (0 would mean 2x Memory)
-  }
-  if (spec.limits.pids > 0) host["PidsLimit"] = spec.limits.pids;
+  AddLimits(spec.limits, host);
   host["NetworkMode"] = options.allow_network ? "default" : "none";
   host["CapDrop"] = json::array{"ALL"};
   host["SecurityOpt"] = json::array{"no-new-privileges"};
@@ -393,17 +399,9 @@ std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std
   };
   if (Status waiting = run.RegisterWait(); !waiting) return fallback(waiting.error());
   Mark("wait_registered");
-  // The task's limits; the warm container has none until now. Swap = memory,
-  // as for a cold task.
+  // The task's limits, as a cold task's; the warm container has none until now.
   json::object resources;
-  if (spec.limits.cpus > 0) {
-    resources["NanoCpus"] = static_cast<int64_t>(std::llround(spec.limits.cpus * 1e9));
-  }
-  if (spec.limits.memory > 0) {
-    resources["Memory"] = spec.limits.memory;
-    resources["MemorySwap"] = spec.limits.memory;
-  }
-  if (spec.limits.pids > 0) resources["PidsLimit"] = spec.limits.pids;
+  AddLimits(spec.limits, resources);
   if (!resources.empty()) {
     if (Status st = client_.ContainerUpdate(id, resources); !st) return fallback(st.error());
     Mark("updated");

@@ -792,27 +792,6 @@ Result<std::vector<ContainerSummary>> EngineClient::ContainerList(
   return out;
 }
 
-Status EngineClient::ContainerAttachStdin(std::string_view id, std::string_view data) {
-  auto prefix = Prefix();
-  if (!prefix) return prefix.error();
-  const auto deadline = Clock::now() + options_.call_timeout;
-  auto exchange =
-      Open("POST", *prefix + "/containers/" + std::string(id) + "/attach?stream=1&stdin=1",
-           deadline, {}, /*upgrade=*/true);
-  if (!exchange) return exchange.error();
-  HttpExchange& ex = **exchange;
-  if (ex.status() != 101 && ex.status() != 200) {
-    Response response;
-    response.status = ex.status();
-    auto text = ex.ReadAll(deadline);
-    if (text) response.body = std::move(*text);
-    return ApiError(response, "container attach");
-  }
-  if (Status st = ex.WriteRaw(data, deadline); !st) return st;
-  ex.CloseSend();
-  return {};
-}
-
 Result<std::unique_ptr<AttachedOutput>> EngineClient::ContainerAttach(std::string_view id,
                                                                       std::string_view data) {
   auto prefix = Prefix();

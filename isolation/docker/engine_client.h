@@ -175,9 +175,6 @@ class EngineClient {
   Status ContainerRemove(std::string_view id, bool force = true);
   // All containers (running or not) carrying every label ("key=value" or "key").
   Result<std::vector<ContainerSummary>> ContainerList(const std::vector<std::string>& labels);
-  // POST /attach (stdin only, hijacked): writes `data` to the container's
-  // stdin, then ends it (with StdinOnce the container's stdin closes).
-  Status ContainerAttachStdin(std::string_view id, std::string_view data);
   // POST /attach with stdin, stdout and stderr: once the daemon attached the
   // output (its 101 answer), writes `data` to the container's stdin and ends
   // it; the output follows on the returned stream. A container started with

@@ -6,7 +6,7 @@
 //   WarmPool pool(client, isolator_options, {.per_image = 2, .images = {"runner-task:latest"}});
 //   pool.Start();                                // after the node's first orphan reaping
 //   if (auto id = pool.Take(spec, tmpfs_disk)) { // a ready container for this task, or none
-//     ... update limits, ContainerAttachStdin(*id, EncodeLaunch(spec, ...)), follow ...
+//     ... update limits, ContainerAttach(*id, EncodeLaunch(spec)), follow its output ...
 //   }                                            // the caller removes it after its one task
 //
 // Each warm container has every setting a cold task's container has
