@@ -81,8 +81,13 @@ struct DockerIsolatorOptions {
   int64_t warm_disk = 0;
   // How long a task that finds no warm container ready waits for one being
   // started (0: it runs cold at once), and how many starts run at once
-  // (WarmPoolOptions::in_flight_wait, refill_lanes).
-  std::chrono::milliseconds warm_wait{0};
+  // (WarmPoolOptions::in_flight_wait, refill_lanes). A replacement started at
+  // the last take is nearer than a cold create and start, which would compete
+  // with it for the daemon: on a quiet 2-core host, back-to-back `true` tasks
+  // at 1 worker ran 1.38-1.45x cold with this wait and 1.24-1.35x without
+  // (every other task cold), 1.18x against 1.09x at 4 (bench/docker/run
+  // --alt-wait). Bounded: past it, or when the start fails, the task runs cold.
+  std::chrono::milliseconds warm_wait{1000};
   int warm_lanes = 2;
   std::string node_id;
 };

@@ -47,6 +47,7 @@ DockerIsolatorOptions Options(int per_image, const std::string& node = RunNode()
   o.warm_per_image = per_image;
   o.warm_images = {kImage};
   o.node_id = node;
+  o.warm_wait = 0ms;  // a miss runs cold at once (the wait has its own test)
   return o;
 }
 
@@ -187,6 +188,32 @@ TEST_CASE("a task that does not match takes the cold path", "[warm][run]") {
   CHECK(after.misses == before.misses + 1);
   CHECK(after.hits == before.hits);
   CHECK(after.ready == 1);  // the warm container is still there for the next match
+}
+
+TEST_CASE("a task that finds none ready waits for the one being started", "[warm][wait]") {
+  // Back to back, the second task comes while its container's replacement is
+  // still being created and started: with a wait it takes that one; without,
+  // it runs cold at once.
+  const bool wait = GENERATE(true, false);
+  const std::string node = RunNode() + (wait ? "-wait" : "-nowait");
+  auto options = Options(1, node);
+  options.warm_wait = wait ? 20s : 0ms;  // generous: a loaded CI host starts slowly
+  DockerIsolator iso(options);
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  auto before = *iso.WarmStatus();
+  Collector ca, cb;
+  REQUIRE(iso.Run(Spec({"true"}), ca, {}).kind == RunResult::Kind::kExited);
+  RunResult rb = iso.Run(Spec({"sh", "-c", "echo second"}), cb, {});
+  CHECK(rb.kind == RunResult::Kind::kExited);
+  CHECK(cb.out == "second\n");
+  CHECK(cb.container != ca.container);
+  auto after = *iso.WarmStatus();
+  CHECK(after.hits == before.hits + (wait ? 2 : 1));
+  CHECK(after.misses == before.misses + (wait ? 0 : 1));
+  iso.StopWarmPool();
+  iso.WaitForCleanup();
+  CHECK(ContainersLabelled(iso, "io.runner.node=" + node) == 0);
 }
 
 TEST_CASE("a warm container serves one task: nothing of it reaches the next", "[warm][single]") {
