@@ -33,7 +33,7 @@ struct Config {
   std::string docker_host = "unix:///var/run/docker.sock";
   std::string task_image = "runner-task:latest";
   // Docker warm containers (isolation/docker/warm_pool.h) kept ready per
-  // image: -1 = one per worker, 0 = off. The task image is always warmed;
+  // image: -1 = one per worker plus one, 0 = off. The task image is always warmed;
   // warm_images adds others.
   int warm_containers = -1;
   std::vector<std::string> warm_images;

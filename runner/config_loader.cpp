@@ -265,7 +265,7 @@ const std::vector<Setting>& Settings() {
        }},
       {"warm-containers", "docker.warmContainers",
        "Docker containers kept started ahead per warmed image, each used by one task "
-       "(default: one per worker; 0 = off)",
+       "(default: one per worker, plus one; 0 = off)",
        [](Config& c, const std::string& v) -> std::optional<std::string> {
          auto n = ToInt(v);
          if (!n || *n < 0 || *n > 1000) return "must be a whole number from 0 to 1000";

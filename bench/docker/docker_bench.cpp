@@ -238,9 +238,9 @@ std::optional<json::object> Sequential(const Bench& b) {
 std::optional<json::array> Concurrency(const Bench& b) {
   json::array results;
   for (int concurrency : b.args.levels) {
-    // The default of `runner serve`: one warm container per worker.
+    // The default of `runner serve`: one warm container per worker, plus one.
     DockerIsolatorOptions warm_options = b.options;
-    warm_options.warm_per_image = concurrency;
+    warm_options.warm_per_image = concurrency + 1;
     warm_options.warm_images = {"runner-task:latest"};
     DockerIsolator warm(warm_options);
     DockerIsolatorOptions alt_options = warm_options;
@@ -442,7 +442,8 @@ int main(int argc, char** argv) {
        "stream, stats sampler thread, inspect only after a nonzero exit; the removal is "
        "queued, off the task's path"},
       {"warm",
-       "DockerIsolator::Run with one warm container per worker: wait, update only when the "
+       "DockerIsolator::Run with one warm container per worker, plus one: wait, update only when "
+       "the "
        "task has limits (none here), attach stdin and write argv+env to the launcher, logs, "
        "exit; removal queued and a replacement created in the background"},
       {"host_cpu",

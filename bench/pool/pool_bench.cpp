@@ -11,12 +11,15 @@
 //   floor of a durable-queue runner) and graphile-worker jobs that spawn /bin/true
 //   (bench/pool/graphile_spawn.js, run with node; NODE_PATH from bench/pool/run);
 // - docker mode: the raw Engine API loop (bench/docker/raw_engine_loop.h, the
-//   floor) and `xargs -P N docker run --rm --network none` with the docker CLI.
+//   floor), `xargs -P N docker run --rm --network none` with the docker CLI,
+//   and the same node with --warm-containers 0 (mode "docker" has the
+//   default warm containers; "docker-cold" alone runs the cold node). Each
+//   run also records claimed -> finished of its sequential samples.
 // Each runner figure gets its ratios to those; a summary ends the output.
 //
 //   bench/pool/run [--tasks N] [--docker-tasks N] [--latency N] [--workers 1,4,16]
-//                  [--modes process,process-bare,docker] [--peers on|off] [--idle on|off] [--rounds
-//                  N]
+//                  [--modes process,process-bare,docker,docker-cold] [--peers on|off] [--idle
+//                  on|off] [--rounds N]
 // --rounds N repeats every setting N times, the runner and its peers
 // alternated (odd rounds run the peers first), and the summary reports the
 // median of each round's ratio and of each round's wake-up p50 and p99.
@@ -173,13 +176,18 @@ double ForkExecRate(int n) {
   return n / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
+bool IsDockerMode(const std::string& mode) { return mode == "docker" || mode == "docker-cold"; }
+
 json::object Measure(const std::string& mode, int workers, int tasks, int latency_samples) {
   ScratchDb db;
   ScratchDir data("runner-pool-bench-");
   runner::Config config =
       BenchConfig(data, workers,
-                  mode == "docker" ? runner::isolation::IsolationMode::kDocker
-                                   : runner::isolation::IsolationMode::kProcess);
+                  IsDockerMode(mode) ? runner::isolation::IsolationMode::kDocker
+                                     : runner::isolation::IsolationMode::kProcess);
+  // "docker" has the node's default warm containers (one per worker);
+  // "docker-cold" none, every task created and started on its claim.
+  if (mode == "docker-cold") config.warm_containers = 0;
   config.docker_host = Env("RUNNER_TEST_DOCKER_HOST", "unix:///var/run/docker.sock");
   // "process" runs sandboxed (the default); "process-bare" with --process-sandbox off.
   config.process_sandbox = mode != "process-bare";
@@ -206,9 +214,16 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   // statement and fills the catalog caches of a fresh connection (13-15 ms
   // here), which a node pays once, not per wake-up. graphile's figures
   // likewise follow warm-up jobs.
-  std::vector<double> latency_ms;
+  std::vector<double> latency_ms, run_ms;
   double first_after_start_ms = 0;  // the warm-up's, reported apart
   for (int i = -1; i < latency_samples; ++i) {
+    // Each sample meets an idle node: its warm containers all ready again.
+    const auto warm_deadline = Clock::now() + std::chrono::seconds(60);
+    while (Clock::now() < warm_deadline) {
+      const auto w = (*node)->Status().docker_warm;
+      if (w.ready >= w.target) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
     auto sub = (*node)->store().Submit(t);
     if (!sub) throw std::runtime_error("submit: " + sub.error().message);
     const auto sample_deadline = Clock::now() + std::chrono::seconds(60);
@@ -222,6 +237,11 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
             first_after_start_ms = ms;
           } else {
             latency_ms.push_back(ms);
+            if (got->finished_at) {  // claimed -> finished: the isolation's whole cost
+              run_ms.push_back(
+                  std::chrono::duration<double, std::milli>(*got->finished_at - *got->started_at)
+                      .count());
+            }
           }
         }
         break;
@@ -278,6 +298,7 @@ json::object Measure(const std::string& mode, int workers, int tasks, int latenc
   r["submit_to_start_ms_p50"] = Percentile(latency_ms, 0.5);
   r["submit_to_start_ms_p99"] = Percentile(latency_ms, 0.99);
   r["latency_samples"] = static_cast<int64_t>(latency_ms.size());
+  r["claimed_to_finished_ms_p50"] = Percentile(run_ms, 0.5);
   r["first_task_after_start_ms"] = first_after_start_ms;
   r["cpu_ms_per_task"] = CpuMsPerTask(cpu0, cpu1, tasks);
   std::cerr << mode << " workers=" << workers << " tasks/s=" << tasks / seconds
@@ -545,8 +566,11 @@ Options ParseArgs(int argc, char** argv) {
 // One mode and worker count over its rounds: the runner's rates and its
 // ratio to each peer, round by round.
 struct LevelStats {
-  std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs, wake_p50,
-      wake_p99;
+  std::vector<double> mine_rates, vs_floor, vs_queue_loop, vs_graphile, vs_raw, vs_xargs, vs_cold,
+      wake_p50, wake_p99;
+  // Claimed -> finished of the sequential samples (one task into an idle
+  // node): the runner's own, and, in docker mode, its cold twin's.
+  std::vector<double> run_p50, cold_run_p50;
   // Docker mode, per task: host CPU of the runner's burst and of the raw
   // loop's, and what the runner's own process and PostgreSQL add.
   std::vector<double> cpu_mine, cpu_raw, cpu_added;
@@ -579,6 +603,16 @@ std::string SummaryLine(const std::string& mode, int workers, int rounds, const 
   if (!s.vs_xargs.empty()) {
     line += fmt::format(" | vs xargs docker run {:.2f}x (target > 1x)", Median(s.vs_xargs));
   }
+  if (!s.vs_cold.empty()) {
+    line += fmt::format(" | vs the same node with --warm-containers 0 {:.2f}x", Median(s.vs_cold));
+  }
+  if (!s.run_p50.empty()) {
+    line += fmt::format(" | claimed -> finished p50 {:.1f} ms", Median(s.run_p50));
+    if (!s.cold_run_p50.empty()) {
+      line += fmt::format(" (cold {:.1f} ms: {:.2f}x)", Median(s.cold_run_p50),
+                          Median(s.run_p50) / Median(s.cold_run_p50));
+    }
+  }
   if (!s.cpu_mine.empty()) {
     line += fmt::format(
         " | host CPU/task {:.0f} ms (raw loop {:.0f}), of which the runner and PostgreSQL "
@@ -595,7 +629,8 @@ std::string SummaryLine(const std::string& mode, int workers, int rounds, const 
 // What each peer is, with its runs.
 json::object PeersDoc(const std::string& graphile_version, const std::string& docker_cli_version,
                       const json::array& queue_loop_runs, const json::array& graphile_runs,
-                      const json::array& raw_runs, const json::array& xargs_runs) {
+                      const json::array& raw_runs, const json::array& xargs_runs,
+                      const json::array& cold_runs) {
   return json::object{
       {"raw_queue_loop",
        json::object{{"what",
@@ -618,6 +653,11 @@ json::object PeersDoc(const std::string& graphile_version, const std::string& do
                                          "runner-task:latest true"},
                                         {"docker_cli", docker_cli_version},
                                         {"runs", xargs_runs}}},
+      {"docker_cold_runner",
+       json::object{{"what",
+                     "the same node and burst with --warm-containers 0: every task created and "
+                     "started on its claim"},
+                    {"runs", cold_runs}}},
   };
 }
 
@@ -652,12 +692,12 @@ int main(int argc, char** argv) {
   const double floor = ForkExecRate(1000);
   std::cerr << "bare fork/exec/wait of /bin/true (serial): " << floor << "/s\n";
 
-  json::array runs, summary, graphile_runs, raw_runs, xargs_runs, queue_loop_runs;
+  json::array runs, summary, graphile_runs, raw_runs, xargs_runs, queue_loop_runs, cold_runs;
   std::string graphile_version, docker_cli_version;
   const std::string bench_node = "bench-pool-" + RandomHex(8);
   std::unique_ptr<runner::isolation::docker::DockerIsolator> docker;
   for (const auto& mode : Split(opt.modes)) {
-    const bool is_docker = mode == "docker";
+    const bool is_docker = IsDockerMode(mode);
     const int tasks = is_docker ? opt.docker_tasks : opt.tasks;
     if (is_docker && opt.peers) {
       runner::isolation::docker::DockerIsolatorOptions options;
@@ -694,7 +734,7 @@ int main(int argc, char** argv) {
             run = json::object{{"mode", mode}, {"workers", workers}, {"error", e.what()}};
           }
         };
-        std::optional<json::object> q, g, raw, xargs;  // this round's peers
+        std::optional<json::object> q, g, raw, xargs, cold;  // this round's peers
         const auto measure_peers = [&] {
           if (!is_docker) {
             if (round > 0) floor_rate = ForkExecRate(1000);  // round 0 uses the one measured first
@@ -712,6 +752,10 @@ int main(int argc, char** argv) {
             xargs = Peer("xargs docker run", workers, [&] {
               return XargsDockerRun(opt.docker_cli, bench_node, workers, tasks);
             });
+            if (mode == "docker") {  // warm containers against none, same rounds
+              cold = Peer("runner, --warm-containers 0", workers,
+                          [&] { return Measure("docker-cold", workers, tasks, opt.latency); });
+            }
           }
         };
         // Odd rounds run the peers first: whoever goes first meets the
@@ -754,6 +798,15 @@ int main(int argc, char** argv) {
           }
           compare(raw, "vs_raw_engine_loop_pct", 100, s.vs_raw, raw_runs);
           compare(xargs, "vs_xargs_docker_run_x", 1, s.vs_xargs, xargs_runs);
+          if (cold) {
+            if (auto it = cold->find("claimed_to_finished_ms_p50"); it != cold->end()) {
+              s.cold_run_p50.push_back(it->value().to_number<double>());
+            }
+          }
+          compare(cold, "vs_cold_runner_x", 1, s.vs_cold, cold_runs);
+        }
+        if (auto it = run.find("claimed_to_finished_ms_p50"); it != run.end()) {
+          s.run_p50.push_back(it->value().to_number<double>());
         }
         if (auto it = run.find("submit_to_start_ms_p50"); it != run.end()) {
           s.wake_p50.push_back(it->value().to_number<double>());
@@ -783,7 +836,7 @@ int main(int argc, char** argv) {
   if (opt.idle) doc["idle_100_workers"] = idle;
   if (opt.peers) {
     doc["peers"] = PeersDoc(graphile_version, docker_cli_version, queue_loop_runs, graphile_runs,
-                            raw_runs, xargs_runs);
+                            raw_runs, xargs_runs, cold_runs);
   }
   doc["summary"] = summary;
   std::ofstream(opt.out) << json::serialize(doc) << "\n";

@@ -148,7 +148,7 @@ TEST_CASE("warm containers default to one per worker and can be turned off or wi
           "[api][config]") {
   auto defaults = LoadConfig(With({}, {}));
   REQUIRE(defaults.ok());
-  CHECK(defaults->warm_containers == -1);  // one per worker (runner/node/node.cpp)
+  CHECK(defaults->warm_containers == -1);  // one per worker, plus one (runner/node/node.cpp)
   CHECK(defaults->warm_images.empty());
 
   auto off = LoadConfig(With({{"warm-containers", "0"}}, {}));
