@@ -75,9 +75,10 @@ struct ContainerRun::Shared {
   std::string kill_reason;   // guarded by state_mu; set by the over-limit policy
   std::atomic<bool> kill_requested{false};
   std::atomic<bool> saw_enospc{false};
-  UsageSample last_sample;     // guarded by state_mu
-  int64_t peak_memory = 0;     // guarded by state_mu
-  int64_t peak_max_usage = 0;  // guarded by state_mu
+  std::atomic<int> reported_status{-1};  // the warm launcher's exit report, once complete
+  UsageSample last_sample;               // guarded by state_mu
+  int64_t peak_memory = 0;               // guarded by state_mu
+  int64_t peak_max_usage = 0;            // guarded by state_mu
 };
 
 ContainerRun::ContainerRun(EngineClient& client, const DockerIsolatorOptions& options,
@@ -163,10 +164,26 @@ void ContainerRun::LogsLoop(Shared& shared, std::stop_token st) {
     }
     obs.OnOutput(s == FrameStream::kStderr ? OutputStream::kStderr : OutputStream::kStdout, data);
   };
+  // A warm container: its launcher's exit report is taken out of the output;
+  // once it says 0 and all the output it counts has come, the task is over.
+  std::optional<ExitReportScanner> scanner;
+  if (attached_ && !report_nonce_.empty()) scanner.emplace(report_nonce_);
+  std::stop_source done;
+  std::stop_callback stop_done(st, [&done] { done.request_stop(); });
+  const FrameSink to_observer = sink;
+  const FrameSink scanning = [&](FrameStream s, std::string_view data) {
+    scanner->Feed(s, data, to_observer);
+    if (auto status = scanner->Status(); status && shared.reported_status.load() < 0) {
+      shared.reported_status = *status;
+      if (*status == 0) done.request_stop();
+    }
+  };
   try {
-    Status ls = attached_
-                    ? attached_->Follow(sink, st, Clock::time_point::max())
-                    : client_.ContainerLogs(id, LogsOptions{}, sink, st, Clock::time_point::max());
+    Status ls = attached_ ? attached_->Follow(scanner ? scanning : to_observer, done.get_token(),
+                                              Clock::time_point::max())
+                          : client_.ContainerLogs(id, LogsOptions{}, to_observer, st,
+                                                  Clock::time_point::max());
+    if (scanner) scanner->Flush(to_observer);
     if (!ls && ls.error().code != "cancelled") {
       spdlog::warn("docker logs ended early task={} error={}", task, ls.error().message);
     }
@@ -274,13 +291,22 @@ ContainerRun::Exit ContainerRun::WaitForExit(Shared& shared, std::stop_token sto
   // POST /stop, whose grace is whole seconds and which blocks this loop for it.
   Clock::time_point kill_at = Clock::time_point::max();
   while (true) {
-    auto polled = waiter_->Poll(std::chrono::milliseconds(50));
+    // A warm task's exit report comes from the log thread: looked for every
+    // 2 ms in its first second (short tasks), every 50 ms after.
+    const bool early = attached_ && Clock::now() - started < std::chrono::seconds(1);
+    auto polled = waiter_->Poll(std::chrono::milliseconds(early ? 2 : 50));
     if (!polled) {
       wait_error = polled.error();
       break;
     }
     if (polled->has_value()) {
       status_code = **polled;
+      finished_at = Clock::now();
+      break;
+    }
+    if (ending == Ending::kNone && shared.reported_status.load() == 0) {
+      status_code = 0;
+      exit.launcher_reported = true;
       finished_at = Clock::now();
       break;
     }

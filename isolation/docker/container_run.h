@@ -47,9 +47,14 @@ class ContainerRun {
   Status RegisterWait();
   // The container's output comes on this attached stream (a warm
   // container's, ContainerAttach) instead of a logs follow stream: one call
-  // fewer, and the stream ends with the container's output, before the
-  // daemon reports the exit. Before Follow().
-  void UseAttachedOutput(std::unique_ptr<AttachedOutput> output) { attached_ = std::move(output); }
+  // fewer. The warm launcher ends it with its exit report, tagged with
+  // `report_nonce` (log_frames.h ExitReportScanner): a report of 0 ends the
+  // task as soon as it and the output it counts have come, without waiting
+  // for the daemon's exit report. Before Follow().
+  void UseAttachedOutput(std::unique_ptr<AttachedOutput> output, std::string report_nonce) {
+    attached_ = std::move(output);
+    report_nonce_ = std::move(report_nonce);
+  }
   // Follows the running container to its end (see the header comment).
   RunResult Follow(Observer& observer, std::stop_token stop);
 
@@ -65,7 +70,8 @@ class ContainerRun {
   enum class Ending { kNone, kTimeout, kStop, kKill };  // what we did to end it
   struct Exit {
     Ending ending = Ending::kNone;
-    std::optional<int64_t> status_code;  // set when the daemon reported the exit
+    std::optional<int64_t> status_code;  // set when the daemon (or the launcher) reported the exit
+    bool launcher_reported = false;      // the warm launcher's report of 0 ended it
     std::optional<Error> wait_error;
     std::chrono::steady_clock::time_point finished_at;
   };
@@ -87,6 +93,7 @@ class ContainerRun {
   bool storage_opt_;
   std::unique_ptr<PendingWait> waiter_;
   std::unique_ptr<AttachedOutput> attached_;
+  std::string report_nonce_;
 };
 
 }  // namespace runner::isolation::docker

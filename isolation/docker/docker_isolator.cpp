@@ -1,9 +1,11 @@
 #include "isolation/docker/docker_isolator.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/random.h>
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <cmath>
 #include <exception>
 #include <random>
@@ -25,6 +27,23 @@ std::string RandomHex(int n) {
   const char* hex = "0123456789abcdef";
   std::string s;
   for (int i = 0; i < n; ++i) s += hex[rng() % 16];
+  return s;
+}
+
+// 32 hex digits from the kernel's CSPRNG: the warm launcher's report nonce.
+std::string ReportNonce() {
+  unsigned char bytes[16] = {};
+  size_t got = 0;
+  while (got < sizeof(bytes)) {
+    ssize_t n = ::getrandom(bytes + got, sizeof(bytes) - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+    if (n < 0 && errno != EINTR) break;  // (no getrandom: the task could not forge one anyway)
+  }
+  std::string s;
+  for (unsigned char b : bytes) {
+    s += "0123456789abcdef"[b >> 4];
+    s += "0123456789abcdef"[b & 15];
+  }
   return s;
 }
 
@@ -407,7 +426,8 @@ std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std
     Mark("updated");
   }
   // Its output comes on the attach stream that carries its argv and env.
-  auto attached = client_.ContainerAttach(id, EncodeLaunch(spec));
+  const std::string report_nonce = ReportNonce();  // the task never sees it
+  auto attached = client_.ContainerAttach(id, EncodeLaunch(spec, report_nonce));
   if (!attached) {
     // The daemon's refusal (a container that died with a daemon restart:
     // 409) comes before anything is written: the cold path can still run
@@ -418,7 +438,7 @@ std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std
     warm_->DaemonFailed();
     return DockerErrorResult(attached.error());
   }
-  run.UseAttachedOutput(std::move(*attached));
+  run.UseAttachedOutput(std::move(*attached), report_nonce);
   Mark("stdin_written");
   ReportStart(true, t0);
   RunResult r = run.Follow(observer, stop);

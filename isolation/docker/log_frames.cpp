@@ -1,6 +1,7 @@
 #include "isolation/docker/log_frames.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 namespace runner::isolation::docker {
@@ -32,6 +33,74 @@ Status FrameDemuxer::Feed(std::string_view data, const FrameSink& sink) {
     data.remove_prefix(take);
   }
   return {};
+}
+
+ExitReportScanner::ExitReportScanner(std::string nonce)
+    : marker_("\x1erunner-exit " + std::move(nonce) + " ") {}
+
+void ExitReportScanner::Feed(FrameStream stream, std::string_view data, const FrameSink& sink) {
+  if (stream != FrameStream::kStdout) {
+    if (stream == FrameStream::kStderr) seen_err_ += data.size();
+    sink(stream, data);
+    return;
+  }
+  if (found_) {
+    if (!parsed_) {
+      line_.append(data.substr(0, std::min<size_t>(data.size(), 128)));
+      Parse();
+    }
+    return;  // nothing of the task's comes after the report
+  }
+  std::string buf = held_;
+  buf.append(data);
+  held_.clear();
+  if (size_t pos = buf.find(marker_); pos != std::string::npos) {
+    if (pos > 0) sink(stream, std::string_view(buf).substr(0, pos));
+    seen_out_ += pos;
+    found_ = true;
+    line_ = buf.substr(pos + marker_.size(), 128);
+    Parse();
+    return;
+  }
+  // Hold the longest tail that begins the marker.
+  size_t keep = 0;
+  for (size_t k = std::min(buf.size(), marker_.size() - 1); k > 0; --k) {
+    if (buf.compare(buf.size() - k, k, marker_, 0, k) == 0) {
+      keep = k;
+      break;
+    }
+  }
+  const size_t pass = buf.size() - keep;
+  if (pass > 0) sink(stream, std::string_view(buf).substr(0, pass));
+  seen_out_ += pass;
+  held_ = buf.substr(pass);
+}
+
+void ExitReportScanner::Flush(const FrameSink& sink) {
+  if (!held_.empty()) sink(FrameStream::kStdout, held_);
+  seen_out_ += held_.size();
+  held_.clear();
+}
+
+void ExitReportScanner::Parse() {
+  const size_t nl = line_.find('\n');
+  if (nl == std::string::npos) return;
+  int status = -1;
+  unsigned long long out = 0, err = 0;
+  char extra = 0;
+  const std::string fields = line_.substr(0, nl);
+  if (std::sscanf(fields.c_str(), "%d %llu %llu%c", &status, &out, &err, &extra) == 3 &&
+      status >= 0 && status <= 255) {
+    status_ = status;
+    out_bytes_ = out;
+    err_bytes_ = err;
+    parsed_ = true;
+  }
+}
+
+std::optional<int> ExitReportScanner::Status() const {
+  if (!parsed_ || seen_out_ != out_bytes_ || seen_err_ < err_bytes_) return std::nullopt;
+  return status_;
 }
 
 }  // namespace runner::isolation::docker

@@ -76,8 +76,10 @@ std::vector<std::string> ImageEntrypoint(const json::object& image) {
 
 }  // namespace
 
-std::string EncodeLaunch(const TaskSpec& spec) {
-  std::string body = std::to_string(spec.command.size());
+std::string EncodeLaunch(const TaskSpec& spec, const std::string& report_nonce) {
+  std::string body = report_nonce;
+  body.push_back('\0');
+  body += std::to_string(spec.command.size());
   body.push_back('\0');
   for (const auto& a : spec.command) {
     body += a;

@@ -6,7 +6,7 @@
 //   WarmPool pool(client, isolator_options, {.per_image = 2, .images = {"runner-task:latest"}});
 //   pool.Start();                                // after the node's first orphan reaping
 //   if (auto id = pool.Take(spec, tmpfs_disk)) { // a ready container for this task, or none
-//     ... update limits, ContainerAttach(*id, EncodeLaunch(spec)), follow its output ...
+//     ... update limits, ContainerAttach(*id, EncodeLaunch(spec, nonce)), follow its output ...
 //   }                                            // the caller removes it after its one task
 //
 // Each warm container has every setting a cold task's container has
@@ -85,8 +85,9 @@ struct WarmStats {
 };
 
 // The launcher's message for a task: u32 length (LE), then NUL-terminated
+// strings: the nonce of its exit report (log_frames.h ExitReportScanner),
 // argc, argv and NAME=VALUE env entries (launcher/warm_launcher.cpp). Pure.
-std::string EncodeLaunch(const TaskSpec& spec);
+std::string EncodeLaunch(const TaskSpec& spec, const std::string& report_nonce);
 
 // The create body of a warm container (see the header comment). `entrypoint`
 // is the image's ENTRYPOINT, passed to the launcher. Pure; unit tested.

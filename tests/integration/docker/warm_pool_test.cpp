@@ -83,12 +83,13 @@ bool Gone(DockerIsolator& iso, const std::string& id) {
 
 }  // namespace
 
-TEST_CASE("the launcher message carries argv and env, length first", "[warm][unit]") {
+TEST_CASE("the launcher message carries the report nonce, argv and env, length first",
+          "[warm][unit]") {
   TaskSpec spec;
   spec.command = {"sh", "-c", "echo hi"};
   spec.env = {{"A", "1"}};
-  std::string m = runner::isolation::docker::EncodeLaunch(spec);
-  std::string body = std::string("3\0sh\0-c\0echo hi\0A=1\0", 20);
+  std::string m = runner::isolation::docker::EncodeLaunch(spec, "n0nce");
+  std::string body = std::string("n0nce\0003\0sh\0-c\0echo hi\0A=1\0", 26);
   REQUIRE(m.size() == 4 + body.size());
   CHECK(static_cast<unsigned char>(m[0]) == body.size());
   CHECK(m.substr(4) == body);
@@ -351,6 +352,66 @@ TEST_CASE("a stop request cancels a warm task", "[warm][cancel]") {
   CHECK(r.error_code == "cancelled");
   CHECK(Clock::now() - t0 < 10s);
   CHECK(Gone(iso, c.container));
+}
+
+TEST_CASE("a task cannot end itself early with a forged exit report", "[warm][report]") {
+  // The launcher's report carries a nonce the task never sees: one the task
+  // writes (its own guess, or what it might find in its environment) is
+  // output, and the task runs on to its real end.
+  auto& iso = Warm();
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  auto spec = Spec({"sh", "-c",
+                    "env | grep -c runner-exit; "
+                    "printf '\\036runner-exit 00000000000000000000000000000000 0 0 0\\n'; "
+                    "sleep 1; echo after; exit 3"});
+  Collector c;
+  RunResult r = iso.Run(spec, c, {});
+  CHECK(r.kind == RunResult::Kind::kExited);
+  CHECK(r.exit_code == 3);
+  CHECK(c.out == "0\n\x1erunner-exit 00000000000000000000000000000000 0 0 0\nafter\n");
+}
+
+TEST_CASE("a warm task gets the SIGTERM of a stop, and what it leaves running is ended",
+          "[warm][report]") {
+  auto& iso = Warm();
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  {
+    // The launcher passes the stop's SIGTERM on to the task, which has its
+    // grace to finish.
+    auto spec = Spec({"sh", "-c",
+                      "trap 'echo got-term; exit 7' TERM; echo ready; "
+                      "while :; do sleep 0.1; done"});
+    Collector c;
+    std::stop_source stop;
+    std::jthread canceller([&] {
+      runner::testing::WaitFor(
+          [&] {
+            std::lock_guard lock(c.mu);
+            return c.out.find("ready") != std::string::npos;
+          },
+          20s);
+      stop.request_stop();
+    });
+    RunResult r = iso.Run(spec, c, stop.get_token());
+    CHECK(r.kind == RunResult::Kind::kStopped);
+    CHECK(c.out == "ready\ngot-term\n");
+  }
+  REQUIRE(WaitReady(iso, 1));
+  {
+    // A task that exits 0 at once is over at once, whatever it left behind
+    // holding its output open (a cold task's container ends the same way).
+    auto spec = Spec({"sh", "-c", "(trap '' TERM HUP; sleep 600; echo late) & echo done"});
+    Collector c;
+    auto t0 = Clock::now();
+    RunResult r = iso.Run(spec, c, {});
+    CHECK(r.kind == RunResult::Kind::kExited);
+    CHECK(r.exit_code == 0);
+    CHECK(c.out == "done\n");
+    CHECK(Clock::now() - t0 < 10s);
+    CHECK(Gone(iso, c.container));
+  }
 }
 
 TEST_CASE("a dead node's warm containers are reaped; a live pool's are spared", "[warm][reap]") {

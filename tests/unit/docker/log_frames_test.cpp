@@ -1,7 +1,9 @@
 #include "isolation/docker/log_frames.h"
 
 #include <catch2/catch.hpp>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -79,4 +81,78 @@ TEST_CASE("raw TTY output is rejected instead of being misread as frames", "[doc
   auto st = demux.Feed("hello world, no frames here", std::ref(c));
   REQUIRE_FALSE(st.ok());
   CHECK(st.error().code == "internal");
+}
+
+// The warm launcher's exit report (ExitReportScanner).
+namespace {
+
+using runner::isolation::docker::ExitReportScanner;
+
+const std::string kReport = "\x1erunner-exit abc123 0 6 4\n";
+
+// Feeds `out` and `err` to a scanner in pieces of `step` bytes, stdout first.
+std::pair<Collected, std::optional<int>> Scan(const std::string& out, const std::string& err,
+                                              size_t step, bool flush = false) {
+  ExitReportScanner scanner("abc123");
+  Collected c;
+  auto sink = [&](FrameStream s, std::string_view d) { c(s, d); };
+  for (size_t i = 0; i < out.size(); i += step) {
+    scanner.Feed(FrameStream::kStdout, std::string_view(out).substr(i, step), sink);
+  }
+  for (size_t i = 0; i < err.size(); i += step) {
+    scanner.Feed(FrameStream::kStderr, std::string_view(err).substr(i, step), sink);
+  }
+  if (flush) scanner.Flush(sink);
+  return {c, scanner.Status()};
+}
+
+}  // namespace
+
+TEST_CASE("the exit report is taken out of the output, split anywhere", "[docker][report]") {
+  for (size_t step : {1, 2, 3, 7, 64}) {
+    auto [c, status] = Scan("hello\n" + kReport, "err\n", step);
+    CHECK(c.out == "hello\n");
+    CHECK(c.err == "err\n");
+    REQUIRE(status.has_value());
+    CHECK(*status == 0);
+  }
+}
+
+TEST_CASE("the report ends the task only once the output it counts has come", "[docker][report]") {
+  // The stderr it counts is still on its way.
+  auto [c, status] = Scan("hello\n" + kReport, "er", 64);
+  CHECK(!status.has_value());
+  // Stdout it counts that did not come (a cut stream) is no end either.
+  auto [c2, status2] = Scan("hell" + kReport, "err\n", 64);
+  CHECK(!status2.has_value());
+}
+
+TEST_CASE("a report with another nonce is output like any other", "[docker][report]") {
+  const std::string forged = "\x1erunner-exit guessed 0 0 0\n";
+  auto [c, status] = Scan(forged + "hello\n", "", 5, true);
+  CHECK(c.out == forged + "hello\n");
+  CHECK(!status.has_value());
+}
+
+TEST_CASE("a tail that only looks like a report's start is handed on at the end",
+          "[docker][report]") {
+  auto [c, status] = Scan("data\x1erunner-ex", "", 64, true);
+  CHECK(c.out == "data\x1erunner-ex");
+  CHECK(!status.has_value());
+}
+
+TEST_CASE("a nonzero status is reported as it is", "[docker][report]") {
+  auto [c, status] = Scan("\x1erunner-exit abc123 137 0 0\n", "", 64);
+  CHECK(c.out.empty());
+  REQUIRE(status.has_value());
+  CHECK(*status == 137);
+}
+
+TEST_CASE("a malformed report gives no status", "[docker][report]") {
+  for (const std::string bad :
+       {"\x1erunner-exit abc123 x 0 0\n", "\x1erunner-exit abc123 0 0\n",
+        "\x1erunner-exit abc123 999 0 0\n", "\x1erunner-exit abc123 0 0 0 junk\n"}) {
+    auto [c, status] = Scan(bad, "", 64);
+    CHECK(!status.has_value());
+  }
 }
