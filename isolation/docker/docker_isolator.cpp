@@ -421,6 +421,9 @@ std::optional<RunResult> DockerIsolator::RunWarm(const TaskSpec& spec, const std
   // The task's limits, as a cold task's; the warm container has none until now.
   json::object resources;
   AddLimits(spec.limits, resources);
+  // The launcher stays, as the task's parent: one process more than a cold
+  // container has, so the task gets as many as it would there.
+  if (spec.limits.pids > 0) resources["PidsLimit"] = spec.limits.pids + 1;
   if (!resources.empty()) {
     if (Status st = client_.ContainerUpdate(id, resources); !st) return fallback(st.error());
     Mark("updated");

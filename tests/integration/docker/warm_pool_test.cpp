@@ -274,7 +274,7 @@ TEST_CASE("limits given by update are on the container while the task runs", "[w
   CHECK(host.at("NanoCpus").as_int64() == 500000000);
   CHECK(host.at("Memory").as_int64() == (96LL << 20));
   CHECK(host.at("MemorySwap").as_int64() == (96LL << 20));
-  CHECK(host.at("PidsLimit").as_int64() == 42);
+  CHECK(host.at("PidsLimit").as_int64() == 42 + 1);  // and one for the launcher, its parent
   CHECK(host.at("ReadonlyRootfs").as_bool());
   CHECK(host.at("NetworkMode").as_string() == "none");
   CHECK(labels.contains("io.runner.warm"));
