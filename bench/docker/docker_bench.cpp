@@ -442,10 +442,11 @@ int main(int argc, char** argv) {
        "stream, stats sampler thread, inspect only after a nonzero exit; the removal is "
        "queued, off the task's path"},
       {"warm",
-       "DockerIsolator::Run with one warm container per worker, plus one: wait, update only when "
-       "the "
-       "task has limits (none here), attach stdin and write argv+env to the launcher, logs, "
-       "exit; removal queued and a replacement created in the background"},
+       "DockerIsolator::Run with one warm container per worker, plus one: wait, update only "
+       "when the task has limits (none here), attach stdin and write argv+env to the "
+       "launcher, output and the launcher's exit report on the attach stream (Docker's exit "
+       "waited for only after a nonzero status); removal queued and a replacement created in "
+       "the background"},
       {"host_cpu",
        "busy CPU of the whole host (/proc/stat) from a round's start until its removals (and "
        "the warm path's replacements) are done, per task; other tenants of the host count too"},
