@@ -201,6 +201,7 @@ const std::vector<Migration> kMigrations = {
     {5, "queue cap slots and rate rings", kV5CapSlots},
     {6, "capped claim in fewer statements", kV6CappedClaim},
     {7, "capped finishes wake only waiting claimers", kV7WaitingClaims},
+    {8, "capped claim locks its slots with the policy lock", kV8LeanCappedClaim},
 };
 
 }  // namespace

@@ -294,6 +294,42 @@ TEST_CASE("a slot freed by a finish is taken in the same statement", "[queue][po
   CHECK(next->next->id == b->task.id);
 }
 
+// The one-task claim's fast path (migration v8) hands over to the general walk
+// whenever a cap decides: a full group, the last slot taken. The walk then
+// takes the next group's task and flags the queue (a finish must wake the
+// claimers), as before v8; a claim that fits flags nothing (no notify).
+TEST_CASE("a one-task claim past a full group takes the next group and flags the queue",
+          "[queue][policy][caps]") {
+  TestDatabase db;
+  auto store = OpenStore(db);
+  REQUIRE(store->SetQueuePolicy("q", Caps(2, 1)).ok());
+  const std::string flagged = "SELECT waiting_until > now() FROM queue_policies WHERE queue = 'q'";
+  auto a1 = store->Submit(InGroup("q", "a"));
+  REQUIRE(a1.ok());
+  auto first = store->Claim(ClaimFor({"w1"}));
+  REQUIRE((first.ok() && first->size() == 1));
+  CHECK(first->front().id == a1->task.id);
+  CHECK(Scalar(db, flagged) == "f");  // room left: nothing to wake
+  NewTask a2 = InGroup("q", "a");
+  a2.priority = 5;  // first in claim order, in the full group
+  auto a2r = store->Submit(a2);
+  auto b1 = store->Submit(InGroup("q", "b"));
+  REQUIRE((a2r.ok() && b1.ok()));
+  auto second = store->Claim(ClaimFor({"w2"}));
+  REQUIRE((second.ok() && second->size() == 1));
+  CHECK(second->front().id == b1->task.id);
+  CHECK(Scalar(db, flagged) == "t");  // group a was full: its finish wakes the claimers
+  // Both slots taken: none, and a2 waits for a finish.
+  auto none = store->Claim(ClaimFor({"w3"}));
+  REQUIRE((none.ok() && none->empty()));
+  auto next =
+      store->FinishAndClaim(a1->task.id, "w1", Report(TaskState::kSucceeded), ClaimFor({"w1"}));
+  REQUIRE(next.ok());
+  REQUIRE(next->next.has_value());
+  CHECK(next->next->id == a2r->task.id);
+  CHECK(Scalar(db, "SELECT count(DISTINCT cap_slot) FROM tasks WHERE state = 'running'") == "2");
+}
+
 TEST_CASE("a cap set or lowered while tasks run is never exceeded", "[queue][policy][caps]") {
   TestDatabase db;
   auto node_a = OpenStore(db);
