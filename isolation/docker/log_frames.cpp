@@ -51,14 +51,21 @@ void ExitReportScanner::Feed(FrameStream stream, std::string_view data, const Fr
     }
     return;  // nothing of the task's comes after the report
   }
-  std::string buf = held_;
-  buf.append(data);
-  held_.clear();
-  if (size_t pos = buf.find(marker_); pos != std::string::npos) {
-    if (pos > 0) sink(stream, std::string_view(buf).substr(0, pos));
+  // A copy only while a held tail waits for these bytes: the log stream's
+  // frames are otherwise scanned where they are.
+  std::string joined;
+  if (!held_.empty()) {
+    joined = std::move(held_);
+    joined.append(data);
+    held_.clear();
+    data = joined;
+  }
+  const std::string_view buf = data;
+  if (size_t pos = buf.find(marker_); pos != std::string_view::npos) {
+    if (pos > 0) sink(stream, buf.substr(0, pos));
     seen_out_ += pos;
     found_ = true;
-    line_ = buf.substr(pos + marker_.size(), 128);
+    line_ = std::string(buf.substr(pos + marker_.size(), 128));
     Parse();
     return;
   }
@@ -71,9 +78,9 @@ void ExitReportScanner::Feed(FrameStream stream, std::string_view data, const Fr
     }
   }
   const size_t pass = buf.size() - keep;
-  if (pass > 0) sink(stream, std::string_view(buf).substr(0, pass));
+  if (pass > 0) sink(stream, buf.substr(0, pass));
   seen_out_ += pass;
-  held_ = buf.substr(pass);
+  held_ = std::string(buf.substr(pass));
 }
 
 void ExitReportScanner::Flush(const FrameSink& sink) {

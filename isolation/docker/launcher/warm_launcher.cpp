@@ -166,7 +166,10 @@ int main(int argc, char** argv) {
   const int kHandled[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
   for (int sig : kHandled) sigaddset(&handled, sig);
   sigprocmask(SIG_BLOCK, &handled, &old);
-  int sfd = signalfd(-1, &handled, SFD_CLOEXEC);
+  // Non-blocking: the loop below reads the signals that came and goes back
+  // to copying output (a blocking read would stop the copy until the next
+  // signal, and a task writing as it shuts down would fill its pipe).
+  int sfd = signalfd(-1, &handled, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sfd < 0) Die(125, "cannot make a signalfd", strerror(errno));
 
   pid_t task = fork();
@@ -216,6 +219,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  if (!exited) waitpid(task, &status, 0);  // (poll failed: its status all the same)
   // What the task wrote before it exited is in the pipes: copy it, not what
   // a process it left behind may go on writing.
   // (Bounded: 64 reads of 64 KiB per stream.)

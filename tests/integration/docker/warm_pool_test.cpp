@@ -74,6 +74,14 @@ DockerIsolator& Warm() {
   return iso;
 }
 
+// Warm(), started, with its container ready.
+DockerIsolator& ReadyWarm() {
+  auto& iso = Warm();
+  REQUIRE(iso.StartWarmPool().ok());
+  REQUIRE(WaitReady(iso, 1));
+  return iso;
+}
+
 // The container of a finished task is gone (single use).
 bool Gone(DockerIsolator& iso, const std::string& id) {
   iso.WaitForCleanup();
@@ -119,9 +127,7 @@ TEST_CASE("a warm container has every setting of a cold one, and the launcher", 
 }
 
 TEST_CASE("a matching task takes a warm container and runs as a cold one would", "[warm][run]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto before = *iso.WarmStatus();
   CHECK(before.target == 1);
 
@@ -145,9 +151,7 @@ TEST_CASE("a warm task's output comes whole on its attach stream, to the exit", 
   // The attach stream that writes argv and env carries the output back (no
   // logs call): megabytes on both streams, interleaved, and the last line
   // written just before exit all arrive.
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"sh", "-c",
                     "yes 0123456789abcdef | head -c 2000000; yes err | head -c 500000 >&2; "
                     "echo last"});
@@ -163,9 +167,7 @@ TEST_CASE("a warm task's output comes whole on its attach stream, to the exit", 
 }
 
 TEST_CASE("a command that does not exist exits 127 in a warm container", "[warm][run]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"no-such-command-here"});
   Collector c;
   RunResult r = iso.Run(spec, c, {});
@@ -175,9 +177,7 @@ TEST_CASE("a command that does not exist exits 127 in a warm container", "[warm]
 }
 
 TEST_CASE("a task that does not match takes the cold path", "[warm][run]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto before = *iso.WarmStatus();
   auto spec = Spec({"sh", "-c", "echo cold"});
   spec.limits.disk = 8LL << 20;  // not the warm containers' default tmpfs
@@ -218,9 +218,7 @@ TEST_CASE("a task that finds none ready waits for the one being started", "[warm
 }
 
 TEST_CASE("a warm container serves one task: nothing of it reaches the next", "[warm][single]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   // A hostile task leaves files and a process behind.
   auto a = Spec({"sh", "-c",
                  "echo secret > /work/left; echo secret > /tmp/left; "
@@ -243,9 +241,7 @@ TEST_CASE("a warm container serves one task: nothing of it reaches the next", "[
 }
 
 TEST_CASE("limits given by update are on the container while the task runs", "[warm][limits]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"sh", "-c", "echo $SECRET_TOKEN; sleep 5"});
   spec.env = {{"SECRET_TOKEN", "s3cr3t-warm"}};  // secrets reach tasks as env
   spec.limits.cpus = 0.5;
@@ -307,9 +303,7 @@ TEST_CASE("a paused pool (backpressure) does not refill until it resumes", "[war
 }
 
 TEST_CASE("a memory hog in a warm container is reported oom_killed", "[warm][limits]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto hits = iso.WarmStatus()->hits;
   auto spec = Spec({"sh", "-c", "x=a; while true; do x=$x$x; done"});
   spec.limits.memory = 32LL << 20;
@@ -321,9 +315,7 @@ TEST_CASE("a memory hog in a warm container is reported oom_killed", "[warm][lim
 }
 
 TEST_CASE("a warm task past its timeout is stopped and reported timed_out", "[warm][timeout]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"sleep", "30"});
   spec.timeout = 1s;
   Collector c;
@@ -335,9 +327,7 @@ TEST_CASE("a warm task past its timeout is stopped and reported timed_out", "[wa
 }
 
 TEST_CASE("a stop request cancels a warm task", "[warm][cancel]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"sleep", "30"});
   Collector c;
   std::stop_source stop;
@@ -358,9 +348,7 @@ TEST_CASE("a task cannot end itself early with a forged exit report", "[warm][re
   // The launcher's report carries a nonce the task never sees: one the task
   // writes (its own guess, or what it might find in its environment) is
   // output, and the task runs on to its real end.
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   auto spec = Spec({"sh", "-c",
                     "env | grep -c runner-exit; "
                     "printf '\\036runner-exit 00000000000000000000000000000000 0 0 0\\n'; "
@@ -374,9 +362,7 @@ TEST_CASE("a task cannot end itself early with a forged exit report", "[warm][re
 
 TEST_CASE("a warm task gets the SIGTERM of a stop, and what it leaves running is ended",
           "[warm][report]") {
-  auto& iso = Warm();
-  REQUIRE(iso.StartWarmPool().ok());
-  REQUIRE(WaitReady(iso, 1));
+  auto& iso = ReadyWarm();
   {
     // The launcher passes the stop's SIGTERM on to the task, which has its
     // grace to finish.
@@ -412,6 +398,32 @@ TEST_CASE("a warm task gets the SIGTERM of a stop, and what it leaves running is
     CHECK(Clock::now() - t0 < 10s);
     CHECK(Gone(iso, c.container));
   }
+}
+
+TEST_CASE("a warm task that writes as it shuts down on SIGTERM keeps all its output",
+          "[warm][report]") {
+  // After passing a signal on, the launcher goes on copying: a task that
+  // writes more than a pipe holds during its grace is not stalled until the
+  // kill.
+  auto& iso = ReadyWarm();
+  auto spec = Spec({"sh", "-c",
+                    "trap 'yes bye | head -c 300000; exit 7' TERM; echo ready; "
+                    "while :; do sleep 0.1; done"});
+  Collector c;
+  std::stop_source stop;
+  std::jthread canceller([&] {
+    runner::testing::WaitFor(
+        [&] {
+          std::lock_guard lock(c.mu);
+          return c.out.find("ready") != std::string::npos;
+        },
+        20s);
+    stop.request_stop();
+  });
+  RunResult r = iso.Run(spec, c, stop.get_token());
+  CHECK(r.kind == RunResult::Kind::kStopped);
+  CHECK(r.exit_code == 7);  // ended by its own exit, in the grace, not by the kill
+  CHECK(c.out.size() == 6 + 300000);
 }
 
 TEST_CASE("a dead node's warm containers are reaped; a live pool's are spared", "[warm][reap]") {
