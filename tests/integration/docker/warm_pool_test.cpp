@@ -82,6 +82,21 @@ DockerIsolator& ReadyWarm() {
   return iso;
 }
 
+// Runs `spec`, asking it to stop once its output has "ready".
+RunResult RunStoppedOnceReady(DockerIsolator& iso, const TaskSpec& spec, Collector& c) {
+  std::stop_source stop;
+  std::jthread canceller([&] {
+    runner::testing::WaitFor(
+        [&] {
+          std::lock_guard lock(c.mu);
+          return c.out.find("ready") != std::string::npos;
+        },
+        20s);
+    stop.request_stop();
+  });
+  return iso.Run(spec, c, stop.get_token());
+}
+
 // The container of a finished task is gone (single use).
 bool Gone(DockerIsolator& iso, const std::string& id) {
   iso.WaitForCleanup();
@@ -370,17 +385,7 @@ TEST_CASE("a warm task gets the SIGTERM of a stop, and what it leaves running is
                       "trap 'echo got-term; exit 7' TERM; echo ready; "
                       "while :; do sleep 0.1; done"});
     Collector c;
-    std::stop_source stop;
-    std::jthread canceller([&] {
-      runner::testing::WaitFor(
-          [&] {
-            std::lock_guard lock(c.mu);
-            return c.out.find("ready") != std::string::npos;
-          },
-          20s);
-      stop.request_stop();
-    });
-    RunResult r = iso.Run(spec, c, stop.get_token());
+    RunResult r = RunStoppedOnceReady(iso, spec, c);
     CHECK(r.kind == RunResult::Kind::kStopped);
     CHECK(c.out == "ready\ngot-term\n");
   }
@@ -410,17 +415,7 @@ TEST_CASE("a warm task that writes as it shuts down on SIGTERM keeps all its out
                     "trap 'yes bye | head -c 300000; exit 7' TERM; echo ready; "
                     "while :; do sleep 0.1; done"});
   Collector c;
-  std::stop_source stop;
-  std::jthread canceller([&] {
-    runner::testing::WaitFor(
-        [&] {
-          std::lock_guard lock(c.mu);
-          return c.out.find("ready") != std::string::npos;
-        },
-        20s);
-    stop.request_stop();
-  });
-  RunResult r = iso.Run(spec, c, stop.get_token());
+  RunResult r = RunStoppedOnceReady(iso, spec, c);
   CHECK(r.kind == RunResult::Kind::kStopped);
   CHECK(r.exit_code == 7);  // ended by its own exit, in the grace, not by the kill
   CHECK(c.out.size() == 6 + 300000);
